@@ -1,0 +1,54 @@
+"""Run manifests: every output folder records its config, seed and library versions."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from distill.io import write_json_atomic
+
+_PACKAGES = (
+    "distill", "torch", "transformers", "sentence-transformers", "lightgbm",
+    "polars", "bm25s", "ranx", "numpy",
+)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour changes results."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def frame_hash(frame: Any) -> str:
+    """A stable sha256 of a polars DataFrame's content (row order included)."""
+    h = hashlib.sha256()
+    for value in frame.hash_rows(seed=0, seed_1=1, seed_2=2, seed_3=3).to_list():
+        h.update(int(value).to_bytes(8, "little"))
+    h.update(",".join(frame.columns).encode())
+    return h.hexdigest()[:16]
+
+
+def write_manifest(folder: str | Path, kind: str, config: Any, **extra: Any) -> Path:
+    """Write ``distill.json`` into ``folder``: what made it, with which settings and versions."""
+    cfg = asdict(config) if is_dataclass(config) else dict(config)
+    body = {
+        "kind": kind,
+        "config": cfg,
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    path = Path(folder) / "distill.json"
+    write_json_atomic(path, body)
+    return path
