@@ -15,7 +15,7 @@ from distill.io import write_json_atomic
 
 _PACKAGES = (
     "distill", "torch", "transformers", "sentence-transformers", "lightgbm",
-    "polars", "bm25s", "ranx", "numpy",
+    "polars", "bm25s", "ir-measures", "numpy",
 )
 
 
