@@ -31,11 +31,13 @@ def library_versions() -> dict[str, str]:
 
 
 def frame_hash(frame: Any) -> str:
-    """A stable sha256 of a polars DataFrame's content (row order included)."""
-    h = hashlib.sha256()
-    for value in frame.hash_rows(seed=0, seed_1=1, seed_2=2, seed_3=3).to_list():
-        h.update(int(value).to_bytes(8, "little"))
-    h.update(",".join(frame.columns).encode())
+    """A sha256 of a polars DataFrame's content (row order included), stable across versions
+    and machines (polars' own row hash is not)."""
+    h = hashlib.sha256(",".join(frame.columns).encode())
+    for column in frame.columns:
+        for value in frame[column].cast(str).fill_null("\x00").to_list():
+            h.update(value.encode("utf-8"))
+            h.update(b"\x1f")
     return h.hexdigest()[:16]
 
 

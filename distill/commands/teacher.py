@@ -1,0 +1,88 @@
+"""``distill score-teacher`` and ``distill cache info|merge``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger("distill")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score-teacher")
+    def score_teacher(
+        teacher: str = typer.Option(..., help="Teacher model: local folder or hub id."),
+        cache: Path = typer.Option(..., help="Cache folder (created, or resumed)."),
+        data: Path = typer.Option(None, help="BEIR folder."),
+        split: str = typer.Option("test", help="Queries of qrels/<split>.tsv."),
+        run: Path = typer.Option(None, help="Candidates as a TREC run (e.g. from `distill candidates`)."),
+        pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV."),
+        kind: str = typer.Option("auto", help="auto | cross-encoder | generative."),
+        max_length: int = typer.Option(512, min=8, help="Tokens per pair."),
+        dtype: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (reduced ones are checked vs fp32)."),
+        device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu (default: best available)."),
+        batch_tokens: int = typer.Option(None, help="Padded tokens per batch (default depends on device)."),
+        shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N."),
+        flush_pairs: int = typer.Option(1024, min=1, help="Pairs per cache shard (lost at most on a crash)."),
+        revision: str = typer.Option(None, help="Hub revision of the teacher."),
+        instruction: str = typer.Option(None, help="Generative teachers: the task instruction."),
+        allow_untrained_head: bool = typer.Option(False, help="Accept a freshly initialised classification head."),
+        trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
+        sanity_check: bool = typer.Option(True, help="Check that positives outscore negatives on a sample."),
+    ) -> None:
+        """Score candidate pairs with a teacher into a resumable cache of raw logits."""
+        from distill.cache import TeacherCache
+        from distill.inputs import load_dataset_and_run
+        from distill.manifest import frame_hash
+        from distill.scoring import parse_shard, score_into_cache
+        from teachers import check_teacher, load_teacher
+
+        shard_spec = parse_shard(shard)
+        dataset, candidates = load_dataset_and_run(data, split, run, pairs)
+        model = load_teacher(
+            teacher, kind=kind, max_length=max_length, dtype=dtype, device=device, revision=revision,
+            trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
+            max_tokens_per_batch=batch_tokens, **({"instruction": instruction} if instruction else {}),
+        )
+        store = TeacherCache.create_or_open(cache, model.fingerprint(), frame_hash(dataset.corpus))
+        store.register_candidates(candidates, str(run or pairs))
+        todo = store.missing(candidates)
+        if sanity_check and todo.height and dataset.qrels.height:
+            check_teacher(model, dataset, candidates)
+        stats = score_into_cache(model, dataset, candidates, store, shard=shard_spec, flush_pairs=flush_pairs)
+        log.info("cache %s: %d pairs scored now, %d were cached", cache, stats.scored, stats.already_cached)
+
+    cache_app = typer.Typer(help="Inspect and combine teacher caches.", no_args_is_help=True)
+    app.add_typer(cache_app, name="cache")
+
+    @cache_app.command("info")
+    def cache_info(folder: Path = typer.Argument(..., help="Cache folder.")) -> None:
+        """Rows, queries, teacher and coverage of each candidate set."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from distill.cache import TeacherCache
+
+        info = TeacherCache.open(folder).info()
+        console = Console()
+        console.print(f"[bold]{folder}[/]: {info.rows} scores, {info.queries} queries, {info.shards} shard(s)")
+        console.print("teacher: " + json.dumps(info.teacher, sort_keys=True), highlight=False, soft_wrap=True)
+        table = Table("candidates", "source", "pairs", "scored", "coverage")
+        for c in info.coverage:
+            table.add_row(c["hash"], c["source"], str(c["pairs"]), str(c["scored"]), f"{c['coverage']:.1%}")
+        console.print(table)
+
+    @cache_app.command("merge")
+    def cache_merge(
+        out: Path = typer.Option(..., help="Merged cache folder (created, or added to)."),
+        sources: list[Path] = typer.Argument(..., help="Cache folders of the same teacher."),
+    ) -> None:
+        """Join caches of one teacher, e.g. the parts scored with --shard i/N."""
+        from distill.cache import merge_caches
+
+        merged = merge_caches(out, sources)
+        log.info("merged %d cache(s) into %s: %d scores", len(sources), out, merged.scores().height)

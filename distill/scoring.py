@@ -1,0 +1,132 @@
+"""Scoring candidates with a teacher into the cache, exactly once and resumably."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import polars as pl
+
+from distill.cache import TeacherCache, shard_of
+from distill.data import Dataset
+from distill.errors import ConfigError
+from distill.schema import DOCID, QID, SCORE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreStats:
+    """What one ``score-teacher`` run did."""
+
+    candidates: int
+    in_shard: int
+    already_cached: int
+    scored: int
+    seconds: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/N"`` → ``(i, N)`` with 0 <= i < N."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard i/N needs 0 <= i < N, got {text!r}")
+    return i, n
+
+
+def select_shard(pairs: pl.DataFrame, shard: tuple[int, int] | None) -> pl.DataFrame:
+    """The deterministic ``i``-th of ``N`` parts of the pairs (all of them without a shard)."""
+    if shard is None:
+        return pairs
+    i, n = shard
+    part = shard_of(pairs[QID].to_list(), pairs[DOCID].to_list(), n)
+    return pairs.filter(pl.Series(part == i))
+
+
+def score_into_cache(
+    teacher,
+    dataset: Dataset,
+    run: pl.DataFrame,
+    cache: TeacherCache,
+    *,
+    shard: tuple[int, int] | None = None,
+    flush_pairs: int = 1024,
+    show_progress: bool = True,
+) -> ScoreStats:
+    """Score the pairs of ``run`` the cache lacks, writing a shard every ``flush_pairs`` pairs.
+
+    Pairs are ordered by text length before chunking, so each chunk holds pairs of similar
+    length and the teacher pads little; the teacher sorts by token length within a chunk.
+    """
+    start = time.perf_counter()
+    pairs = run.select(QID, DOCID).unique(maintain_order=True)
+    mine = select_shard(pairs, shard)
+    todo = cache.missing(mine)
+    stats = ScoreStats(candidates=pairs.height, in_shard=mine.height, already_cached=mine.height - todo.height,
+                       scored=0, seconds=0.0)
+    log.info("%d candidate pairs, %d in this shard, %d already cached, %d to score",
+             pairs.height, mine.height, stats.already_cached, todo.height)
+    if todo.height == 0:
+        return stats
+    queries = dataset.query_texts(todo[QID])
+    docs = dataset.doc_texts(todo[DOCID])
+    todo = todo.with_columns(
+        pl.Series("query", queries), pl.Series("doc", docs),
+    ).with_columns((pl.col("query").str.len_chars() + pl.col("doc").str.len_chars()).alias("_len"))
+    todo = todo.sort("_len", descending=True, maintain_order=True)
+    with _progress(show_progress, todo.height) as advance:
+        for offset in range(0, todo.height, flush_pairs):
+            chunk = todo.slice(offset, flush_pairs)
+            scores = teacher.score(chunk["query"].to_list(), chunk["doc"].to_list(), progress=advance)
+            cache.append(chunk.select(QID, DOCID).with_columns(pl.Series(SCORE, scores)))
+            stats.scored += chunk.height
+    cache.compact()
+    stats.seconds = time.perf_counter() - start
+    log.info("scored %d pairs in %.1fs (%.1f pairs/s)", stats.scored, stats.seconds, stats.pairs_per_s)
+    return stats
+
+
+class _progress:
+    """A rich progress bar with pairs/s and ETA; ``advance(n)`` is the teacher's callback."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rate]} pairs/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("score", total=self.total, rate="-")
+        self._t0 = time.perf_counter()
+        self._done = 0
+
+        def advance(n: int) -> None:
+            self._done += n
+            rate = self._done / max(time.perf_counter() - self._t0, 1e-9)
+            self._bar.update(self._task, advance=n, rate=f"{rate:.1f}")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._bar.stop()

@@ -1,0 +1,171 @@
+"""The teacher cache: exactly-once scoring, resume after a crash, fingerprints, shards."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import polars as pl
+import pytest
+
+from distill.bm25 import bm25_run
+from distill.cache import TeacherCache, merge_caches, read_scores
+from distill.data import load_beir
+from distill.errors import CacheMismatchError, InputError
+from distill.manifest import frame_hash
+from distill.scoring import parse_shard, score_into_cache
+
+
+class FakeTeacher:
+    """Scores from a hash of the texts; counts pairs scored; can fail after some calls."""
+
+    def __init__(self, name: str = "fake", fail_after_calls: int | None = None) -> None:
+        self.name = name
+        self.calls = 0
+        self.pairs = 0
+        self.fail_after_calls = fail_after_calls
+
+    def fingerprint(self) -> dict:
+        return {"kind": "fake", "model": self.name}
+
+    def score(self, queries, docs, progress=None):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise RuntimeError("simulated crash")
+        self.calls += 1
+        self.pairs += len(queries)
+        out = np.array([zlib.crc32(f"{q}|{d}".encode()) / 2**32 for q, d in zip(queries, docs)], dtype=np.float32)
+        if progress:
+            progress(len(queries))
+        return out
+
+
+@pytest.fixture(scope="module")
+def data(tiny_beir):
+    dataset = load_beir(tiny_beir, "train")
+    return dataset, bm25_run(dataset, 10)
+
+
+def _cache(path, dataset, teacher):
+    return TeacherCache.create_or_open(path, teacher.fingerprint(), frame_hash(dataset.corpus))
+
+
+def _sorted(frame):
+    return frame.sort(["qid", "docid"])
+
+
+def test_scores_every_pair_once_and_rerun_makes_no_model_calls(tmp_path, data):
+    dataset, run = data
+    teacher = FakeTeacher()
+    stats = score_into_cache(teacher, dataset, run, _cache(tmp_path / "c", dataset, teacher),
+                             flush_pairs=16, show_progress=False)
+    assert stats.scored == run.height == teacher.pairs
+    again = FakeTeacher()
+    stats2 = score_into_cache(again, dataset, run, _cache(tmp_path / "c", dataset, again), show_progress=False)
+    assert again.calls == 0 and stats2.scored == 0 and stats2.already_cached == run.height
+    scores, manifest = read_scores(tmp_path / "c")
+    assert scores.height == run.height
+    assert scores.select("qid", "docid").is_duplicated().sum() == 0
+    assert manifest["teacher"] == teacher.fingerprint()
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, data):
+    dataset, run = data
+    full = FakeTeacher()
+    score_into_cache(full, dataset, run, _cache(tmp_path / "full", dataset, full), flush_pairs=16,
+                     show_progress=False)
+
+    crashing = FakeTeacher(fail_after_calls=3)
+    cache = _cache(tmp_path / "resumed", dataset, crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        score_into_cache(crashing, dataset, run, cache, flush_pairs=16, show_progress=False)
+    partial = cache.scores().height
+    assert partial == 3 * 16  # three finished batches kept, the one in flight lost
+
+    resumed = FakeTeacher()
+    stats = score_into_cache(resumed, dataset, run, _cache(tmp_path / "resumed", dataset, resumed),
+                             flush_pairs=16, show_progress=False)
+    assert resumed.pairs == run.height - partial == stats.scored
+    a, _ = read_scores(tmp_path / "full")
+    b, _ = read_scores(tmp_path / "resumed")
+    assert _sorted(a).equals(_sorted(b))
+    assert len(TeacherCache.open(tmp_path / "resumed").shard_paths()) == 1
+
+
+def test_other_teacher_is_refused(tmp_path, data):
+    dataset, run = data
+    teacher = FakeTeacher("a")
+    score_into_cache(teacher, dataset, run.head(5), _cache(tmp_path / "c", dataset, teacher), show_progress=False)
+    with pytest.raises(CacheMismatchError, match="another teacher"):
+        _cache(tmp_path / "c", dataset, FakeTeacher("b"))
+    with pytest.raises(CacheMismatchError, match="another corpus"):
+        TeacherCache.create_or_open(tmp_path / "c", teacher.fingerprint(), "0000")
+
+
+def test_shards_then_merge_equal_a_single_run(tmp_path, data):
+    dataset, run = data
+    single = FakeTeacher()
+    score_into_cache(single, dataset, run, _cache(tmp_path / "single", dataset, single), show_progress=False)
+    parts, total = [], 0
+    for i in range(3):
+        teacher = FakeTeacher()
+        stats = score_into_cache(teacher, dataset, run, _cache(tmp_path / f"part{i}", dataset, teacher),
+                                 shard=(i, 3), show_progress=False)
+        total += stats.scored
+        assert 0 < stats.scored < run.height
+        parts.append(tmp_path / f"part{i}")
+    assert total == run.height  # the parts are disjoint and cover everything
+    merge_caches(tmp_path / "merged", parts)
+    a, _ = read_scores(tmp_path / "single")
+    b, _ = read_scores(tmp_path / "merged")
+    assert _sorted(a).equals(_sorted(b))
+
+
+def test_merge_refuses_mixed_teachers(tmp_path, data):
+    dataset, run = data
+    for name in ("a", "b"):
+        t = FakeTeacher(name)
+        score_into_cache(t, dataset, run.head(4), _cache(tmp_path / name, dataset, t), show_progress=False)
+    with pytest.raises(CacheMismatchError):
+        merge_caches(tmp_path / "m", [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "m").exists()
+
+
+def test_non_finite_scores_are_refused_and_nothing_written(tmp_path, data):
+    dataset, run = data
+
+    class NaNTeacher(FakeTeacher):
+        def score(self, queries, docs, progress=None):
+            out = super().score(queries, docs, progress)
+            out[0] = np.nan
+            return out
+
+    teacher = NaNTeacher()
+    cache = _cache(tmp_path / "c", dataset, teacher)
+    with pytest.raises(InputError, match="non-finite"):
+        score_into_cache(teacher, dataset, run, cache, show_progress=False)
+    assert cache.scores().height == 0
+
+
+def test_info_reports_coverage(tmp_path, data):
+    dataset, run = data
+    teacher = FakeTeacher()
+    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache.register_candidates(run, "bm25")
+    score_into_cache(teacher, dataset, run, cache, shard=(0, 2), show_progress=False)
+    info = TeacherCache.open(tmp_path / "c").info()
+    assert info.rows == cache.scores().height
+    (entry,) = info.coverage
+    assert entry["pairs"] == run.height and 0 < entry["coverage"] < 1
+
+
+@pytest.mark.parametrize("text", ["2", "3/3", "-1/2", "a/b"])
+def test_bad_shard_spec(text):
+    from distill.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        parse_shard(text)
+
+
+def test_open_non_cache_folder(tmp_path):
+    with pytest.raises(InputError, match="not a teacher cache"):
+        TeacherCache.open(tmp_path)
