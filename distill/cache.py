@@ -75,9 +75,11 @@ class CacheInfo:
 class TeacherCache:
     """A folder of cached teacher scores for one teacher fingerprint and one corpus."""
 
-    def __init__(self, folder: str | Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, folder: str | Path, manifest: dict[str, Any], *, persisted: bool = True) -> None:
         self.folder = Path(folder)
         self.manifest = manifest
+        self._persisted = persisted
+        self._pending: list[tuple[pl.DataFrame, str]] = []
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -88,7 +90,11 @@ class TeacherCache:
 
     @classmethod
     def create_or_open(cls, folder: str | Path, teacher: dict[str, Any], corpus_hash: str | None) -> TeacherCache:
-        """Open ``folder`` for ``teacher``; create it when absent. Another teacher is refused."""
+        """Open ``folder`` for ``teacher``; another teacher is refused.
+
+        A new cache touches the disk only with its first shard, so a run that fails before
+        scoring anything leaves no folder behind.
+        """
         folder = Path(folder)
         if (folder / MANIFEST).exists():
             cache = cls.open(folder)
@@ -100,9 +106,17 @@ class TeacherCache:
             "kind": KIND, "format": FORMAT, "teacher": teacher, "corpus_hash": corpus_hash,
             "candidates": [], "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (folder / "shards").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / MANIFEST, manifest)
-        return cls(folder, manifest)
+        return cls(folder, manifest, persisted=False)
+
+    def _persist(self) -> None:
+        if self._persisted:
+            return
+        (self.folder / "shards").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder / MANIFEST, self.manifest)
+        self._persisted = True
+        for pairs, source in self._pending:
+            self.register_candidates(pairs, source)
+        self._pending.clear()
 
     def check(self, teacher: dict[str, Any], corpus_hash: str | None) -> None:
         if self.manifest["teacher"] != teacher:
@@ -119,6 +133,8 @@ class TeacherCache:
 
     # -- reading -------------------------------------------------------------------------
     def shard_paths(self) -> list[Path]:
+        if not self._persisted:
+            return []
         return sorted(p for p in (self.folder / "shards").glob("part-*.parquet"))
 
     def scores(self) -> pl.DataFrame:
@@ -143,6 +159,7 @@ class TeacherCache:
             q, d, s = bad.row(0)
             raise InputError(f"teacher returned a non-finite score {s} for ({q}, {d}); nothing was written "
                              f"for this batch ({bad.height} bad pairs)", path=self.folder, field="score")
+        self._persist()
         name = f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
         path = self.folder / "shards" / name
         with atomic_path(path) as tmp:
@@ -153,6 +170,9 @@ class TeacherCache:
         """Remember a candidate set (for ``cache info`` coverage); returns its hash."""
         pairs = pairs.select(QID, DOCID).unique().sort([QID, DOCID])
         digest = frame_hash(pairs)
+        if not self._persisted:
+            self._pending.append((pairs, source))
+            return digest
         path = self.folder / "candidates" / f"{digest}.parquet"
         if not path.exists():
             with atomic_path(path) as tmp:

@@ -144,6 +144,7 @@ def test_non_finite_scores_are_refused_and_nothing_written(tmp_path, data):
     with pytest.raises(InputError, match="non-finite"):
         score_into_cache(teacher, dataset, run, cache, show_progress=False)
     assert cache.scores().height == 0
+    assert not (tmp_path / "c").exists()  # a new cache appears only with its first shard
 
 
 def test_info_reports_coverage(tmp_path, data):
