@@ -128,3 +128,27 @@ def build_beir(folder: Path, n_docs_per_topic: int = 10, n_queries_per_topic: in
         lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{r}" for q, d, r in rows]
         (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``distill ARGS`` in-process as the console script does; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from distill.cli import main
+
+    argv = sys.argv
+    sys.argv = ["distill", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes, to check that a failed command wrote nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,0 +1,195 @@
+"""Bad input, everywhere: one clear error line naming file, line and field; exit code 2;
+nothing written or changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny import run_cli, snapshot
+
+
+@pytest.fixture()
+def ws(tmp_path, tiny_beir, tiny_cross_encoder):
+    """A workspace: a copy of the tiny BEIR folder, a valid run, the tiny teacher and an out/ folder."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_beir, data)
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+    from distill.runs import write_run
+
+    write_run(bm25_run(load_beir(data, "test"), 5), tmp_path / "run.trec")
+    (tmp_path / "out").mkdir()
+    return {"root": tmp_path, "data": data, "run": tmp_path / "run.trec", "teacher": tiny_cross_encoder,
+            "out": tmp_path / "out"}
+
+
+def _edit_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _score(ws, *extra):
+    return ["score-teacher", "--teacher", ws["teacher"], "--data", ws["data"], "--split", "test",
+            "--run", ws["run"], "--cache", ws["out"] / "cache", *extra]
+
+
+def _candidates(ws, *extra):
+    return ["candidates", "--data", ws["data"], "--split", "test", "--k", "5", "--out", ws["out"] / "c.trec", *extra]
+
+
+def _break(kind):
+    """Mutations of the workspace, each returning the argv to run and the expected message parts."""
+
+    def apply(ws):
+        data, run = ws["data"], ws["run"]
+        if kind == "missing-folder":
+            return ["candidates", "--data", ws["root"] / "nope", "--out", ws["out"] / "c.trec"], ["nope", "not found"]
+        if kind == "corpus-bad-json":
+            _edit_line(data / "corpus.jsonl", 3, '{"_id": "x", "title": ')
+            return _candidates(ws), ["corpus.jsonl:3", "malformed JSON"]
+        if kind == "corpus-missing-id":
+            _edit_line(data / "corpus.jsonl", 2, '{"title": "t", "text": "apple"}')
+            return _candidates(ws), ["corpus.jsonl:2", "field '_id'", "missing"]
+        if kind == "corpus-duplicate-id":
+            first = json.loads((data / "corpus.jsonl").read_text().splitlines()[0])
+            _edit_line(data / "corpus.jsonl", 4, json.dumps({**first, "text": "other"}))
+            return _candidates(ws), ["corpus.jsonl:4", "duplicate id"]
+        if kind == "corpus-empty-doc":
+            first = json.loads((data / "corpus.jsonl").read_text().splitlines()[4])
+            _edit_line(data / "corpus.jsonl", 5, json.dumps({**first, "title": "", "text": " "}))
+            return _candidates(ws), ["corpus.jsonl:5", "empty document"]
+        if kind == "corpus-empty-file":
+            (data / "corpus.jsonl").write_text("\n")
+            return _candidates(ws), ["corpus.jsonl", "no documents"]
+        if kind == "corpus-missing-file":
+            (data / "corpus.jsonl").unlink()
+            return _candidates(ws), ["corpus.jsonl", "file not found"]
+        if kind == "queries-non-utf8":
+            raw = (data / "queries.jsonl").read_bytes().splitlines()
+            raw[1] = raw[1].replace(b"what", b"wh\xe9t")
+            (data / "queries.jsonl").write_bytes(b"\n".join(raw) + b"\n")
+            return _candidates(ws), ["queries.jsonl:2", "UTF-8"]
+        if kind == "queries-empty-text":
+            first = json.loads((data / "queries.jsonl").read_text().splitlines()[0])
+            _edit_line(data / "queries.jsonl", 1, json.dumps({**first, "text": ""}))
+            return _candidates(ws), ["queries.jsonl:1", "field 'text'", "empty"]
+        if kind == "qrels-unknown-doc":
+            with (data / "qrels" / "test.tsv").open("a") as h:
+                h.write("q0_0\tghost\t1\n")
+            return _candidates(ws), ["test.tsv", "corpus-id", "ghost"]
+        if kind == "qrels-bad-score":
+            _edit_line(data / "qrels" / "test.tsv", 2, "q0_0\td0_0\thigh")
+            return _candidates(ws), ["test.tsv:2", "field 'score'", "not a number"]
+        if kind == "qrels-columns":
+            _edit_line(data / "qrels" / "test.tsv", 3, "q0_0")
+            return _candidates(ws), ["test.tsv:3", "columns"]
+        if kind == "missing-split":
+            return [*_candidates(ws)[:4], "dev", *_candidates(ws)[5:]], ["dev.tsv", "no qrels for split"]
+        if kind == "run-unknown-doc":
+            _edit_line(run, 2, "q0_0 Q0 ghost 2 1.0 bm25")
+            return _score(ws), ["run.trec", "field 'docid'", "ghost"]
+        if kind == "run-unknown-query":
+            _edit_line(run, 2, "q9_9 Q0 d0_0 2 1.0 bm25")
+            return _score(ws), ["run.trec", "field 'qid'", "q9_9"]
+        if kind == "run-short-line":
+            _edit_line(run, 3, "q0_0 Q0 d0_1")
+            return _score(ws), ["run.trec:3", "expected 6 columns"]
+        if kind == "run-nan-score":
+            parts = run.read_text().splitlines()[3].split()
+            parts[4] = "nan"
+            _edit_line(run, 4, " ".join(parts))
+            return _score(ws), ["run.trec:4", "field 'score'", "not finite"]
+        if kind == "run-duplicate":
+            lines = run.read_text().splitlines()
+            _edit_line(run, 2, lines[0])
+            return _score(ws), ["run.trec:2", "duplicate document"]
+        if kind == "run-empty":
+            run.write_text("")
+            return _score(ws), ["run.trec", "empty run"]
+        if kind == "teacher-missing":
+            args = _score(ws)
+            args[2] = ws["root"] / "no_model"
+            return args, ["no_model"]
+        if kind == "bad-shard":
+            return _score(ws, "--shard", "5/2"), ["--shard", "0 <= i < N"]
+        if kind == "pairs-bad-jsonl":
+            path = ws["root"] / "c.jsonl"
+            path.write_text('{"query": "apple", "positive": ["apple pie"]}\n{"query": "rain", "positive": "x"}\n')
+            return ["score-teacher", "--teacher", ws["teacher"], "--pairs", path, "--cache", ws["out"] / "cache"], \
+                ["c.jsonl:2", "field 'positive'", "expected a list"]
+        if kind == "pairs-bad-triples":
+            path = ws["root"] / "t.tsv"
+            path.write_text("apple\tapple pie\tcar\nrain\tcloud\n")
+            return ["score-teacher", "--teacher", ws["teacher"], "--pairs", path, "--cache", ws["out"] / "cache"], \
+                ["t.tsv:2", "3 tab-separated columns"]
+        if kind == "pairs-and-run":
+            return _score(ws, "--pairs", ws["run"]), ["either --pairs or --data"]
+        if kind == "cache-info-not-cache":
+            return ["cache", "info", ws["out"]], ["not a teacher cache"]
+        raise AssertionError(kind)
+
+    return apply
+
+
+CASES = [
+    "missing-folder", "corpus-bad-json", "corpus-missing-id", "corpus-duplicate-id", "corpus-empty-doc",
+    "corpus-empty-file", "corpus-missing-file", "queries-non-utf8", "queries-empty-text", "qrels-unknown-doc",
+    "qrels-bad-score", "qrels-columns", "missing-split", "run-unknown-doc", "run-unknown-query", "run-short-line",
+    "run-nan-score", "run-duplicate", "run-empty", "teacher-missing", "bad-shard", "pairs-bad-jsonl",
+    "pairs-bad-triples", "pairs-and-run", "cache-info-not-cache",
+]
+
+
+@pytest.mark.parametrize("kind", CASES)
+def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(ws, kind, capsys):
+    args, needles = _break(kind)(ws)
+    before = snapshot(ws["root"])
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, (code, out, err)
+    message = " ".join(err.split())
+    assert message.startswith("error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert str(needle) in message, (needle, message)
+    assert snapshot(ws["root"]) == before
+
+
+def test_debug_shows_the_traceback(ws, capsys):
+    from distill.errors import DistillError
+
+    args, _ = _break("corpus-bad-json")(ws)
+    with pytest.raises(DistillError):
+        run_cli(["--debug", *args], capsys)
+
+
+def test_cache_of_another_teacher_is_refused(ws, tmp_path_factory, capsys):
+    import tiny
+
+    code, _, err = run_cli(_score(ws), capsys)
+    assert code == 0, err
+    other = tiny.build_bert_cross_encoder(tmp_path_factory.mktemp("other"), seed=1)
+    args = _score(ws)
+    args[2] = other
+    before = snapshot(ws["root"])
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "another teacher" in err
+    assert snapshot(ws["root"]) == before
+
+
+def test_untrained_head_is_refused_unless_allowed(ws, tmp_path, capsys):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    headless = tmp_path / "headless"
+    BertModel(BertConfig.from_pretrained(ws["teacher"])).save_pretrained(headless)
+    AutoTokenizer.from_pretrained(ws["teacher"]).save_pretrained(headless)
+    args = _score(ws)
+    args[2] = headless
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "--allow-untrained-head" in err
+    assert not (ws["out"] / "cache").exists()
+    code, _, err = run_cli([*args, "--allow-untrained-head"], capsys)
+    assert code == 0, err
