@@ -1,0 +1,1 @@
+"""Students: rerankers trained to imitate a cached teacher (cross-encoder, bi-encoder, LightGBM)."""

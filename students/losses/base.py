@@ -1,0 +1,189 @@
+"""The contract every distillation loss follows, and the masking helpers they share.
+
+A loss sees only tensors: ``student`` and ``teacher`` scores of shape ``[B, L]`` (row b is
+one query's candidate group, column j one document), a boolean ``mask`` marking real
+(non-padding) entries and, optionally, qrels ``labels``. Groups sampled as one positive
+plus negatives put the positive in column 0. Models, tokenizers and padding logic stay in
+the trainers, so one loss serves a cross-encoder and a bi-encoder alike.
+
+Masked entries have no effect on the value or on gradients, whatever they hold: every
+helper here replaces them (``masked_fill`` / ``torch.where``) *before* any arithmetic, so
+neither ``inf - inf`` nor ``0 * inf`` can appear. Every loss averages within a query
+first and then over queries, so each query counts the same however many candidates it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+
+
+def masked_log_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Log-softmax over the valid entries of each row; masked entries come back as 0.
+
+    Masked entries are filled with -inf before the softmax (probability exactly 0) and with
+    0 afterwards, so products with a zero probability stay 0 instead of ``0 * -inf = nan``.
+    Rows without any valid entry return all zeros.
+    """
+    return torch.log_softmax(_fill_for_softmax(scores, mask), dim=-1).masked_fill(~mask, 0.0)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the valid entries of each row; masked entries (and empty rows) are 0."""
+    return torch.softmax(_fill_for_softmax(scores, mask), dim=-1).masked_fill(~mask, 0.0)
+
+
+def _fill_for_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    # -inf on padding; an all-padding row is set to zeros so its softmax stays finite.
+    filled = scores.masked_fill(~mask, float("-inf"))
+    return filled.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+
+
+def pair_differences(scores: Tensor, mask: Tensor) -> Tensor:
+    """``[B, L, L]`` differences ``scores[b, i] - scores[b, j]``, with padding zeroed first."""
+    clean = scores.masked_fill(~mask, 0.0)
+    return clean[:, :, None] - clean[:, None, :]
+
+
+def pair_mask(mask: Tensor) -> Tensor:
+    """``[B, L, L]``: True where both i and j are valid and i != j."""
+    eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    return mask[:, :, None] & mask[:, None, :] & ~eye
+
+
+def mean_over_rows(row_loss: Tensor, row_valid: Tensor) -> Tensor:
+    """Mean of ``row_loss`` over the rows marked valid (0 with a gradient when none is)."""
+    total = torch.where(row_valid, row_loss, torch.zeros_like(row_loss)).sum()
+    return total / row_valid.sum().clamp(min=1)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the valid elements of each row (all dims after the first), then over rows
+    that have at least one valid element."""
+    dims = tuple(range(1, values.dim()))
+    count = mask.sum(dim=dims)
+    row_sum = torch.where(mask, values, torch.zeros_like(values)).sum(dim=dims)
+    return mean_over_rows(row_sum / count.clamp(min=1), count > 0)
+
+
+class DistillLoss(nn.Module):
+    """Base class: validates inputs, computes in at least float32, detaches the teacher.
+
+    Subclasses implement :meth:`compute` and declare ``name`` (the field's name, also the
+    registry key), ``citation`` (BibTeX), ``formula`` and ``when_to_use`` (for the README
+    table), ``config_fields`` (constructor arguments written into manifests) and
+    ``requires_negatives`` (whether a group of one document makes the loss meaningless).
+    """
+
+    name: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    formula: ClassVar[str] = ""
+    when_to_use: ClassVar[str] = ""
+    config_fields: ClassVar[tuple[str, ...]] = ()
+    requires_negatives: bool = False
+
+    def forward(
+        self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
+        """Scalar loss for a batch of candidate groups (see the module docstring)."""
+        _check_inputs(student, teacher, mask, labels)
+        dtype = torch.promote_types(student.dtype, torch.float32)
+        return self.compute(
+            student.to(dtype),
+            teacher.detach().to(dtype),
+            mask,
+            None if labels is None else labels.detach().to(dtype),
+        )
+
+    def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
+        """The loss proper, on validated float tensors."""
+        raise NotImplementedError
+
+    def check_group_size(self, group_size: int) -> None:
+        """Refuse a training config whose groups are too small for this loss."""
+        if self.requires_negatives and group_size < 2:
+            raise ConfigError(
+                f"{self.name} needs at least one negative per group (group size >= 2), "
+                f"got group size {group_size}; sample negatives or use a pointwise loss (MSE)"
+            )
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Name and hyperparameters, written into the manifest of every trained student."""
+        return {"name": self.name, **{field: getattr(self, field) for field in self.config_fields}}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{field}={getattr(self, field)!r}" for field in self.config_fields)
+
+
+def _check_inputs(student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> None:
+    # Wrong shapes or dtypes here are trainer bugs, not user input, hence ValueError.
+    if student.dim() != 2:
+        raise ValueError(f"student scores must be [B, L], got shape {tuple(student.shape)}")
+    for what, tensor in (("teacher", teacher), ("mask", mask), ("labels", labels)):
+        if tensor is not None and tensor.shape != student.shape:
+            raise ValueError(
+                f"{what} shape {tuple(tensor.shape)} differs from student shape {tuple(student.shape)}"
+            )
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
+    if not student.is_floating_point():
+        raise ValueError(f"student scores must be floating point, got {student.dtype}")
+
+
+class Mixture(DistillLoss):
+    """Weighted sum of losses, e.g. a distillation loss plus a hard-label term.
+
+    :meth:`parts` returns each component's unweighted value by name, so a trainer can log
+    them separately (as Lightning IR does with its ``loss_functions``).
+    """
+
+    name = "Mixture"
+
+    def __init__(self, components: Sequence[tuple[DistillLoss, float]]) -> None:
+        super().__init__()
+        if not components:
+            raise ConfigError("a loss mixture needs at least one (loss, weight) component")
+        for loss, weight in components:
+            if weight < 0:
+                raise ConfigError(f"weight of {loss.name} must be >= 0, got {weight}")
+        self.losses = nn.ModuleList(loss for loss, _ in components)
+        self.weights = tuple(float(weight) for _, weight in components)
+        self.requires_negatives = any(loss.requires_negatives for loss in self.losses)
+
+    def parts(
+        self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Unweighted value of each component, keyed by its name (``#2``... on repeats)."""
+        out: dict[str, Tensor] = {}
+        for loss in self.losses:
+            key, n = loss.name, 1
+            while key in out:
+                n += 1
+                key = f"{loss.name}#{n}"
+            out[key] = loss(student, teacher, mask, labels)
+        return out
+
+    def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
+        values = self.parts(student, teacher, mask, labels).values()
+        return sum(w * v for w, v in zip(self.weights, values, strict=True))
+
+    def check_group_size(self, group_size: int) -> None:
+        for loss in self.losses:
+            loss.check_group_size(group_size)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "components": [
+                {"weight": w, **loss.get_config_dict()}
+                for loss, w in zip(self.losses, self.weights, strict=True)
+            ],
+        }
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}"

@@ -1,0 +1,372 @@
+"""The math of the distillation losses: hand-computed values, masking, shift invariance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.errors import ConfigError
+from students.losses import (
+    LOSSES,
+    HardLabels,
+    KLDiv,
+    LambdaLoss,
+    ListNet,
+    MarginMSE,
+    Mixture,
+    PointwiseMSE,
+    RankNet,
+    build_loss,
+    describe_losses,
+)
+
+torch.set_num_threads(1)
+
+# Every loss configuration the tests run; ids name them in pytest's output.
+CONFIGS = {
+    "MarginMSE": MarginMSE,
+    "KLDiv": KLDiv,
+    "KLDiv-T3": lambda: KLDiv(temperature=3.0),
+    "ListNet": ListNet,
+    "RankNet": RankNet,
+    "RankNet-weighted": lambda: RankNet(sigma=2.0, teacher_weighted=True),
+    "LambdaLoss": LambdaLoss,
+    "LambdaLoss-k2": lambda: LambdaLoss(k=2, temperature=0.5),
+    "MSE": PointwiseMSE,
+    "HardLabels-bce": lambda: HardLabels("bce"),
+    "HardLabels-listwise": lambda: HardLabels("listwise_ce"),
+    "Mixture": lambda: build_loss("MarginMSE", hard_label_weight=0.3, hard_label_kind="listwise_ce"),
+}
+SHIFT_INVARIANT = ["MarginMSE", "KLDiv", "KLDiv-T3", "ListNet", "RankNet", "RankNet-weighted",
+                   "LambdaLoss", "LambdaLoss-k2"]
+
+# The 2x3 example computed by hand below.
+S = [[1.0, 0.5, -1.0], [0.2, 0.4, 0.0]]
+T = [[2.0, 0.0, -1.0], [1.0, 0.5, 0.5]]
+Y = [[2.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+
+
+def tensors(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def value(loss: torch.nn.Module, student=S, teacher=T, labels=Y) -> float:
+    s, t = tensors(student), tensors(teacher)
+    return float(loss(s, t, torch.ones_like(s, dtype=torch.bool), tensors(labels)))
+
+
+def softmax(xs: list[float]) -> list[float]:
+    exps = [math.exp(x) for x in xs]
+    return [e / sum(exps) for e in exps]
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def random_batch(seed: int = 0):
+    """5 groups of up to 4 candidates with 4, 3, 2, 1 and 0 real ones."""
+    gen = torch.Generator().manual_seed(seed)
+    student = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    teacher = 3 * torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 3, (5, 4), generator=gen).double()
+    labels[:, 0] = 2.0  # column 0 is the positive
+    lengths = [4, 3, 2, 1, 0]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    return student, teacher, mask, labels, lengths
+
+
+def loss_and_grad(loss, student, teacher, mask, labels):
+    student = student.clone().requires_grad_(True)
+    out = loss(student, teacher, mask, labels)
+    out.backward()
+    return out.detach(), student.grad
+
+
+# ---- hand computations on the 2x3 example ----------------------------------------------
+
+def test_mse_by_hand():
+    row0 = ((1 - 2) ** 2 + (0.5 - 0) ** 2 + (-1 + 1) ** 2) / 3
+    row1 = ((0.2 - 1) ** 2 + (0.4 - 0.5) ** 2 + (0 - 0.5) ** 2) / 3
+    assert value(PointwiseMSE()) == pytest.approx((row0 + row1) / 2)
+
+
+def test_margin_mse_by_hand():
+    # row 0: student margins 0.5, 2.0; teacher margins 2.0, 3.0
+    row0 = ((0.5 - 2.0) ** 2 + (2.0 - 3.0) ** 2) / 2
+    # row 1: student margins -0.2, 0.2; teacher margins 0.5, 0.5
+    row1 = ((-0.2 - 0.5) ** 2 + (0.2 - 0.5) ** 2) / 2
+    assert value(MarginMSE()) == pytest.approx((row0 + row1) / 2)  # 0.9575
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kldiv_by_hand(temperature):
+    rows = []
+    for s, t in zip(S, T, strict=True):
+        p = softmax([x / temperature for x in t])
+        q = softmax([x / temperature for x in s])
+        rows.append(temperature**2 * sum(pj * math.log(pj / qj) for pj, qj in zip(p, q, strict=True)))
+    assert value(KLDiv(temperature=temperature)) == pytest.approx(mean(rows))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_listnet_by_hand(temperature):
+    rows = []
+    for s, t in zip(S, T, strict=True):
+        p, q = softmax([x / temperature for x in t]), softmax(s)
+        rows.append(-sum(pj * math.log(qj) for pj, qj in zip(p, q, strict=True)))
+    assert value(ListNet(temperature=temperature)) == pytest.approx(mean(rows))
+
+
+def test_ranknet_by_hand():
+    def nll(d: float) -> float:  # -log sigmoid(d)
+        return math.log(1 + math.exp(-d))
+
+    # teacher-ordered pairs: row 0 (0,1) (0,2) (1,2); row 1 (0,1) (0,2), the tie (1,2) is no pair
+    row0 = mean([nll(1.0 - 0.5), nll(1.0 + 1.0), nll(0.5 + 1.0)])
+    row1 = mean([nll(0.2 - 0.4), nll(0.2 - 0.0)])
+    assert value(RankNet()) == pytest.approx((row0 + row1) / 2)
+
+    # min_gap 0.6 drops both pairs of row 1 (teacher gaps 0.5), so row 1 leaves the mean
+    assert value(RankNet(min_gap=0.6)) == pytest.approx(row0)
+
+    def w(gap: float) -> float:  # teacher confidence margin 2 sigmoid(gap) - 1
+        return 2 / (1 + math.exp(-gap)) - 1
+
+    weighted0 = mean([w(2) * nll(0.5), w(3) * nll(2.0), w(1) * nll(1.5)])
+    weighted1 = mean([w(0.5) * nll(-0.2), w(0.5) * nll(0.2)])
+    assert value(RankNet(teacher_weighted=True)) == pytest.approx((weighted0 + weighted1) / 2)
+
+
+def lambda_loss_row(s, t, temperature=1.0, k=None, mu=10.0, sigma=1.0) -> float:
+    """LambdaLoss (NDCG-Loss2++) of one query, written out with loops."""
+    n = len(s)
+    k = k or n
+    gains = softmax([x / temperature for x in t])
+    order = sorted(range(n), key=lambda j: -s[j])  # student ranking
+
+    def inv_d(r):  # 1 / log2(1 + r), r = 1-based rank
+        return 1 / math.log2(1 + r)
+
+    ideal = sum(g * inv_d(r + 1) for r, g in enumerate(sorted(gains, reverse=True)[:k]))
+    g = [gains[j] / ideal for j in order]
+    ranked = [s[j] for j in order]
+    terms = []
+    for a in range(n):
+        for b in range(n):
+            if a != b and g[a] > g[b] and (a < k or b < k):
+                delta = abs(inv_d(abs(a - b)) - inv_d(abs(a - b) + 1))
+                lambda_rank = abs(inv_d(a + 1) - inv_d(b + 1))
+                weight = (mu * delta + lambda_rank) * abs(g[a] - g[b])
+                terms.append(-weight * math.log2(1 / (1 + math.exp(-sigma * (ranked[a] - ranked[b])))))
+    return mean(terms)
+
+
+@pytest.mark.parametrize("params", [{}, {"k": 1}, {"temperature": 0.5, "mu": 0.0, "sigma": 2.0}])
+def test_lambda_loss_by_hand(params):
+    expected = mean([lambda_loss_row(s, t, **params) for s, t in zip(S, T, strict=True)])
+    assert value(LambdaLoss(**params)) == pytest.approx(expected)
+
+
+def test_lambda_loss_prefers_the_teacher_order():
+    teacher = [[3.0, 2.0, 1.0, 0.0]]
+    agree = value(LambdaLoss(), [[3.0, 2.0, 1.0, 0.0]], teacher, [[0.0] * 4])
+    reversed_ = value(LambdaLoss(), [[0.0, 1.0, 2.0, 3.0]], teacher, [[0.0] * 4])
+    assert agree < reversed_
+
+
+def test_hard_labels_by_hand():
+    def bce(s: float, y: float) -> float:
+        return y * math.log(1 + math.exp(-s)) + (1 - y) * math.log(1 + math.exp(s))
+
+    rows = [
+        mean([bce(s, float(y > 0)) for s, y in zip(srow, yrow, strict=True)])
+        for srow, yrow in zip(S, Y, strict=True)
+    ]
+    assert value(HardLabels("bce")) == pytest.approx(mean(rows))
+
+    rows = []
+    for srow, yrow in zip(S, Y, strict=True):
+        q = softmax(srow)
+        rows.append(-sum(y / sum(yrow) * math.log(qj) for y, qj in zip(yrow, q, strict=True)))
+    assert value(HardLabels("listwise_ce")) == pytest.approx(mean(rows))
+
+
+def test_mixture_is_the_weighted_sum():
+    mixture = build_loss("KLDiv", temperature=2.0, hard_label_weight=0.25)
+    assert isinstance(mixture, Mixture)
+    expected = value(KLDiv(temperature=2.0)) + 0.25 * value(HardLabels("bce"))
+    assert value(mixture) == pytest.approx(expected)
+    s, t = tensors(S), tensors(T)
+    parts = mixture.parts(s, t, torch.ones_like(s, dtype=torch.bool), tensors(Y))
+    assert list(parts) == ["KLDiv", "HardLabels"]
+    assert mixture.get_config_dict() == {
+        "name": "Mixture",
+        "components": [
+            {"weight": 1.0, "name": "KLDiv", "temperature": 2.0},
+            {"weight": 0.25, "name": "HardLabels", "kind": "bce"},
+        ],
+    }
+
+
+# ---- properties -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["MarginMSE", "KLDiv", "KLDiv-T3", "MSE"])
+def test_zero_when_student_equals_teacher(name):
+    student, teacher, mask, labels, _ = random_batch()
+    loss = CONFIGS[name]()
+    assert abs(float(loss(teacher, teacher, mask, labels))) < 1e-12
+    assert float(loss(teacher + student, teacher, mask, labels)) > 1e-3
+
+
+def test_listnet_is_minimal_at_the_teacher():
+    student, teacher, mask, labels, lengths = random_batch()
+    at_teacher = float(ListNet()(teacher, teacher, mask, labels))
+    entropies = []
+    for row, n in zip(teacher.tolist(), lengths, strict=True):
+        if n >= 2:
+            p = softmax(row[:n])
+            entropies.append(-sum(pj * math.log(pj) for pj in p))
+    assert at_teacher == pytest.approx(mean(entropies))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        perturbed = teacher + 0.3 * torch.randn(teacher.shape, generator=gen, dtype=torch.float64)
+        assert float(ListNet()(perturbed, teacher, mask, labels)) > at_teacher
+
+
+@pytest.mark.parametrize(
+    "fill", [(1e30, -1e30, 7.0), (math.inf, math.nan, math.nan)], ids=["huge", "inf-nan"]
+)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_masked_entries_change_nothing(name, fill):
+    """Garbage in padding changes neither value nor gradients, and padding equals absence."""
+    student, teacher, mask, labels, lengths = random_batch()
+    student_fill, teacher_fill, label_fill = fill
+    loss = CONFIGS[name]()
+
+    def garbage(x: torch.Tensor, fill: float) -> torch.Tensor:
+        signs = torch.where(torch.arange(x.numel()).reshape(x.shape) % 2 == 0, 1.0, -1.0).double()
+        return torch.where(mask, x, fill * signs)
+
+    clean_value, clean_grad = loss_and_grad(
+        loss, garbage(student, 0.0), garbage(teacher, 0.0), mask, garbage(labels, 0.0)
+    )
+    dirty_value, dirty_grad = loss_and_grad(
+        loss, garbage(student, student_fill), garbage(teacher, teacher_fill), mask,
+        garbage(labels, label_fill),
+    )
+    assert torch.isfinite(dirty_value) and torch.isfinite(dirty_grad).all()
+    assert dirty_value == pytest.approx(float(clean_value), rel=1e-12)
+    torch.testing.assert_close(dirty_grad, clean_grad)
+    assert (dirty_grad[~mask] == 0).all()
+
+    # The batch value is the mean of the rows' values, each computed without any padding;
+    # a lone document is no group for the losses that need negatives.
+    smallest = 2 if loss.requires_negatives else 1
+    rows = [
+        float(loss(student[b:b + 1, :n], teacher[b:b + 1, :n], mask[b:b + 1, :n], labels[b:b + 1, :n]))
+        for b, n in enumerate(lengths)
+        if n >= smallest
+    ]
+    assert float(clean_value) == pytest.approx(mean(rows))
+
+
+@pytest.mark.parametrize("name", SHIFT_INVARIANT)
+def test_ignores_a_constant_shift_per_row(name):
+    student, teacher, mask, labels, _ = random_batch()
+    loss = CONFIGS[name]()
+    shift = torch.tensor([[5.0], [-3.0], [0.5], [1.0], [2.0]], dtype=torch.float64)
+    base = float(loss(student, teacher, mask, labels))
+    assert float(loss(student + shift, teacher, mask, labels)) == pytest.approx(base, rel=1e-9)
+    assert float(loss(student, teacher - 2 * shift, mask, labels)) == pytest.approx(base, rel=1e-9)
+
+
+def test_mse_does_see_a_shift():
+    student, teacher, mask, labels, _ = random_batch()
+    assert float(PointwiseMSE()(student + 1.0, teacher, mask)) != pytest.approx(
+        float(PointwiseMSE()(student, teacher, mask))
+    )
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_gradients_reach_the_student(name):
+    student, teacher, mask, labels, _ = random_batch(seed=3)
+    value_, grad = loss_and_grad(CONFIGS[name](), student.float(), teacher.float(), mask, labels.float())
+    assert value_.dtype == torch.float32
+    assert torch.isfinite(grad).all()
+    assert grad[mask].abs().sum() > 0
+
+
+def test_low_precision_scores_are_computed_in_float32():
+    student, teacher, mask, _, _ = random_batch()
+    student, teacher = student.bfloat16(), teacher.bfloat16()
+    out = KLDiv()(student, teacher, mask)
+    assert out.dtype == torch.float32
+    assert float(out) == pytest.approx(float(KLDiv()(student.float(), teacher.float(), mask)))
+
+
+# ---- registry, configs and errors -------------------------------------------------------
+
+def test_registry_uses_the_field_names():
+    assert set(LOSSES) == {"MarginMSE", "KLDiv", "ListNet", "RankNet", "LambdaLoss", "MSE"}
+    assert isinstance(build_loss("kldiv", temperature=2.0), KLDiv)
+    assert isinstance(build_loss("mse"), PointwiseMSE)
+    assert build_loss("LAMBDALOSS", k=10).get_config_dict() == {
+        "name": "LambdaLoss", "temperature": 1.0, "k": 10, "sigma": 1.0, "mu": 10.0,
+    }
+    for cls in (*LOSSES.values(), HardLabels):
+        assert "@" in cls.citation
+
+
+def test_unknown_loss_lists_every_option():
+    with pytest.raises(ConfigError) as info:
+        build_loss("ListMLE")
+    for key in LOSSES:
+        assert key in str(info.value)
+
+
+def test_bad_parameters_are_config_errors():
+    with pytest.raises(ConfigError, match="temperature"):
+        build_loss("KLDiv", temprature=2.0)
+    with pytest.raises(ConfigError, match="temperature"):
+        build_loss("ListNet", temperature=0.0)
+    with pytest.raises(ConfigError, match="bce, listwise_ce"):
+        build_loss("MarginMSE", hard_label_weight=1.0, hard_label_kind="hinge")
+    with pytest.raises(ConfigError, match="hard_label_weight"):
+        build_loss("MarginMSE", hard_label_weight=-1.0)
+    with pytest.raises(ConfigError, match="k must be"):
+        LambdaLoss(k=0)
+
+
+def test_hard_labels_need_labels():
+    student, teacher, mask, _, _ = random_batch()
+    with pytest.raises(ConfigError, match="needs qrels labels"):
+        build_loss("KLDiv", hard_label_weight=0.5)(student, teacher, mask)
+
+
+def test_wrong_inputs_are_rejected():
+    student, teacher, mask, _, _ = random_batch()
+    with pytest.raises(ValueError, match="teacher shape"):
+        KLDiv()(student, teacher[:, :3], mask)
+    with pytest.raises(ValueError, match="bool"):
+        KLDiv()(student, teacher, mask.double())
+
+
+def test_check_group_size():
+    with pytest.raises(ConfigError, match="MarginMSE needs at least one negative per group"):
+        build_loss("MarginMSE").check_group_size(1)
+    build_loss("MarginMSE").check_group_size(2)
+    for name in ("KLDiv", "ListNet", "RankNet", "LambdaLoss"):
+        with pytest.raises(ConfigError, match=name):
+            build_loss(name).check_group_size(1)
+    build_loss("MSE", hard_label_weight=1.0).check_group_size(1)
+    with pytest.raises(ConfigError, match="HardLabels"):
+        build_loss("MSE", hard_label_weight=1.0, hard_label_kind="listwise_ce").check_group_size(1)
+
+
+def test_describe_losses_covers_every_loss():
+    rows = describe_losses()
+    assert [row["name"] for row in rows] == [*LOSSES, "HardLabels"]
+    assert all(row["formula"] and row["when_to_use"] for row in rows)
