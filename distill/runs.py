@@ -10,7 +10,7 @@ import polars as pl
 from distill.data import read_lines
 from distill.errors import InputError
 from distill.io import atomic_path
-from distill.schema import DOCID, QID, RANK, SCORE, require_columns, with_ranks
+from distill.schema import DOCID, QID, RANK, RUN_SCHEMA, SCORE, require_columns, with_ranks
 
 
 def read_run(path: str | Path) -> pl.DataFrame:
@@ -45,7 +45,7 @@ def read_run(path: str | Path) -> pl.DataFrame:
         scores.append(value)
     if not qids:
         raise InputError("empty run", path=path)
-    run = pl.DataFrame({QID: qids, DOCID: docids, SCORE: scores}, schema={QID: pl.String, DOCID: pl.String, SCORE: pl.Float64})
+    run = pl.DataFrame({QID: qids, DOCID: docids, SCORE: scores}, schema=RUN_SCHEMA)
     return with_ranks(run)
 
 

@@ -106,7 +106,12 @@ class _progress:
         if not self.enabled:
             return lambda n: None
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 

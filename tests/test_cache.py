@@ -5,7 +5,6 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import polars as pl
 import pytest
 
 from distill.bm25 import bm25_run

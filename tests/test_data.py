@@ -83,8 +83,9 @@ def test_trec_run_roundtrip_and_errors(tmp_path):
     back = read_run(path)
     assert back.sort(["qid", "docid"]).select("qid", "docid", "score").equals(run.sort(["qid", "docid"]))
     assert back.filter(pl.col("qid") == "q1")["rank"].to_list() == [1, 2]
-    for text, needle in [("q1 Q0 a 1 x t\n", "not a number"), ("q1 Q0 a 1\n", "expected 6 columns"),
-                         ("q1 Q0 a 1 1 t\nq1 Q0 a 2 0.5 t\n", "duplicate document"), ("q1 Q0 a 1 nan t\n", "not finite")]:
+    bad = [("q1 Q0 a 1 x t\n", "not a number"), ("q1 Q0 a 1\n", "expected 6 columns"),
+           ("q1 Q0 a 1 1 t\nq1 Q0 a 2 0.5 t\n", "duplicate document"), ("q1 Q0 a 1 nan t\n", "not finite")]
+    for text, needle in bad:
         with pytest.raises(InputError, match=needle):
             read_run(_write(tmp_path / "bad.trec", text))
 
@@ -95,7 +96,8 @@ def test_candidate_jsonl_and_triples_agree(tmp_path):
     jsonl = _write(tmp_path / "c.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     dataset, run = read_candidates_jsonl(jsonl)
     assert run.height == 5 and dataset.corpus.height == 3 and dataset.qrels.height == 2
-    tsv = _write(tmp_path / "t.tsv", "apple pie\tapple pie recipe\tcar engine\napple pie\tapple pie recipe\train cloud\n"
+    tsv = _write(tmp_path / "t.tsv", "apple pie\tapple pie recipe\tcar engine\n"
+                                     "apple pie\tapple pie recipe\train cloud\n"
                                      "rain\train cloud\tapple pie recipe\n")
     dataset2, run2 = read_triples_tsv(tsv)
     assert sorted(run.rows()) == sorted(run2.rows())

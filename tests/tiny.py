@@ -23,7 +23,8 @@ FILLER = WORDS[42:]
 
 def write_wordpiece_vocab(folder: Path) -> Path:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = specials + sorted(set(WORDS)) + ["yes", "no", "query", "document", ":"] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = specials + sorted(set(WORDS)) + ["yes", "no", "query", "document", ":"]
+    vocab += list("abcdefghijklmnopqrstuvwxyz0123456789")
     vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "vocab.txt"
@@ -114,7 +115,8 @@ def build_beir(folder: Path, n_docs_per_topic: int = 10, n_queries_per_topic: in
         for j in range(n_queries_per_topic):
             qid = f"q{t}_{j}"
             target_id, target_words = topic_docs[j % n_docs_per_topic]
-            qwords = rng.sample(sorted(w for w in target_words if w in topic), k=min(2, len(target_words & set(topic))))
+            on_topic = sorted(w for w in target_words if w in topic)
+            qwords = rng.sample(on_topic, k=min(2, len(on_topic)))
             queries.append({"_id": qid, "text": " ".join(qwords + ["what", "about"])})
             split = "test" if j % 3 == 0 else "train"
             qrels[split].append((qid, target_id, 2))
