@@ -39,7 +39,7 @@ def build_bert_cross_encoder(folder: Path, seed: int = 0, num_layers: int = 2) -
 
     torch.manual_seed(seed)
     vocab = write_wordpiece_vocab(folder)
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=128)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=128)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128, num_labels=1,
@@ -59,7 +59,7 @@ def build_bert_bi_encoder(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     raw = folder / "raw"
     vocab = write_wordpiece_vocab(raw)
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=128)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=128)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128,

@@ -1,0 +1,144 @@
+"""Bi-encoder students: query and document embedded apart, scored by similarity.
+
+A bi-encoder is much cheaper than a cross-encoder at query time once the corpus is
+embedded (:meth:`BiEncoderRanker.prepare`), which is what makes it a first- or
+second-stage candidate in a latency-bound cascade. Training fits ``scale * similarity``
+to the teacher's scores through a distillation loss (see :mod:`students.training`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from distill.data import Dataset
+from distill.errors import InputError
+from distill.io import atomic_dir
+from distill.manifest import write_manifest
+from distill.schema import DOCID, QID, SCORE
+from students.groups import GroupConfig, build_groups, split_groups
+
+if TYPE_CHECKING:
+    from students.training import TrainConfig
+
+log = logging.getLogger(__name__)
+
+KIND = "bi-encoder-student"
+
+
+def train_bi_encoder_student(
+    dataset: Dataset,
+    scores: pl.DataFrame,
+    out: str | Path,
+    *,
+    init: str,
+    group_config: GroupConfig,
+    train_config: TrainConfig,
+    loss_name: str,
+    loss_params: dict[str, Any] | None = None,
+    hard_label_weight: float = 0.0,
+    hard_label_kind: str = "bce",
+    teacher_fingerprint: dict[str, Any] | None = None,
+    similarity: str = "cosine",
+    scale: float = 20.0,
+    learn_scale: bool = False,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Distill the teacher ``scores`` of ``dataset``'s queries into a bi-encoder saved at ``out``.
+
+    ``init`` is a SentenceTransformer folder or id (a plain transformer gets mean pooling).
+    ``train_config`` is a :class:`students.training.TrainConfig`. The saved model's
+    ``similarity_fn_name`` is the trained ``similarity``, so ``SentenceTransformer(out).similarity``
+    scores as in training.
+    """
+    from sentence_transformers import SentenceTransformer
+    from transformers import set_seed
+
+    from students.losses import build_loss
+    from students.training import BiEncoderGroupLoss, fit, scores_summary
+
+    out = Path(out)
+    loss = build_loss(loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind,
+                      **(loss_params or {}))
+    loss.check_group_size(group_config.group_size)
+    groups = build_groups(dataset, scores, group_config, check_group_size=loss.check_group_size)
+    train, valid = split_groups(groups, train_config.valid_fraction, train_config.seed)
+    set_seed(train_config.seed)
+    model = SentenceTransformer(init, device=None, trust_remote_code=trust_remote_code)
+    model.max_seq_length = train_config.max_length
+    adapter = BiEncoderGroupLoss(model, loss, similarity=similarity, scale=scale, learn_scale=learn_scale)
+    model.similarity_fn_name = similarity
+    history = fit(model, adapter, train, valid, train_config, train_config.checkpoints_for(out))
+    config = {"init": init, "loss": adapter.get_config_dict(), "group": asdict(group_config),
+              "train": asdict(train_config)}
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))
+        write_manifest(tmp, KIND, config, teacher=teacher_fingerprint,
+                       data=scores_summary(dataset, scores, train, valid), history=history)
+    log.info("saved the bi-encoder student to %s", out)
+    return out
+
+
+class BiEncoderRanker:
+    """A :class:`~distill.ranking.Ranker` scoring candidates with a bi-encoder.
+
+    With ``precompute`` (default), :meth:`prepare` embeds the whole corpus once, and
+    :meth:`rerank` then embeds only the queries. Without it (or before ``prepare``, or for
+    another corpus), :meth:`rerank` embeds the queries and their candidate documents on every
+    call, which is the latency of a bi-encoder used as a reranker without an index.
+    """
+
+    def __init__(self, path: str | Path, precompute: bool = True, batch_size: int = 64,
+                 device: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.path = Path(path)
+        self.precompute = precompute
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(str(path), device=device)
+        self.name = f"bi-encoder:{self.path.name}"
+        self._corpus: pl.DataFrame | None = None
+        self._index: dict[str, int] = {}
+        self._doc_embeddings = None
+
+    def prepare(self, dataset: Dataset) -> None:
+        """Embed every document of ``dataset``'s corpus (a no-op without ``precompute``)."""
+        if not self.precompute:
+            return
+        docids = dataset.corpus[DOCID].to_list()
+        self._doc_embeddings = self._encode(dataset.doc_texts(docids))
+        self._index = {d: i for i, d in enumerate(docids)}
+        self._corpus = dataset.corpus
+
+    def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame:
+        """``qid, docid, score`` for every row of ``run``: the similarity of query and document."""
+        rows = run.select(QID, DOCID)
+        if rows.height == 0:
+            return rows.with_columns(pl.lit(0.0).alias(SCORE))
+        qids = rows[QID].unique(maintain_order=True).to_list()
+        query_embeddings = self._encode(dataset.query_texts(qids))
+        q_index = {q: i for i, q in enumerate(qids)}
+        if self._doc_embeddings is not None and dataset.corpus is self._corpus:
+            doc_embeddings, d_index = self._doc_embeddings, self._index
+        else:
+            docids = rows[DOCID].unique(maintain_order=True).to_list()
+            doc_embeddings, d_index = self._encode(dataset.doc_texts(docids)), {d: i for i, d in enumerate(docids)}
+        q_rows = np.fromiter((q_index[q] for q in rows[QID]), dtype=np.int64, count=rows.height)
+        d_rows = np.fromiter((d_index[d] for d in rows[DOCID]), dtype=np.int64, count=rows.height)
+        scores = self.model.similarity_pairwise(query_embeddings[q_rows], doc_embeddings[d_rows])
+        return rows.with_columns(pl.Series(SCORE, scores.float().cpu().numpy().astype(np.float64)))
+
+    def _encode(self, texts: list[str]):
+        if any(t is None for t in texts):
+            raise InputError("the run names queries or documents that the dataset lacks")
+        return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+                                 show_progress_bar=False)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "path": str(self.path), "precompute": self.precompute,
+                "batch_size": self.batch_size, "similarity": self.model.similarity_fn_name}

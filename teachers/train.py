@@ -1,0 +1,203 @@
+"""``train-teacher``: fine-tune a cross-encoder on a dataset's own training qrels.
+
+For when no strong reranker exists for a domain: the teacher is trained on the train
+split's judgements with BM25 hard negatives, then its scores are cached and distilled.
+
+- Groups: each training query's best judged document plus ``negatives`` documents drawn
+  at random from BM25's top ``negatives_from_top`` (judged-relevant ones excluded); see
+  :mod:`students.groups`.
+- Objective: ``listwise`` (default) is softmax cross-entropy over the group with the
+  positive as target (localized contrastive estimation); ``pointwise`` is per-document
+  binary cross-entropy, kept for comparison: on SciFact it collapsed to the base rate.
+  Both are :class:`students.losses.HardLabels`.
+- Validation: a seeded ``valid_fraction`` of the training queries is held out; after
+  every epoch the model reranks their BM25 top ``valid_k`` and its nDCG@10 is reported
+  next to BM25's own. The best epoch is kept, and a warning is logged when it does not
+  beat BM25 (a teacher worse than its first stage is not worth distilling).
+- Weak supervision (``weak_titles=N``): N documents' titles become queries whose positive
+  is the document's own body, with negatives retrieved by the title over the bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from sentence_transformers.base.evaluation import BaseEvaluator
+
+from distill.data import Dataset
+from distill.errors import ConfigError
+from distill.io import atomic_dir
+from distill.manifest import frame_hash, write_manifest
+from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, SCORE, TEXT, TITLE
+from students.groups import Group, GroupConfig, build_groups, holdout
+from students.training import TrainConfig
+
+log = logging.getLogger(__name__)
+
+KIND = "teacher"
+METRIC = "nDCG@10"
+
+
+def _teacher_defaults() -> TrainConfig:
+    return TrainConfig(epochs=2, lr=5e-5, batch_size=4, max_length=256, valid_fraction=0.1)
+
+
+@dataclass
+class TeacherTrainConfig:
+    """What ``train-teacher`` does beyond the optimisation settings in ``train``."""
+
+    objective: Literal["listwise", "pointwise"] = "listwise"
+    negatives: int = 7
+    negatives_from_top: int = 30
+    valid_k: int = 30
+    weak_titles: int = 0
+    trust_remote_code: bool = False
+    train: TrainConfig = field(default_factory=_teacher_defaults)
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("listwise", "pointwise"):
+            raise ConfigError(f"objective must be 'listwise' or 'pointwise', got {self.objective!r}")
+        if self.negatives < 1 or self.negatives_from_top <= self.negatives:
+            raise ConfigError(f"need 1 <= negatives < negatives_from_top, got {self.negatives} negatives from "
+                              f"the top {self.negatives_from_top}")
+        if self.valid_k < 1 or self.weak_titles < 0:
+            raise ConfigError(f"need valid_k >= 1 and weak_titles >= 0, got {self.valid_k}, {self.weak_titles}")
+
+
+def subset(dataset: Dataset, qids: set[str]) -> Dataset:
+    """``dataset`` restricted to the queries ``qids`` (same corpus)."""
+    keep = pl.DataFrame({QID: sorted(qids)}, schema={QID: pl.String})
+    return Dataset(
+        corpus=dataset.corpus, queries=dataset.queries.join(keep, on=QID, how="semi", maintain_order="left"),
+        qrels=dataset.qrels.join(keep, on=QID, how="semi", maintain_order="left"), name=dataset.name,
+        split=dataset.split, path=dataset.path,
+    )
+
+
+def bm25_groups(dataset: Dataset, config: TeacherTrainConfig) -> list[Group]:
+    """One group per query with a judged positive: the positive and BM25 negatives."""
+    from distill.bm25 import bm25_run
+
+    run = bm25_run(dataset, config.negatives_from_top, add_positives=True)
+    groups = build_groups(dataset, run.select(QID, DOCID, SCORE),
+                          GroupConfig(mode="sampled", n_negatives=config.negatives, seed=config.train.seed))
+    return [g for g in groups if g.labels[0] > 0]
+
+
+def weak_title_dataset(dataset: Dataset, n: int, seed: int) -> Dataset:
+    """Titles as queries for their own bodies: a corpus of bodies only (titles would give the
+    answer away), one query ``title:<docid>`` per sampled document with a non-empty title and body."""
+    usable = dataset.corpus.filter((pl.col(TITLE).str.strip_chars() != "") & (pl.col(TEXT).str.strip_chars() != ""))
+    if usable.height == 0:
+        raise ConfigError("--weak-titles needs documents with both a title and a body; this corpus has none")
+    if n > usable.height:
+        log.warning("--weak-titles %d: only %d documents have a title and a body; using all", n, usable.height)
+    picked = sorted(random.Random(seed).sample(range(usable.height), min(n, usable.height)))
+    chosen = usable[picked]
+    qids = [f"title:{d}" for d in chosen[DOCID]]
+    bodies = dataset.corpus.select(DOCID, pl.lit("").alias(TITLE), TEXT).filter(pl.col(TEXT).str.strip_chars() != "")
+    return Dataset(
+        corpus=bodies.cast(CORPUS_SCHEMA),
+        queries=pl.DataFrame({QID: qids, TEXT: chosen[TITLE].to_list()}, schema=QUERIES_SCHEMA),
+        qrels=pl.DataFrame({QID: qids, DOCID: chosen[DOCID].to_list(), RELEVANCE: [1] * len(qids)},
+                           schema=QRELS_SCHEMA),
+        name=f"{dataset.name}-titles", split="weak-titles", path=dataset.path,
+    )
+
+
+class RerankEvaluator(BaseEvaluator):
+    """A sentence-transformers evaluator: the model reranks a fixed run; metric from ir-measures.
+
+    Logs the model's metric next to the run's own (the first stage) and keeps every
+    evaluation in :attr:`history`.
+    """
+
+    def __init__(self, dataset: Dataset, run: pl.DataFrame, metric: str = METRIC, batch_size: int = 64) -> None:
+        from distill.metrics import evaluate
+
+        super().__init__()
+        self.dataset, self.run, self.primary_metric, self.batch_size = dataset, run, metric, batch_size
+        self.pairs = list(zip(dataset.query_texts(run[QID]), dataset.doc_texts(run[DOCID])))
+        self.baseline = evaluate(dataset.qrels, run, [metric])[metric]
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
+        from distill.metrics import evaluate
+
+        scores = model.predict(self.pairs, batch_size=self.batch_size, show_progress_bar=False)
+        value = evaluate(self.dataset.qrels, self.run.with_columns(pl.Series(SCORE, scores, dtype=pl.Float64)),
+                         [self.primary_metric])[self.primary_metric]
+        self.history.append({"epoch": float(epoch), "step": int(steps), self.primary_metric: value})
+        log.info("epoch %.2f: validation %s %.4f (BM25 %.4f, %+.4f)", epoch, self.primary_metric, value,
+                 self.baseline, value - self.baseline)
+        return {self.primary_metric: value}
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"metric": self.primary_metric, "queries": self.dataset.queries.height}
+
+
+def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
+                  config: TeacherTrainConfig | None = None) -> Path:
+    """Fine-tune a cross-encoder from ``init`` (any Hugging Face path or id; a fresh 1-label
+    head is expected) on ``dataset``'s qrels and save it at ``out`` with ``distill.json``."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+    from transformers import set_seed
+
+    from distill.bm25 import bm25_run
+    from students.losses import HardLabels
+    from students.training import CrossEncoderGroupLoss, fit
+
+    config = config or TeacherTrainConfig()
+    train_cfg = config.train
+    out = Path(out)
+    valid_qids = holdout(dataset.queries[QID].to_list(), train_cfg.valid_fraction, train_cfg.seed)
+    train_ds = subset(dataset, set(dataset.queries[QID]) - valid_qids)
+    groups = bm25_groups(train_ds, config)
+    if config.weak_titles:
+        weak = bm25_groups(weak_title_dataset(dataset, config.weak_titles, train_cfg.seed), config)
+        log.info("weak supervision: %d title queries", len(weak))
+        groups += weak
+    if not groups:
+        raise ConfigError(f"no training query of split {dataset.split!r} has a judged-relevant document")
+    evaluator = None
+    if valid_qids:
+        valid_ds = subset(dataset, valid_qids)
+        evaluator = RerankEvaluator(valid_ds, bm25_run(valid_ds, config.valid_k))
+    log.info("training the teacher on %d groups (%s), validating on %d queries", len(groups), config.objective,
+             len(valid_qids))
+    set_seed(train_cfg.seed)
+    model = CrossEncoder(init, num_labels=1, max_length=train_cfg.max_length,
+                         trust_remote_code=config.trust_remote_code)
+    loss = HardLabels(kind="listwise_ce" if config.objective == "listwise" else "bce")
+    fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
+        evaluator=evaluator)
+    validation = summarize_validation(evaluator)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))
+        write_manifest(tmp, KIND, {**asdict(config), "init": init}, loss=loss.get_config_dict(),
+                       validation=validation,
+                       data={"dataset": dataset.name, "split": dataset.split,
+                             "qrels_hash": frame_hash(dataset.qrels.sort([QID, DOCID])),
+                             "train_groups": len(groups), "valid_queries": len(valid_qids)})
+    log.info("saved the teacher to %s", out)
+    return out
+
+
+def summarize_validation(evaluator: RerankEvaluator | None) -> dict[str, Any] | None:
+    """Per-epoch validation metrics, BM25's, and a loud warning when the best does not beat BM25."""
+    if evaluator is None:
+        log.warning("no validation queries held out: the teacher was not compared with BM25")
+        return None
+    best = max((h[METRIC] for h in evaluator.history), default=float("nan"))
+    beats = best > evaluator.baseline
+    if not beats:
+        log.warning("the trained teacher does NOT beat BM25 on the validation queries (best %s %.4f vs BM25 "
+                    "%.4f): distilling it would teach students a worse ranking; train longer, add data "
+                    "(--weak-titles) or start from a stronger model", METRIC, best, evaluator.baseline)
+    return {"metric": METRIC, "bm25": evaluator.baseline, "epochs": evaluator.history, "best": best,
+            "beats_bm25": beats}
