@@ -76,7 +76,7 @@ def build_bert_bi_encoder(folder: Path, seed: int = 0) -> Path:
 def build_causal_lm(folder: Path, seed: int = 0) -> Path:
     """A tiny Qwen2 causal LM whose word-level vocabulary has 'yes' and 'no' as single tokens."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -85,7 +85,7 @@ def build_causal_lm(folder: Path, seed: int = 0) -> Path:
     words += list(':.,?!"<>|/\n') + ["system", "user", "assistant", "Query", "Document", "Instruct", "Judge"]
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern=r"\w+|[^\w\s]|\n", behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=Regex(r"\w+|[^\w\s]|\n"), behavior="isolated")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|im_end|>", padding_side="left")
     config = Qwen2Config(

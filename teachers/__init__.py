@@ -1,0 +1,9 @@
+"""Teachers: models whose raw (query, document) logits the students learn from."""
+
+from teachers.base import Teacher
+from teachers.cross_encoder import CrossEncoderTeacher
+from teachers.generative import GenerativeTeacher, PromptTemplate
+from teachers.loading import load_teacher
+from teachers.sanity import check_teacher
+
+__all__ = ["CrossEncoderTeacher", "GenerativeTeacher", "PromptTemplate", "Teacher", "check_teacher", "load_teacher"]

@@ -1,0 +1,128 @@
+"""Cross-encoder teachers: any sentence-transformers CrossEncoder or HF sequence-classification model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distill.errors import ConfigError
+from teachers.base import Teacher, local_model_folder
+
+if TYPE_CHECKING:
+    import torch
+
+
+def checkpoint_keys(folder: str | Path) -> set[str]:
+    """Names of the tensors stored in a model folder's weight files (read from headers, not tensors)."""
+    from safetensors import safe_open
+
+    root = Path(folder)
+    keys: set[str] = set()
+    for index in root.glob("*.index.json"):
+        keys |= set(json.loads(index.read_text())["weight_map"])
+    for path in root.glob("*.safetensors"):
+        with safe_open(path, framework="numpy") as handle:
+            keys |= set(handle.keys())
+    if not keys:
+        import torch
+
+        # Legacy checkpoints: the same restricted (weights-only) loader transformers uses on
+        # them; mmap leaves the tensors on disk.
+        for path in root.glob("*.bin"):
+            keys |= set(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    return keys
+
+
+def untrained_head(model: Any, folder: str | Path) -> list[str]:
+    """Parameters outside the base model (the classification head) that the checkpoint lacks.
+
+    Such parameters were freshly initialised when loading, so the scores would be random.
+    """
+    prefix = f"{model.base_model_prefix}."
+    keys = checkpoint_keys(folder)
+    suffixes = {key.split(".", 1)[1] for key in keys if "." in key}  # tolerate a wrapper's prefix
+    head = [name for name, _ in model.named_parameters() if not name.startswith(prefix)]
+    return [name for name in head if name not in keys and name not in suffixes]
+
+
+class CrossEncoderTeacher(Teacher):
+    """Raw logits of a cross-encoder: the single logit, or logit(1) - logit(0) for 2-label models.
+
+    Loads through :class:`sentence_transformers.CrossEncoder` (hub id or local folder) and
+    scores with the underlying transformers model and tokenizer, batched by token budget.
+    A model whose classification head is not in its checkpoint is refused unless
+    ``allow_untrained_head``.
+    """
+
+    kind = "cross-encoder"
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path,
+        max_length: int = 512,
+        dtype: str = "auto",
+        device: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        allow_untrained_head: bool = False,
+        max_tokens_per_batch: int | None = None,
+    ) -> None:
+        self.allow_untrained_head = allow_untrained_head
+        super().__init__(model_name_or_path, max_length=max_length, dtype=dtype, device=device, revision=revision,
+                         trust_remote_code=trust_remote_code, max_tokens_per_batch=max_tokens_per_batch)
+
+    def _load(self) -> None:
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        cross_encoder = CrossEncoder(
+            self.model_name_or_path, device=str(self.device), revision=self.revision,
+            trust_remote_code=self.trust_remote_code, max_length=self.max_length,
+            model_kwargs={"dtype": torch.float32},
+        )
+        modules = list(cross_encoder)
+        task = getattr(modules[0], "transformer_task", None)
+        if task == "text-generation":
+            raise ConfigError("a causal language model; load it as a generative teacher (kind 'generative')",
+                              path=self.model_name_or_path)
+        if len(modules) != 1 or task != "sequence-classification":
+            raise ConfigError("expected a transformer with a classification head, got the modules "
+                              f"{[type(m).__name__ for m in modules]}", path=self.model_name_or_path)
+        model = cross_encoder.model
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions is not None and self.max_length > positions:
+            raise ConfigError(f"max_length {self.max_length} exceeds the model's {positions} positions",
+                              path=self.model_name_or_path, field="max_length")
+        self.num_labels = model.config.num_labels
+        if self.num_labels not in (1, 2):
+            raise ConfigError(f"the model has {self.num_labels} labels; a reranker has 1 (a score) or 2 "
+                              "(not relevant, relevant)", path=self.model_name_or_path)
+        self.model = model.eval()
+        if not self.allow_untrained_head:
+            missing = untrained_head(model, local_model_folder(self.model_name_or_path, self.resolved_revision()))
+            if missing:
+                raise ConfigError(
+                    f"the model has no trained classification head (its checkpoint lacks {', '.join(missing)}), "
+                    "so its scores would be random; pass --allow-untrained-head (allow_untrained_head=True) "
+                    "to use it anyway", path=self.model_name_or_path,
+                )
+        self.tokenizer = cross_encoder.tokenizer
+        self.lowercase = bool(getattr(modules[0], "do_lower_case", False))
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.features = [n for n in self.tokenizer.model_input_names if n != "attention_mask"]
+
+    def _encode(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, list[list[int]]]:
+        if self.lowercase:
+            queries, docs = [q.lower() for q in queries], [d.lower() for d in docs]
+        encoded = self.tokenizer(list(queries), list(docs), truncation="longest_first", max_length=self.max_length,
+                                 return_attention_mask=False)
+        return {name: encoded[name] for name in self.features if name in encoded}
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(**batch).logits.float()
+        return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
+
+    def _config_extra(self) -> dict[str, Any]:
+        return {"allow_untrained_head": self.allow_untrained_head}
