@@ -83,7 +83,7 @@ class Teacher(ABC):
         self,
         model_name_or_path: str | Path,
         *,
-        max_length: int,
+        max_length: int | None,
         dtype: str,
         device: str | None,
         revision: str | None,
@@ -91,7 +91,7 @@ class Teacher(ABC):
         max_tokens_per_batch: int | None,
     ) -> None:
         check_model_reference(model_name_or_path)
-        if max_length < 1:
+        if max_length is not None and max_length < 1:
             raise ConfigError(f"max_length must be positive, got {max_length}", field="max_length")
         if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
             raise ConfigError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}",

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Option(None, help="Candidates as a TREC run (e.g. from `distill candidates`)."),
         pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV."),
         kind: str = typer.Option("auto", help="auto | cross-encoder | generative."),
-        max_length: int = typer.Option(512, min=8, help="Tokens per pair."),
+        max_length: int = typer.Option(None, min=8, help="Tokens per pair [the model's own, at most 512]."),
         dtype: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (reduced ones are checked vs fp32)."),
         device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu (default: best available)."),
         batch_tokens: int = typer.Option(None, help="Padded tokens per batch (default depends on device)."),
@@ -41,11 +41,14 @@ def register(app: typer.Typer) -> None:
 
         shard_spec = parse_shard(shard)
         dataset, candidates = load_dataset_and_run(data, split, run, pairs)
+        optional = {"max_length": max_length, "instruction": instruction}
         model = load_teacher(
-            teacher, kind=kind, max_length=max_length, dtype=dtype, device=device, revision=revision,
+            teacher, kind=kind, dtype=dtype, device=device, revision=revision,
             trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
-            max_tokens_per_batch=batch_tokens, **({"instruction": instruction} if instruction else {}),
+            max_tokens_per_batch=batch_tokens, **{k: v for k, v in optional.items() if v is not None},
         )
+        sample = candidates.head(256)  # a reduced precision is kept only if it agrees with fp32 here
+        model.settle_precision(dataset.query_texts(sample["qid"]), dataset.doc_texts(sample["docid"]))
         store = TeacherCache.create_or_open(cache, model.fingerprint(), frame_hash(dataset.corpus))
         store.register_candidates(candidates, str(run or pairs))
         todo = store.missing(candidates)
