@@ -258,5 +258,15 @@ class CachedRanker:
                              "run `distill score-teacher` on these candidates first", path=self.cache.folder)
         return joined.with_columns(pl.col(SCORE).cast(pl.Float64))
 
+    def live(self):
+        """The teacher model itself (for timing: replaying the cache costs nothing)."""
+        from teachers import load_teacher
+
+        fingerprint = self.cache.manifest["teacher"]
+        teacher = load_teacher(fingerprint["model"], kind=fingerprint.get("kind", "auto"),
+                               max_length=fingerprint.get("max_length"), revision=fingerprint.get("revision"))
+        teacher.name = self.name
+        return teacher
+
     def get_config_dict(self) -> dict[str, Any]:
         return {"cache": str(self.cache.folder), "teacher": self.cache.manifest["teacher"]}

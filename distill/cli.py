@@ -42,15 +42,21 @@ def _main(
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def _register() -> None:
-    from distill.commands import register_all
+_registered: list[bool] = []
 
-    register_all(app)
+
+def register_commands() -> None:
+    """Add every command group to :data:`app` (once)."""
+    if not _registered:
+        from distill.commands import register_all
+
+        register_all(app)
+        _registered.append(True)
 
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _register()
+    register_commands()
     try:
         app(standalone_mode=False)
     except DistillError as err:

