@@ -1,0 +1,32 @@
+"""`distill demo` end to end on a reduced setting: tiny models, a small built-in dataset."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+from tiny import run_cli
+
+
+def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", out, "--init", tiny_cross_encoder, "--max-length", 48, "--topics", 6,
+            "--teacher-epochs", 1, "--student-epochs", 1, "--latency-queries", 2, "--test-k", 10]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err[-3000:]
+    for name in ("report.html", "report.md", "cascade.json", "pipeline.json", "eval/summary.parquet",
+                 "models/teacher/distill.json", "models/ce_student/distill.json",
+                 "models/bi_encoder/distill.json", "models/lightgbm/model.txt", "cache/manifest.json"):
+        assert (out / name).exists(), name
+    html = (out / "report.html").read_text()
+    HTMLParser().feed(html)
+    assert html.count("data:image/png;base64,") >= 3
+    spec = json.loads((out / "cascade.json").read_text())
+    assert spec["format"] == "distill-cascade/1" and spec["stages"][0]["name"] == "bm25"
+    steps = json.loads((out / "pipeline.json").read_text())["steps"]
+    assert {"train-teacher", "score-test", "student-lightgbm", "cascade-build", "evaluate"} <= set(steps)
+
+    before = (out / "report.html").stat().st_mtime_ns
+    code, _, err = run_cli(args, capsys)  # every step is done: nothing runs again
+    assert code == 0 and "done already" in err
+    assert (out / "report.html").stat().st_mtime_ns == before
