@@ -259,10 +259,13 @@ class CachedRanker:
         return joined.with_columns(pl.col(SCORE).cast(pl.Float64))
 
     def live(self):
-        """The teacher model itself (for timing: replaying the cache costs nothing)."""
+        """The teacher model itself (for timing: replaying the cache costs nothing); None when
+        the fingerprint names no model."""
         from teachers import load_teacher
 
         fingerprint = self.cache.manifest["teacher"]
+        if "model" not in fingerprint:
+            return None
         teacher = load_teacher(fingerprint["model"], kind=fingerprint.get("kind", "auto"),
                                max_length=fingerprint.get("max_length"), revision=fingerprint.get("revision"))
         teacher.name = self.name

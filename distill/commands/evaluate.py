@@ -141,9 +141,9 @@ def _measure(rankers: dict, specs: dict[str, str], dataset, candidates, k: int, 
     for name, ranker in rankers.items():
         progress.update(task, description=f"timing {name}")
         folder = model_folder(specs[name])
-        if hasattr(ranker, "live"):  # a teacher cache: time the teacher model it replays
-            ranker = ranker.live()
-            folder = Path(ranker.model_name_or_path)
+        live = ranker.live() if hasattr(ranker, "live") else None
+        if live is not None:  # a teacher cache: time the teacher model it replays
+            ranker, folder = live, Path(live.model_name_or_path)
         timings[name] = measure_latency(ranker, dataset, candidates, k=k, n_queries=n_queries, prepare=True,
                                         threads=threads, model_path=folder)
         if getattr(ranker, "precompute", False):  # a bi-encoder (see students.bi_encoder.BiEncoderRanker)
