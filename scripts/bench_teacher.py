@@ -47,6 +47,8 @@ def main() -> None:
     model_path = args.teacher or minilm_path()
     untrained = args.teacher is None
 
+    # the packaged MiniLM has no reranking head: seed its random head identically for both sides
+    torch.manual_seed(0)
     teacher = CrossEncoderTeacher(model_path, max_length=args.max_length, allow_untrained_head=untrained)
     calls = {"n": 0}
     score = teacher.score
@@ -70,6 +72,7 @@ def main() -> None:
 
     pairs = run.select("qid", "docid")
     queries, docs = dataset.query_texts(pairs["qid"]), dataset.doc_texts(pairs["docid"])
+    torch.manual_seed(0)
     ce = CrossEncoder(model_path, max_length=args.max_length, num_labels=1)
     t2 = time.perf_counter()
     plain = ce.predict(list(zip(queries, docs)), batch_size=32, activation_fn=torch.nn.Identity(),
