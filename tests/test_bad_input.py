@@ -193,3 +193,63 @@ def test_untrained_head_is_refused_unless_allowed(ws, tmp_path, capsys):
     assert not (ws["out"] / "cache").exists()
     code, _, err = run_cli([*args, "--allow-untrained-head"], capsys)
     assert code == 0, err
+
+
+def _scored_cache(ws, capsys, k: int = 5):
+    """Score the test run into out/cache (k candidates per query) and return its path."""
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+    from distill.runs import write_run
+
+    write_run(bm25_run(load_beir(ws["data"], "train"), k), ws["root"] / f"train{k}.trec")
+    cache = ws["out"] / f"cache{k}"
+    code, _, err = run_cli(["score-teacher", "--teacher", ws["teacher"], "--data", ws["data"], "--split", "train",
+                            "--run", ws["root"] / f"train{k}.trec", "--cache", cache, "--no-sanity-check"], capsys)
+    assert code == 0, err
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("k", "extra", "needles"),
+    [
+        (1, ["--loss", "MarginMSE"], ["MarginMSE", "negative"]),
+        (5, ["--loss", "NoSuchLoss"], ["NoSuchLoss", "MarginMSE", "KLDiv", "ListNet"]),
+        (5, ["--loss", "KLDiv", "--loss-param", "temperature"], ["name=value"]),
+    ],
+)
+def test_student_config_that_does_not_fit(ws, capsys, k, extra, needles):
+    cache = _scored_cache(ws, capsys, k)
+    before = snapshot(ws["root"])
+    code, _, err = run_cli(["train-student", "--student", "cross-encoder", "--init", ws["teacher"], "--cache", cache,
+                            "--data", ws["data"], "--split", "train", "--epochs", 1, "--max-length", 32,
+                            "--out", ws["out"] / "student", *extra], capsys)
+    message = " ".join(err.split())
+    assert code == 2, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    assert snapshot(ws["root"]) == before
+
+
+def test_student_from_a_folder_that_is_not_a_cache(ws, capsys):
+    before = snapshot(ws["root"])
+    code, _, err = run_cli(["train-student", "--student", "lightgbm", "--cache", ws["data"], "--data", ws["data"],
+                            "--split", "train", "--out", ws["out"] / "lgbm"], capsys)
+    assert code == 2 and "not a teacher cache" in err
+    assert snapshot(ws["root"]) == before
+
+
+def test_teacher_with_non_finite_scores_writes_nothing(ws, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    broken = tmp_path / "nan_teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(ws["teacher"])
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(ws["teacher"]).save_pretrained(broken)
+    args = _score(ws, "--no-sanity-check")
+    args[2] = broken
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "non-finite" in err, err
+    assert not (ws["out"] / "cache").exists()
