@@ -68,6 +68,7 @@ class PipelineConfig:
     teacher_negatives: int = 7
     student_layers: int | None = None  # None: a third of the teacher's layers (at least 1)
     student_epochs: float = 1.0
+    student_lr: float = 5e-5
     ce_loss: str = "MarginMSE"
     bi_loss: str = "KLDiv"
     negatives: int = 7
@@ -133,7 +134,8 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
             "--cache", cache, "--max-length", cfg.max_length]))
     layers = cfg.student_layers or max(1, _num_layers(cfg.teacher or cfg.init or default_init()) // 3)
     student = ["train-student", "--cache", cache, *common, "--split", "train", "--seed", cfg.seed]
-    neural = ["--negatives", cfg.negatives, "--epochs", cfg.student_epochs, "--max-length", cfg.max_length]
+    neural = ["--negatives", cfg.negatives, "--epochs", cfg.student_epochs, "--lr", cfg.student_lr,
+              "--max-length", cfg.max_length]
     steps += [
         Step("student-cross-encoder", [*student, "--student", "cross-encoder", "--init-from-teacher", "--layers",
                                        layers, "--teacher", teacher, "--loss", cfg.ce_loss, *neural,
