@@ -116,8 +116,9 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     teacher = cfg.teacher or str(models / "teacher")
     common = ["--data", data]
     steps = [
+        # no --add-positives: students must not learn that documents BM25 ranks low are the relevant ones
         Step("candidates-train", ["candidates", *common, "--split", "train", "--k", cfg.train_k,
-                                  "--add-positives", "--out", runs / "train.trec"], runs / "train.trec"),
+                                  "--out", runs / "train.trec"], runs / "train.trec"),
         Step("candidates-valid", ["candidates", *common, "--split", "valid", "--k", cfg.test_k,
                                   "--out", runs / "valid.trec"], runs / "valid.trec"),
         Step("candidates-test", ["candidates", *common, "--split", "test", "--k", cfg.test_k,
