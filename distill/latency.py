@@ -120,13 +120,14 @@ def _torch_threads(threads: int | None) -> Iterator[int | None]:
         torch.set_num_threads(before)
 
 
-def _held_models(obj: Any, depth: int = 2) -> Iterator[Any]:
-    """``obj`` and what it holds in attributes, lists and tuples, following nested rankers
-    (e.g. cascade stages) ``depth`` levels down."""
+def _held_models(obj: Any, depth: int = 3) -> Iterator[Any]:
+    """``obj`` and what it holds in attributes, lists and tuples, following rankers and
+    distill's own objects (cascade stages) ``depth`` levels down."""
     yield obj
     if depth == 0:
         return
-    values = list(vars(obj).values()) if hasattr(obj, "__dict__") and hasattr(obj, "rerank") else []
+    follow = hasattr(obj, "rerank") or type(obj).__module__.split(".")[0] in ("distill", "students", "teachers")
+    values = list(vars(obj).values()) if follow and hasattr(obj, "__dict__") else []
     for value in values:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             yield from _held_models(item, depth - 1)

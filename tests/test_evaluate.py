@@ -220,6 +220,10 @@ def test_latency_fields(tiny, tmp_path):
     cold = measure_latency(ranker, dataset, run, k=5, n_queries=3, prepare=False)
     assert not cold.prepared and cold.prepare_s == 0.0 and cold.n_queries == 3
     assert parameter_count(RunRanker()) == 0
+    from distill.cascade import stage
+
+    cascade = stage("run", RunRanker()) % 4 >> stage("fake", ranker)
+    assert parameter_count(cascade) == 3 * 2 + 2  # a cascade counts its stages' models
 
 
 def test_result_round_trips(tiny, tmp_path):
