@@ -1,11 +1,12 @@
 """Cross-encoder students: a smaller cross-encoder trained on the teacher's cached scores.
 
 The student starts from any Hugging Face checkpoint (a fresh 1-label head on top) or from
-the teacher itself with only its first N encoder layers: transformers builds the model
-from the teacher's config with ``num_hidden_layers=N`` and loads the teacher's weights by
-name, so embeddings, layers 0..N-1, pooler and classification head are the teacher's own
-and the deeper layers are simply not loaded. The result is a folder
-``sentence_transformers.CrossEncoder(path)`` loads, with a ``distill.json`` manifest.
+the teacher itself with only N of its encoder layers: transformers builds the model from
+the teacher's config with ``num_hidden_layers=N`` and loads the teacher's weights by name
+(layers 0..N-1, ``first``), or distill copies N evenly spaced layers ending with the last
+(``spread``); embeddings, pooler and classification head are the teacher's own. The
+result is a folder ``sentence_transformers.CrossEncoder(path)`` loads, with a
+``distill.json`` manifest.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
@@ -29,30 +31,69 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND = "cross-encoder-student"
+# the layer index in a transformer weight name: "bert.encoder.layer.3.attention..." or "model.layers.3.mlp..."
+_LAYER = re.compile(r"(^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
-def init_cross_encoder(init: str, *, layers: int | None = None, max_length: int = 256,
-                       trust_remote_code: bool = False):
-    """A 1-label ``CrossEncoder`` from ``init``; with ``layers``, ``init``'s first ``layers`` layers only."""
+LayerChoice = Literal["first", "spread"]
+
+
+def teacher_layers(depth: int, n: int, choice: LayerChoice = "first") -> list[int]:
+    """Which of a ``depth``-layer teacher's layers an ``n``-layer student starts from.
+
+    ``first`` keeps layers ``0..n-1``. ``spread`` keeps ``n`` evenly spaced layers ending
+    with the last one (the "skip" scheme of Patient-KD, Sun et al. 2019), so the pooler and
+    head sit on the representation they were trained on.
+    """
+    if not 1 <= n < depth:
+        raise ConfigError(f"--layers must be between 1 and {depth - 1} for a teacher with {depth} layers, got {n}")
+    if choice == "first":
+        return list(range(n))
+    if choice == "spread":
+        return [round((i + 1) * depth / n) - 1 for i in range(n)]
+    raise ConfigError(f"the layer choice must be 'first' or 'spread', got {choice!r}")
+
+
+def _layer_key(key: str, mapping: dict[int, int]) -> str | None:
+    """``key`` of a teacher weight renamed to the student's layer numbering; None for a dropped layer."""
+    match = _LAYER.search(key)
+    if match is None:
+        return key
+    source = int(match.group(2))
+    if source not in mapping:
+        return None
+    return f"{key[:match.start(2)]}{mapping[source]}{key[match.end(2):]}"
+
+
+def init_cross_encoder(init: str, *, layers: int | None = None, choice: LayerChoice = "first",
+                       max_length: int = 256, trust_remote_code: bool = False):
+    """A 1-label ``CrossEncoder`` from ``init``; with ``layers``, only ``layers`` of ``init``'s
+    encoder layers (picked by :func:`teacher_layers`), its embeddings, pooler and head."""
     from sentence_transformers.cross_encoder import CrossEncoder
     from transformers import AutoConfig
 
-    config_kwargs = None
-    if layers is not None:
-        config = AutoConfig.from_pretrained(init, trust_remote_code=trust_remote_code)
-        depth = getattr(config, "num_hidden_layers", None)
-        if depth is None:
-            raise ConfigError(f"{init}: its config has no num_hidden_layers, so its layers cannot be truncated")
-        if not 1 <= layers < depth:
-            raise ConfigError(f"--layers must be between 1 and {depth - 1} for a teacher with {depth} layers, "
-                              f"got {layers}")
-        if getattr(config, "num_labels", 1) != 1:
-            raise ConfigError(f"{init} has {config.num_labels} output labels; initialising from a teacher needs "
-                              "a 1-label cross-encoder head to copy")
-        log.info("student: the teacher's embeddings, first %d of %d layers and head", layers, depth)
-        config_kwargs = {"num_hidden_layers": layers}
-    return CrossEncoder(init, num_labels=1, max_length=max_length, config_kwargs=config_kwargs,
-                        trust_remote_code=trust_remote_code)
+    if layers is None:
+        return CrossEncoder(init, num_labels=1, max_length=max_length, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(init, trust_remote_code=trust_remote_code)
+    depth = getattr(config, "num_hidden_layers", None)
+    if depth is None:
+        raise ConfigError(f"{init}: its config has no num_hidden_layers, so its layers cannot be truncated")
+    picked = teacher_layers(depth, layers, choice)
+    if getattr(config, "num_labels", 1) != 1:
+        raise ConfigError(f"{init} has {config.num_labels} output labels; initialising from a teacher needs "
+                          "a 1-label cross-encoder head to copy")
+    log.info("student: the teacher's embeddings, layers %s of %d and head", picked, depth)
+    student = CrossEncoder(init, num_labels=1, max_length=max_length, config_kwargs={"num_hidden_layers": layers},
+                           trust_remote_code=trust_remote_code)
+    if picked != list(range(layers)):
+        # transformers loads layers 0..n-1 by name; other layers are copied here by renaming
+        teacher = CrossEncoder(init, num_labels=1, trust_remote_code=trust_remote_code).model.state_dict()
+        mapping = {source: target for target, source in enumerate(picked)}
+        renamed = {new: value for key, value in teacher.items() if (new := _layer_key(key, mapping)) is not None}
+        missing, _ = student.model.load_state_dict(renamed, strict=False)
+        if missing:
+            raise ConfigError(f"{init}: could not map the teacher's layers onto the student's: missing {missing[:3]}")
+    return student
 
 
 def train_cross_encoder_student(
@@ -62,6 +103,7 @@ def train_cross_encoder_student(
     *,
     init: str,
     init_from_teacher_layers: int | None = None,
+    layer_choice: LayerChoice = "first",
     group_config: GroupConfig,
     train_config: TrainConfig,
     loss_name: str,
@@ -74,7 +116,8 @@ def train_cross_encoder_student(
     """Distill the teacher ``scores`` (``qid, docid, score``) of ``dataset``'s queries into a
     cross-encoder saved at ``out`` (written atomically; checkpoints go to
     ``train_config.checkpoints_for(out)``). ``init`` is a model path or id; with
-    ``init_from_teacher_layers=N`` it is the teacher, truncated to its first N layers."""
+    ``init_from_teacher_layers=N`` it is the teacher, cut to N layers chosen by ``layer_choice``
+    (see :func:`teacher_layers`)."""
     from transformers import set_seed
 
     from students.losses import build_loss
@@ -87,11 +130,12 @@ def train_cross_encoder_student(
     groups = build_groups(dataset, scores, group_config, check_group_size=loss.check_group_size)
     train, valid = split_groups(groups, train_config.valid_fraction, train_config.seed)
     set_seed(train_config.seed)
-    model = init_cross_encoder(init, layers=init_from_teacher_layers, max_length=train_config.max_length,
-                               trust_remote_code=trust_remote_code)
+    model = init_cross_encoder(init, layers=init_from_teacher_layers, choice=layer_choice,
+                               max_length=train_config.max_length, trust_remote_code=trust_remote_code)
     history = fit(model, CrossEncoderGroupLoss(model, loss), train, valid, train_config,
                   train_config.checkpoints_for(out))
-    config = {"init": init, "init_from_teacher_layers": init_from_teacher_layers, "loss": loss.get_config_dict(),
+    config = {"init": init, "init_from_teacher_layers": init_from_teacher_layers,
+              "layer_choice": layer_choice if init_from_teacher_layers else None, "loss": loss.get_config_dict(),
               "group": asdict(group_config), "train": asdict(train_config)}
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))

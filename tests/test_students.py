@@ -141,6 +141,22 @@ def test_truncated_init_copies_the_teachers_first_layers(tiny_cross_encoder):
         init_cross_encoder(str(tiny_cross_encoder), layers=2)
 
 
+def test_spread_init_copies_evenly_spaced_layers_ending_with_the_last(tiny_cross_encoder):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from students.cross_encoder import init_cross_encoder, teacher_layers
+
+    assert teacher_layers(6, 2, "spread") == [2, 5] and teacher_layers(6, 3, "spread") == [1, 3, 5]
+    assert teacher_layers(12, 4, "spread") == [2, 5, 8, 11] and teacher_layers(6, 2) == [0, 1]
+    teacher = CrossEncoder(str(tiny_cross_encoder)).model.state_dict()
+    student = init_cross_encoder(str(tiny_cross_encoder), layers=1, choice="spread").model.state_dict()
+    assert set(student) == {k for k in teacher if ".layer.1." not in k}
+    for key, value in student.items():
+        assert torch.equal(value, teacher[key.replace(".layer.0.", ".layer.1.")]), key
+    with pytest.raises(ConfigError, match="'first' or 'spread'"):
+        teacher_layers(6, 2, "middle")
+
+
 def _cache(folder: Path, dataset: Dataset, scores: pl.DataFrame, model: Path) -> Path:
     from distill.cache import TeacherCache
     from distill.manifest import frame_hash

@@ -104,8 +104,10 @@ def register(app: typer.Typer) -> None:
         hard_label_weight: float = typer.Option(0.0, min=0.0, help="Weight of a qrels term mixed into the loss."),
         hard_label_kind: str = typer.Option("bce", help="Hard-label term: bce | listwise_ce."),
         init: str = typer.Option(None, help="Student to start from: folder or hub id (neural students)."),
-        init_from_teacher: bool = typer.Option(False, help="Cross-encoder: start from the teacher's first layers."),
+        init_from_teacher: bool = typer.Option(False, help="Cross-encoder: start from some of the teacher's layers."),
         layers: int = typer.Option(None, min=1, help="With --init-from-teacher: encoder layers to keep."),
+        layer_choice: str = typer.Option("first", help="With --layers: first (layers 0..N-1) | spread (N evenly "
+                                                       "spaced, ending with the last)."),
         teacher: str = typer.Option(None, help="With --init-from-teacher: the teacher (default: the cache's)."),
         mode: str = typer.Option("sampled", help="Groups: sampled (positive + negatives) | listwise (teacher top-k)."),
         negatives: int = typer.Option(7, min=0, help="Sampled mode: negatives per query."),
@@ -180,7 +182,8 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("--init-from-teacher and --layers N (the teacher layers to keep) go together")
             start = (teacher or teacher_path(manifest, cache)) if init_from_teacher else init
             train_cross_encoder_student(dataset, scores, out, init=start,
-                                        init_from_teacher_layers=layers if init_from_teacher else None, **common)
+                                        init_from_teacher_layers=layers if init_from_teacher else None,
+                                        layer_choice=layer_choice, **common)
         else:
             from students.bi_encoder import train_bi_encoder_student
 
