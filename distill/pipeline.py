@@ -67,6 +67,8 @@ class PipelineConfig:
     teacher_epochs: float = 1.0
     teacher_negatives: int = 7
     student_layers: int | None = None  # None: a third of the teacher's layers (at least 1)
+    # evenly spaced layers ending with the last: the head keeps the input it was trained on
+    student_layer_choice: str = "spread"
     student_epochs: float = 1.0
     student_lr: float = 5e-5
     ce_loss: str = "MarginMSE"
@@ -144,7 +146,8 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
               "--max-length", cfg.max_length]
     steps += [
         Step("student-cross-encoder", [*student, "--student", "cross-encoder", "--init-from-teacher", "--layers",
-                                       layers, "--teacher", teacher, "--loss", cfg.ce_loss, *neural,
+                                       layers, "--layer-choice", cfg.student_layer_choice, "--teacher", teacher,
+                                       "--loss", cfg.ce_loss, *neural,
                                        "--out", models / "ce_student"], models / "ce_student"),
         Step("student-bi-encoder", [*student, "--student", "bi-encoder", "--init", cfg.init or default_init(),
                                     "--loss", cfg.bi_loss, *bi_params, *neural, "--out", models / "bi_encoder"],
