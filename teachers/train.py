@@ -113,8 +113,8 @@ def weak_title_dataset(dataset: Dataset, n: int, seed: int) -> Dataset:
 class RerankEvaluator(BaseEvaluator):
     """A sentence-transformers evaluator: the model reranks a fixed run; metric from ir-measures.
 
-    Logs the model's metric next to the run's own (the first stage) and keeps every
-    evaluation in :attr:`history`.
+    Logs the model's metric next to the run's own (the first stage, :attr:`baseline`); the
+    trainer keeps each value in its log history as ``eval_<metric>``.
     """
 
     def __init__(self, dataset: Dataset, run: pl.DataFrame, metric: str = METRIC, batch_size: int = 64) -> None:
@@ -124,7 +124,6 @@ class RerankEvaluator(BaseEvaluator):
         self.dataset, self.run, self.primary_metric, self.batch_size = dataset, run, metric, batch_size
         self.pairs = list(zip(dataset.query_texts(run[QID]), dataset.doc_texts(run[DOCID])))
         self.baseline = evaluate(dataset.qrels, run, [metric])[metric]
-        self.history: list[dict[str, float]] = []
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
         from distill.metrics import evaluate
@@ -132,7 +131,6 @@ class RerankEvaluator(BaseEvaluator):
         scores = model.predict(self.pairs, batch_size=self.batch_size, show_progress_bar=False)
         value = evaluate(self.dataset.qrels, self.run.with_columns(pl.Series(SCORE, scores, dtype=pl.Float64)),
                          [self.primary_metric])[self.primary_metric]
-        self.history.append({"epoch": float(epoch), "step": int(steps), self.primary_metric: value})
         log.info("epoch %.2f: validation %s %.4f (BM25 %.4f, %+.4f)", epoch, self.primary_metric, value,
                  self.baseline, value - self.baseline)
         return {self.primary_metric: value}
@@ -174,9 +172,9 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     model = CrossEncoder(init, num_labels=1, max_length=train_cfg.max_length,
                          trust_remote_code=config.trust_remote_code)
     loss = HardLabels(kind="listwise_ce" if config.objective == "listwise" else "bce")
-    fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
-        evaluator=evaluator)
-    validation = summarize_validation(evaluator)
+    history = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
+                  evaluator=evaluator)
+    validation = summarize_validation(history, evaluator.baseline if evaluator else None)
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         write_manifest(tmp, KIND, {**asdict(config), "init": init}, loss=loss.get_config_dict(),
@@ -188,16 +186,19 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     return out
 
 
-def summarize_validation(evaluator: RerankEvaluator | None) -> dict[str, Any] | None:
-    """Per-epoch validation metrics, BM25's, and a loud warning when the best does not beat BM25."""
-    if evaluator is None:
+def summarize_validation(history: list[dict[str, Any]], bm25: float | None) -> dict[str, Any] | None:
+    """Validation nDCG@10 per evaluation from the trainer's log ``history`` (which a resumed run
+    carries over from its checkpoint), BM25's (``bm25``), and a loud warning when the best
+    does not beat BM25."""
+    if bm25 is None:
         log.warning("no validation queries held out: the teacher was not compared with BM25")
         return None
-    best = max((h[METRIC] for h in evaluator.history), default=float("nan"))
-    beats = best > evaluator.baseline
+    key = f"eval_{METRIC}"
+    epochs = [{"epoch": h["epoch"], "step": h["step"], METRIC: h[key]} for h in history if key in h]
+    best = max((e[METRIC] for e in epochs), default=float("nan"))
+    beats = best > bm25
     if not beats:
         log.warning("the trained teacher does NOT beat BM25 on the validation queries (best %s %.4f vs BM25 "
                     "%.4f): distilling it would teach students a worse ranking; train longer, add data "
-                    "(--weak-titles) or start from a stronger model", METRIC, best, evaluator.baseline)
-    return {"metric": METRIC, "bm25": evaluator.baseline, "epochs": evaluator.history, "best": best,
-            "beats_bm25": beats}
+                    "(--weak-titles) or start from a stronger model", METRIC, best, bm25)
+    return {"metric": METRIC, "bm25": bm25, "epochs": epochs, "best": best, "beats_bm25": beats}

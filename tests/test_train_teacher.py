@@ -62,19 +62,28 @@ def test_weak_titles_query_their_own_body(tiny_beir):
 
 
 def test_a_teacher_that_does_not_beat_bm25_is_flagged(caplog):
-    class History:
-        baseline = 0.5
-        history = [{"epoch": 1.0, "step": 3, "nDCG@10": 0.40}, {"epoch": 2.0, "step": 6, "nDCG@10": 0.45}]
-
+    history = [{"epoch": 1.0, "step": 3, "eval_nDCG@10": 0.40, "eval_runtime": 1.0}, {"epoch": 1.5, "step": 4, "loss": 2.0},
+               {"epoch": 2.0, "step": 6, "eval_nDCG@10": 0.45}]
     with caplog.at_level(logging.WARNING, logger="teachers.train"):
-        summary = summarize_validation(History())
+        summary = summarize_validation(history, bm25=0.5)
+    assert summary["epochs"] == [{"epoch": 1.0, "step": 3, "nDCG@10": 0.40}, {"epoch": 2.0, "step": 6, "nDCG@10": 0.45}]
     assert summary["best"] == 0.45 and summary["beats_bm25"] is False
     assert "does NOT beat BM25" in caplog.text
     caplog.clear()
-    History.history = [{"epoch": 1.0, "step": 3, "nDCG@10": 0.6}]
     with caplog.at_level(logging.WARNING, logger="teachers.train"):
-        assert summarize_validation(History())["beats_bm25"] is True
+        assert summarize_validation(history[:1], bm25=0.3)["beats_bm25"] is True
     assert "BM25" not in caplog.text
+
+
+def test_a_resumed_run_reports_every_epoch(tiny_beir, tiny_cross_encoder, tmp_path, capsys):
+    out = tmp_path / "teacher"
+    common = ["train-teacher", "--data", tiny_beir, "--init", tiny_cross_encoder, "--out", out, "--quick",
+              "--max-length", "64", "--valid-fraction", "0.25"]
+    assert run_cli([*common, "--epochs", "1"], capsys)[0] == 0
+    code, _, err = run_cli([*common, "--epochs", "2", "--resume"], capsys)
+    assert code == 0, err
+    epochs = json.loads((out / "distill.json").read_text())["validation"]["epochs"]
+    assert [round(e["epoch"]) for e in epochs] == [1, 2]
 
 
 def test_config_refuses_impossible_settings():
