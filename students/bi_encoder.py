@@ -84,6 +84,10 @@ def train_bi_encoder_student(
     return out
 
 
+# (model key, corpus hash) -> (docid -> row, document embeddings): see BiEncoderRanker.prepare
+_CORPUS_EMBEDDINGS: dict[tuple[str, str], tuple[dict[str, int], Any]] = {}
+
+
 class BiEncoderRanker:
     """A :class:`~distill.ranking.Ranker` scoring candidates with a bi-encoder.
 
@@ -91,6 +95,10 @@ class BiEncoderRanker:
     :meth:`rerank` then embeds only the queries. Without it (or before ``prepare``, or for
     another corpus), :meth:`rerank` embeds the queries and their candidate documents on every
     call, which is the latency of a bi-encoder used as a reranker without an index.
+
+    Corpus embeddings are shared by every ranker of the same model folder in a process
+    (:data:`_CORPUS_EMBEDDINGS`), so a cascade stage reuses the standalone bi-encoder's instead
+    of embedding the corpus again; ``prepare`` then returns at once.
     """
 
     def __init__(self, path: str | Path, precompute: bool = True, batch_size: int = 64,
@@ -110,10 +118,22 @@ class BiEncoderRanker:
         """Embed every document of ``dataset``'s corpus (a no-op without ``precompute``)."""
         if not self.precompute:
             return
-        docids = dataset.corpus[DOCID].to_list()
-        self._doc_embeddings = self._encode(dataset.doc_texts(docids))
-        self._index = {d: i for i, d in enumerate(docids)}
+        from distill.manifest import frame_hash
+
+        key = (self._model_key(), frame_hash(dataset.corpus))
+        if key not in _CORPUS_EMBEDDINGS:
+            docids = dataset.corpus[DOCID].to_list()
+            _CORPUS_EMBEDDINGS[key] = ({d: i for i, d in enumerate(docids)},
+                                       self._encode(dataset.doc_texts(docids)))
+        self._index, self._doc_embeddings = _CORPUS_EMBEDDINGS[key]
         self._corpus = dataset.corpus
+
+    def _model_key(self) -> str:
+        """The model's folder and its weights' modification times (a retrained folder is another model)."""
+        if not self.path.is_dir():
+            return str(self.path)  # a hub id
+        stamps = sorted(f"{p.name}:{p.stat().st_mtime_ns}" for p in self.path.rglob("*.safetensors"))
+        return f"{self.path.resolve()}|{'|'.join(stamps)}"
 
     def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame:
         """``qid, docid, score`` for every row of ``run``: the similarity of query and document."""

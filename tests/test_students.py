@@ -122,6 +122,26 @@ def test_bi_encoder_student_learns_and_ranks_the_same_with_or_without_prepare(pl
     assert after > before + 0.2 and after > 0.3, (before, after)
 
 
+def test_bi_encoders_of_one_folder_embed_a_corpus_once(planted, word_bi_encoder, monkeypatch):
+    import os
+
+    from students.bi_encoder import BiEncoderRanker
+
+    dataset, _ = planted
+    first = BiEncoderRanker(word_bi_encoder)
+    first.prepare(dataset)
+    second = BiEncoderRanker(word_bi_encoder)
+    monkeypatch.setattr(second, "_encode", lambda texts: pytest.fail("the corpus was embedded twice"))
+    second.prepare(dataset)
+    assert second._doc_embeddings is first._doc_embeddings
+    weights = next(Path(word_bi_encoder).rglob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the folder was retrained
+    third = BiEncoderRanker(word_bi_encoder)
+    third.prepare(dataset)
+    assert third._doc_embeddings is not first._doc_embeddings
+
+
 def test_truncated_init_copies_the_teachers_first_layers(tiny_cross_encoder):
     from sentence_transformers.cross_encoder import CrossEncoder
 
