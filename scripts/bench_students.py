@@ -23,6 +23,8 @@ def pipeline_args(description: str) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="Work folder (default bench_out/<data name>).")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
     parser.add_argument("--student-epochs", type=float, default=1.0)
+    parser.add_argument("--ce-epochs", type=float, default=None, help="Cross-encoder student's [--student-epochs].")
+    parser.add_argument("--ce-lr", type=float, default=None, help="Cross-encoder student's [the pipeline's 5e-5].")
     parser.add_argument("--train-k", type=int, default=30, help="BM25 candidates per training query.")
     parser.add_argument("--test-k", type=int, default=100, help="BM25 candidates reranked per valid/test query.")
     parser.add_argument("--quick", action="store_true", help="Smoke settings: 128 tokens, top-20, tiny epochs.")
@@ -34,10 +36,12 @@ def run(args: argparse.Namespace):
 
     out = args.out or Path("bench_out") / (args.data.name + ("_quick" if args.quick else ""))
     cfg = PipelineConfig(out=out, data=args.data, teacher_epochs=args.teacher_epochs,
-                         student_epochs=args.student_epochs, train_k=args.train_k, test_k=args.test_k)
+                         student_epochs=args.student_epochs, ce_epochs=args.ce_epochs, ce_lr=args.ce_lr,
+                         train_k=args.train_k, test_k=args.test_k)
     if args.quick:
         cfg.max_length, cfg.train_k, cfg.test_k, cfg.latency_queries = 128, 10, 20, 5
         cfg.teacher_epochs, cfg.student_epochs, cfg.teacher_negatives, cfg.negatives = 0.1, 0.1, 3, 3
+        cfg.ce_epochs = None
     record = run_pipeline(cfg)
     evaluation = json.loads((out / "eval" / "evaluation.json").read_text())
     return cfg, record, evaluation

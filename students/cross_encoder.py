@@ -12,9 +12,9 @@ result is a folder ``sentence_transformers.CrossEncoder(path)`` loads, with a
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict
 from pathlib import Path
-import re
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl

@@ -62,8 +62,8 @@ def test_weak_titles_query_their_own_body(tiny_beir):
 
 
 def test_a_teacher_that_does_not_beat_bm25_is_flagged(caplog):
-    history = [{"epoch": 1.0, "step": 3, "eval_nDCG@10": 0.40, "eval_runtime": 1.0}, {"epoch": 1.5, "step": 4, "loss": 2.0},
-               {"epoch": 2.0, "step": 6, "eval_nDCG@10": 0.45}]
+    history = [{"epoch": 1.0, "step": 3, "eval_nDCG@10": 0.40, "eval_runtime": 1.0},
+               {"epoch": 1.5, "step": 4, "loss": 2.0}, {"epoch": 2.0, "step": 6, "eval_nDCG@10": 0.45}]
     with caplog.at_level(logging.WARNING, logger="teachers.train"):
         summary = summarize_validation(history, bm25=0.5)
     assert summary["epochs"] == [{"epoch": 1.0, "step": 3, "nDCG@10": 0.40}, {"epoch": 2.0, "step": 6, "nDCG@10": 0.45}]
