@@ -114,11 +114,19 @@ def markdown_table(frame: pl.DataFrame, decimals: int = 4) -> str:
 
 def rerank_all(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ranker],
                on_ranker: Callable[[str], None] | None = None) -> dict[str, pl.DataFrame]:
-    """Each ranker's scores for the candidates of ``run`` (``on_ranker(name)`` is called before each)."""
+    """Each ranker's scores for the candidates of ``run`` (``on_ranker(name)`` is called before each).
+
+    A ranker's one-off ``prepare(dataset)`` (a bi-encoder's corpus embeddings) runs first, as
+    it would in production: a cascade with a budget would otherwise spend it embedding
+    documents per query and skip its later stages.
+    """
     runs = {}
     for name, ranker in rankers.items():
         if on_ranker is not None:
             on_ranker(name)
+        prepare = getattr(ranker, "prepare", None)
+        if prepare is not None:
+            prepare(dataset)
         scored = ranker.rerank(dataset, run)
         require_columns(scored, [QID, DOCID, SCORE], f"scores of ranker {name!r}")
         if scored.height != run.height:  # a dropped candidate would silently count as not retrieved

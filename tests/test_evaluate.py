@@ -21,7 +21,7 @@ from distill.errors import ConfigError, InputError
 from distill.evaluate import EvaluationResult, adjust_p_values, evaluate_rankers, evaluate_runs, paired_tests
 from distill.latency import measure_latency, parameter_count, size_on_disk
 from distill.rankers import MODEL_KINDS, RunRanker, load_ranker, model_folder, parse_ranker_spec
-from distill.runs import write_run
+from distill.runs import read_run, write_run
 from distill.schema import DOCID, QID, SCORE
 
 LOG2_3 = math.log2(3)
@@ -268,3 +268,38 @@ def test_cli_evaluate_then_report(tiny, tiny_beir, tmp_path, capsys):
     code, _, err = run_cli(["evaluate", "--data", tiny_beir, "--run", tmp_path / "bm25.trec",
                             "--ranker", "bm25", "--baseline", "nope", "--out", tmp_path / "bad"], capsys)
     assert code == 2 and "baseline 'nope'" in err and not (tmp_path / "bad").exists()
+
+
+def test_rankers_are_prepared_before_they_rerank(tiny):
+    from distill.evaluate import rerank_all
+
+    class NeedsPreparing(FakeRanker):
+        def rerank(self, dataset, run):
+            assert self.prepared_with == dataset.name, "reranked before prepare"
+            return super().rerank(dataset, run)
+
+    dataset, run = tiny
+    ranker = NeedsPreparing()
+    assert rerank_all(dataset, run, {"fake": ranker})["fake"].height == run.height
+
+
+def test_cli_evaluate_counts_the_stages_a_cascade_skipped(tiny, tiny_beir, tmp_path, capsys):
+    from distill.cascade import Cascade, StageCost, stage
+    from distill.rankers import RunRanker
+
+    dataset, run = tiny
+    write_run(run, tmp_path / "bm25.trec")
+    write_run(run.with_columns(-pl.col(SCORE)), tmp_path / "slow.trec")
+    slow = str(tmp_path / "slow.trec")
+    cascade = stage("bm25", RunRanker(), "bm25") % 5 >> stage("slow", RunRanker(read_run(slow)), slow)
+    # the slow stage's 5 pairs cost 5e6 ms: never within the 100 ms budget, whatever this machine's speed
+    Cascade(cascade.stages, budget_ms=100.0, costs={"bm25": StageCost(), "slow": StageCost(per_pair_ms=1e6)}) \
+        .write_spec(tmp_path / "cascade.json")
+    out = tmp_path / "eval"
+    code, _, err = run_cli(["evaluate", "--data", tiny_beir, "--split", "test", "--run", tmp_path / "bm25.trec",
+                            "--ranker", "bm25=bm25", "--ranker", f"c={tmp_path / 'cascade.json'}", "--out", out],
+                           capsys)
+    assert code == 0, err
+    queries = run[QID].n_unique()
+    assert json.loads((out / "distill.json").read_text())["cascade_skipped"] == {"c": {"bm25": 0, "slow": queries}}
+    assert "skipped stages" in err

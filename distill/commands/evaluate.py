@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
             result = evaluate_rankers(dataset, candidates, rankers, baseline, metric_names, teacher,
                                       correction, on_ranker=on_ranker)
             progress.update(task, completed=len(rankers))
+            skipped = _cascade_skips(rankers)
             timings = _measure(rankers, specs, dataset, candidates, k, latency_queries, threads, progress) \
                 if latency else {}
         configs = {name: r.get_config_dict() for name, r in rankers.items()}
@@ -74,7 +75,7 @@ def register(app: typer.Typer) -> None:
                 "data": str(data), "split": split, "run": str(run), "rankers": specs, "baseline": baseline,
                 "teacher": teacher, "metrics": list(metric_names), "k": k, "correction": correction,
                 "latency": latency, "latency_queries": latency_queries, "threads": threads,
-            }, candidates_hash=frame_hash(candidates.select("qid", "docid")))
+            }, candidates_hash=frame_hash(candidates.select("qid", "docid")), cascade_skipped=skipped)
         _print_summary(result, out)
 
     @app.command()
@@ -153,6 +154,22 @@ def _measure(rankers: dict, specs: dict[str, str], dataset, candidates, k: int, 
                 model_path=folder)
         progress.advance(task)
     return timings
+
+
+def _cascade_skips(rankers: dict) -> dict[str, dict[str, int]]:
+    """Per cascade ranker, how many queries skipped each stage to stay within its budget (with a
+    warning: its metrics are then those of a shorter cascade on those queries)."""
+    import logging
+
+    from distill.cascade import Cascade
+
+    skips = {name: dict(r.stats.skipped) for name, r in rankers.items() if isinstance(r, Cascade)}
+    for name, counts in skips.items():
+        if any(counts.values()):
+            logging.getLogger("distill").warning(
+                "cascade %r skipped stages to stay within its %.1f ms budget (queries per stage: %s); its "
+                "metrics are those of the shorter cascade on those queries", name, rankers[name].budget_ms, counts)
+    return skips
 
 
 def _feature_importance(specs: dict[str, str]) -> dict[str, dict[str, float]]:
