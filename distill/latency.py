@@ -35,7 +35,9 @@ class LatencyResult:
     ``n_parameters``: torch parameters (sum of ``numel``) or, for LightGBM, the number of
     leaves over all trees (one stored value each); 0 for rankers without a model.
     ``size_bytes``: bytes of the model folder (0 without one). ``threads``: torch's
-    intra-op threads during the measurement (None when torch was not loaded).
+    intra-op threads during the measurement (None when torch was not loaded). ``prepare_s``:
+    the one-off ``prepare`` in this process; near 0 when its work was already done, e.g. corpus
+    embeddings a bi-encoder of the same folder computed before.
     """
 
     ranker: str
