@@ -21,12 +21,16 @@ def pipeline_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=None, help="Work folder (default bench_out/<data name>).")
+    parser.add_argument("--init", default=None, help="Backbone of teacher and bi-encoder [packaged all-MiniLM-L6-v2].")
+    parser.add_argument("--teacher", default=None, help="An existing teacher folder: skips train-teacher.")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
     parser.add_argument("--student-epochs", type=float, default=1.0)
     parser.add_argument("--ce-epochs", type=float, default=None, help="Cross-encoder student's [--student-epochs].")
     parser.add_argument("--ce-lr", type=float, default=None, help="Cross-encoder student's [the pipeline's 5e-5].")
     parser.add_argument("--train-k", type=int, default=30, help="BM25 candidates per training query.")
     parser.add_argument("--test-k", type=int, default=100, help="BM25 candidates reranked per valid/test query.")
+    parser.add_argument("--title-queries", type=int, default=0,
+                        help="Students also learn from N documents' titles as queries, scored by the teacher.")
     parser.add_argument("--quick", action="store_true", help="Smoke settings: 128 tokens, top-20, tiny epochs.")
     return parser.parse_args()
 
@@ -35,7 +39,8 @@ def run(args: argparse.Namespace):
     from distill.pipeline import PipelineConfig, run_pipeline
 
     out = args.out or Path("bench_out") / (args.data.name + ("_quick" if args.quick else ""))
-    cfg = PipelineConfig(out=out, data=args.data, teacher_epochs=args.teacher_epochs,
+    cfg = PipelineConfig(out=out, data=args.data, init=args.init, teacher=args.teacher,
+                         title_queries=args.title_queries, teacher_epochs=args.teacher_epochs,
                          student_epochs=args.student_epochs, ce_epochs=args.ce_epochs, ce_lr=args.ce_lr,
                          train_k=args.train_k, test_k=args.test_k)
     if args.quick:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from distill.errors import ConfigError
 from distill.pipeline import PipelineConfig, plan
 
 
@@ -25,3 +28,37 @@ def test_the_cross_encoder_student_gets_its_own_epochs_and_learning_rate(tmp_pat
     default = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2), Path("data"))
     ce = _argv(default, "student-cross-encoder")
     assert (_option(ce, "--epochs"), _option(ce, "--lr")) == ("1.0", "5e-05")
+
+
+def test_title_queries_join_the_students_split_but_not_the_teachers(tmp_path):
+    from distill.data import load_beir
+    from distill.pipeline import TITLE_SPLIT, split_view
+    from distill.synthetic import make_synthetic_beir
+
+    source = make_synthetic_beir(tmp_path / "source", n_topics=4)
+    view = split_view(source, tmp_path / "view", valid_fraction=0.3, title_queries=5, seed=1)
+    train, students = load_beir(view, "train"), load_beir(view, TITLE_SPLIT)
+    titles = students.queries.filter(students.queries["qid"].str.starts_with("title:"))
+    assert titles.height == 5 and not train.queries["qid"].str.starts_with("title:").any()
+    assert set(train.queries["qid"]) == set(students.queries["qid"]) - set(titles["qid"])
+    # each title query is judged relevant to the document it was taken from, and asks its title
+    corpus = dict(zip(students.corpus["docid"], students.corpus["title"]))
+    for qid, text in titles.iter_rows():
+        assert students.qrels.filter(students.qrels["qid"] == qid)["docid"].to_list() == [qid.removeprefix("title:")]
+        assert corpus[qid.removeprefix("title:")] == text
+    assert split_view(source, tmp_path / "view", valid_fraction=0.3, title_queries=5, seed=1) == view
+    with pytest.raises(ConfigError, match="other settings"):
+        split_view(source, tmp_path / "view", valid_fraction=0.3, title_queries=6, seed=1)
+
+
+def test_students_learn_from_the_title_split_when_asked(tmp_path):
+    from distill.pipeline import TITLE_SPLIT
+
+    steps = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2, title_queries=10), Path("data"))
+    for name in ("candidates-train", "score-train", "student-cross-encoder", "student-bi-encoder",
+                 "student-lightgbm"):
+        assert _option(_argv(steps, name), "--split") == TITLE_SPLIT, name
+    assert _option(_argv(steps, "train-teacher"), "--split") == "train"
+    assert _option(_argv(steps, "score-test"), "--split") == "test"
+    default = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2), Path("data"))
+    assert _option(_argv(default, "student-lightgbm"), "--split") == "train"
