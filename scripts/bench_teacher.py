@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=30, help="Test queries to score (0 = all).")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (reduced ones are checked first).")
     parser.add_argument("--quick", action="store_true", help="8 queries x top-20 (about a minute).")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
@@ -49,7 +50,8 @@ def main() -> None:
     # a backbone such as the packaged MiniLM has no reranking head: throughput does not depend on
     # its weights, so allow a fresh one, seeded identically for both sides
     torch.manual_seed(0)
-    teacher = CrossEncoderTeacher(model_path, max_length=args.max_length, allow_untrained_head=True)
+    teacher = CrossEncoderTeacher(model_path, max_length=args.max_length, allow_untrained_head=True,
+                                  dtype=args.dtype)
     calls = {"n": 0}
     score = teacher.score
 
@@ -58,9 +60,12 @@ def main() -> None:
         return score(queries, docs, progress=progress)
 
     teacher.score = counting_score
+    pairs = run.select("qid", "docid")
+    queries, docs = dataset.query_texts(pairs["qid"]), dataset.doc_texts(pairs["docid"])
     with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()  # as in score-teacher, checking a reduced precision is part of the time
+        teacher.settle_precision(queries[:256], docs[:256])
         cache = TeacherCache.create_or_open(Path(tmp) / "cache", teacher.fingerprint(), frame_hash(dataset.corpus))
-        t0 = time.perf_counter()
         stats = score_into_cache(teacher, dataset, run, cache, show_progress=False)
         distill_s = time.perf_counter() - t0
         cached_scores = cache.scores()
@@ -70,8 +75,6 @@ def main() -> None:
         rerun_s = time.perf_counter() - t1
         second_pass_calls = calls["n"] - calls_first
 
-    pairs = run.select("qid", "docid")
-    queries, docs = dataset.query_texts(pairs["qid"]), dataset.doc_texts(pairs["docid"])
     torch.manual_seed(0)
     ce = CrossEncoder(model_path, max_length=args.max_length, num_labels=1)
     t2 = time.perf_counter()
@@ -85,7 +88,7 @@ def main() -> None:
     n = pairs.height
     results = {
         "pairs": n, "queries": dataset.queries.height, "k": args.k, "max_length": args.max_length,
-        "teacher": teacher.fingerprint(), "torch_threads": torch.get_num_threads(),
+        "teacher": teacher.fingerprint(), "dtype": teacher.dtype, "torch_threads": torch.get_num_threads(),
         "distill_pairs_per_s": round(n / distill_s, 2), "predict_pairs_per_s": round(n / plain_s, 2),
         "ratio": round(plain_s / distill_s, 3),
         "spearman_vs_predict": round(float(spearmanr(ours, plain).statistic), 6),
