@@ -36,7 +36,10 @@ def bm25_run(dataset: Dataset, k: int = 100, *, k1: float = 1.2, b: float = 0.75
     k_eff = min(k, len(docids))
     log.info("BM25: %d queries x top-%d over %d documents", dataset.queries.height, k_eff, len(docids))
     query_tokens = _tokenize(dataset.queries[TEXT].to_list(), stemmer)
-    results, scores = retriever.retrieve(query_tokens, k=k_eff, show_progress=False, n_threads=1)
+    # numpy top-k, not bm25s' "auto": where JAX is installed, "auto" picks it, and JAX takes 75% of a
+    # GPU's memory when it starts, away from the models in this process (seen on an H100 machine)
+    results, scores = retriever.retrieve(query_tokens, k=k_eff, show_progress=False, n_threads=1,
+                                         backend_selection="numpy")
     qids = dataset.queries[QID].to_list()
     run = pl.DataFrame({
         QID: np.repeat(np.asarray(qids, dtype=object), k_eff).tolist(),

@@ -269,6 +269,17 @@ def invoke(argv: list[str]) -> None:
     app(argv, standalone_mode=False)
 
 
+def resume_record(path: Path, record: dict) -> dict:
+    """``record`` with the steps and the cascade budget of an earlier run's ``pipeline.json``, if any:
+    a rerun skips finished steps, and its record must still say what they did."""
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        record["steps"] = earlier.get("steps", {})
+        if "budget" in earlier:
+            record["budget"] = earlier["budget"]
+    return record
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step not yet done; returns (and writes to ``out/pipeline.json``) what ran and how long."""
     import time
@@ -281,11 +292,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     console = Console(stderr=True)
     cfg.out.mkdir(parents=True, exist_ok=True)
     record_path = cfg.out / "pipeline.json"
-    record = {"config": cfg.to_dict(), "versions": library_versions(), "steps": {}}
-    if record_path.exists():
-        import json
-
-        record["steps"] = json.loads(record_path.read_text()).get("steps", {})
+    record = resume_record(record_path, {"config": cfg.to_dict(), "versions": library_versions(), "steps": {}})
     data = prepare_data(cfg)
     teacher = cfg.teacher or str(cfg.out / "models" / "teacher")
     steps = plan(cfg, data)

@@ -136,3 +136,19 @@ def test_bm25_candidates_rank_the_planted_document_and_add_positives(tiny_beir):
     positives = dataset.qrels.filter(pl.col("relevance") > 0).select("qid", "docid")
     assert positives.join(padded, on=["qid", "docid"], how="anti").height == 0
     assert positives.join(bm25_run(dataset, 3), on=["qid", "docid"], how="anti").height > 0
+
+
+def test_bm25_top_k_never_starts_jax(tiny_beir, monkeypatch):
+    """bm25s' "auto" backend picks JAX where it is installed, and JAX grabs most of a GPU's memory."""
+    import bm25s
+
+    seen = {}
+    retrieve = bm25s.BM25.retrieve
+
+    def recording(self, *args, **kwargs):
+        seen.update(kwargs)
+        return retrieve(self, *args, **kwargs)
+
+    monkeypatch.setattr(bm25s.BM25, "retrieve", recording)
+    bm25_run(load_beir(tiny_beir, "train"), 3)
+    assert seen["backend_selection"] == "numpy"

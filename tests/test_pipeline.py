@@ -62,3 +62,17 @@ def test_students_learn_from_the_title_split_when_asked(tmp_path):
     assert _option(_argv(steps, "score-test"), "--split") == "test"
     default = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2), Path("data"))
     assert _option(_argv(default, "student-lightgbm"), "--split") == "train"
+
+
+def test_a_rerun_keeps_the_earlier_runs_steps_and_budget(tmp_path):
+    import json
+
+    from distill.pipeline import resume_record
+
+    fresh = {"config": {"seed": 1}, "steps": {}}
+    assert resume_record(tmp_path / "pipeline.json", dict(fresh)) == fresh
+    earlier = {"config": {"seed": 0}, "steps": {"score-train": {"seconds": 3.0}}, "budget": {"budget_ms": 13.9}}
+    (tmp_path / "pipeline.json").write_text(json.dumps(earlier))
+    resumed = resume_record(tmp_path / "pipeline.json", dict(fresh))
+    assert resumed["steps"] == earlier["steps"] and resumed["budget"] == earlier["budget"]
+    assert resumed["config"] == {"seed": 1}
