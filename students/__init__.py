@@ -6,10 +6,12 @@ from students.grades import teacher_grades
 from students.groups import Group, GroupConfig, build_groups
 from students.lightgbm import LightGBMConfig, LightGBMRanker, train_lightgbm_student
 from students.losses import LOSSES, build_loss
+from students.ranker_features import RankerFeatures
 from students.training import TrainConfig
 
 __all__ = [
-    "LOSSES", "BiEncoderRanker", "Group", "GroupConfig", "LightGBMConfig", "LightGBMRanker", "TrainConfig",
+    "LOSSES", "BiEncoderRanker", "Group", "GroupConfig", "LightGBMConfig", "LightGBMRanker", "RankerFeatures",
+    "TrainConfig",
     "build_groups", "build_loss", "teacher_grades", "train_bi_encoder_student", "train_cross_encoder_student",
     "train_lightgbm_student",
 ]

@@ -18,6 +18,9 @@ too, and its NDCG refuses real-valued labels). The manifest also records, for ev
 objective, the mean per-query Kendall tau between student and teacher on the validation
 queries, the fidelity measure comparable across objectives.
 
+Other rankers' scores can be features too (``feature_rankers``, see
+:mod:`students.ranker_features`): a dense model's similarity beside the lexical features.
+
 The model folder holds ``model.txt`` (LightGBM's text format), the feature extractor's
 state (``features.json`` + ``.npz``/Parquet) and ``distill.json``; no pickle.
 :class:`LightGBMRanker` loads such a folder as a :class:`~distill.ranking.Ranker`.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ from distill.io import atomic_dir
 from distill.manifest import frame_hash, write_manifest
 from distill.schema import DOCID, QID, SCORE, require_columns
 from students.grades import GRADINGS, teacher_grades
+from students.ranker_features import RankerFeatures, check_feature_rankers, resolve_feature_rankers
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class LightGBMConfig:
     first_stage_features: bool | None = None  # use the candidates' score/rank; None: when they have scores
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
+    # other rankers' scores as features, name -> ranker spec (students.ranker_features)
+    feature_rankers: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings LightGBM would reject or that cannot work."""
@@ -92,6 +98,7 @@ class LightGBMConfig:
         for name in ("num_leaves", "n_estimators", "min_data_in_leaf", "early_stopping_rounds", "eval_at"):
             if getattr(self, name) < (2 if name == "num_leaves" else 1):
                 raise ConfigError(f"{name} is too small: {getattr(self, name)}", field=name)
+        check_feature_rankers(self.feature_rankers)
 
 
 def _join_teacher(run: pl.DataFrame, scores: pl.DataFrame, config: LightGBMConfig,
@@ -195,12 +202,15 @@ def train_lightgbm_student(
     config = config or LightGBMConfig()
     config.validate()
     frame = _join_teacher(run, scores, config, scores_source)
-    if config.first_stage_features is None:  # resolved here, so the manifest records what was used
+    # resolved here, so the manifest records what was used
+    config = replace(config, feature_rankers=resolve_feature_rankers(config.feature_rankers))
+    if config.first_stage_features is None:
         config = replace(config, first_stage_features=SCORE in run.columns)
     first_stage = config.first_stage_features
     extractor = FeatureExtractor(FeatureConfig(k1=config.bm25_k1, b=config.bm25_b, first_stage=first_stage))
-    features = extractor.fit(dataset).transform(dataset, frame)
-    names = extractor.feature_names
+    stacked = RankerFeatures(config.feature_rankers)
+    features = np.hstack([extractor.fit(dataset).transform(dataset, frame), stacked.transform(dataset, frame)])
+    names = extractor.feature_names + stacked.feature_names
     labels = _labels(frame, config)
     is_valid = frame[QID].is_in(list(_split_queries(frame[QID], config.valid_fraction, config.seed))).to_numpy()
     train, valid = frame.filter(~is_valid), frame.filter(is_valid)
@@ -269,16 +279,18 @@ class LightGBMRanker:
         self.name = f"lightgbm:{self.path.name}"
         self._saved: FeatureExtractor | None = None
         self._extractor: FeatureExtractor | None = None
+        self._stacked = RankerFeatures(self.manifest.get("config", {}).get("feature_rankers", {}))
         self._corpus: pl.DataFrame | None = None
 
     def prepare(self, dataset: Dataset) -> None:
         """Get the corpus statistics for ``dataset``: the saved ones, or fitted when its corpus differs."""
         if self._saved is None:
             self._saved = FeatureExtractor.load(self.path)
-            if self._saved.feature_names != self.booster.feature_name():
+            expected = self._saved.feature_names + self._stacked.feature_names
+            if expected != self.booster.feature_name():
                 raise InputError(
                     f"model features {self.booster.feature_name()} differ from the saved extractor's "
-                    f"{self._saved.feature_names}", path=self.path,
+                    f"and feature rankers' {expected}", path=self.path,
                 )
         if self._saved.corpus_hash == frame_hash(dataset.corpus):
             self._extractor = self._saved
@@ -286,12 +298,13 @@ class LightGBMRanker:
             log.info("%s: corpus of %r differs from the training corpus; fitting its statistics",
                      self.name, dataset.name)
             self._extractor = FeatureExtractor(self._saved.config).fit(dataset)
+        self._stacked.prepare(dataset)
         self._corpus = dataset.corpus
 
     def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame:
         if self._extractor is None or self._corpus is not dataset.corpus:
             self.prepare(dataset)
-        features = self._extractor.transform(dataset, run)
+        features = np.hstack([self._extractor.transform(dataset, run), self._stacked.transform(dataset, run)])
         scores = self.booster.predict(features, num_threads=self.num_threads) if run.height else np.zeros(0)
         return run.select(QID, DOCID).with_columns(pl.Series(SCORE, scores, dtype=pl.Float64))
 

@@ -182,3 +182,35 @@ def test_not_a_lightgbm_folder(tmp_path):
     (tmp_path / "distill.json").write_text(json.dumps({"kind": "bi-encoder-student"}))
     with pytest.raises(InputError, match="lightgbm-student"):
         LightGBMRanker(tmp_path)
+
+
+def test_another_rankers_scores_are_features(splits, runs, teacher, tmp_path, monkeypatch):
+    """A run file holding the teacher's own scores is the one feature the student should need."""
+    from distill.runs import write_run
+
+    (train, test), (train_run, test_run), (train_scores, test_scores) = splits, runs, teacher
+    write_run(pl.concat([train_scores, test_scores]), tmp_path / "oracle.trec")
+    monkeypatch.chdir(tmp_path)  # a relative spec is saved as an absolute path
+    config = LightGBMConfig(n_estimators=100, feature_rankers={"oracle": "oracle.trec"}, **FAST)
+    folder = train_lightgbm_student(train, train_run, train_scores, tmp_path / "stacked", config)
+    plain = train_lightgbm_student(train, train_run, train_scores, tmp_path / "plain",
+                                   LightGBMConfig(n_estimators=100, **FAST))
+    manifest = json.loads((folder / "distill.json").read_text())
+    assert manifest["config"]["feature_rankers"] == {"oracle": str(tmp_path / "oracle.trec")}
+    assert manifest["feature_names"][-1] == "ranker_oracle"
+    monkeypatch.chdir(Path(__file__).parent)
+    taus = {}
+    for name, model in (("stacked", folder), ("plain", plain)):
+        ranker = LightGBMRanker(model)
+        reranked = ranker.rerank(test, test_run).join(test_scores, on=["qid", "docid"], suffix="_teacher")
+        taus[name] = mean_tau(reranked, reranked["score"].to_numpy(), reranked["score_teacher"].to_numpy())
+    importance = LightGBMRanker(folder).feature_importance()
+    assert max(importance, key=importance.get) == "ranker_oracle"
+    assert taus["stacked"] > max(taus["plain"] + 0.1, 0.8), taus
+
+
+def test_feature_ranker_names_must_suit_lightgbm(splits, runs, teacher, tmp_path):
+    config = LightGBMConfig(feature_rankers={"bi-encoder": "bm25"}, **FAST)
+    with pytest.raises(ConfigError, match="letters, digits"):
+        train_lightgbm_student(splits[0], runs[0], teacher[0], tmp_path / "m", config)
+    assert not (tmp_path / "m").exists()

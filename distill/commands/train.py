@@ -130,6 +130,8 @@ def register(app: typer.Typer) -> None:
         num_leaves: int = typer.Option(31, help="LightGBM: leaves per tree."),
         n_estimators: int = typer.Option(500, help="LightGBM: boosting rounds at most."),
         early_stopping_rounds: int = typer.Option(50, help="LightGBM: patience on the validation NDCG."),
+        feature_ranker: list[str] = typer.Option([], "--feature-ranker", help="LightGBM: NAME=SPEC, another "
+                                                 "ranker's score as a feature (e.g. a bi-encoder folder); repeatable."),
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     ) -> None:
         """Distill the cached teacher scores into a student reranker."""
@@ -139,10 +141,13 @@ def register(app: typer.Typer) -> None:
 
         if student not in STUDENTS:
             raise ConfigError(f"--student must be one of {', '.join(STUDENTS)}, got {student!r}")
+        if feature_ranker and student != "lightgbm":
+            raise ConfigError("--feature-ranker is for the lightgbm student only")
         scores, manifest = read_scores(cache)
         dataset = load_beir(data, split)
         fingerprint = manifest.get("teacher")
         if student == "lightgbm":
+            from distill.rankers import parse_ranker_spec
             from students.lightgbm import LightGBMConfig, train_lightgbm_student
 
             config = LightGBMConfig(
@@ -150,6 +155,7 @@ def register(app: typer.Typer) -> None:
                 learning_rate=0.05 if lr is None else lr, n_estimators=n_estimators,
                 valid_fraction=0.2 if valid_fraction is None else valid_fraction,
                 early_stopping_rounds=early_stopping_rounds, seed=seed,
+                feature_rankers=dict(parse_ranker_spec(item) for item in feature_ranker),
             )
             candidates = scores.select(QID, DOCID).join(dataset.queries.select(QID), on=QID, how="semi")
             train_lightgbm_student(dataset, candidates, scores, out, config,
