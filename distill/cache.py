@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,20 @@ class TeacherCache:
             path.unlink()
 
     # -- summary -------------------------------------------------------------------------
+    def unscored(self, qids: Iterable[str]) -> tuple[int, int]:
+        """Of the registered candidate pairs of these queries: how many lack a score, out of how many.
+
+        A score-teacher run that was stopped leaves a cache that covers only part of its candidates;
+        training on it quietly would train on that part alone.
+        """
+        paths = [self.folder / "candidates" / f"{c['hash']}.parquet" for c in self.manifest.get("candidates", [])]
+        paths = [p for p in paths if p.exists()]
+        if not paths:
+            return 0, 0
+        wanted = pl.DataFrame({QID: list(qids)}, schema={QID: pl.String})
+        pairs = pl.concat([pl.read_parquet(p) for p in paths]).unique().join(wanted, on=QID, how="semi")
+        return self.missing(pairs).height, pairs.height
+
     def info(self) -> CacheInfo:
         scores = self.scores()
         cached = scores.select(QID, DOCID)

@@ -158,6 +158,20 @@ def test_info_reports_coverage(tmp_path, data):
     assert entry["pairs"] == run.height and 0 < entry["coverage"] < 1
 
 
+def test_unscored_counts_the_registered_pairs_a_stopped_run_left(tmp_path, data):
+    dataset, run = data
+    teacher = FakeTeacher()
+    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache.register_candidates(run, "bm25")
+    first, second = sorted(run["qid"].unique())[:2]
+    score_into_cache(teacher, dataset, run.filter(run["qid"] == first), cache, show_progress=False)
+    per_query = run.group_by("qid").len().sort("qid")
+    n_second = per_query.filter(per_query["qid"] == second)["len"][0]
+    assert cache.unscored([first]) == (0, run.filter(run["qid"] == first).height)
+    assert cache.unscored([first, second]) == (n_second, run.filter(run["qid"].is_in([first, second])).height)
+    assert cache.unscored(["no-such-query"]) == (0, 0)
+
+
 @pytest.mark.parametrize("text", ["2", "3/3", "-1/2", "a/b"])
 def test_bad_shard_spec(text):
     from distill.errors import ConfigError

@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     ) -> None:
         """Distill the cached teacher scores into a student reranker."""
-        from distill.cache import read_scores
+        from distill.cache import TeacherCache, read_scores
         from distill.data import load_beir
         from distill.schema import DOCID, QID
 
@@ -145,6 +145,11 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--feature-ranker is for the lightgbm student only")
         scores, manifest = read_scores(cache)
         dataset = load_beir(data, split)
+        unscored, registered = TeacherCache.open(cache).unscored(dataset.queries[QID])
+        if unscored:
+            log.warning("%d of the %d candidate pairs registered in %s for split %r have no teacher score yet "
+                        "(a stopped score-teacher?): training on the scored ones only; rerun score-teacher to "
+                        "finish", unscored, registered, cache, split)
         fingerprint = manifest.get("teacher")
         if student == "lightgbm":
             from distill.rankers import parse_ranker_spec
