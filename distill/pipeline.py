@@ -129,6 +129,8 @@ class PipelineConfig:
     # reached nDCG@10 0.755 with ListNet T=0.2 and 0.265 with KLDiv T=1)
     bi_loss_params: tuple[str, ...] = ("temperature=0.2",)
     negatives: int = 7
+    # neural students whose scores are LightGBM features too (--feature-ranker), e.g. ("bi_encoder",)
+    lightgbm_features: tuple[str, ...] = ()
     budget_fraction: float = 0.1  # cascade budget as a share of the teacher's per-query latency
     latency_queries: int = 20
     seed: int = 42
@@ -206,7 +208,8 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
                                     "--loss", cfg.bi_loss, *bi_params, *neural, *bi_fit,
                                     "--out", models / "bi_encoder"],
              models / "bi_encoder"),
-        Step("student-lightgbm", [*student, "--student", "lightgbm", "--out", models / "lightgbm"],
+        Step("student-lightgbm", [*student, "--student", "lightgbm", *_feature_rankers(cfg, models),
+                                  "--out", models / "lightgbm"],
              models / "lightgbm"),
     ]
     stages = {"bm25": "bm25", "lightgbm": models / "lightgbm", "bi_encoder": models / "bi_encoder",
@@ -232,6 +235,16 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     for step in steps:
         step.argv = [str(a) for a in step.argv] + cfg.extra.get(step.name, [])
     return steps
+
+
+def _feature_rankers(cfg: PipelineConfig, models: Path) -> list:
+    """``--feature-ranker`` arguments for the neural students named in ``cfg.lightgbm_features``."""
+    known = ("bi_encoder", "ce_student")  # trained before LightGBM
+    for name in cfg.lightgbm_features:
+        if name not in known:
+            raise ConfigError(f"LightGBM feature {name!r} is not one of the pipeline's students {known}",
+                              field="lightgbm_features")
+    return [a for name in cfg.lightgbm_features for a in ("--feature-ranker", f"{name}={models / name}")]
 
 
 def prepare_data(cfg: PipelineConfig) -> Path:

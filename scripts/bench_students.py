@@ -31,6 +31,8 @@ def pipeline_args(description: str) -> argparse.Namespace:
     parser.add_argument("--test-k", type=int, default=100, help="BM25 candidates reranked per valid/test query.")
     parser.add_argument("--title-queries", type=int, default=0,
                         help="Students also learn from N documents' titles as queries, scored by the teacher.")
+    parser.add_argument("--lightgbm-feature", action="append", default=[], choices=("bi_encoder", "ce_student"),
+                        help="A neural student whose score is also a LightGBM feature; repeatable.")
     parser.add_argument("--quick", action="store_true", help="Smoke settings: 128 tokens, top-20, tiny epochs.")
     return parser.parse_args()
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace):
 
     out = args.out or Path("bench_out") / (args.data.name + ("_quick" if args.quick else ""))
     cfg = PipelineConfig(out=out, data=args.data, init=args.init, teacher=args.teacher,
-                         title_queries=args.title_queries, teacher_epochs=args.teacher_epochs,
+                         title_queries=args.title_queries, lightgbm_features=tuple(args.lightgbm_feature),
+                         teacher_epochs=args.teacher_epochs,
                          student_epochs=args.student_epochs, ce_epochs=args.ce_epochs, ce_lr=args.ce_lr,
                          train_k=args.train_k, test_k=args.test_k)
     if args.quick:

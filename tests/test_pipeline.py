@@ -76,3 +76,15 @@ def test_a_rerun_keeps_the_earlier_runs_steps_and_budget(tmp_path):
     resumed = resume_record(tmp_path / "pipeline.json", dict(fresh))
     assert resumed["steps"] == earlier["steps"] and resumed["budget"] == earlier["budget"]
     assert resumed["config"] == {"seed": 1}
+
+
+def test_lightgbm_can_take_a_neural_students_score_as_a_feature(tmp_path):
+    cfg = PipelineConfig(out=tmp_path, init="backbone", student_layers=2, lightgbm_features=("bi_encoder",))
+    lightgbm = _argv(plan(cfg, Path("data")), "student-lightgbm")
+    assert _option(lightgbm, "--feature-ranker") == f"bi_encoder={tmp_path / 'models' / 'bi_encoder'}"
+    names = [s.name for s in plan(cfg, Path("data"))]
+    assert names.index("student-bi-encoder") < names.index("student-lightgbm")
+    assert "--feature-ranker" not in _argv(plan(PipelineConfig(out=tmp_path, init="b", student_layers=2),
+                                                Path("data")), "student-lightgbm")
+    with pytest.raises(ConfigError, match="not one of the pipeline's students"):
+        plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_features=("teacher",)), Path("data"))
