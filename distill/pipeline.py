@@ -41,7 +41,9 @@ def split_view(source: Path, out: Path, split: str = "train", valid_fraction: fl
                 "title_queries": title_queries, "seed": seed if title_queries else None}
     if (out / "qrels" / "valid.tsv").exists():
         recorded = out / "view.json"
-        if recorded.exists() and json.loads(recorded.read_text()) != settings:
+        earlier = json.loads(recorded.read_text()) if recorded.exists() else settings  # older views have none
+        # the source folder may have moved; the split itself must be the same
+        if {k: v for k, v in earlier.items() if k != "source"} != {k: v for k, v in settings.items() if k != "source"}:
             raise ConfigError(f"{out} was built with other settings ({recorded.read_text().strip()}); "
                               f"use another --out or delete it")
         return out
