@@ -226,6 +226,25 @@ def test_latency_fields(tiny, tmp_path):
     assert parameter_count(cascade) == 3 * 2 + 2  # a cascade counts its stages' models
 
 
+def test_latency_settles_a_reduced_precision_on_many_pairs_before_timing(tiny):
+    """Left to the first timed call, the check would see one query's k pairs."""
+    dataset, run = tiny
+    ranker = FakeRanker()
+    calls = []
+    ranker.settle_precision = lambda queries, docs: calls.append((len(queries), len(docs), ranker.calls))
+    ranker.calls = 0
+    rerank = ranker.rerank
+
+    def counting(dataset, run):
+        ranker.calls += 1
+        return rerank(dataset, run)
+
+    ranker.rerank = counting
+    measure_latency(ranker, dataset, run, k=5, n_queries=3)
+    n = min(256, dataset.queries.height * 5)
+    assert calls == [(n, n, 0)] and n > 5
+
+
 def test_result_round_trips(tiny, tmp_path):
     dataset, run = tiny
     rankers = {"bm25": RunRanker(), "fake": FakeRanker(), "teacher": FakeRanker()}
