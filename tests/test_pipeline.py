@@ -88,3 +88,18 @@ def test_lightgbm_can_take_a_neural_students_score_as_a_feature(tmp_path):
                                                 Path("data")), "student-lightgbm")
     with pytest.raises(ConfigError, match="not one of the pipeline's students"):
         plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_features=("teacher",)), Path("data"))
+
+
+def test_demo_passes_title_queries_and_lightgbm_features_on(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import distill.pipeline
+    from distill.cli import app, register_commands
+
+    seen = []
+    monkeypatch.setattr(distill.pipeline, "run_pipeline", seen.append)
+    register_commands()
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--title-queries", "7",
+                                      "--lightgbm-feature", "bi_encoder"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].title_queries == 7 and seen[0].lightgbm_features == ("bi_encoder",)

@@ -20,6 +20,10 @@ def register(app: typer.Typer) -> None:
         topics: int = typer.Option(40, min=2, help="Built-in dataset size (8 documents, 6 queries per topic)."),
         test_k: int = typer.Option(100, min=2, help="Candidates per test query."),
         latency_queries: int = typer.Option(None, min=1, help="Queries timed per ranker [built-in 10; --data 20]."),
+        title_queries: int = typer.Option(0, min=0, help="Students also learn from N documents' titles as "
+                                          "queries, scored by the teacher (costs teacher time)."),
+        lightgbm_feature: list[str] = typer.Option([], "--lightgbm-feature", help="bi_encoder | ce_student: that "
+                                                   "student's score is also a LightGBM feature; repeatable."),
         seed: int = typer.Option(42, help="Seed of every step."),
     ) -> None:
         """Teacher, cache, three students, evaluation, report and cascade, end to end; each step is
@@ -35,6 +39,7 @@ def register(app: typer.Typer) -> None:
             teacher_epochs=teacher_epochs or (2.0 if builtin else 1.0),
             student_epochs=student_epochs or (2.0 if builtin else 1.0),
             latency_queries=latency_queries or (10 if builtin else 20),
+            title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
         )
         run_pipeline(cfg)
         console = Console()
