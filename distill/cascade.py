@@ -41,7 +41,7 @@ import polars as pl
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
 from distill.io import write_json_atomic
-from distill.ranking import Ranker
+from distill.ranking import Ranker, settle_precision
 from distill.schema import DOCID, QID, RANK, SCORE, require_columns
 
 SPEC_FORMAT = "distill-cascade/1"
@@ -202,6 +202,13 @@ class Cascade:
             if prepare is not None:
                 prepare(dataset)
 
+    def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> None:
+        """Settle every stage's pending reduced precision on these pairs (see ``Teacher.settle_precision``)."""
+        for s in self.stages:
+            settle = getattr(s.ranker, "settle_precision", None)
+            if settle is not None:
+                settle(queries, docs)
+
     def rerank(self, dataset: Dataset, run: pl.DataFrame, *, per_query: bool = False) -> pl.DataFrame:
         """Rank ``run`` through the stages; ``qid, docid, score`` for every row of ``run``.
 
@@ -217,6 +224,8 @@ class Cascade:
         if self.budget_ms is None and not per_query:
             ranked = self._rank(dataset, incoming)
         else:
+            for s in self.stages:  # on a sample of pairs, not on the first query's few
+                settle_precision(s.ranker, dataset, incoming)
             parts = []
             for query in incoming.partition_by(QID, maintain_order=True):
                 start = time.perf_counter()

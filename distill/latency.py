@@ -24,8 +24,8 @@ import polars as pl
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
 from distill.io import write_json_atomic
-from distill.ranking import Ranker
-from distill.schema import DOCID, QID, SCORE, cut, require_columns
+from distill.ranking import Ranker, settle_precision
+from distill.schema import QID, SCORE, cut, require_columns
 
 
 @dataclass
@@ -76,10 +76,7 @@ def measure_latency(ranker: Ranker, dataset: Dataset, run: pl.DataFrame, k: int 
     by_query = candidates.partition_by(QID, as_dict=True)
     lists = [by_query[(qid,)] for qid in qids]
 
-    settle = getattr(ranker, "settle_precision", None)
-    if settle is not None:  # a reduced precision is checked on as many pairs as score-teacher uses, not
-        sample = candidates.head(256)  # on the first query's few (it could pass there and fail here)
-        settle(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]))
+    settle_precision(ranker, dataset, candidates)  # not on the first query's few pairs
     with _torch_threads(threads) as used_threads:
         prepare_s = 0.0
         prepare_fn = getattr(ranker, "prepare", None)

@@ -38,6 +38,7 @@ def main() -> None:
     from distill.cache import TeacherCache
     from distill.data import load_beir
     from distill.manifest import frame_hash
+    from distill.ranking import settle_precision
     from distill.scoring import score_into_cache
     from teachers import CrossEncoderTeacher
 
@@ -64,7 +65,7 @@ def main() -> None:
     queries, docs = dataset.query_texts(pairs["qid"]), dataset.doc_texts(pairs["docid"])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()  # as in score-teacher, checking a reduced precision is part of the time
-        teacher.settle_precision(queries[:256], docs[:256])
+        settle_precision(teacher, dataset, pairs)
         cache = TeacherCache.create_or_open(Path(tmp) / "cache", teacher.fingerprint(), frame_hash(dataset.corpus))
         stats = score_into_cache(teacher, dataset, run, cache, show_progress=False)
         distill_s = time.perf_counter() - t0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distill.errors import ConfigError
+from distill.ranking import SETTLE_PAIRS
 from teachers.device import cpu_supports_bf16
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 MIN_SPEARMAN = 0.999
-CHECK_PAIRS = 256
+CHECK_PAIRS = SETTLE_PAIRS
 
 
 def check_dtype_name(dtype: str) -> str:

@@ -427,3 +427,22 @@ def test_measured_cost(tiny_beir):
 def test_stage_is_a_frozen_record():
     s = Stage("a", Planted("a", {}), 3, "spec")
     assert s.cutoff == 3 and (s % 2).cutoff == 2 and s.cutoff == 3
+
+
+def test_query_by_query_stages_settle_their_precision_on_a_sample_first(tiny_beir):
+    """Left to a stage's first call, a reduced precision would be checked on one query's survivors."""
+    from distill.data import load_beir
+
+    dataset = load_beir(tiny_beir)
+    run = pl.DataFrame({QID: [q for q in dataset.queries[QID] for _ in range(3)],
+                        DOCID: dataset.corpus[DOCID].head(3).to_list() * dataset.queries.height})
+    first = Planted("first", {(q, d): 1.0 for q, d in run.iter_rows()})
+    second = Planted("second", {(q, d): 1.0 for q, d in run.iter_rows()})
+    settled = []
+    second.settle_precision = lambda queries, docs: settled.append((len(queries), len(second.calls)))
+    cascade = stage("first", first) % 2 >> stage("second", second)
+    cascade.rerank(dataset, run, per_query=True)
+    assert settled == [(run.height, 0)] and run.height > 3  # all pairs (<= 256), before any query
+    settled.clear()
+    cascade.settle_precision(["q"], ["d"])  # measure_latency's path
+    assert settled == [(1, dataset.queries.height)]

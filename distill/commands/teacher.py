@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         from distill.cache import TeacherCache
         from distill.inputs import load_dataset_and_run
         from distill.manifest import frame_hash
+        from distill.ranking import settle_precision
         from distill.scoring import parse_shard, score_into_cache
         from teachers import check_teacher, load_teacher
 
@@ -47,8 +48,7 @@ def register(app: typer.Typer) -> None:
             trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
             max_tokens_per_batch=batch_tokens, **{k: v for k, v in optional.items() if v is not None},
         )
-        sample = candidates.head(256)  # a reduced precision is kept only if it agrees with fp32 here
-        model.settle_precision(dataset.query_texts(sample["qid"]), dataset.doc_texts(sample["docid"]))
+        settle_precision(model, dataset, candidates)  # a reduced precision is kept only if it agrees with fp32
         store = TeacherCache.create_or_open(cache, model.fingerprint(), frame_hash(dataset.corpus))
         store.register_candidates(candidates, str(run or pairs))
         todo = store.missing(candidates)
