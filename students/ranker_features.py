@@ -50,6 +50,7 @@ class RankerFeatures:
         self.specs = dict(specs)
         self.ranker_kwargs = ranker_kwargs
         self._rankers: dict[str, Any] | None = None
+        self._corpus: Any = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -65,13 +66,14 @@ class RankerFeatures:
         for ranker in self._rankers.values():
             if hasattr(ranker, "prepare"):
                 ranker.prepare(dataset)
+        self._corpus = dataset.corpus
 
     def transform(self, dataset: Dataset, run: pl.DataFrame) -> np.ndarray:
         """``[len(run), len(specs)]`` scores in ``run``'s row order; NaN (LightGBM's missing value)
         where a ranker has no finite score."""
         if not self.specs:
             return np.zeros((run.height, 0))
-        if self._rankers is None:
+        if self._corpus is not dataset.corpus:  # a bi-encoder would embed each list's documents again
             self.prepare(dataset)
         pairs = run.select(QID, DOCID)
         columns = []

@@ -214,3 +214,27 @@ def test_feature_ranker_names_must_suit_lightgbm(splits, runs, teacher, tmp_path
     with pytest.raises(ConfigError, match="letters, digits"):
         train_lightgbm_student(splits[0], runs[0], teacher[0], tmp_path / "m", config)
     assert not (tmp_path / "m").exists()
+
+
+def test_feature_rankers_prepare_once_per_corpus(splits, runs, monkeypatch):
+    """A dense ranker precomputes per corpus; another split's corpus must be prepared, not skipped."""
+    import distill.rankers
+    from students.ranker_features import RankerFeatures
+
+    prepared = []
+
+    class Counting:
+        name = "counting"
+
+        def prepare(self, dataset):
+            prepared.append(dataset.split)
+
+        def rerank(self, dataset, run):
+            return run.select("qid", "docid").with_columns(pl.lit(1.0).alias("score"))
+
+    monkeypatch.setattr(distill.rankers, "load_ranker", lambda spec, **kwargs: Counting())
+    features = RankerFeatures({"dense": "anything"})
+    (train, test), (train_run, test_run) = splits, runs
+    for dataset, run in ((train, train_run), (train, train_run), (test, test_run)):
+        assert features.transform(dataset, run).shape == (run.height, 1)
+    assert prepared == ["train", "test"]
