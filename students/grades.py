@@ -5,14 +5,18 @@ a teacher gives raw logits whose scale and offset differ between queries and tea
 are therefore made per query from the order of the scores only (or, with ``"linear"``, from
 their position between the query's minimum and maximum), so any increasing transformation of
 a query's scores gives the same grades.
+
+:func:`mix_qrels` blends those grades with the qrels where a query has judgements, the
+LambdaMART counterpart of the neural students' hard-label term.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from distill.errors import ConfigError
-from distill.schema import QID, SCORE, require_columns
+from distill.schema import DOCID, QID, RELEVANCE, SCORE, require_columns
 
 GRADE = "grade"
 
@@ -56,3 +60,27 @@ def teacher_grades(run_with_scores: pl.DataFrame, n_grades: int = 5, method: str
     require_columns(run_with_scores, [QID, SCORE], "scored run")
     grade = GRADINGS[method](pl.col(SCORE).cast(pl.Float64), n_grades)
     return run_with_scores.select(grade.cast(pl.Int32).alias(GRADE)).to_series()
+
+
+def mix_qrels(run: pl.DataFrame, grades: np.ndarray, qrels: pl.DataFrame, n_grades: int, weight: float) -> np.ndarray:
+    """Integer labels ``round((1 - weight) * grade + weight * judged)`` for the rows of ``run``.
+
+    ``judged`` is a candidate's qrels relevance scaled to ``0 .. n_grades - 1`` (the qrels'
+    highest relevance maps to the top grade; an unjudged candidate is 0). Queries without a
+    positive judgement keep their ``grades``: a teacher is what labels unjudged queries.
+    ``weight`` 0 is the teacher alone, 1 the qrels alone (plain learning to rank).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"the qrels weight must be in [0, 1], got {weight}", field="qrels_weight")
+    require_columns(run, [QID, DOCID], "run")
+    grades = np.asarray(grades, dtype=np.float64)
+    if weight == 0.0:
+        return grades.astype(np.int32)
+    positive = qrels.filter(pl.col(RELEVANCE) > 0)
+    top = positive[RELEVANCE].max() if positive.height else 1
+    judged = (run.select(QID, DOCID)
+              .join(positive.select(QID, DOCID, RELEVANCE), on=[QID, DOCID], how="left", maintain_order="left")
+              [RELEVANCE].fill_null(0).to_numpy() * (n_grades - 1) / top)
+    has_qrels = run[QID].is_in(positive[QID].unique().implode()).to_numpy()
+    mixed = np.where(has_qrels, (1.0 - weight) * grades + weight * judged, grades)
+    return np.rint(mixed).astype(np.int32)

@@ -6,7 +6,9 @@ objectives:
 
 - ``lambdarank`` (LambdaMART) and ``rank_xendcg``: labels are per-query teacher grades
   (:func:`students.grades.teacher_grades`), ``label_gain`` is ``2**g - 1`` for the
-  ``n_grades`` grades;
+  ``n_grades`` grades; ``qrels_weight`` blends in the split's qrels where a query has them
+  (:func:`students.grades.mix_qrels`; 1 is plain learning to rank, the baseline that says
+  what the teacher adds);
 - ``regression`` (L2): labels are the teacher logits, raw or (``regression_target=
   "standardized"``, the default) standardized per query, since only the order within a query
   matters and logit offsets differ between queries.
@@ -44,7 +46,7 @@ from distill.features import FeatureConfig, FeatureExtractor
 from distill.io import atomic_dir
 from distill.manifest import frame_hash, write_manifest
 from distill.schema import DOCID, QID, SCORE, require_columns
-from students.grades import GRADINGS, teacher_grades
+from students.grades import GRADINGS, mix_qrels, teacher_grades
 from students.ranker_features import RankerFeatures, check_feature_rankers, resolve_feature_rankers
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ class LightGBMConfig:
     # stopping saw a saturated NDCG@10 after 3 trees (test nDCG@10 0.21 vs 0.74 with "log_rank")
     grading: str = "log_rank"
     regression_target: str = "standardized"  # regression labels: per-query z-scores or "raw" logits
+    # share of a judged query's grades taken from its qrels (students.grades.mix_qrels); on SciFact
+    # with a teacher weaker than BM25, 0.5 lifted test nDCG@10 from 0.710 to 0.729 (README)
+    qrels_weight: float = 0.0
     num_leaves: int = 31
     learning_rate: float = 0.05
     n_estimators: int = 500  # boosting rounds at most
@@ -93,6 +98,11 @@ class LightGBMConfig:
         if not 2 <= self.n_grades <= 31:
             raise ConfigError(f"n_grades must be in 2..31 (LightGBM's gains 2**g - 1), got {self.n_grades}",
                               field="n_grades")
+        if not 0.0 <= self.qrels_weight <= 1.0:
+            raise ConfigError(f"qrels_weight must be in [0, 1], got {self.qrels_weight}", field="qrels_weight")
+        if self.qrels_weight and self.objective == "regression":
+            raise ConfigError("qrels_weight mixes qrels into grades; the regression objective has none",
+                              field="qrels_weight")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}", field="valid_fraction")
         for name in ("num_leaves", "n_estimators", "min_data_in_leaf", "early_stopping_rounds", "eval_at"):
@@ -133,10 +143,13 @@ def _join_teacher(run: pl.DataFrame, scores: pl.DataFrame, config: LightGBMConfi
     return joined.sort(QID, maintain_order=True)  # LightGBM needs each query's rows together
 
 
-def _labels(frame: pl.DataFrame, config: LightGBMConfig) -> np.ndarray:
-    """Training labels: grades for the ranking objectives, (standardized) logits for regression."""
+def _labels(frame: pl.DataFrame, config: LightGBMConfig, qrels: pl.DataFrame) -> np.ndarray:
+    """Training labels: grades (mixed with ``qrels``) for the ranking objectives, (standardized)
+    logits for regression."""
     if config.objective != "regression":
-        return _grades(frame, config)
+        if config.qrels_weight and not frame[QID].is_in(qrels[QID].implode()).any():
+            log.warning("qrels_weight %s has no effect: no training query has qrels", config.qrels_weight)
+        return mix_qrels(frame, _grades(frame, config), qrels, config.n_grades, config.qrels_weight)
     score = pl.col(_TEACHER)
     if config.regression_target == "standardized":
         std = score.std(ddof=0).over(QID)
@@ -211,7 +224,7 @@ def train_lightgbm_student(
     stacked = RankerFeatures(config.feature_rankers)
     features = np.hstack([extractor.fit(dataset).transform(dataset, frame), stacked.transform(dataset, frame)])
     names = extractor.feature_names + stacked.feature_names
-    labels = _labels(frame, config)
+    labels = _labels(frame, config, dataset.qrels)
     is_valid = frame[QID].is_in(list(_split_queries(frame[QID], config.valid_fraction, config.seed))).to_numpy()
     train, valid = frame.filter(~is_valid), frame.filter(is_valid)
     metric = "l2" if config.objective == "regression" else "ndcg"

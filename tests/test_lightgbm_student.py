@@ -16,7 +16,7 @@ from distill.data import Dataset, load_beir
 from distill.errors import ConfigError, InputError
 from distill.features import FeatureConfig, FeatureExtractor
 from distill.ranking import Ranker
-from students.grades import teacher_grades
+from students.grades import mix_qrels, teacher_grades
 from students.lightgbm import OBJECTIVES, LightGBMConfig, LightGBMRanker, train_lightgbm_student
 
 FAST = {"min_data_in_leaf": 5, "num_leaves": 8, "learning_rate": 0.1, "valid_fraction": 0.25}
@@ -49,6 +49,18 @@ def test_log_rank_grades_by_hand():
     run = pl.DataFrame({"qid": ["a"] * 9 + ["b"] * 4, "score": [9.0, 8, 7, 6, 5, 4, 3, 2, 1, 9, 9, 7, 6]})
     # rank 1 | 2-3 | 4-7 | 8+ ; in b the tied pair shares rank 1
     assert teacher_grades(run, 4, "log_rank").to_list() == [3, 2, 2, 1, 1, 1, 1, 0, 0, 3, 3, 2, 1]
+
+
+def test_qrels_mix_by_hand():
+    run = pl.DataFrame({"qid": ["a", "a", "a", "b", "b"], "docid": ["d1", "d2", "d3", "e1", "e2"]})
+    grades = np.array([4, 0, 2, 3, 1])
+    qrels = pl.DataFrame({"qid": ["a", "a", "c"], "docid": ["d2", "d3", "x"], "relevance": [2, 1, 1]})
+    # a: judged d2 -> top grade 4, d3 (relevance 1 of 2) -> 2, d1 unjudged -> 0; b has no qrels
+    assert mix_qrels(run, grades, qrels, 5, 1.0).tolist() == [0, 4, 2, 3, 1]
+    assert mix_qrels(run, grades, qrels, 5, 0.5).tolist() == [2, 2, 2, 3, 1]
+    assert mix_qrels(run, grades, qrels, 5, 0.0).tolist() == grades.tolist()
+    with pytest.raises(ConfigError, match="qrels weight"):
+        mix_qrels(run, grades, qrels, 5, 1.5)
 
 
 def test_grades_reject_unknown_method():
@@ -238,3 +250,21 @@ def test_feature_rankers_prepare_once_per_corpus(splits, runs, monkeypatch):
     for dataset, run in ((train, train_run), (train, train_run), (test, test_run)):
         assert features.transform(dataset, run).shape == (run.height, 1)
     assert prepared == ["train", "test"]
+
+
+def test_qrels_weight_teaches_the_judgements_a_noisy_teacher_lacks(splits, runs, tmp_path):
+    """With a teacher of pure noise, only the qrels can lift the student on held-out queries."""
+    from distill.metrics import evaluate
+
+    (train, test), (train_run, test_run) = splits, runs
+    noise = train_run.select("qid", "docid").with_columns(
+        pl.Series("score", np.random.default_rng(0).normal(size=train_run.height)))
+    quality = {}
+    for weight in (0.0, 1.0):
+        config = LightGBMConfig(n_estimators=100, qrels_weight=weight, **FAST)
+        folder = train_lightgbm_student(train, train_run, noise, tmp_path / str(weight), config)
+        quality[weight] = evaluate(test.qrels, LightGBMRanker(folder).rerank(test, test_run), ["nDCG@10"])["nDCG@10"]
+    assert quality[1.0] > quality[0.0] + 0.2, quality
+    with pytest.raises(ConfigError, match="regression"):
+        train_lightgbm_student(train, train_run, noise, tmp_path / "r",
+                               LightGBMConfig(objective="regression", qrels_weight=0.5))

@@ -128,6 +128,9 @@ def register(app: typer.Typer) -> None:
         objective: str = typer.Option("lambdarank", help="LightGBM: lambdarank | regression | rank_xendcg."),
         n_grades: int = typer.Option(5, help="LightGBM: teacher score grades for lambdarank."),
         num_leaves: int = typer.Option(31, help="LightGBM: leaves per tree."),
+        min_data_in_leaf: int = typer.Option(20, help="LightGBM: fewest pairs in a leaf."),
+        qrels_weight: float = typer.Option(0.0, min=0.0, max=1.0, help="LightGBM: share of a judged query's "
+                                           "grades taken from its qrels (0: teacher only, 1: qrels only)."),
         n_estimators: int = typer.Option(500, help="LightGBM: boosting rounds at most."),
         early_stopping_rounds: int = typer.Option(50, help="LightGBM: patience on the validation NDCG."),
         feature_ranker: list[str] = typer.Option([], "--feature-ranker", help="LightGBM: NAME=SPEC, another "
@@ -141,8 +144,9 @@ def register(app: typer.Typer) -> None:
 
         if student not in STUDENTS:
             raise ConfigError(f"--student must be one of {', '.join(STUDENTS)}, got {student!r}")
-        if feature_ranker and student != "lightgbm":
-            raise ConfigError("--feature-ranker is for the lightgbm student only")
+        if (feature_ranker or qrels_weight) and student != "lightgbm":
+            raise ConfigError("--feature-ranker and --qrels-weight are for the lightgbm student only "
+                              "(neural students mix qrels in with --hard-label-weight)")
         scores, manifest = read_scores(cache)
         dataset = load_beir(data, split)
         unscored, registered = TeacherCache.open(cache).unscored(dataset.queries[QID])
@@ -156,7 +160,8 @@ def register(app: typer.Typer) -> None:
             from students.lightgbm import LightGBMConfig, train_lightgbm_student
 
             config = LightGBMConfig(
-                objective=objective, n_grades=n_grades, num_leaves=num_leaves,
+                objective=objective, n_grades=n_grades, num_leaves=num_leaves, min_data_in_leaf=min_data_in_leaf,
+                qrels_weight=qrels_weight,
                 learning_rate=0.05 if lr is None else lr, n_estimators=n_estimators,
                 valid_fraction=0.2 if valid_fraction is None else valid_fraction,
                 early_stopping_rounds=early_stopping_rounds, seed=seed,
