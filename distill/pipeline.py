@@ -133,6 +133,8 @@ class PipelineConfig:
     negatives: int = 7
     # neural students whose scores are LightGBM features too (--feature-ranker), e.g. ("bi_encoder",)
     lightgbm_features: tuple[str, ...] = ()
+    # share of the LightGBM student's grades taken from the train qrels (--qrels-weight); 0: teacher only
+    lightgbm_qrels_weight: float = 0.0
     budget_fraction: float = 0.1  # cascade budget as a share of the teacher's per-query latency
     latency_queries: int = 20
     seed: int = 42
@@ -211,6 +213,7 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
                                     "--out", models / "bi_encoder"],
              models / "bi_encoder"),
         Step("student-lightgbm", [*student, "--student", "lightgbm", *_feature_rankers(cfg, models),
+                                  *(["--qrels-weight", cfg.lightgbm_qrels_weight] if cfg.lightgbm_qrels_weight else []),
                                   "--out", models / "lightgbm"],
              models / "lightgbm"),
     ]

@@ -33,6 +33,8 @@ def pipeline_args(description: str) -> argparse.Namespace:
                         help="Students also learn from N documents' titles as queries, scored by the teacher.")
     parser.add_argument("--lightgbm-feature", action="append", default=[], choices=("bi_encoder", "ce_student"),
                         help="A neural student whose score is also a LightGBM feature; repeatable.")
+    parser.add_argument("--lightgbm-qrels-weight", type=float, default=0.0,
+                        help="Share of the LightGBM student's grades taken from the train qrels [0: teacher only].")
     parser.add_argument("--quick", action="store_true", help="Smoke settings: 128 tokens, top-20, tiny epochs.")
     return parser.parse_args()
 
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace):
     out = args.out or Path("bench_out") / (args.data.name + ("_quick" if args.quick else ""))
     cfg = PipelineConfig(out=out, data=args.data, init=args.init, teacher=args.teacher,
                          title_queries=args.title_queries, lightgbm_features=tuple(args.lightgbm_feature),
+                         lightgbm_qrels_weight=args.lightgbm_qrels_weight,
                          teacher_epochs=args.teacher_epochs,
                          student_epochs=args.student_epochs, ce_epochs=args.ce_epochs, ce_lr=args.ce_lr,
                          train_k=args.train_k, test_k=args.test_k)

@@ -215,6 +215,7 @@ def _scored_cache(ws, capsys, k: int = 5):
         (1, ["--loss", "MarginMSE"], ["MarginMSE", "negative"]),
         (5, ["--loss", "NoSuchLoss"], ["NoSuchLoss", "MarginMSE", "KLDiv", "ListNet"]),
         (5, ["--loss", "KLDiv", "--loss-param", "temperature"], ["name=value"]),
+        (5, ["--loss", "KLDiv", "--qrels-weight", "0.5"], ["--qrels-weight", "lightgbm", "--hard-label-weight"]),
     ],
 )
 def test_student_config_that_does_not_fit(ws, capsys, k, extra, needles):

@@ -84,8 +84,10 @@ def test_lightgbm_can_take_a_neural_students_score_as_a_feature(tmp_path):
     assert _option(lightgbm, "--feature-ranker") == f"bi_encoder={tmp_path / 'models' / 'bi_encoder'}"
     names = [s.name for s in plan(cfg, Path("data"))]
     assert names.index("student-bi-encoder") < names.index("student-lightgbm")
-    assert "--feature-ranker" not in _argv(plan(PipelineConfig(out=tmp_path, init="b", student_layers=2),
-                                                Path("data")), "student-lightgbm")
+    plain = _argv(plan(PipelineConfig(out=tmp_path, init="b", student_layers=2), Path("data")), "student-lightgbm")
+    assert "--feature-ranker" not in plain and "--qrels-weight" not in plain
+    mixed = PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_qrels_weight=0.5)
+    assert _option(_argv(plan(mixed, Path("data")), "student-lightgbm"), "--qrels-weight") == "0.5"
     with pytest.raises(ConfigError, match="not one of the pipeline's students"):
         plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_features=("teacher",)), Path("data"))
 
@@ -100,6 +102,7 @@ def test_demo_passes_title_queries_and_lightgbm_features_on(tmp_path, monkeypatc
     monkeypatch.setattr(distill.pipeline, "run_pipeline", seen.append)
     register_commands()
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--title-queries", "7",
-                                      "--lightgbm-feature", "bi_encoder"])
+                                      "--lightgbm-feature", "bi_encoder", "--lightgbm-qrels-weight", "0.5"])
     assert result.exit_code == 0, result.output
     assert seen[0].title_queries == 7 and seen[0].lightgbm_features == ("bi_encoder",)
+    assert seen[0].lightgbm_qrels_weight == 0.5

@@ -24,6 +24,8 @@ def register(app: typer.Typer) -> None:
                                           "queries, scored by the teacher (costs teacher time)."),
         lightgbm_feature: list[str] = typer.Option([], "--lightgbm-feature", help="bi_encoder | ce_student: that "
                                                    "student's score is also a LightGBM feature; repeatable."),
+        lightgbm_qrels_weight: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the LightGBM student's "
+                                                    "grades taken from the train qrels (0: the teacher's alone)."),
         seed: int = typer.Option(42, help="Seed of every step."),
     ) -> None:
         """Teacher, cache, three students, evaluation, report and cascade, end to end; each step is
@@ -40,6 +42,7 @@ def register(app: typer.Typer) -> None:
             student_epochs=student_epochs or (2.0 if builtin else 1.0),
             latency_queries=latency_queries or (10 if builtin else 20),
             title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
+            lightgbm_qrels_weight=lightgbm_qrels_weight,
         )
         run_pipeline(cfg)
         console = Console()
