@@ -22,6 +22,7 @@ import polars as pl
 
 from distill.agreement import teacher_agreement
 from distill.data import Dataset
+from distill.depth import DEFAULT_DEPTHS, depth_curve
 from distill.errors import ConfigError, InputError
 from distill.io import atomic_path, write_json_atomic, write_text_atomic
 from distill.metrics import DEFAULT_METRICS, per_query
@@ -48,6 +49,8 @@ class EvaluationResult:
       ``p_ttest_adj, p_wilcoxon_adj``.
     - ``agreement``: per query agreement with the teacher (``ranker, qid, n, ...``) or None.
     - ``runs``: each ranker's scores of the candidates (``qid, docid, score``).
+    - ``depth``: the first metric when each ranker reranks only the candidate run's top k
+      (``ranker, depth, value``; see :mod:`distill.depth`), or None.
     """
 
     summary: pl.DataFrame
@@ -60,6 +63,7 @@ class EvaluationResult:
     teacher: str | None = None
     correction: str = "holm"
     dataset: str = ""
+    depth: pl.DataFrame | None = None
 
     @property
     def rankers(self) -> list[str]:
@@ -70,7 +74,7 @@ class EvaluationResult:
         folder = Path(folder)
         runs = pl.concat([r.select(pl.lit(n).alias(RANKER), QID, DOCID, SCORE) for n, r in self.runs.items()])
         tables = {"summary": self.summary, "per_query": self.per_query, "significance": self.significance,
-                  "runs": runs, "agreement": self.agreement}
+                  "runs": runs, "agreement": self.agreement, "depth": self.depth}
         for stem, frame in tables.items():
             if frame is not None:
                 with atomic_path(folder / f"{stem}.parquet") as tmp:
@@ -92,7 +96,7 @@ class EvaluationResult:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         summary = pl.read_parquet(folder / "summary.parquet")
         runs = pl.read_parquet(folder / "runs.parquet")
-        agreement = folder / "agreement.parquet"
+        agreement, depth = folder / "agreement.parquet", folder / "depth.parquet"
         return cls(
             summary=summary,
             per_query=pl.read_parquet(folder / "per_query.parquet"),
@@ -101,6 +105,7 @@ class EvaluationResult:
             runs={name: runs.filter(pl.col(RANKER) == name).drop(RANKER) for name in summary[RANKER]},
             metrics=tuple(meta["metrics"]), baseline=meta["baseline"], teacher=meta["teacher"],
             correction=meta["correction"], dataset=meta.get("dataset", ""),
+            depth=pl.read_parquet(depth) if depth.is_file() else None,  # older evaluations have none
         )
 
 
@@ -137,10 +142,11 @@ def rerank_all(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ranker],
 
 def evaluate_rankers(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ranker], baseline: str,
                      metrics: tuple[str, ...] = DEFAULT_METRICS, teacher: str | None = None,
-                     correction: str = "holm",
-                     on_ranker: Callable[[str], None] | None = None) -> EvaluationResult:
+                     correction: str = "holm", on_ranker: Callable[[str], None] | None = None,
+                     depths: tuple[int, ...] = DEFAULT_DEPTHS) -> EvaluationResult:
     """Rerank the candidates of ``run`` (restricted to the dataset's queries) with every ranker
-    and compare them; see :func:`evaluate_runs`."""
+    and compare them; see :func:`evaluate_runs`. With scores in ``run``, its order is the first
+    stage of the rerank-depth curve."""
     check_roles(list(rankers), baseline, teacher, correction)
     require_columns(run, [QID, DOCID], "candidate run")
     run = run.join(dataset.queries.select(QID), on=QID, how="semi")
@@ -148,14 +154,17 @@ def evaluate_rankers(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ran
         raise InputError(f"the candidate run has no query of {dataset.name}/{dataset.split}")
     runs = rerank_all(dataset, run, rankers, on_ranker)
     label = dataset.name if dataset.split is None else f"{dataset.name}/{dataset.split}"
-    return evaluate_runs(dataset.qrels, runs, baseline, metrics, teacher, correction, dataset=label)
+    return evaluate_runs(dataset.qrels, runs, baseline, metrics, teacher, correction, dataset=label,
+                         first_stage=run if SCORE in run.columns else None, depths=depths)
 
 
 def evaluate_runs(qrels: pl.DataFrame, runs: dict[str, pl.DataFrame], baseline: str,
                   metrics: tuple[str, ...] = DEFAULT_METRICS, teacher: str | None = None,
-                  correction: str = "holm", dataset: str = "") -> EvaluationResult:
+                  correction: str = "holm", dataset: str = "", first_stage: pl.DataFrame | None = None,
+                  depths: tuple[int, ...] = DEFAULT_DEPTHS) -> EvaluationResult:
     """Metrics of every run over the queries of ``qrels``, paired tests of each run against
-    ``baseline``, and, with ``teacher``, each run's agreement with the teacher's run."""
+    ``baseline``, with ``teacher`` each run's agreement with the teacher's run, and with a
+    ``first_stage`` run (the candidates' own order) the first metric at each rerank depth."""
     check_roles(list(runs), baseline, teacher, correction)
     metrics = canonical_metrics(metrics)
     values = pl.concat([
@@ -176,9 +185,10 @@ def evaluate_runs(qrels: pl.DataFrame, runs: dict[str, pl.DataFrame], baseline: 
     if teacher is not None:
         agreement, agreement_means = _agreement(runs, teacher)
         summary = summary.join(agreement_means, on=RANKER, how="left", maintain_order="left")
+    depth = None if first_stage is None else depth_curve(qrels, runs, first_stage, metrics[0], depths)
     return EvaluationResult(summary=summary, per_query=values, significance=significance, agreement=agreement,
                             runs=runs, metrics=metrics, baseline=baseline, teacher=teacher,
-                            correction=correction, dataset=dataset)
+                            correction=correction, dataset=dataset, depth=depth)
 
 
 def check_roles(names: list[str], baseline: str, teacher: str | None, correction: str) -> None:

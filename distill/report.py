@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from distill.depth import depth_table
 from distill.evaluate import RANKER, EvaluationResult, markdown_table
 from distill.io import write_text_atomic
 from distill.latency import LatencyResult
@@ -233,6 +234,11 @@ def _notes(evaluation: EvaluationResult, latency: dict[str, LatencyResult]) -> l
     return notes
 
 
+def _depth_caption(evaluation: EvaluationResult) -> str:
+    return (f"{evaluation.metrics[0]} when each ranker reranks only the candidate run's top k. A ranker that "
+            "falls as k grows is misled by deeper documents, often ones deeper than its training candidates.")
+
+
 def _latency_frame(latency: dict[str, LatencyResult]) -> pl.DataFrame:
     return pl.DataFrame([{"label": label, **asdict(r)} for label, r in latency.items()])
 
@@ -249,6 +255,9 @@ def render_html(title: str, evaluation: EvaluationResult, table: pl.DataFrame,
         parts += ["</ol>"]
     if latency:
         parts += ["<h2>Latency</h2>", html_table(_latency_frame(latency))]
+    if evaluation.depth is not None:
+        parts += ["<h2>Rerank depth</h2>", f"<p>{html.escape(_depth_caption(evaluation))}</p>",
+                  html_table(depth_table(evaluation.depth))]
     parts += ["<h2>Significance</h2>", html_table(evaluation.significance), "<h2>Figures</h2>"]
     parts += [f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}">'
               f"<figcaption>{html.escape(caption)}</figcaption></figure>" for caption, png in figures]
@@ -269,6 +278,9 @@ def render_markdown(title: str, evaluation: EvaluationResult, table: pl.DataFram
     if frontier:
         lines += ["## Pareto frontier (quality vs p50 latency)", ""]
         lines += [f"{i}. {label}" for i, label in enumerate(frontier, start=1)] + [""]
+    if evaluation.depth is not None:
+        lines += ["## Rerank depth", "", _depth_caption(evaluation), "", markdown_table(depth_table(evaluation.depth)),
+                  ""]
     lines += ["Figures and configurations: report.html", ""]
     return "\n".join(lines)
 

@@ -70,6 +70,28 @@ def test_metrics_match_a_hand_computation(hand, tmp_path):
     assert row["mean_delta"] == pytest.approx((1 + student_q2 - 1 / LOG2_3 - bm25_q2) / 2)
 
 
+def test_rerank_depth_by_hand(hand):
+    dataset, run = hand
+    student = pl.DataFrame({QID: ["q1", "q1", "q1", "q2", "q2"], DOCID: ["d1", "d2", "d3", "d1", "d2"],
+                            SCORE: [3.0, 2.0, 1.0, -1.0, -2.0]})
+    result = evaluate_runs(dataset.qrels, {"bm25": run, "student": student}, "bm25", ("nDCG@10",),
+                           first_stage=run, depths=(1, 2, 5))
+    curve = {(r["ranker"], r["depth"]): r["value"] for r in result.depth.to_dicts()}
+    # depth 5 is beyond the 3 candidates: it becomes 3, the whole lists
+    assert sorted({d for _, d in curve}) == [1, 2, 3]
+    ideal_q2 = 1 + 1 / LOG2_3  # q2 has two relevant documents
+    # top 1 of the first stage is d2 for both queries: relevant to q2 only, whoever reranks it
+    assert curve["bm25", 1] == curve["student", 1] == pytest.approx((0 + 1 / ideal_q2) / 2)
+    # top 2 is d2, d1: the student puts d1 first for both queries (relevant to q1, not to q2)
+    assert curve["student", 2] == pytest.approx((1 + (1 / LOG2_3) / ideal_q2) / 2)
+    assert curve["bm25", 2] == pytest.approx((1 / LOG2_3 + 1 / ideal_q2) / 2)
+    for name in ("bm25", "student"):
+        assert curve[name, 3] == pytest.approx(result.summary.filter(pl.col("ranker") == name)["nDCG@10"][0])
+    assert evaluate_runs(dataset.qrels, {"bm25": run}, "bm25").depth is None
+    with pytest.raises(ConfigError, match="depths"):
+        evaluate_runs(dataset.qrels, {"bm25": run}, "bm25", first_stage=run, depths=(0, 10))
+
+
 def test_paired_tests_match_hand_formulas():
     system = np.array([0.5, 0.6, 0.9, 0.4, 1.0])
     base = np.array([0.4, 0.3, 0.5, 0.35, 0.2])
@@ -254,6 +276,7 @@ def test_result_round_trips(tiny, tmp_path):
     result.save(tmp_path)
     back = EvaluationResult.load(tmp_path)
     assert back.summary.equals(result.summary) and back.significance.equals(result.significance)
+    assert result.depth is not None and back.depth.equals(result.depth)
     assert list(back.runs) == ["bm25", "fake", "teacher"]
     assert back.runs["fake"].sort(QID, DOCID).equals(result.runs["fake"].sort(QID, DOCID))
     assert "| ranker" in (tmp_path / "results.md").read_text()
@@ -271,12 +294,15 @@ def test_cli_evaluate_then_report(tiny, tiny_beir, tmp_path, capsys):
                                  "--run", tmp_path / "bm25.trec", "--ranker", "bm25=bm25",
                                  "--ranker", f"student={tmp_path / 'student.trec'}",
                                  "--ranker", f"teacher={tmp_path / 'cache'}", "--teacher", "teacher",
-                                 "--latency", "--latency-queries", "3", "--out", out], capsys)
+                                 "--latency", "--latency-queries", "3", "--depths", "2,4", "--out", out], capsys)
     assert code == 0, err
     for name in ("summary.parquet", "per_query.parquet", "runs.parquet", "agreement.parquet", "latency.json",
-                 "configs.json", "report.html", "report.md", "distill.json"):
+                 "configs.json", "report.html", "report.md", "distill.json", "depth.parquet"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "distill.json").read_text())["kind"] == "evaluation"
+    manifest = json.loads((out / "distill.json").read_text())
+    assert manifest["kind"] == "evaluation" and manifest["config"]["depths"] == [2, 4]
+    longest = run.group_by(QID).len()["len"].max()
+    assert sorted(set(pl.read_parquet(out / "depth.parquet")["depth"])) == [2, 4, longest]
     assert set(json.loads((out / "latency.json").read_text())) == {"bm25", "student", "teacher"}
     assert "student" in stdout
 
@@ -287,6 +313,9 @@ def test_cli_evaluate_then_report(tiny, tiny_beir, tmp_path, capsys):
     code, _, err = run_cli(["evaluate", "--data", tiny_beir, "--run", tmp_path / "bm25.trec",
                             "--ranker", "bm25", "--baseline", "nope", "--out", tmp_path / "bad"], capsys)
     assert code == 2 and "baseline 'nope'" in err and not (tmp_path / "bad").exists()
+    code, _, err = run_cli(["evaluate", "--data", tiny_beir, "--run", tmp_path / "bm25.trec",
+                            "--ranker", "bm25", "--depths", "10,x", "--out", tmp_path / "bad"], capsys)
+    assert code == 2 and "--depths" in err and not (tmp_path / "bad").exists()
 
 
 def test_rankers_are_prepared_before_they_rerank(tiny):

@@ -76,7 +76,8 @@ def runs(tiny_beir) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
 @pytest.fixture(scope="module")
 def evaluation(runs):
     qrels, by_name = runs
-    return evaluate_runs(qrels, by_name, baseline="bm25", teacher="teacher", dataset="tiny/test")
+    return evaluate_runs(qrels, by_name, baseline="bm25", teacher="teacher", dataset="tiny/test",
+                         first_stage=by_name["bm25"], depths=(3,))
 
 
 def test_pareto_frontier_by_hand():
@@ -122,6 +123,9 @@ def test_report_is_self_contained_with_all_figures(evaluation, tmp_path):
     for ranker in ("bm25", "teacher", "good", "reversed"):
         assert f"| {ranker} " in markdown
     assert "1. bm25\n2. good\n3. teacher" in markdown
+    # rerank depth: the first stage's top 3, then the whole top-10 lists
+    depth_header = markdown.split("## Rerank depth", 1)[1].split("| ranker", 1)[1].splitlines()[0]
+    assert "top-3" in depth_header and "top-10" in depth_header and "Rerank depth" in text
 
 
 def test_report_without_latency_or_teacher(runs, tmp_path):
@@ -133,3 +137,4 @@ def test_report_without_latency_or_teacher(runs, tmp_path):
     assert len(page.images) == 1  # the one delta histogram
     assert page.pareto == []
     assert "Pareto" not in md_path.read_text(encoding="utf-8")
+    assert "Rerank depth" not in md_path.read_text(encoding="utf-8")  # no first stage given

@@ -10,6 +10,16 @@ import typer
 MODULES = ("data", "teacher", "train", "evaluate", "cascade", "demo")
 
 
+def parse_ints(text: str, option: str) -> list[int]:
+    """A comma-separated list of integers from the command line (``--cutoffs 5,10,20``)."""
+    from distill.errors import ConfigError
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}", field=option) from None
+
+
 def register_all(app: typer.Typer) -> None:
     for name in MODULES:
         importlib.import_module(f"distill.commands.{name}").register(app)

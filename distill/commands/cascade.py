@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from distill.commands import parse_ints
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -67,9 +69,8 @@ def register(app: typer.Typer) -> None:
                 costs[name], cost_source[name] = _measure_cost(measured, dataset, candidates, latency_queries,
                                                                latency_k, threads)
         scores = {name: _score(s, dataset, candidates) for name, s in stages.items()}
-        first = next(iter(stages))
-        result = search_cascades(scores, costs, dataset.qrels, first, budget_ms, _parse_grid(cutoffs), metric,
-                                 max_stages)
+        first, grid = next(iter(stages)), parse_ints(cutoffs, "--cutoffs")
+        result = search_cascades(scores, costs, dataset.qrels, first, budget_ms, grid, metric, max_stages)
 
         names = tuple(dict.fromkeys([metric, *DEFAULT_METRICS]))
         baseline = evaluate(dataset.qrels, scores[first], names)
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
             provenance={
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(data), "split": split, "run": str(run),
                 "queries": dataset.queries.height, "valid_fraction": valid_fraction, "seed": seed,
-                "metric": metric, "cutoff_grid": _parse_grid(cutoffs), "n_evaluated": result.n_evaluated,
+                "metric": metric, "cutoff_grid": grid, "n_evaluated": result.n_evaluated,
                 "chosen": {"cascade": str(result.chosen), "value": result.chosen.value,
                            "expected_latency_ms": result.chosen.latency_ms},
                 "validation": chosen, "first_stage_validation": baseline,
@@ -212,15 +213,6 @@ def _parse_costs(texts: list[str], stages: dict[str, Stage]) -> dict[str, StageC
         except ValueError:
             raise ConfigError(f"expected NAME=MS_PER_PAIR[+MS_PER_QUERY], got {text!r}", field="--cost") from None
     return costs
-
-
-def _parse_grid(text: str) -> list[int]:
-    from distill.errors import ConfigError
-
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}", field="--cutoffs") from None
 
 
 def _measure_cost(s: Stage, dataset: Dataset, candidates: pl.DataFrame, n_queries: int,

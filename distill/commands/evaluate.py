@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from distill.commands import parse_ints
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -23,6 +25,9 @@ def register(app: typer.Typer) -> None:
         metrics: str = typer.Option("nDCG@10,RR@10,R@100,AP", help="Comma-separated ir-measures names."),
         k: int = typer.Option(100, min=1, help="Rerank the top k candidates of each query."),
         correction: str = typer.Option("holm", help="Multiple-testing correction: holm or bonferroni."),
+        depths: str = typer.Option("10,20,30,50", help=(
+            "Comma-separated rerank depths: the first metric is also computed over the run's top d of each "
+            "query (k always).")),
         latency: bool = typer.Option(False, "--latency/--no-latency", help="Also time each ranker."),
         latency_queries: int = typer.Option(50, min=1, help="Queries timed per ranker."),
         threads: int = typer.Option(1, min=1, help="Torch threads while timing."),
@@ -40,6 +45,7 @@ def register(app: typer.Typer) -> None:
         from distill.schema import cut
 
         specs = dict(_parse_specs(ranker))
+        depth_list = tuple(parse_ints(depths, "--depths"))
         metric_names = canonical_metrics([m.strip() for m in metrics.split(",") if m.strip()])
         check_roles(list(specs), baseline, teacher, correction)
         dataset = load_beir(data, split)
@@ -58,7 +64,7 @@ def register(app: typer.Typer) -> None:
                                 completed=list(rankers).index(name))
 
             result = evaluate_rankers(dataset, candidates, rankers, baseline, metric_names, teacher,
-                                      correction, on_ranker=on_ranker)
+                                      correction, on_ranker=on_ranker, depths=depth_list)
             progress.update(task, completed=len(rankers))
             skipped = _cascade_skips(rankers)
             timings = _measure(rankers, specs, dataset, candidates, k, latency_queries, threads, progress) \
@@ -73,7 +79,8 @@ def register(app: typer.Typer) -> None:
             write_report(tmp, result, timings, configs, importance)
             write_manifest(tmp, "evaluation", {
                 "data": str(data), "split": split, "run": str(run), "rankers": specs, "baseline": baseline,
-                "teacher": teacher, "metrics": list(metric_names), "k": k, "correction": correction,
+                "teacher": teacher, "metrics": list(metric_names), "k": k, "depths": list(depth_list),
+                "correction": correction,
                 "latency": latency, "latency_queries": latency_queries, "threads": threads,
             }, candidates_hash=frame_hash(candidates.select("qid", "docid")), cascade_skipped=skipped)
         _print_summary(result, out)
