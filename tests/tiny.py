@@ -53,7 +53,8 @@ def build_bert_cross_encoder(folder: Path, seed: int = 0, num_layers: int = 2) -
 def build_bert_bi_encoder(folder: Path, seed: int = 0) -> Path:
     """A tiny BERT with mean pooling, saved as a SentenceTransformer folder."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     torch.manual_seed(seed)
@@ -66,8 +67,8 @@ def build_bert_bi_encoder(folder: Path, seed: int = 0) -> Path:
     )
     BertModel(config).save_pretrained(raw)
     tokenizer.save_pretrained(raw)
-    transformer = models.Transformer(str(raw), max_seq_length=128)
-    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    transformer = Transformer(str(raw), max_seq_length=128)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     out = folder / "model"
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
     return out
