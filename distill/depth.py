@@ -1,11 +1,12 @@
 """Rerank depth: each ranker's quality when it reranks only the first stage's top k.
 
-A reranker can get worse as it reranks deeper lists: documents far down the first stage's
-list were never among its training negatives, and a weak model scores some of them above
-the relevant ones. Restricting every ranker to the first stage's top k, for growing k,
-shows it from the scores an evaluation already holds (no model runs again). On SciFact, a
-cross-encoder student trained on BM25's top-30 reached nDCG@10 0.535 over BM25's top 10
-but 0.157 over its top 100, where BM25 itself is 0.679 at every depth.
+Reranking deeper lists raises recall but also brings in more distractors, and a weak
+reranker can rank some of them above the relevant documents, so its quality falls as k
+grows while the first stage's stays put. Restricting every ranker to the first stage's top k,
+for growing k, shows where that happens, from the scores an evaluation already holds (no
+model runs again). On SciFact, the 2-layer cross-encoder student reached nDCG@10 0.535 over
+BM25's top 10 but 0.157 over its top 100 (BM25: 0.679 at every depth); training it on the
+top 100 instead of the top 30 did not change that (0.163).
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def _notes(evaluation: EvaluationResult, latency: dict[str, LatencyResult]) -> l
 
 def _depth_caption(evaluation: EvaluationResult) -> str:
     return (f"{evaluation.metrics[0]} when each ranker reranks only the candidate run's top k. A ranker that "
-            "falls as k grows is misled by deeper documents, often ones deeper than its training candidates.")
+            "falls as k grows ranks deeper distractors above relevant documents: rerank fewer with it.")
 
 
 def _latency_frame(latency: dict[str, LatencyResult]) -> pl.DataFrame:
