@@ -7,9 +7,10 @@ split's judgements with BM25 hard negatives, then its scores are cached and dist
   at random from BM25's top ``negatives_from_top`` (judged-relevant ones excluded); see
   :mod:`students.groups`.
 - Objective: ``listwise`` (default) is softmax cross-entropy over the group with the
-  positive as target (localized contrastive estimation); ``pointwise`` is per-document
-  binary cross-entropy, kept for comparison: on SciFact it collapsed to the base rate.
-  Both are :class:`students.losses.HardLabels`.
+  positive as target (localized contrastive estimation); ``listnet`` is sentence-transformers'
+  ``ListNetLoss`` on the labels (the target is ``softmax(labels)``, a softened one-hot);
+  ``pointwise`` is per-document binary cross-entropy, kept for comparison: on SciFact it
+  collapsed to the base rate. All are :class:`students.losses.HardLabels`.
 - Validation: a seeded ``valid_fraction`` of the training queries is held out; after
   every epoch the model reranks their BM25 top ``valid_k`` and its nDCG@10 is reported
   next to BM25's own. The best epoch is kept, and a warning is logged when it does not
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 KIND = "teacher"
 METRIC = "nDCG@10"
+# train-teacher's objectives, as HardLabels kinds
+OBJECTIVES = {"listwise": "listwise_ce", "listnet": "listnet", "pointwise": "bce"}
 
 
 def _teacher_defaults() -> TrainConfig:
@@ -51,7 +54,7 @@ def _teacher_defaults() -> TrainConfig:
 class TeacherTrainConfig:
     """What ``train-teacher`` does beyond the optimisation settings in ``train``."""
 
-    objective: Literal["listwise", "pointwise"] = "listwise"
+    objective: Literal["listwise", "listnet", "pointwise"] = "listwise"
     negatives: int = 7
     negatives_from_top: int = 30
     valid_k: int = 30
@@ -60,8 +63,8 @@ class TeacherTrainConfig:
     train: TrainConfig = field(default_factory=_teacher_defaults)
 
     def __post_init__(self) -> None:
-        if self.objective not in ("listwise", "pointwise"):
-            raise ConfigError(f"objective must be 'listwise' or 'pointwise', got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.negatives < 1 or self.negatives_from_top <= self.negatives:
             raise ConfigError(f"need 1 <= negatives < negatives_from_top, got {self.negatives} negatives from "
                               f"the top {self.negatives_from_top}")
@@ -171,7 +174,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     set_seed(train_cfg.seed)
     model = CrossEncoder(init, num_labels=1, max_length=train_cfg.max_length,
                          trust_remote_code=config.trust_remote_code)
-    loss = HardLabels(kind="listwise_ce" if config.objective == "listwise" else "bce")
+    loss = HardLabels(kind=OBJECTIVES[config.objective])
     history = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
                   evaluator=evaluator)
     validation = summarize_validation(history, evaluator.baseline if evaluator else None)

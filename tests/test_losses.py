@@ -37,6 +37,7 @@ CONFIGS = {
     "MSE": PointwiseMSE,
     "HardLabels-bce": lambda: HardLabels("bce"),
     "HardLabels-listwise": lambda: HardLabels("listwise_ce"),
+    "HardLabels-listnet": lambda: HardLabels("listnet"),
     "Mixture": lambda: build_loss("MarginMSE", hard_label_weight=0.3, hard_label_kind="listwise_ce"),
 }
 SHIFT_INVARIANT = ["MarginMSE", "KLDiv", "KLDiv-T3", "ListNet", "RankNet", "RankNet-weighted",
@@ -192,6 +193,28 @@ def test_hard_labels_by_hand():
         q = softmax(srow)
         rows.append(-sum(y / sum(yrow) * math.log(qj) for y, qj in zip(yrow, q, strict=True)))
     assert value(HardLabels("listwise_ce")) == pytest.approx(mean(rows))
+
+    rows = []
+    for srow, yrow in zip(S, Y, strict=True):
+        q = softmax(srow)
+        rows.append(-sum(p * math.log(qj) for p, qj in zip(softmax(yrow), q, strict=True)))
+    assert value(HardLabels("listnet")) == pytest.approx(mean(rows))
+
+
+def test_listnet_labels_ask_for_a_finite_margin():
+    """One positive among n: listwise_ce keeps pushing the positive up, listnet stops at a gap of 1
+    (its target is softmax(labels), sentence-transformers' ListNetLoss on labels)."""
+    labels = [[1.0, 0.0, 0.0, 0.0]]
+
+    def slope(kind: str, gap: float) -> float:
+        student = torch.tensor([[gap, 0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+        HardLabels(kind)(student, torch.zeros_like(student), torch.ones_like(student, dtype=torch.bool),
+                         tensors(labels)).backward()
+        return float(student.grad[0, 0])
+
+    assert slope("listnet", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert slope("listnet", 3.0) > 0  # past the gap, listnet pulls the positive back down
+    assert slope("listwise_ce", 3.0) < 0
 
 
 def test_mixture_is_the_weighted_sum():

@@ -17,12 +17,14 @@ from teachers.train import TeacherTrainConfig, bm25_groups, summarize_validation
 torch.set_num_threads(1)
 
 
-def test_cli_trains_a_teacher_with_validation_metrics_per_epoch(tiny_beir, tiny_cross_encoder, tmp_path, capsys):
+@pytest.mark.parametrize(("objective", "kind"), [("listwise", "listwise_ce"), ("listnet", "listnet")])
+def test_cli_trains_a_teacher_with_validation_metrics_per_epoch(objective, kind, tiny_beir, tiny_cross_encoder,
+                                                                 tmp_path, capsys):
     from sentence_transformers.cross_encoder import CrossEncoder
 
     out = tmp_path / "teacher"
     code, _, err = run_cli(["train-teacher", "--data", tiny_beir, "--split", "train", "--init", tiny_cross_encoder,
-                            "--out", out, "--quick", "--epochs", "2", "--max-length", "64",
+                            "--out", out, "--quick", "--epochs", "2", "--max-length", "64", "--objective", objective,
                             "--valid-fraction", "0.25", "--weak-titles", "5"], capsys)
     assert code == 0, err
     manifest = json.loads((out / "distill.json").read_text())
@@ -34,7 +36,7 @@ def test_cli_trains_a_teacher_with_validation_metrics_per_epoch(tiny_beir, tiny_
     assert 0.0 < validation["bm25"] <= 1.0
     assert validation["beats_bm25"] == (validation["best"] > validation["bm25"])
     assert manifest["data"]["valid_queries"] == 4
-    assert manifest["loss"] == {"name": "HardLabels", "kind": "listwise_ce"}
+    assert manifest["loss"] == {"name": "HardLabels", "kind": kind}
     assert manifest["config"]["negatives"] == 3 and manifest["config"]["train"]["epochs"] == 2
     assert CrossEncoder(str(out)).num_labels == 1
 

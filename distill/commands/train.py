@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("train", help="The training split (validation queries are held out of it)."),
         init: str = typer.Option(..., help="Model to fine-tune: folder or hub id (a fresh 1-label head is added)."),
         out: Path = typer.Option(..., help="Teacher folder to write (a CrossEncoder folder)."),
-        objective: str = typer.Option("listwise", help="listwise (softmax CE, default) | pointwise (BCE)."),
+        objective: str = typer.Option("listwise", help="listwise (softmax CE, default) | listnet (softmax of the "
+                                      "labels as target, as sentence-transformers' ListNetLoss) | pointwise (BCE)."),
         epochs: float = typer.Option(None, help="Epochs [2; --quick 1]."),
         lr: float = typer.Option(5e-5, help="Peak learning rate."),
         batch_size: int = typer.Option(4, min=1, help="Queries per batch (each with 1 + negatives documents)."),
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
                                             "LambdaLoss | MSE."),
         loss_param: list[str] = typer.Option([], "--loss-param", help="Loss hyperparameter name=value, repeatable."),
         hard_label_weight: float = typer.Option(0.0, min=0.0, help="Weight of a qrels term mixed into the loss."),
-        hard_label_kind: str = typer.Option("bce", help="Hard-label term: bce | listwise_ce."),
+        hard_label_kind: str = typer.Option("bce", help="Hard-label term: bce | listwise_ce | listnet."),
         init: str = typer.Option(None, help="Student to start from: folder or hub id (neural students)."),
         init_from_teacher: bool = typer.Option(False, help="Cross-encoder: start from some of the teacher's layers."),
         layers: int = typer.Option(None, min=1, help="With --init-from-teacher: encoder layers to keep."),

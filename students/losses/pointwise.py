@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import ConfigError
-from students.losses.base import DistillLoss, masked_log_softmax, masked_mean, mean_over_rows
+from students.losses.base import DistillLoss, masked_log_softmax, masked_mean, masked_softmax, mean_over_rows
 
 
 class PointwiseMSE(DistillLoss):
@@ -50,13 +50,17 @@ class HardLabels(DistillLoss):
     monoBERT objective). ``kind="listwise_ce"``: cross-entropy between the label
     distribution ``y / sum(y)`` (negative grades count as 0) and the student's softmax over
     the group (localized contrastive estimation when one positive sits in column 0); queries
-    without a relevant candidate are skipped.
+    without a relevant candidate are skipped. ``kind="listnet"``: the same cross-entropy
+    against ``softmax(y)``, the target of sentence-transformers' ``ListNetLoss`` on labels: with
+    one positive among 7 negatives it asks for a logit gap of 1, not an unbounded one, which
+    acts as label smoothing.
     """
 
     name = "HardLabels"
     formula = (
         "bce: mean_j BCE(sigmoid(s_j), [y_j > 0]);  "
-        "listwise_ce: -sum_j (y_j / sum_k y_k) log softmax(s)_j"
+        "listwise_ce: -sum_j (y_j / sum_k y_k) log softmax(s)_j;  "
+        "listnet: -sum_j softmax(y)_j log softmax(s)_j"
     )
     when_to_use = (
         "Mixed in with a small weight to anchor the student on judged relevance where the "
@@ -78,14 +82,14 @@ class HardLabels(DistillLoss):
 }
 """
     config_fields: ClassVar[tuple[str, ...]] = ("kind",)
-    KINDS: ClassVar[tuple[str, ...]] = ("bce", "listwise_ce")
+    KINDS: ClassVar[tuple[str, ...]] = ("bce", "listwise_ce", "listnet")
 
-    def __init__(self, kind: Literal["bce", "listwise_ce"] = "bce") -> None:
+    def __init__(self, kind: Literal["bce", "listwise_ce", "listnet"] = "bce") -> None:
         super().__init__()
         if kind not in self.KINDS:
             raise ConfigError(f"unknown hard-label kind '{kind}'; choose one of: {', '.join(self.KINDS)}")
         self.kind = kind
-        self.requires_negatives = kind == "listwise_ce"
+        self.requires_negatives = kind != "bce"
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
         if labels is None:
@@ -100,6 +104,6 @@ class HardLabels(DistillLoss):
             per_doc = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
             return masked_mean(per_doc, mask)
         total = grades.sum(dim=-1, keepdim=True)
-        target = grades / total.clamp(min=1e-12)
+        target = masked_softmax(grades, mask) if self.kind == "listnet" else grades / total.clamp(min=1e-12)
         row_loss = -(target * masked_log_softmax(student, mask)).sum(dim=-1)
         return mean_over_rows(row_loss, (total.squeeze(-1) > 0) & (mask.sum(dim=-1) >= 2))
