@@ -57,8 +57,9 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("train", help="The training split (validation queries are held out of it)."),
         init: str = typer.Option(..., help="Model to fine-tune: folder or hub id (a fresh 1-label head is added)."),
         out: Path = typer.Option(..., help="Teacher folder to write (a CrossEncoder folder)."),
-        objective: str = typer.Option("listwise", help="listwise (softmax CE, default) | listnet (softmax of the "
-                                      "labels as target, as sentence-transformers' ListNetLoss) | pointwise (BCE)."),
+        objective: str = typer.Option("listnet", help="listnet (softmax CE against softmax(labels), as "
+                                      "sentence-transformers' ListNetLoss; default) | listwise (softmax CE against "
+                                      "the one-hot positive) | pointwise (BCE)."),
         epochs: float = typer.Option(None, help="Epochs [2; --quick 1]."),
         lr: float = typer.Option(5e-5, help="Peak learning rate."),
         batch_size: int = typer.Option(4, min=1, help="Queries per batch (each with 1 + negatives documents)."),
