@@ -115,6 +115,7 @@ class PipelineConfig:
     max_length: int = 256
     teacher_epochs: float = 1.0
     teacher_negatives: int = 7
+    teacher_objective: str = "listnet"  # train-teacher --objective
     student_layers: int | None = None  # None: a third of the teacher's layers (at least 1)
     # evenly spaced layers ending with the last: the head keeps the input it was trained on
     student_layer_choice: str = "spread"
@@ -192,6 +193,7 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
         steps.append(Step("train-teacher", [
             "train-teacher", *common, "--split", "train", "--init", cfg.init or default_init(), "--out", teacher,
             "--epochs", cfg.teacher_epochs, "--max-length", cfg.max_length, "--negatives", cfg.teacher_negatives,
+            "--objective", cfg.teacher_objective,
             "--seed", cfg.seed], Path(teacher)))
     for split, qrels in (("train", student_split), ("test", "test")):
         steps.append(Step(f"score-{split}", [

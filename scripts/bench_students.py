@@ -24,6 +24,8 @@ def pipeline_args(description: str) -> argparse.Namespace:
     parser.add_argument("--init", default=None, help="Backbone of teacher and bi-encoder [packaged all-MiniLM-L6-v2].")
     parser.add_argument("--teacher", default=None, help="An existing teacher folder: skips train-teacher.")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
+    parser.add_argument("--teacher-objective", default="listnet", choices=("listnet", "listwise", "pointwise"),
+                        help="train-teacher --objective.")
     parser.add_argument("--student-epochs", type=float, default=1.0)
     parser.add_argument("--ce-epochs", type=float, default=None, help="Cross-encoder student's [--student-epochs].")
     parser.add_argument("--ce-lr", type=float, default=None, help="Cross-encoder student's [the pipeline's 5e-5].")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace):
     cfg = PipelineConfig(out=out, data=args.data, init=args.init, teacher=args.teacher,
                          title_queries=args.title_queries, lightgbm_features=tuple(args.lightgbm_feature),
                          lightgbm_qrels_weight=args.lightgbm_qrels_weight,
-                         teacher_epochs=args.teacher_epochs,
+                         teacher_epochs=args.teacher_epochs, teacher_objective=args.teacher_objective,
                          student_epochs=args.student_epochs, ce_epochs=args.ce_epochs, ce_lr=args.ce_lr,
                          train_k=args.train_k, test_k=args.test_k)
     if args.quick:

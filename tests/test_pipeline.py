@@ -30,6 +30,13 @@ def test_the_cross_encoder_student_gets_its_own_epochs_and_learning_rate(tmp_pat
     assert (_option(ce, "--epochs"), _option(ce, "--lr")) == ("1.0", "5e-05")
 
 
+def test_the_teacher_objective_reaches_train_teacher(tmp_path):
+    default = _argv(plan(PipelineConfig(out=tmp_path, init="b", student_layers=2), Path("data")), "train-teacher")
+    assert _option(default, "--objective") == "listnet"
+    cfg = PipelineConfig(out=tmp_path, init="b", student_layers=2, teacher_objective="listwise")
+    assert _option(_argv(plan(cfg, Path("data")), "train-teacher"), "--objective") == "listwise"
+
+
 def test_title_queries_join_the_students_split_but_not_the_teachers(tmp_path):
     from distill.data import load_beir
     from distill.pipeline import TITLE_SPLIT, split_view
