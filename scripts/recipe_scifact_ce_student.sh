@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The README's "cross-encoder student" table on SciFact: 2-layer students cut from the teacher,
+# trained on the teacher's cached scores of the train queries' BM25 top 30, differing in which
+# teacher layers they keep (--layer-choice; add a variant to ARGS to try a loss). All $VARIANTS rerank the valid split
+# (the 70 held-out train queries) over BM25's top 100; the $TEST ones also rerank the test split's
+# top 100 (to report) and their own training queries' top 30 (in-sample, to see overfitting).
+# Needs a teacher ($TEACHER) and a folder ($OUT) where scripts/bench_students.py has run
+# candidates-train/valid/test and score-train with it; the teacher's test scores come from a
+# finished `distill evaluate` ($TEACHER_EVAL, ranker $TEACHER_RANKER) as a run file.
+# On 2 CPU cores: 35 min of training per student (two at a time, one core each), 3 min each on
+# valid, 11 min each on test, 8 min each in-sample.
+#
+#   OUT=bench_out/scifact TEACHER=bench_out/teacher_exp/listnet bash scripts/recipe_scifact_ce_student.sh
+set -euo pipefail
+OUT=${OUT:-bench_out/scifact}
+TEACHER=${TEACHER:-$OUT/models/teacher}
+TEACHER_EVAL=${TEACHER_EVAL:-bench_out/teacher_exp/eval}
+TEACHER_RANKER=${TEACHER_RANKER:-teacher_listnet}
+EXP=${EXP:-bench_out/ce_student}
+VARIANTS=${VARIANTS:-"spread first"}
+TEST=${TEST:-spread}
+DATA=$OUT/data
+mkdir -p "$EXP"
+
+STUDENT=(train-student --student cross-encoder --cache "$OUT/cache" --data "$DATA" --split train --seed 42
+  --init-from-teacher --layers 2 --teacher "$TEACHER" --negatives 7 --max-length 256 --epochs 2 --lr 2e-4)
+declare -A ARGS=(
+  [spread]="--layer-choice spread --loss MarginMSE"
+  [first]="--layer-choice first --loss MarginMSE"
+)
+VALID=(--ranker bm25=bm25)
+for name in $VARIANTS; do
+  # shellcheck disable=SC2086  # ARGS values are word lists
+  [ -d "$EXP/$name" ] || distill "${STUDENT[@]}" ${ARGS[$name]} --out "$EXP/$name"
+  VALID+=(--ranker "$name=$EXP/$name")
+done
+distill evaluate --data "$DATA" --split valid --run "$OUT/runs/valid.trec" --k 100 "${VALID[@]}" \
+  --baseline bm25 --out "$EXP/eval_valid"
+
+python - "$TEACHER_EVAL/runs.parquet" "$TEACHER_RANKER" "$EXP/teacher_test.trec" <<'P'
+import sys
+import polars as pl
+from distill.runs import write_run
+runs = pl.read_parquet(sys.argv[1])
+write_run(runs.filter(pl.col("ranker") == sys.argv[2]).drop("ranker"), sys.argv[3], tag="teacher")
+P
+TESTED=(--ranker bm25=bm25)
+for name in $TEST; do TESTED+=(--ranker "$name=$EXP/$name"); done
+distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100 "${TESTED[@]}" \
+  --ranker teacher="$EXP/teacher_test.trec" --baseline bm25 --teacher teacher --out "$EXP/eval_test"
+distill evaluate --data "$DATA" --split train --run "$OUT/runs/train.trec" --k 30 "${TESTED[@]}" \
+  --baseline bm25 --out "$EXP/eval_train"
