@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
 # The README's "cross-encoder student" table on SciFact: 2-layer students cut from the teacher,
 # trained on the teacher's cached scores of the train queries' BM25 top 30, differing in which
-# teacher layers they keep (--layer-choice; add a variant to ARGS to try a loss). All $VARIANTS rerank the valid split
-# (the 70 held-out train queries) over BM25's top 100; the $TEST ones also rerank the test split's
-# top 100 (to report) and their own training queries' top 30 (in-sample, to see overfitting).
-# Needs a teacher ($TEACHER) and a folder ($OUT) where scripts/bench_students.py has run
-# candidates-train/valid/test and score-train with it; the teacher's test scores come from a
-# finished `distill evaluate` ($TEACHER_EVAL, ranker $TEACHER_RANKER) as a run file.
-# On 2 CPU cores: 35 min of training per student (two at a time, one core each), 3 min each on
-# valid, 11 min each on test, 8 min each in-sample.
+# teacher layers they keep (--layer-choice; add a variant to ARGS to try a loss). All $VARIANTS
+# rerank the valid split (the 70 held-out train queries) over BM25's top 100; the $TEST ones also
+# rerank the test split's top 100 (to report) and their own training queries' top 30 (in-sample).
+# Needs a teacher ($TEACHER) and its test scores from a finished `distill evaluate` ($TEACHER_EVAL,
+# ranker $TEACHER_RANKER; by default those of scripts/recipe_scifact_teacher.sh), passed on as a run file.
+# On 2 CPU cores: 24 min of teacher scoring, 35 min of training per student (two at a time, one
+# core each), 3 min each on valid, 11 min each on test, 8 min each in-sample.
 #
-#   OUT=bench_out/scifact TEACHER=bench_out/teacher_exp/listnet bash scripts/recipe_scifact_ce_student.sh
+#   DATA=../shared/data/scifact bash scripts/recipe_scifact_ce_student.sh
 set -euo pipefail
+SOURCE=${DATA:-../shared/data/scifact}
 OUT=${OUT:-bench_out/scifact}
-TEACHER=${TEACHER:-$OUT/models/teacher}
-TEACHER_EVAL=${TEACHER_EVAL:-bench_out/teacher_exp/eval}
+TEACHER=${TEACHER:-bench_out/teacher_objective/listnet}
+TEACHER_EVAL=${TEACHER_EVAL:-bench_out/teacher_objective/eval}
 TEACHER_RANKER=${TEACHER_RANKER:-teacher_listnet}
 EXP=${EXP:-bench_out/ce_student}
 VARIANTS=${VARIANTS:-"spread first"}
 TEST=${TEST:-spread}
 DATA=$OUT/data
-mkdir -p "$EXP"
+mkdir -p "$EXP" "$OUT/runs"
 
-STUDENT=(train-student --student cross-encoder --cache "$OUT/cache" --data "$DATA" --split train --seed 42
+# the pipeline's split view and candidates (as scripts/bench_students.py), the teacher's scores in a cache of its own
+[ -d "$DATA" ] || python -c "from pathlib import Path; from distill.pipeline import split_view; split_view(Path('$SOURCE'), Path('$DATA'))"
+for split_k in train:30 valid:100 test:100; do
+  split=${split_k%:*}
+  [ -f "$OUT/runs/$split.trec" ] || distill candidates --data "$DATA" --split "$split" --k "${split_k#*:}" \
+    --out "$OUT/runs/$split.trec"
+done
+distill score-teacher --teacher "$TEACHER" --data "$DATA" --split train --run "$OUT/runs/train.trec" \
+  --cache "$EXP/cache" --max-length 256
+
+STUDENT=(train-student --student cross-encoder --cache "$EXP/cache" --data "$DATA" --split train --seed 42
   --init-from-teacher --layers 2 --teacher "$TEACHER" --negatives 7 --max-length 256 --epochs 2 --lr 2e-4)
 declare -A ARGS=(
   [spread]="--layer-choice spread --loss MarginMSE"
