@@ -3,7 +3,8 @@
 # ListNet target (softmax of the labels, the default) against softmax CE on the one-hot positive,
 # everything else as in scripts/bench_students.py's teacher (the pipeline's train split, seed 42,
 # 1 positive + 7 BM25 negatives from the top 30, lr 5e-5, batch 4, max_length 256, 2 epochs);
-# then both rerank the test queries' BM25 top 100.
+# then both rerank the test queries' BM25 top 100, and a second evaluation, from those scores, tests
+# every teacher against the last objective's (paired t-test, Holm-adjusted).
 # On 2 CPU cores: 55 min of training per teacher, 27 min to score the 30,000 test pairs per teacher.
 #
 #   DATA=../shared/data/scifact OUT=bench_out/scifact bash scripts/recipe_scifact_teacher.sh
@@ -26,3 +27,19 @@ for objective in $OBJECTIVES; do
 done
 distill evaluate --data "$OUT/data" --split test --run "$OUT/runs/test.trec" --k 100 "${RANKERS[@]}" \
   --baseline bm25 --out "$EXP/eval"
+
+# the same runs, with the last objective's teacher as the baseline of the paired tests
+BASELINE=teacher_$objective
+python - "$EXP/eval/runs.parquet" "$EXP" <<'P'
+import sys
+import polars as pl
+from distill.runs import write_run
+runs = pl.read_parquet(sys.argv[1])
+for name in runs["ranker"].unique():
+    if name.startswith("teacher_"):
+        write_run(runs.filter(pl.col("ranker") == name).drop("ranker"), f"{sys.argv[2]}/{name}_test.trec", tag=name)
+P
+PAIRED=()
+for objective in $OBJECTIVES; do PAIRED+=(--ranker "teacher_$objective=$EXP/teacher_${objective}_test.trec"); done
+distill evaluate --data "$OUT/data" --split test --run "$OUT/runs/test.trec" --k 100 --ranker bm25=bm25 "${PAIRED[@]}" \
+  --baseline "$BASELINE" --out "$EXP/eval_paired"
