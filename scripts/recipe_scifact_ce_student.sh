@@ -47,16 +47,10 @@ done
 distill evaluate --data "$DATA" --split valid --run "$OUT/runs/valid.trec" --k 100 "${VALID[@]}" \
   --baseline bm25 --out "$EXP/eval_valid"
 
-python - "$TEACHER_EVAL/runs.parquet" "$TEACHER_RANKER" "$EXP/teacher_test.trec" <<'P'
-import sys
-import polars as pl
-from distill.runs import write_run
-runs = pl.read_parquet(sys.argv[1])
-write_run(runs.filter(pl.col("ranker") == sys.argv[2]).drop("ranker"), sys.argv[3], tag="teacher")
-P
+python "$(dirname "$0")/export_runs.py" "$TEACHER_EVAL" "$EXP/test_runs" "$TEACHER_RANKER"
 TESTED=(--ranker bm25=bm25)
 for name in $TEST; do TESTED+=(--ranker "$name=$EXP/$name"); done
 distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100 "${TESTED[@]}" \
-  --ranker teacher="$EXP/teacher_test.trec" --baseline bm25 --teacher teacher --out "$EXP/eval_test"
+  --ranker teacher="$EXP/test_runs/$TEACHER_RANKER.trec" --baseline bm25 --teacher teacher --out "$EXP/eval_test"
 distill evaluate --data "$DATA" --split train --run "$OUT/runs/train.trec" --k 30 "${TESTED[@]}" \
   --baseline bm25 --out "$EXP/eval_train"

@@ -27,18 +27,11 @@ STUDENT=(train-student --cache "$DEPTH/cache" --data "$DATA" --split train --see
   --epochs 2.0 --lr 0.0002 --out "$DEPTH/ce_student"
 
 # 3. the top-30 students' test scores as run files (as evaluated in $OUT/eval), then everything at each depth
-python - "$OUT/eval/runs.parquet" "$DEPTH" <<'P'
-import sys
-import polars as pl
-from distill.runs import write_run
-runs = pl.read_parquet(sys.argv[1])
-for name in ("ce_student", "lightgbm"):
-    write_run(runs.filter(pl.col("ranker") == name).drop("ranker"), f"{sys.argv[2]}/{name}_top30_test.trec", tag=name)
-P
+python "$(dirname "$0")/export_runs.py" "$OUT/eval" "$DEPTH/top30_test" ce_student lightgbm
 distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100 \
   --ranker bm25=bm25 --ranker teacher="$OUT/cache" \
-  --ranker ce_student_top30="$DEPTH/ce_student_top30_test.trec" --ranker ce_student_top100="$DEPTH/ce_student" \
-  --ranker lightgbm_top30="$DEPTH/lightgbm_top30_test.trec" --ranker lightgbm_top100="$DEPTH/lightgbm" \
+  --ranker ce_student_top30="$DEPTH/top30_test/ce_student.trec" --ranker ce_student_top100="$DEPTH/ce_student" \
+  --ranker lightgbm_top30="$DEPTH/top30_test/lightgbm.trec" --ranker lightgbm_top100="$DEPTH/lightgbm" \
   --ranker lightgbm_q05_top30="$OUT/lightgbm_variants/lightgbm_q50" --ranker lightgbm_q05_top100="$DEPTH/lightgbm_q05" \
   --baseline bm25 --teacher teacher --out "$DEPTH/eval"
 

@@ -30,16 +30,11 @@ distill evaluate --data "$OUT/data" --split test --run "$OUT/runs/test.trec" --k
 
 # the same runs, with the last objective's teacher as the baseline of the paired tests
 BASELINE=teacher_$objective
-python - "$EXP/eval/runs.parquet" "$EXP" <<'P'
-import sys
-import polars as pl
-from distill.runs import write_run
-runs = pl.read_parquet(sys.argv[1])
-for name in runs["ranker"].unique():
-    if name.startswith("teacher_"):
-        write_run(runs.filter(pl.col("ranker") == name).drop("ranker"), f"{sys.argv[2]}/{name}_test.trec", tag=name)
-P
-PAIRED=()
-for objective in $OBJECTIVES; do PAIRED+=(--ranker "teacher_$objective=$EXP/teacher_${objective}_test.trec"); done
+NAMES=() PAIRED=()
+for objective in $OBJECTIVES; do
+  NAMES+=("teacher_$objective")
+  PAIRED+=(--ranker "teacher_$objective=$EXP/test_runs/teacher_$objective.trec")
+done
+python "$(dirname "$0")/export_runs.py" "$EXP/eval" "$EXP/test_runs" "${NAMES[@]}"
 distill evaluate --data "$OUT/data" --split test --run "$OUT/runs/test.trec" --k 100 --ranker bm25=bm25 "${PAIRED[@]}" \
   --baseline "$BASELINE" --out "$EXP/eval_paired"
