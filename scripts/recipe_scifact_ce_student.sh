@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's "cross-encoder student" table on SciFact: 2-layer students cut from the teacher,
 # trained on the teacher's cached scores of the train queries' BM25 top 30, differing in which
-# teacher layers they keep (--layer-choice; add a variant to ARGS to try a loss). All $VARIANTS
+# teacher layers they keep (--layer-choice) and in a qrels term added to the loss. All $VARIANTS
 # rerank the valid split (the 70 held-out train queries) over BM25's top 100; the $TEST ones also
 # rerank the test split's top 100 (to report) and their own training queries' top 30 (in-sample).
 # Needs a teacher ($TEACHER) and its test scores from a finished `distill evaluate` ($TEACHER_EVAL,
@@ -17,7 +17,7 @@ TEACHER=${TEACHER:-bench_out/teacher_objective/listnet}
 TEACHER_EVAL=${TEACHER_EVAL:-bench_out/teacher_objective/eval}
 TEACHER_RANKER=${TEACHER_RANKER:-teacher_listnet}
 EXP=${EXP:-bench_out/ce_student}
-VARIANTS=${VARIANTS:-"spread first"}
+VARIANTS=${VARIANTS:-"spread first spread_listnet"}
 TEST=${TEST:-spread}
 DATA=$OUT/data
 mkdir -p "$EXP" "$OUT/runs"
@@ -37,6 +37,7 @@ STUDENT=(train-student --student cross-encoder --cache "$EXP/cache" --data "$DAT
 declare -A ARGS=(
   [spread]="--layer-choice spread --loss MarginMSE"
   [first]="--layer-choice first --loss MarginMSE"
+  [spread_listnet]="--layer-choice spread --loss MarginMSE --hard-label-weight 1 --hard-label-kind listnet"
 )
 VALID=(--ranker bm25=bm25)
 for name in $VARIANTS; do
