@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The README's "cross-encoder student" table on SciFact: 2-layer students cut from the teacher,
 # trained on the teacher's cached scores of the train queries' BM25 top 30, differing in which
-# teacher layers they keep (--layer-choice) and in a qrels term added to the loss. All $VARIANTS
-# rerank the valid split (the 70 held-out train queries) over BM25's top 100; the $TEST ones also
-# rerank the test split's top 100 (to report) and their own training queries' top 30 (in-sample).
+# teacher layers they keep (--layer-choice), in a qrels term added to the loss, in epochs, and in
+# $TITLES title queries (a document's title as the query for it, scored by the teacher over its
+# BM25 top $TITLE_K) learnt from beside the train queries. All $VARIANTS rerank the valid split
+# (the 70 held-out train queries) over BM25's top 100; the $TEST ones also rerank the test split's
+# top 100 (to report, paired against $TEST_BASELINE) and the train queries' top 30 (in-sample).
 # Needs a teacher ($TEACHER) and its test scores from a finished `distill evaluate` ($TEACHER_EVAL,
 # ranker $TEACHER_RANKER; by default those of scripts/recipe_scifact_teacher.sh), passed on as a run file.
-# On 2 CPU cores: 24 min of teacher scoring, 35 min of training per student (two at a time, one
-# core each), 3 min each on valid, 11 min each on test, 8 min each in-sample.
+# On 2 CPU cores: 24 min of teacher scoring for the train queries and 26 min (one core) for 1,500
+# titles; 35 min of training per 186 steps (two students at a time, one core each), 3 min each on
+# valid, 11 min each on test, 8 min each in-sample.
 #
 #   DATA=../shared/data/scifact bash scripts/recipe_scifact_ce_student.sh
 set -euo pipefail
@@ -17,10 +20,14 @@ TEACHER=${TEACHER:-bench_out/teacher_objective/listnet}
 TEACHER_EVAL=${TEACHER_EVAL:-bench_out/teacher_objective/eval}
 TEACHER_RANKER=${TEACHER_RANKER:-teacher_listnet}
 EXP=${EXP:-bench_out/ce_student}
-VARIANTS=${VARIANTS:-"spread first spread_listnet"}
-TEST=${TEST:-spread}
+VARIANTS=${VARIANTS:-"spread first spread_listnet spread_e3 spread_titles"}
+TEST=${TEST:-"spread spread_e3 spread_titles"}
+TEST_BASELINE=${TEST_BASELINE:-spread_e3}  # the paired test on test: against the same steps without titles
+TITLES=${TITLES:-1500}
+TITLE_K=${TITLE_K:-10}
 DATA=$OUT/data
-mkdir -p "$EXP" "$OUT/runs"
+TITLED=${OUT}_titles$TITLES  # the same split view plus the title queries (split train_titles)
+mkdir -p "$EXP" "$OUT/runs" "$TITLED/runs"
 
 # the pipeline's split view and candidates (as scripts/bench_students.py), the teacher's scores in a cache of its own
 [ -d "$DATA" ] || python -c "from pathlib import Path; from distill.pipeline import split_view; split_view(Path('$SOURCE'), Path('$DATA'))"
@@ -31,13 +38,24 @@ for split_k in train:30 valid:100 test:100; do
 done
 distill score-teacher --teacher "$TEACHER" --data "$DATA" --split train --run "$OUT/runs/train.trec" \
   --cache "$EXP/cache" --max-length 256
+[ -d "$TITLED/data" ] || python -c "from pathlib import Path; from distill.pipeline import split_view
+split_view(Path('$SOURCE'), Path('$TITLED/data'), title_queries=$TITLES)"
+[ -f "$TITLED/runs/train_titles.trec" ] || distill candidates --data "$TITLED/data" --split train_titles \
+  --k "$TITLE_K" --out "$TITLED/runs/train_titles.trec"
+# the train queries' top $TITLE_K are in the cache already; only the titles' pairs are scored
+distill score-teacher --teacher "$TEACHER" --data "$TITLED/data" --split train_titles \
+  --run "$TITLED/runs/train_titles.trec" --cache "$EXP/cache" --max-length 256
 
-STUDENT=(train-student --student cross-encoder --cache "$EXP/cache" --data "$DATA" --split train --seed 42
-  --init-from-teacher --layers 2 --teacher "$TEACHER" --negatives 7 --max-length 256 --epochs 2 --lr 2e-4)
+STUDENT=(train-student --student cross-encoder --cache "$EXP/cache" --seed 42 --init-from-teacher --layers 2
+  --teacher "$TEACHER" --loss MarginMSE --negatives 7 --max-length 256 --lr 2e-4)
+TRAIN="--data $DATA --split train"
+# spread_e3 and spread_titles take the same number of steps (739 queries x 3 epochs, 739 + 1,500 x 1)
 declare -A ARGS=(
-  [spread]="--layer-choice spread --loss MarginMSE"
-  [first]="--layer-choice first --loss MarginMSE"
-  [spread_listnet]="--layer-choice spread --loss MarginMSE --hard-label-weight 1 --hard-label-kind listnet"
+  [spread]="$TRAIN --layer-choice spread --epochs 2"
+  [first]="$TRAIN --layer-choice first --epochs 2"
+  [spread_listnet]="$TRAIN --layer-choice spread --epochs 2 --hard-label-weight 1 --hard-label-kind listnet"
+  [spread_e3]="$TRAIN --layer-choice spread --epochs 3"
+  [spread_titles]="--data $TITLED/data --split train_titles --layer-choice spread --epochs 1"
 )
 VALID=(--ranker bm25=bm25)
 for name in $VARIANTS; do
@@ -52,6 +70,7 @@ python "$(dirname "$0")/export_runs.py" "$TEACHER_EVAL" "$EXP/test_runs" "$TEACH
 TESTED=(--ranker bm25=bm25)
 for name in $TEST; do TESTED+=(--ranker "$name=$EXP/$name"); done
 distill evaluate --data "$DATA" --split test --run "$OUT/runs/test.trec" --k 100 "${TESTED[@]}" \
-  --ranker teacher="$EXP/test_runs/$TEACHER_RANKER.trec" --baseline bm25 --teacher teacher --out "$EXP/eval_test"
+  --ranker teacher="$EXP/test_runs/$TEACHER_RANKER.trec" --baseline "$TEST_BASELINE" --teacher teacher \
+  --out "$EXP/eval_test"
 distill evaluate --data "$DATA" --split train --run "$OUT/runs/train.trec" --k 30 "${TESTED[@]}" \
   --baseline bm25 --out "$EXP/eval_train"
