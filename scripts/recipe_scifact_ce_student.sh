@@ -30,7 +30,7 @@ TITLED=${OUT}_titles$TITLES  # the same split view plus the title queries (split
 mkdir -p "$EXP" "$OUT/runs" "$TITLED/runs"
 
 # the pipeline's split view and candidates (as scripts/bench_students.py), the teacher's scores in a cache of its own
-[ -d "$DATA" ] || python -c "from pathlib import Path; from distill.pipeline import split_view; split_view(Path('$SOURCE'), Path('$DATA'))"
+distill split-view --data "$SOURCE" --out "$DATA"
 for split_k in train:30 valid:100 test:100; do
   split=${split_k%:*}
   [ -f "$OUT/runs/$split.trec" ] || distill candidates --data "$DATA" --split "$split" --k "${split_k#*:}" \
@@ -38,8 +38,7 @@ for split_k in train:30 valid:100 test:100; do
 done
 distill score-teacher --teacher "$TEACHER" --data "$DATA" --split train --run "$OUT/runs/train.trec" \
   --cache "$EXP/cache" --max-length 256
-[ -d "$TITLED/data" ] || python -c "from pathlib import Path; from distill.pipeline import split_view
-split_view(Path('$SOURCE'), Path('$TITLED/data'), title_queries=$TITLES)"
+distill split-view --data "$SOURCE" --out "$TITLED/data" --title-queries "$TITLES"
 [ -f "$TITLED/runs/train_titles.trec" ] || distill candidates --data "$TITLED/data" --split train_titles \
   --k "$TITLE_K" --out "$TITLED/runs/train_titles.trec"
 # the train queries' top $TITLE_K are in the cache already; only the titles' pairs are scored

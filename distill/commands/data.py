@@ -1,4 +1,4 @@
-"""``distill candidates``: first-stage BM25 runs."""
+"""``distill split-view`` and ``distill candidates``: the data a run starts from."""
 
 from __future__ import annotations
 
@@ -8,6 +8,24 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("split-view")
+    def split_view(
+        data: Path = typer.Option(..., help="BEIR folder to divide (left as it is)."),
+        out: Path = typer.Option(..., help="BEIR folder to write; corpus and test qrels are linked, not copied."),
+        split: str = typer.Option("train", help="Qrels to divide into qrels/train.tsv and qrels/valid.tsv."),
+        valid_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Share of its queries held out as valid."),
+        title_queries: int = typer.Option(0, min=0, help="Also N documents' titles as queries for their own "
+                                          "documents, with the train queries in qrels/train_titles.tsv."),
+        seed: int = typer.Option(42, help="Which documents give their titles."),
+    ) -> None:
+        """Hold out valid queries (the same ones on every machine) and add title queries for students."""
+        import logging
+
+        from distill.pipeline import split_view as build
+
+        view = build(data, out, split, valid_fraction, title_queries, seed)
+        logging.getLogger("distill").info("split view of %s at %s", data, view)
+
     @app.command()
     def candidates(
         data: Path = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
