@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The README's "cross-encoder student" table on SciFact: 2-layer students cut from the teacher,
 # trained on the teacher's cached scores of the train queries' BM25 top 30, differing in which
-# teacher layers they keep (--layer-choice), in a qrels term added to the loss, in epochs, and in
-# $TITLES title queries (a document's title as the query for it, scored by the teacher over its
-# BM25 top $TITLE_K) learnt from beside the train queries. All $VARIANTS rerank the valid split
-# (the 70 held-out train queries) over BM25's top 100; the $TEST ones also rerank the test split's
-# top 100 (to report, paired against $TEST_BASELINE) and the train queries' top 30 (in-sample).
+# teacher layers they keep (--layer-choice), in a qrels term added to the loss, in epochs, in the
+# tokens they read (--max-length), and in $TITLES title queries (a document's title as the query
+# for it, scored by the teacher over its BM25 top $TITLE_K) learnt from beside the train queries.
+# All $VARIANTS rerank the valid split (the 70 held-out train queries) over BM25's top 100; the
+# $TEST ones also rerank the test split's top 100 (to report, paired against $TEST_BASELINE) and
+# the train queries' top 30 (in-sample).
 # Needs a teacher ($TEACHER) and its test scores from a finished `distill evaluate` ($TEACHER_EVAL,
 # ranker $TEACHER_RANKER; by default those of scripts/recipe_scifact_teacher.sh), passed on as a run file.
 # On 2 CPU cores: 24 min of teacher scoring for the train queries and 26 min (one core) for 1,500
-# titles; 35 min of training per 186 steps (two students at a time, one core each), 3 min each on
-# valid, 11 min each on test, 8 min each in-sample.
+# titles; 35 min of training per 186 steps (two students at a time, one core each; half that at
+# --max-length 128), 3 min each on valid, 11 min each on test, 8 min each in-sample.
 #
 #   DATA=../shared/data/scifact bash scripts/recipe_scifact_ce_student.sh
 set -euo pipefail
@@ -20,8 +21,8 @@ TEACHER=${TEACHER:-bench_out/teacher_objective/listnet}
 TEACHER_EVAL=${TEACHER_EVAL:-bench_out/teacher_objective/eval}
 TEACHER_RANKER=${TEACHER_RANKER:-teacher_listnet}
 EXP=${EXP:-bench_out/ce_student}
-VARIANTS=${VARIANTS:-"spread first spread_listnet spread_e3 spread_titles"}
-TEST=${TEST:-"spread spread_e3 spread_titles"}
+VARIANTS=${VARIANTS:-"spread first spread_listnet spread_e3 spread_titles spread_titles_len128"}
+TEST=${TEST:-"spread spread_e3 spread_titles spread_titles_len128"}
 TEST_BASELINE=${TEST_BASELINE:-spread_e3}  # the paired test on test: against the same steps without titles
 TITLES=${TITLES:-1500}
 TITLE_K=${TITLE_K:-10}
@@ -46,15 +47,18 @@ distill score-teacher --teacher "$TEACHER" --data "$TITLED/data" --split train_t
   --run "$TITLED/runs/train_titles.trec" --cache "$EXP/cache" --max-length 256
 
 STUDENT=(train-student --student cross-encoder --cache "$EXP/cache" --seed 42 --init-from-teacher --layers 2
-  --teacher "$TEACHER" --loss MarginMSE --negatives 7 --max-length 256 --lr 2e-4)
-TRAIN="--data $DATA --split train"
-# spread_e3 and spread_titles take the same number of steps (739 queries x 3 epochs, 739 + 1,500 x 1)
+  --teacher "$TEACHER" --loss MarginMSE --negatives 7 --lr 2e-4)
+TRAIN="--data $DATA --split train --max-length 256"
+WITH_TITLES="--data $TITLED/data --split train_titles --epochs 1"
+# spread_e3 and spread_titles take the same number of steps (739 queries x 3 epochs, 739 + 1,500 x 1);
+# spread_titles_len128 reads half the tokens of each (query, document) pair
 declare -A ARGS=(
   [spread]="$TRAIN --layer-choice spread --epochs 2"
   [first]="$TRAIN --layer-choice first --epochs 2"
   [spread_listnet]="$TRAIN --layer-choice spread --epochs 2 --hard-label-weight 1 --hard-label-kind listnet"
   [spread_e3]="$TRAIN --layer-choice spread --epochs 3"
-  [spread_titles]="--data $TITLED/data --split train_titles --layer-choice spread --epochs 1"
+  [spread_titles]="$WITH_TITLES --layer-choice spread --max-length 256"
+  [spread_titles_len128]="$WITH_TITLES --layer-choice spread --max-length 128"
 )
 VALID=(--ranker bm25=bm25)
 for name in $VARIANTS; do
