@@ -21,14 +21,16 @@ TEACHER=${TEACHER:-bench_out/teacher_objective/listnet}
 TEACHER_EVAL=${TEACHER_EVAL:-bench_out/teacher_objective/eval}
 TEACHER_RANKER=${TEACHER_RANKER:-teacher_listnet}
 EXP=${EXP:-bench_out/ce_student}
-VARIANTS=${VARIANTS:-"spread first spread_listnet spread_e3 spread_titles spread_titles_len128"}
-TEST=${TEST:-"spread spread_e3 spread_titles spread_titles_len128"}
+VARIANTS=${VARIANTS:-"spread first spread_listnet spread_e3 spread_titles spread_titles_len128 spread_titles_all"}
+TEST=${TEST:-"spread spread_e3 spread_titles spread_titles_len128 spread_titles_all"}
 TEST_BASELINE=${TEST_BASELINE:-spread_e3}  # the paired test on test: against the same steps without titles
 TITLES=${TITLES:-1500}
 TITLE_K=${TITLE_K:-10}
 DATA=$OUT/data
 TITLED=${OUT}_titles$TITLES  # the same split view plus the title queries (split train_titles)
-mkdir -p "$EXP" "$OUT/runs" "$TITLED/runs"
+ALL_TITLES=$(wc -l < "$SOURCE/corpus.jsonl")  # every document's title
+ALL_TITLED=${OUT}_titles$ALL_TITLES
+mkdir -p "$EXP" "$OUT/runs" "$TITLED/runs" "$ALL_TITLED/runs"
 
 # the pipeline's split view and candidates (as scripts/bench_students.py), the teacher's scores in a cache of its own
 distill split-view --data "$SOURCE" --out "$DATA"
@@ -39,17 +41,22 @@ for split_k in train:30 valid:100 test:100; do
 done
 distill score-teacher --teacher "$TEACHER" --data "$DATA" --split train --run "$OUT/runs/train.trec" \
   --cache "$EXP/cache" --max-length 256
-distill split-view --data "$SOURCE" --out "$TITLED/data" --title-queries "$TITLES"
-[ -f "$TITLED/runs/train_titles.trec" ] || distill candidates --data "$TITLED/data" --split train_titles \
-  --k "$TITLE_K" --out "$TITLED/runs/train_titles.trec"
-# the train queries' top $TITLE_K are in the cache already; only the titles' pairs are scored
-distill score-teacher --teacher "$TEACHER" --data "$TITLED/data" --split train_titles \
-  --run "$TITLED/runs/train_titles.trec" --cache "$EXP/cache" --max-length 256
+# the train queries' top $TITLE_K are in the cache already, and the $TITLES titles' pairs are among all titles':
+# only pairs not scored yet are scored
+for view in "$TITLED:$TITLES" "$ALL_TITLED:$ALL_TITLES"; do
+  dir=${view%:*}
+  distill split-view --data "$SOURCE" --out "$dir/data" --title-queries "${view##*:}"
+  [ -f "$dir/runs/train_titles.trec" ] || distill candidates --data "$dir/data" --split train_titles \
+    --k "$TITLE_K" --out "$dir/runs/train_titles.trec"
+  distill score-teacher --teacher "$TEACHER" --data "$dir/data" --split train_titles \
+    --run "$dir/runs/train_titles.trec" --cache "$EXP/cache" --max-length 256
+done
 
 STUDENT=(train-student --student cross-encoder --cache "$EXP/cache" --seed 42 --init-from-teacher --layers 2
   --teacher "$TEACHER" --loss MarginMSE --negatives 7 --lr 2e-4)
 TRAIN="--data $DATA --split train --max-length 256"
 WITH_TITLES="--data $TITLED/data --split train_titles --epochs 1"
+WITH_ALL_TITLES="--data $ALL_TITLED/data --split train_titles --epochs 1 --checkpoint-steps 50"
 # spread_e3 and spread_titles take the same number of steps (739 queries x 3 epochs, 739 + 1,500 x 1);
 # spread_titles_len128 reads half the tokens of each (query, document) pair
 declare -A ARGS=(
@@ -59,11 +66,14 @@ declare -A ARGS=(
   [spread_e3]="$TRAIN --layer-choice spread --epochs 3"
   [spread_titles]="$WITH_TITLES --layer-choice spread --max-length 256"
   [spread_titles_len128]="$WITH_TITLES --layer-choice spread --max-length 128"
+  [spread_titles_all]="$WITH_ALL_TITLES --layer-choice spread --max-length 256"
 )
 VALID=(--ranker bm25=bm25)
 for name in $VARIANTS; do
   # shellcheck disable=SC2086  # ARGS values are word lists
-  [ -d "$EXP/$name" ] || distill "${STUDENT[@]}" ${ARGS[$name]} --out "$EXP/$name"
+  resume=()  # a student stopped mid-training continues from its last checkpoint
+  if compgen -G "$EXP/$name.checkpoints/checkpoint-*" > /dev/null; then resume=(--resume); fi
+  [ -d "$EXP/$name" ] || distill "${STUDENT[@]}" ${ARGS[$name]} "${resume[@]}" --out "$EXP/$name"
   VALID+=(--ranker "$name=$EXP/$name")
 done
 distill evaluate --data "$DATA" --split valid --run "$OUT/runs/valid.trec" --k 100 "${VALID[@]}" \

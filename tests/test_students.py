@@ -197,8 +197,9 @@ def test_cli_trains_a_truncated_teacher_student_from_a_cache(planted, tiny_beir,
             "--split", "train", "--loss", "MarginMSE", "--epochs", "1", "--max-length", "64",
             "--batch-size", "8"]
     code, _, err = run_cli([*args, "--init-from-teacher", "--layers", "1", "--negatives", "3",
-                            "--out", tmp_path / "s"], capsys)
+                            "--checkpoint-steps", "1", "--out", tmp_path / "s"], capsys)
     assert code == 0, err
+    assert (tmp_path / "s.checkpoints" / "checkpoint-1").is_dir()  # a crash after step 1 would resume from here
     assert CrossEncoder(str(tmp_path / "s")).model.config.num_hidden_layers == 1
     manifest = json.loads((tmp_path / "s" / "distill.json").read_text())
     assert manifest["config"]["init"] == str(tiny_cross_encoder)

@@ -124,6 +124,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(42, help="Seed of sampling, held-out queries and initialisation."),
         precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
         resume: bool = typer.Option(False, help="Continue from the latest checkpoint in <out>.checkpoints."),
+        checkpoint_steps: int = typer.Option(None, min=1, help="Neural students: save a checkpoint (and evaluate, "
+                                             "with --valid-fraction) every N steps, not once an epoch."),
         similarity: str = typer.Option("cosine", help="Bi-encoder: cosine | dot."),
         scale: float = typer.Option(20.0, help="Bi-encoder: similarity scale before the loss."),
         learn_scale: bool = typer.Option(False, help="Bi-encoder: learn the scale."),
@@ -185,7 +187,7 @@ def register(app: typer.Typer) -> None:
         train = TrainConfig(epochs=epochs, lr=2e-5 if lr is None else lr, batch_size=batch_size,
                             max_length=max_length, seed=seed, precision=precision,
                             valid_fraction=0.0 if valid_fraction is None else valid_fraction,
-                            resume_from_checkpoint=True if resume else None)
+                            eval_steps=checkpoint_steps, resume_from_checkpoint=True if resume else None)
         common = dict(group_config=groups, train_config=train, loss_name=loss,
                       loss_params=parse_loss_params(loss_param), hard_label_weight=hard_label_weight,
                       hard_label_kind=hard_label_kind, teacher_fingerprint=fingerprint,
