@@ -1,13 +1,13 @@
 """Students: rerankers trained to imitate a cached teacher (cross-encoder, bi-encoder, LightGBM)."""
 
+from distill.groups import Group, GroupConfig, build_groups
+from distill.training import TrainConfig
 from students.bi_encoder import BiEncoderRanker, train_bi_encoder_student
 from students.cross_encoder import train_cross_encoder_student
 from students.grades import teacher_grades
-from students.groups import Group, GroupConfig, build_groups
 from students.lightgbm import LightGBMConfig, LightGBMRanker, train_lightgbm_student
 from students.losses import LOSSES, build_loss
 from students.ranker_features import RankerFeatures
-from students.training import TrainConfig
 
 __all__ = [
     "LOSSES", "BiEncoderRanker", "Group", "GroupConfig", "LightGBMConfig", "LightGBMRanker", "RankerFeatures",

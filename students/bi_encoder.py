@@ -3,7 +3,7 @@
 A bi-encoder is much cheaper than a cross-encoder at query time once the corpus is
 embedded (:meth:`BiEncoderRanker.prepare`), which is what makes it a first- or
 second-stage candidate in a latency-bound cascade. Training fits ``scale * similarity``
-to the teacher's scores through a distillation loss (see :mod:`students.training`).
+to the teacher's scores through a distillation loss (see :mod:`distill.training`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import polars as pl
 
 from distill.data import Dataset
 from distill.errors import InputError
+from distill.groups import GroupConfig, build_groups, split_groups
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
 from distill.schema import DOCID, QID, SCORE
-from students.groups import GroupConfig, build_groups, split_groups
 
 if TYPE_CHECKING:
-    from students.training import TrainConfig
+    from distill.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,15 @@ def train_bi_encoder_student(
     """Distill the teacher ``scores`` of ``dataset``'s queries into a bi-encoder saved at ``out``.
 
     ``init`` is a SentenceTransformer folder or id (a plain transformer gets mean pooling).
-    ``train_config`` is a :class:`students.training.TrainConfig`. The saved model's
+    ``train_config`` is a :class:`distill.training.TrainConfig`. The saved model's
     ``similarity_fn_name`` is the trained ``similarity``, so ``SentenceTransformer(out).similarity``
     scores as in training.
     """
     from sentence_transformers import SentenceTransformer
     from transformers import set_seed
 
+    from distill.training import BiEncoderGroupLoss, fit, scores_summary
     from students.losses import build_loss
-    from students.training import BiEncoderGroupLoss, fit, scores_summary
 
     out = Path(out)
     loss = build_loss(loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind,

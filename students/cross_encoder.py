@@ -21,12 +21,12 @@ import polars as pl
 
 from distill.data import Dataset
 from distill.errors import ConfigError
+from distill.groups import GroupConfig, build_groups, split_groups
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
-from students.groups import GroupConfig, build_groups, split_groups
 
 if TYPE_CHECKING:
-    from students.training import TrainConfig
+    from distill.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def train_cross_encoder_student(
     (see :func:`teacher_layers`)."""
     from transformers import set_seed
 
+    from distill.training import CrossEncoderGroupLoss, fit, scores_summary
     from students.losses import build_loss
-    from students.training import CrossEncoderGroupLoss, fit, scores_summary
 
     out = Path(out)
     loss = build_loss(loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind,

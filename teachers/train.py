@@ -5,7 +5,7 @@ split's judgements with BM25 hard negatives, then its scores are cached and dist
 
 - Groups: each training query's best judged document plus ``negatives`` documents drawn
   at random from BM25's top ``negatives_from_top`` (judged-relevant ones excluded); see
-  :mod:`students.groups`.
+  :mod:`distill.groups`.
 - Objective: ``listnet`` (default) is sentence-transformers' ``ListNetLoss`` on the labels,
   the issue's reference recipe: cross-entropy over the group against ``softmax(labels)``, a
   softened one-hot that asks for a finite margin (on SciFact: test nDCG@10 0.699 over BM25's
@@ -34,11 +34,11 @@ from sentence_transformers.base.evaluation import BaseEvaluator
 
 from distill.data import Dataset
 from distill.errors import ConfigError
+from distill.groups import Group, GroupConfig, build_groups, holdout
 from distill.io import atomic_dir
 from distill.manifest import frame_hash, write_manifest
 from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, SCORE, TEXT, TITLE
-from students.groups import Group, GroupConfig, build_groups, holdout
-from students.training import TrainConfig
+from distill.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     from transformers import set_seed
 
     from distill.bm25 import bm25_run
+    from distill.training import CrossEncoderGroupLoss, fit
     from students.losses import HardLabels
-    from students.training import CrossEncoderGroupLoss, fit
 
     config = config or TeacherTrainConfig()
     train_cfg = config.train

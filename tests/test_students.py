@@ -17,9 +17,9 @@ from tiny import run_cli
 from distill.bm25 import bm25_run
 from distill.data import Dataset, load_beir
 from distill.errors import ConfigError
+from distill.groups import GroupConfig
 from distill.schema import DOCID, QID, SCORE
-from students.groups import GroupConfig
-from students.training import TrainConfig
+from distill.training import TrainConfig
 
 torch.set_num_threads(1)
 

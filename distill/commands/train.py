@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fine-tune a cross-encoder teacher on the split's qrels with BM25 hard negatives."""
         from distill.data import load_beir
-        from students.training import TrainConfig
+        from distill.training import TrainConfig
         from teachers.train import TeacherTrainConfig, train_teacher
 
         train = TrainConfig(
@@ -175,9 +175,9 @@ def register(app: typer.Typer) -> None:
             train_lightgbm_student(dataset, candidates, scores, out, config,
                                    teacher_fingerprint=fingerprint, scores_source=cache)
             return
-        from students.groups import GroupConfig
+        from distill.groups import GroupConfig
+        from distill.training import TrainConfig
         from students.losses import LOSSES
-        from students.training import TrainConfig
 
         if loss is None:
             raise ConfigError(f"a {student} student needs --loss, one of: {', '.join(LOSSES)}")

@@ -6,7 +6,7 @@ distill adds only:
 
 - :class:`TrainConfig`, the knobs a user sets, mapped onto the trainers' arguments;
 - two loss adapters that turn a batch of groups (laid out by
-  :func:`students.groups.groups_to_hf_dataset`) into ``student[B, L]`` scores and call a
+  :func:`distill.groups.groups_to_hf_dataset`) into ``student[B, L]`` scores and call a
   distillation loss from :mod:`students.losses` with ``teacher``, ``mask`` and ``labels``;
 - :func:`fit`, which wires them together.
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
-from students.groups import MASK_ROW, RELEVANCE_ROW, TEACHER_ROW, Group, groups_to_hf_dataset
+from distill.groups import MASK_ROW, RELEVANCE_ROW, TEACHER_ROW, Group, groups_to_hf_dataset
 
 log = logging.getLogger(__name__)
 
