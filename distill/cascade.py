@@ -29,11 +29,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -44,7 +45,11 @@ from distill.io import write_json_atomic
 from distill.ranking import Ranker, settle_precision
 from distill.schema import DOCID, QID, RANK, SCORE, require_columns
 
+if TYPE_CHECKING:
+    from distill.runtime import RankResult, Runtime
+
 SPEC_FORMAT = "distill-cascade/1"
+_RUNTIME_LOCK = threading.Lock()
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _STAGE = "_stage"
 
@@ -155,6 +160,7 @@ class Cascade:
     costs: dict[str, StageCost] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     stats: CascadeStats = field(default_factory=CascadeStats, init=False, repr=False, compare=False)
+    _runtime: Runtime | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.stages = tuple(self.stages)
@@ -294,6 +300,40 @@ class Cascade:
             "budget_ms": self.budget_ms,
             "costs": {name: asdict(cost) for name, cost in self.costs.items()},
         }
+
+    # -- runtime: one query's documents (distill.runtime) ------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path, corpus: str | Path | None = None) -> Cascade:
+        """Read a cascade spec and prepare it for :meth:`rank`. ``corpus`` (a ``corpus.jsonl``
+        or BEIR folder) names documents that requests may send by id; their precomputed parts
+        (LightGBM's index, a bi-encoder's embeddings, stored next to the model) are reused."""
+        from distill.runtime import Runtime, RuntimeCorpus
+
+        cascade = cls.read_spec(path)
+        cascade._runtime = Runtime(cascade, None if corpus is None else RuntimeCorpus.read(corpus))
+        return cascade
+
+    def rank(self, query: str, documents: Sequence[str | Mapping[str, Any]], deadline_ms: float | None = None,
+             top_k: int | None = None, started: float | None = None) -> RankResult:
+        """Rank one query's ``documents`` (texts or ``{"id", "text", "title"?, "score"?}``) as
+        :meth:`rerank` would; skip stages that would end after ``deadline_ms`` from ``started``
+        (a ``time.perf_counter()`` value, default now). See :mod:`distill.runtime`."""
+        return self._require_runtime().rank(query, documents, deadline_ms, top_k, started)
+
+    def estimate_ms(self, n_docs: int) -> list[float]:
+        """Each stage's expected milliseconds for ``n_docs`` candidates, from the spec's costs
+        (0 for a first stage that replays the given scores)."""
+        return self._require_runtime().estimate_ms(n_docs)
+
+    def _require_runtime(self) -> Runtime:
+        if self._runtime is None:  # a cascade built in code: documents come without a corpus
+            from distill.runtime import Runtime
+
+            with _RUNTIME_LOCK:
+                if self._runtime is None:
+                    self._runtime = Runtime(self)
+        return self._runtime
 
     # -- spec -------------------------------------------------------------------------------
 

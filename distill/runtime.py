@@ -1,0 +1,348 @@
+"""Ranking one query's documents through a cascade in process: the runtime behind ``distill serve``.
+
+:meth:`distill.cascade.Cascade.load` reads a cascade spec and prepares it for requests;
+:meth:`~distill.cascade.Cascade.rank` takes a query and its candidate documents (texts, or
+``{"id", "text", "title"?, "score"?}`` objects) and returns a :class:`RankResult`: the ids in
+their final order, their scores and a :class:`StageReport` per stage (ran or skipped, and why).
+
+The ranking is the offline cascade's (:meth:`Cascade.rerank <distill.cascade.Cascade.rerank>`):
+the same tie-breaking (score, then id), cutoffs and final order, and final scores
+``n - rank + 1``. The first stage of a spec whose first stage is ``bm25`` (the candidates'
+own scores) is the documents' ``score``, or, where none is given, their input order.
+
+Documents: with a corpus (``corpus=``, a ``corpus.jsonl`` or BEIR folder), a document whose
+id is in it, sent without text or with the corpus's text, is that corpus document; its
+precomputed parts (LightGBM's indexed terms, a bi-encoder's stored embedding) are reused.
+Any other document is new: analysed or embedded on the fly, with the statistics saved with
+the model. Rankers join the runtime through two optional methods:
+
+- ``prepare_runtime(corpus: Dataset | None)``: one-off work at load (index, embeddings);
+- ``score_documents(query: str, docs: Documents) -> np.ndarray``: scores in ``docs`` order.
+
+Rankers without them are scored through ``score(queries, docs)`` (teachers, cross-encoders)
+or, failing that, through ``rerank`` on a one-query :class:`~distill.data.Dataset`.
+
+Deadline: ``deadline_ms`` counts from ``started`` (a ``time.perf_counter()`` value; default:
+the call). Before each stage after the first, the time spent plus the stage's expected cost
+(the spec's :class:`~distill.cascade.StageCost` for its number of candidates, see
+:meth:`Runtime.estimate_ms`) is compared with the deadline; a stage that would miss it is
+skipped with every stage after it, and the documents keep the order they have. The first
+stage always runs: it is the cheapest answer.
+
+Thread safety: after load a runtime holds no state that requests change, except a teacher's
+pending reduced precision, settled once under a lock; any number of threads may call ``rank``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from distill.data import Dataset, load_corpus
+from distill.errors import ConfigError, InputError
+from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, SCORE, TEXT, TITLE
+
+if TYPE_CHECKING:
+    from distill.cascade import Cascade, StageCost
+
+log = logging.getLogger(__name__)
+
+_DOC_FIELDS = frozenset({"id", "text", "title", "score"})
+_QUERY_ID = "q"
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What one stage did for a request: whether it ran, its wall time, documents in and kept,
+    and, for a skipped stage, why."""
+
+    name: str
+    ran: bool
+    ms: float
+    n_in: int
+    n_out: int
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """Every document's id in final order, its score (``n - rank + 1``) and the stages' reports."""
+
+    ids: list[str]
+    scores: list[float]
+    stages: list[StageReport]
+
+
+@dataclass(frozen=True)
+class Documents:
+    """One request's candidates: ids, titles and texts, the given first-stage scores (None:
+    the input order) and each one's row in the runtime corpus (-1: a new document)."""
+
+    ids: list[str]
+    titles: list[str]
+    texts: list[str]
+    first_stage: np.ndarray | None
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def joined(self) -> list[str]:
+        """``"title text"`` per document, as :meth:`distill.data.Dataset.doc_texts` forms it."""
+        return [join_title(title, text) for title, text in zip(self.titles, self.texts, strict=True)]
+
+    def take(self, index: np.ndarray) -> Documents:
+        """The documents at positions ``index``, in that order."""
+        pick = index.tolist()
+        return Documents([self.ids[i] for i in pick], [self.titles[i] for i in pick], [self.texts[i] for i in pick],
+                         None if self.first_stage is None else self.first_stage[index], self.rows[index])
+
+
+def join_title(title: str, text: str) -> str:
+    """A document as one string, exactly as :meth:`distill.data.Dataset.doc_texts` joins it."""
+    title, text = title.strip(), text.strip()
+    return text if not title else f"{title} {text}".strip()
+
+
+class RuntimeCorpus:
+    """The documents a runtime knows by id, and a :class:`Dataset` of them for ``prepare`` steps."""
+
+    def __init__(self, corpus: pl.DataFrame, source: str | Path | None = None) -> None:
+        self.source = source
+        self.dataset = Dataset(corpus=corpus, queries=pl.DataFrame(schema=QUERIES_SCHEMA),
+                               qrels=pl.DataFrame(schema=QRELS_SCHEMA), name=Path(str(source or "corpus")).stem)
+        self.ids = corpus[DOCID].to_list()
+        self.titles = corpus[TITLE].fill_null("").to_list()
+        self.texts = corpus[TEXT].fill_null("").to_list()
+        self.row_of = {docid: row for row, docid in enumerate(self.ids)}
+
+    @classmethod
+    def read(cls, path: str | Path) -> RuntimeCorpus:
+        """A ``corpus.jsonl`` file, or a BEIR folder holding one."""
+        path = Path(path)
+        file = path / "corpus.jsonl" if path.is_dir() else path
+        return cls(load_corpus(file), file)
+
+    def lookup(self, docid: str, title: str | None, text: str | None) -> int:
+        """The corpus row of a document sent as (id, title, text), -1 when it is not that corpus document."""
+        row = self.row_of.get(docid, -1)
+        if row < 0 or text is None:
+            return row
+        if title is not None:
+            same = title == self.titles[row] and text == self.texts[row]
+        else:
+            same = text == self.texts[row] or text == join_title(self.titles[row], self.texts[row])
+        return row if same else -1
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"expected a finite number, got {value!r}", field=field)
+    return float(value)
+
+
+def parse_documents(documents: Sequence[str | Mapping[str, Any]], corpus: RuntimeCorpus | None) -> Documents:
+    """Check a request's documents (:class:`InputError` naming ``documents[i].<field>``) and
+    resolve them against ``corpus``."""
+    if isinstance(documents, (str, bytes, Mapping)) or not isinstance(documents, Sequence):
+        raise InputError(f"expected a list of texts or objects, got {type(documents).__name__}", field="documents")
+    ids, titles, texts, scores, rows, seen = [], [], [], [], [], {}
+    for i, doc in enumerate(documents):
+        where = f"documents[{i}]"
+        docid, title, text, score = str(i), None, doc, None
+        if isinstance(doc, Mapping):
+            unknown = sorted(set(map(str, doc)) - _DOC_FIELDS)
+            if unknown:
+                raise InputError(f"unknown field(s) {unknown}; expected {sorted(_DOC_FIELDS)}", field=where)
+            raw_id = doc.get("id", docid)
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
+                raise InputError(f"expected a non-empty string, got {raw_id!r}", field=f"{where}.id")
+            docid, title, text = str(raw_id), doc.get("title"), doc.get("text")
+            if doc.get("score") is not None:
+                score = _number(doc["score"], f"{where}.score")
+            for name, value in (("title", title), ("text", text)):
+                if value is not None and not isinstance(value, str):
+                    raise InputError(f"expected a string, got {type(value).__name__}", field=f"{where}.{name}")
+        elif not isinstance(doc, str):
+            raise InputError(f"expected a text or an object, got {type(doc).__name__}", field=where)
+        if docid in seen:
+            raise InputError(f"id {docid!r} given twice (first at documents[{seen[docid]}])", field=f"{where}.id")
+        seen[docid] = i
+        row = -1 if corpus is None else corpus.lookup(docid, title, text)
+        if row >= 0:
+            title, text = corpus.titles[row], corpus.texts[row]
+        elif text is None or not (text.strip() or (title or "").strip()):
+            known = "" if corpus is None else " and the corpus has no document of this id"
+            raise InputError(f"a document needs a non-empty text{known}", field=f"{where}.text")
+        ids.append(docid)
+        titles.append(title or "")
+        texts.append(text)
+        scores.append(score)
+        rows.append(row)
+    given = [s is not None for s in scores]
+    if any(given) and not all(given):
+        raise InputError("give a first-stage score for every document or for none",
+                         field=f"documents[{given.index(False)}].score")
+    first_stage = np.asarray(scores, dtype=np.float64) if scores and all(given) else None
+    return Documents(ids, titles, texts, first_stage, np.asarray(rows, dtype=np.int64))
+
+
+def check_request(query: Any, deadline_ms: Any, top_k: Any) -> None:
+    """:class:`InputError` naming ``query``, ``deadline_ms`` or ``top_k`` when one is unusable."""
+    if not isinstance(query, str) or not query.strip():
+        raise InputError(f"expected a non-empty text, got {query!r}", field="query")
+    if deadline_ms is not None and (_number(deadline_ms, "deadline_ms") <= 0):
+        raise InputError(f"expected a number of milliseconds > 0, got {deadline_ms!r}", field="deadline_ms")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise InputError(f"expected an integer >= 1, got {top_k!r}", field="top_k")
+
+
+class _RuntimeStage:
+    """One stage of a runtime cascade: how it scores a request's documents, its cutoff and cost."""
+
+    def __init__(self, name: str, ranker: Any, cutoff: int | None, cost: StageCost | None,
+                 replays_first_stage: bool) -> None:
+        self.name, self.ranker, self.cutoff, self.cost = name, ranker, cutoff, cost
+        self.replays_first_stage = replays_first_stage
+        self._settle_lock = threading.Lock() if hasattr(ranker, "settle_precision") else None
+        self._settled = self._settle_lock is None
+
+    def expected_ms(self, n_docs: int) -> float:
+        """The spec's cost for ``n_docs`` candidates; 0 for the replayed first stage (its cost
+        is the retrieval's, spent before the request) and for a stage without a cost."""
+        if self.replays_first_stage or self.cost is None:
+            return 0.0
+        return self.cost.expected_ms(n_docs)
+
+    def score(self, query: str, docs: Documents) -> np.ndarray:
+        if self.replays_first_stage:
+            if docs.first_stage is not None:
+                return docs.first_stage
+            return np.arange(len(docs), 0, -1, dtype=np.float64)  # the input order
+        ranker = self.ranker
+        if hasattr(ranker, "score_documents"):
+            return np.asarray(ranker.score_documents(query, docs), dtype=np.float64)
+        if hasattr(ranker, "score"):
+            self._settle(query, docs)
+            return np.asarray(ranker.score([query] * len(docs), docs.joined()), dtype=np.float64)
+        return self._rerank(query, docs)
+
+    def _settle(self, query: str, docs: Documents) -> None:
+        """Settle a pending reduced precision once, on the first request's pairs, under a lock."""
+        if self._settled:
+            return
+        with self._settle_lock:
+            if not self._settled:
+                self.ranker.settle_precision([query] * len(docs), docs.joined())
+                self._settled = True
+
+    def _rerank(self, query: str, docs: Documents) -> np.ndarray:
+        """Any other ranker: ``rerank`` on a dataset of this one query and its documents."""
+        corpus = pl.DataFrame({DOCID: docs.ids, TITLE: docs.titles, TEXT: docs.texts}, schema=CORPUS_SCHEMA)
+        dataset = Dataset(corpus=corpus, queries=pl.DataFrame({QID: [_QUERY_ID], TEXT: [query]},
+                                                              schema=QUERIES_SCHEMA),
+                          qrels=pl.DataFrame(schema=QRELS_SCHEMA))
+        run = pl.DataFrame({QID: _QUERY_ID, DOCID: docs.ids})
+        scored = run.join(self.ranker.rerank(dataset, run).select(DOCID, SCORE), on=DOCID, how="left",
+                          maintain_order="left")
+        return scored[SCORE].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+
+def _runtime_ranker(name: str, ranker: Any) -> Any:
+    """The ranker a stage runs with: a teacher cache is replaced by its teacher model, since
+    a request's pairs are not in any cache; a run file cannot score new documents."""
+    from distill.rankers import RunRanker
+
+    if isinstance(ranker, RunRanker):
+        raise ConfigError(f"stage {name!r} replays a run file, which cannot score a request's documents",
+                          field="stages")
+    if hasattr(ranker, "live"):
+        live = ranker.live()
+        if live is None:
+            raise ConfigError(f"stage {name!r} replays a teacher cache whose fingerprint names no model",
+                              field="stages")
+        return live
+    return ranker
+
+
+class Runtime:
+    """A cascade prepared for requests (see the module docstring); built by :meth:`Cascade.load`."""
+
+    def __init__(self, cascade: Cascade, corpus: RuntimeCorpus | None = None) -> None:
+        from distill.rankers import RunRanker
+
+        self.corpus = corpus
+        self.stages: list[_RuntimeStage] = []
+        for i, s in enumerate(cascade.stages):
+            replays = i == 0 and isinstance(s.ranker, RunRanker) and s.ranker.scores is None
+            ranker = s.ranker if replays else _runtime_ranker(s.name, s.ranker)
+            if not replays and hasattr(ranker, "prepare_runtime"):
+                ranker.prepare_runtime(None if corpus is None else corpus.dataset)
+            self.stages.append(_RuntimeStage(s.name, ranker, s.cutoff, cascade.costs.get(s.name), replays))
+        lacking = [st.name for st in self.stages if st.cost is None and not st.replays_first_stage]
+        if lacking:
+            log.warning("stage(s) %s have no cost in the spec: deadlines cannot skip them", lacking)
+
+    def estimate_ms(self, n_docs: int) -> list[float]:
+        """Expected milliseconds of each stage for ``n_docs`` candidates (each stage sees the
+        survivors of the cutoffs before it)."""
+        if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs < 0:
+            raise InputError(f"expected an integer >= 0, got {n_docs!r}", field="n_docs")
+        out, n = [], int(n_docs)
+        for st in self.stages:
+            out.append(st.expected_ms(n))
+            n = n if st.cutoff is None else min(n, st.cutoff)
+        return out
+
+    def rank(self, query: str, documents: Sequence[str | Mapping[str, Any]], deadline_ms: float | None = None,
+             top_k: int | None = None, started: float | None = None) -> RankResult:
+        """Rank ``documents`` for ``query`` (see the module docstring)."""
+        started = time.perf_counter() if started is None else started
+        check_request(query, deadline_ms, top_k)
+        docs = parse_documents(documents, self.corpus)
+        ids = np.asarray(docs.ids, dtype=object)
+        survivors = np.arange(len(docs))
+        cut_away: list[np.ndarray] = []
+        reports: list[StageReport] = []
+        skip_reason: str | None = None
+        for i, st in enumerate(self.stages):
+            n_in = len(survivors)
+            if skip_reason is None and i > 0 and deadline_ms is not None:
+                spent = (time.perf_counter() - started) * 1000.0
+                expected = st.expected_ms(n_in)
+                if spent + expected > deadline_ms:
+                    skip_reason = (f"deadline: {spent:.2f} ms spent + {expected:.2f} ms expected "
+                                   f"> {deadline_ms:g} ms")
+                    reports.append(StageReport(st.name, False, 0.0, n_in, n_in, skip_reason))
+                    skip_reason = f"after skipped stage {st.name!r}"
+                    continue
+            if skip_reason is not None:
+                reports.append(StageReport(st.name, False, 0.0, n_in, n_in, skip_reason))
+                continue
+            start = time.perf_counter()
+            scores = st.score(query, docs.take(survivors)) if n_in else np.zeros(0)
+            if scores.shape != (n_in,) or np.isnan(scores).any():
+                raise InputError(f"stage {st.name!r} returned {scores.shape} scores for {n_in} documents "
+                                 "(or NaN)")
+            # score descending, then id: the offline cascade's order
+            order = survivors[np.lexsort((ids[survivors].astype(str), -scores))]
+            if st.cutoff is not None:
+                cut_away.append(order[st.cutoff:])
+                order = order[: st.cutoff]
+            survivors = order
+            reports.append(StageReport(st.name, True, (time.perf_counter() - start) * 1000.0, n_in, len(order)))
+        final = np.concatenate([survivors, *reversed(cut_away)]).astype(np.int64)
+        n = len(final)
+        if top_k is not None:
+            final = final[:top_k]
+        return RankResult([docs.ids[i] for i in final.tolist()], [float(n - r) for r in range(len(final))],
+                          reports)

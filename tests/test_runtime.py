@@ -1,0 +1,185 @@
+"""The cascade runtime: one query's documents ranked in process, as the offline cascade ranks them."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from distill.cascade import Cascade, StageCost, stage
+from distill.data import Dataset
+from distill.errors import ConfigError, InputError
+from distill.rankers import RunRanker
+from distill.runtime import RankResult, StageReport
+from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, SCORE, TEXT
+
+
+class ByText:
+    """A ranker scoring a document by a seeded hash of its query and text: no state, any corpus."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name, self.seed = name, seed
+
+    def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame:
+        queries = dataset.query_texts(run[QID])
+        docs = dataset.doc_texts(run[DOCID])
+        scores = [float(np.random.default_rng([self.seed, *map(ord, q + "|" + d)]).integers(0, 5))
+                  for q, d in zip(queries, docs, strict=True)]  # few values: ties go by id
+        return run.select(QID, DOCID).with_columns(pl.Series(SCORE, scores, dtype=pl.Float64))
+
+    def get_config_dict(self) -> dict:
+        return {"by_text": self.seed}
+
+
+def toy() -> tuple[Dataset, pl.DataFrame]:
+    docs = {f"d{i}": f"document {i} about {'cats' if i % 2 else 'dogs'} and {i * 7 % 11}" for i in range(12)}
+    corpus = pl.DataFrame({DOCID: list(docs), "title": "", TEXT: list(docs.values())}, schema=CORPUS_SCHEMA)
+    queries = pl.DataFrame({QID: ["a", "b"], TEXT: ["cats 3", "dogs 5"]}, schema=QUERIES_SCHEMA)
+    run = pl.DataFrame({QID: ["a"] * 12 + ["b"] * 9, DOCID: [f"d{i}" for i in [*range(12), *range(9)]],
+                        SCORE: [float(x) for x in [*range(12, 0, -1), 3, 3, 2, 9, 1, 0, 5, 5, 4]]})
+    return Dataset(corpus, queries, pl.DataFrame(schema=QRELS_SCHEMA)), run
+
+
+def toy_cascade() -> Cascade:
+    return (stage("bm25", RunRanker(), "bm25") % 8
+            >> stage("a", ByText("a", 1)) % 4 >> stage("b", ByText("b", 2)))
+
+
+def offline_order(cascade: Cascade, dataset: Dataset, run: pl.DataFrame, qid: str) -> list[str]:
+    ranked = cascade.rerank(dataset, run.filter(pl.col(QID) == qid), per_query=True)
+    return ranked.sort(SCORE, descending=True)[DOCID].to_list()
+
+
+@pytest.mark.parametrize("qid", ["a", "b"])
+def test_rank_equals_the_offline_cascade(qid):
+    cascade, (dataset, run) = toy_cascade(), toy()
+    part = run.filter(pl.col(QID) == qid)
+    texts = dict(zip(dataset.corpus[DOCID], dataset.corpus[TEXT]))
+    docs = [{"id": d, "text": texts[d], "score": s} for d, s in zip(part[DOCID], part[SCORE])]
+    result = cascade.rank(dataset.query_texts([qid])[0], docs)
+    assert isinstance(result, RankResult)
+    assert result.ids == offline_order(cascade, dataset, run, qid)
+    assert result.scores == [float(part.height - i) for i in range(part.height)]
+    assert [(s.name, s.ran, s.n_in, s.n_out) for s in result.stages] == [
+        ("bm25", True, part.height, 8), ("a", True, 8, 4), ("b", True, 4, 4)]
+
+
+def test_plain_texts_take_their_input_order_as_first_stage():
+    cascade, (dataset, _) = toy_cascade(), toy()
+    texts = dataset.corpus[TEXT].to_list()
+    result = cascade.rank("cats 3", texts, top_k=5)
+    # the input order as first-stage scores equals a run scoring n, n-1, ... with ids "0", "1", ...
+    ids = [str(i) for i in range(len(texts))]
+    corpus = pl.DataFrame({DOCID: ids, "title": "", TEXT: texts}, schema=CORPUS_SCHEMA)
+    same = Dataset(corpus, pl.DataFrame({QID: ["a"], TEXT: ["cats 3"]}, schema=QUERIES_SCHEMA),
+                   pl.DataFrame(schema=QRELS_SCHEMA))
+    as_run = pl.DataFrame({QID: "a", DOCID: ids, SCORE: [float(len(ids) - i) for i in range(len(ids))]})
+    assert result.ids == offline_order(cascade, same, as_run, "a")[:5]
+    assert len(result.scores) == 5
+
+
+def test_a_short_deadline_skips_the_expensive_stages():
+    cascade = toy_cascade()
+    cascade.costs = {"bm25": StageCost(), "a": StageCost(0.0, 0.01), "b": StageCost(50.0, 1.0)}
+    texts = toy()[0].corpus[TEXT].to_list()
+    assert cascade.estimate_ms(12) == [0.0, pytest.approx(0.08), pytest.approx(54.0)]
+    result = cascade.rank("cats", texts, deadline_ms=20.0)
+    assert [s.ran for s in result.stages] == [True, True, False]
+    skipped = result.stages[2]
+    assert skipped == StageReport("b", False, 0.0, 4, 4, skipped.skipped) and "deadline" in skipped.skipped
+    full = cascade.rank("cats", texts)
+    assert all(s.ran for s in full.stages)
+    # the skipped stage keeps the order of the stage before it
+    assert result.ids[:4] == sorted(full.ids[:4], key=result.ids.index)
+    # a deadline already spent: only the first stage, whose order is the input order
+    late = cascade.rank("cats", texts, deadline_ms=1.0, started=0.0)
+    assert [s.ran for s in late.stages] == [True, False, False]
+    assert late.stages[2].skipped.startswith("after skipped stage")
+    assert late.ids == [str(i) for i in range(12)]
+
+
+@pytest.mark.parametrize(("documents", "field"), [
+    ("text", "documents"),
+    ([1], "documents[0]"),
+    ([{"id": "x"}], "documents[0].text"),
+    ([{"id": "x", "text": ""}], "documents[0].text"),
+    ([{"id": "x", "text": 5}], "documents[0].text"),
+    ([{"id": True, "text": "t"}], "documents[0].id"),
+    ([{"id": "x", "text": "t"}, {"id": "x", "text": "u"}], "documents[1].id"),
+    ([{"id": "x", "text": "t", "score": 1}, {"id": "y", "text": "u"}], "documents[1].score"),
+    ([{"id": "x", "text": "t", "score": float("nan")}], "documents[0].score"),
+    ([{"id": "x", "text": "t", "score": "1"}], "documents[0].score"),
+    ([{"id": "x", "text": "t", "body": "u"}], "documents[0]"),
+])
+def test_bad_documents_name_their_field(documents, field):
+    with pytest.raises(InputError) as err:
+        toy_cascade().rank("q", documents)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"query": ""}, "query"), ({"query": 3}, "query"), ({"deadline_ms": 0}, "deadline_ms"),
+    ({"deadline_ms": float("inf")}, "deadline_ms"), ({"top_k": 0}, "top_k"), ({"top_k": 1.5}, "top_k"),
+])
+def test_bad_requests_name_their_field(kwargs, field):
+    args = {"query": "q", "documents": ["a b"], **kwargs}
+    with pytest.raises(InputError) as err:
+        toy_cascade().rank(**args)
+    assert err.value.field == field
+
+
+def test_no_documents_give_an_empty_ranking():
+    result = toy_cascade().rank("q", [])
+    assert result.ids == [] and result.scores == [] and all(s.n_in == 0 for s in result.stages)
+
+
+def test_documents_known_by_id_come_from_the_corpus(tmp_path):
+    dataset, run = toy()
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                              for d, t in zip(dataset.corpus[DOCID], dataset.corpus[TEXT])))
+    spec = tmp_path / "cascade.json"
+    spec.write_text(json.dumps({"format": "distill-cascade/1", "stages": [
+        {"name": "bm25", "ranker": "bm25", "cutoff": None}]}))
+    cascade = Cascade.load(spec, corpus=corpus)
+    by_id = cascade.rank("q", [{"id": "d3", "score": 1.0}, {"id": "d5", "score": 2.0}])
+    assert by_id.ids == ["d5", "d3"]
+    with pytest.raises(InputError, match="corpus has no document"):
+        cascade.rank("q", [{"id": "nope"}])
+
+
+def test_threads_rank_as_one_thread_does():
+    cascade, (dataset, _) = toy_cascade(), toy()
+    texts = dataset.corpus[TEXT].to_list()
+    expected = {q: cascade.rank(q, texts).ids for q in ("cats", "dogs 5", "about 3")}
+    results: list[tuple[str, list[str]]] = []
+
+    def work(query: str) -> None:
+        for _ in range(20):
+            results.append((query, cascade.rank(query, texts).ids))
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in expected for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 120 and all(ids == expected[q] for q, ids in results)
+
+
+def test_a_run_file_stage_cannot_serve(tmp_path):
+    run_file = tmp_path / "run.trec"
+    run_file.write_text("q 0 d 1 1.0 x\n")
+    spec = tmp_path / "cascade.json"
+    spec.write_text(json.dumps({"format": "distill-cascade/1", "stages": [
+        {"name": "bm25", "ranker": "bm25", "cutoff": 5}, {"name": "fixed", "ranker": str(run_file), "cutoff": None}]}))
+    with pytest.raises(ConfigError, match="run file"):
+        Cascade.load(spec)
+
+
+def test_the_contract_is_importable_from_where_the_server_takes_it():
+    assert Path(Cascade.load.__code__.co_filename).name == "cascade.py"
+    assert {f for f in StageReport.__dataclass_fields__} == {"name", "ran", "ms", "n_in", "n_out", "skipped"}
