@@ -30,15 +30,20 @@ MAX_SCATTER_POINTS = 5000
 MAX_FEATURES = 30
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222;
+       overflow-wrap: anywhere; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; overflow-wrap: normal; }
+td { white-space: nowrap; }
+th { background: #f0f0f0; vertical-align: bottom; max-width: 9em; }
 th:first-child, td:first-child { text-align: left; }
-th { background: #f0f0f0; }
-figure { display: inline-block; margin: 0.5em; }
+figure { display: inline-block; margin: 0.5em; max-width: 100%; }
+figure img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.85em; color: #555; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
 """
+MISSING = "–"
 
 
 # ---------------------------------------------------------------- tables and points
@@ -203,19 +208,45 @@ def students(evaluation: EvaluationResult) -> list[str]:
 
 # ---------------------------------------------------------------- rendering
 
-def _cell(value: Any) -> str:
+def format_p(value: float) -> str:
+    """A p-value as people read it: ``p < 0.001`` below a thousandth, three decimals otherwise."""
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def format_value(value: Any, column: str = "") -> str:
+    """One cell for reading: p-values as :func:`format_p`, floats with 3 decimals (none from 1,000),
+    integers with thousands separators, missing values as a dash (never ``null`` or ``NaN``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return MISSING
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) >= 1000 or (value != 0 and abs(value) < 1e-3) else f"{value:.4f}"
-    return html.escape(str(value))
+        if column.startswith(("p_", "p ")):
+            return format_p(value)
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def display_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every cell formatted by :func:`format_value` (all columns strings)."""
+    return pl.DataFrame({column: [format_value(v, column) for v in frame[column].to_list()]
+                         for column in frame.columns}, schema={c: pl.String for c in frame.columns})
 
 
 def html_table(frame: pl.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-                   for row in frame.iter_rows())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    """A table that scrolls inside its own box when wider than the page, never the page itself."""
+    shown = display_frame(frame)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
+                   for row in shown.iter_rows())
+    return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def markdown_report_table(frame: pl.DataFrame) -> str:
+    """A GitHub Markdown table with cells formatted by :func:`format_value`."""
+    return markdown_table(display_frame(frame))
 
 
 def _notes(evaluation: EvaluationResult, latency: dict[str, LatencyResult]) -> list[str]:
@@ -274,12 +305,12 @@ def render_html(title: str, evaluation: EvaluationResult, table: pl.DataFrame,
 def render_markdown(title: str, evaluation: EvaluationResult, table: pl.DataFrame,
                     latency: dict[str, LatencyResult], frontier: list[str]) -> str:
     lines = [f"# {title}", ""] + [f"- {n}" for n in _notes(evaluation, latency)] + ["", "## Comparison", "",
-                                                                                    markdown_table(table), ""]
+                                                                                    markdown_report_table(table), ""]
     if frontier:
         lines += ["## Pareto frontier (quality vs p50 latency)", ""]
         lines += [f"{i}. {label}" for i, label in enumerate(frontier, start=1)] + [""]
     if evaluation.depth is not None:
-        lines += ["## Rerank depth", "", _depth_caption(evaluation), "", markdown_table(depth_table(evaluation.depth)),
+        lines += ["## Rerank depth", "", _depth_caption(evaluation), "", markdown_report_table(depth_table(evaluation.depth)),
                   ""]
     lines += ["Figures and configurations: report.html", ""]
     return "\n".join(lines)

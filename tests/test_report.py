@@ -138,3 +138,61 @@ def test_report_without_latency_or_teacher(runs, tmp_path):
     assert page.pareto == []
     assert "Pareto" not in md_path.read_text(encoding="utf-8")
     assert "Rerank depth" not in md_path.read_text(encoding="utf-8")  # no first stage given
+
+
+def test_cells_are_formatted_for_reading():
+    from distill.report import display_frame, format_p
+
+    assert format_p(3.784e-18) == "< 0.001" and format_p(0.0123) == "0.012"
+    frame = pl.DataFrame({"ranker": ["bm25", "ce"], "wins": [None, 12], "nDCG@10": [0.53612, 0.7],
+                          "p (t-test, adj.)": [None, 3.784e-18], "parameters": [None, 22_713_601]})
+    assert display_frame(frame).rows() == [("bm25", "–", "0.536", "–", "–"),
+                                           ("ce", "12", "0.700", "< 0.001", "22,713,601")]
+
+
+def test_markdown_has_no_null(evaluation, tmp_path):
+    _, md_path = write_report(tmp_path, evaluation, {"good": _latency("good", 3.0)})
+    markdown = md_path.read_text(encoding="utf-8")
+    assert "null" not in markdown and "NaN" not in markdown.replace("nDCG", "")
+
+
+def _page_width(html_path, tmp_path, window: int = 1400) -> tuple[int, int]:
+    """``(document scroll width, window width)`` of the page rendered by headless Chromium."""
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        import os
+
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium (apt-get install chromium) for the layout test")
+        pytest.skip("no chromium on this machine")
+    probe = tmp_path / "probe.html"
+    script = ('<script>document.body.setAttribute("data-width", '
+              'document.documentElement.scrollWidth + "x" + window.innerWidth);</script>')
+    probe.write_text(html_path.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={window},900", "--dump-dom"]
+    dom = subprocess.run([browser, *flags, probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    match = re.search(r'data-width="(\d+)x(\d+)"', dom)
+    assert match, dom[-2000:]
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_report_fits_a_1400px_window(runs, tmp_path):
+    """A wide comparison (many rankers, long cascade names, every column) scrolls inside its
+    table box; the page itself never scrolls sideways."""
+    qrels, by_name = runs
+    wide = dict(by_name)
+    for i in range(6):
+        wide[f"bm25 % 100 >> lightgbm_variant_{i} % 30 >> ce_student % 10 >> teacher"] = by_name["good"]
+    evaluation = evaluate_runs(qrels, wide, baseline="bm25", teacher="teacher", dataset="tiny/test",
+                               first_stage=by_name["bm25"], depths=(3, 5))
+    latency = {name: _latency(name, 1.0 + i) for i, name in enumerate(wide)}
+    html_path, _ = write_report(tmp_path, evaluation, latency, title="wide report")
+    scroll, window = _page_width(html_path, tmp_path)
+    assert window == 1400
+    assert scroll <= window, f"the page is {scroll} px wide in a {window} px window"
