@@ -44,9 +44,14 @@ position for the n-gram features, so ``a b a c`` matched by ``b a c`` counts as 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import re
+import threading
+from collections import ChainMap
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +79,8 @@ _ARRAYS_FILE = "corpus_index.npz"
 _DOCIDS_FILE = "corpus_docids.parquet"
 _VOCAB_FILE = "corpus_vocab.parquet"
 _FORMAT = 1
+_SPLIT = re.compile(r"(?u)\b\w\w+\b").findall  # bm25s' (and scikit-learn's) token pattern
+_THREAD = threading.local()
 
 
 @dataclass
@@ -86,13 +93,35 @@ class FeatureConfig:
     batch_size: int = 8192  # rows per vectorized batch; bounds memory, does not change values
 
 
-def analyze(texts: list[str]) -> list[list[str]]:
-    """Tokens as bm25s makes them: lower-cased words of 2+ characters, no English stopwords, stemmed."""
-    import bm25s
-    import Stemmer
+def analyze(texts: Sequence[str]) -> list[list[str]]:
+    """Tokens as ``bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer("english"))`` makes them
+    (lower-cased words of 2+ characters, no English stopwords, stemmed), the analysis of
+    :func:`distill.bm25.bm25_run`. Written out because bm25s rebuilds its stopword set for
+    every text and maps tokens through vocabularies, which costs more than the analysis of a
+    query itself; ``tests/test_features.py`` checks the two agree."""
+    stem, stopwords = _stemmer().stemWords, _english_stopwords()
+    out = []
+    for text in texts:
+        words = [w for w in _SPLIT(text.lower()) if w not in stopwords]
+        out.append(stem(words) if words else [])
+    return out
 
-    return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"),
-                          return_ids=False, show_progress=False)
+
+def _stemmer():
+    """This thread's English stemmer (PyStemmer's stemmers must not be shared between threads)."""
+    stemmer = getattr(_THREAD, "stemmer", None)
+    if stemmer is None:
+        import Stemmer
+
+        stemmer = _THREAD.stemmer = Stemmer.Stemmer("english")
+    return stemmer
+
+
+@functools.cache
+def _english_stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
 
 
 def _ragged(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +135,75 @@ def _ragged(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 @dataclass
+class _Statistics:
+    """What scoring needs from a corpus besides its documents: term ids, document frequencies
+    (as idf arrays, by field) and average lengths. New documents are scored with these."""
+
+    term_ids: Mapping[str, int]
+    n_terms: int
+    idf: dict[str, np.ndarray]  # BM25 idf by field ("title", "body", "doc"), by term id
+    avg_len: dict[str, float]
+    tfidf_idf: np.ndarray  # smoothed idf of tfidf_cosine, by term id
+    unknown_tfidf_idf: float  # ... of a term the corpus lacks
+    n_docs: int
+
+    @classmethod
+    def of(cls, index: _CorpusIndex) -> _Statistics:
+        n_docs, n_terms = len(index.docids), len(index.vocab)
+        doc_of_entry = np.repeat(np.arange(n_docs), np.diff(index.indptr))
+        # positions are sorted per entry: the first one says whether the term is in the title, the last the body
+        in_title = index.positions[index.pos_ptr[:-1]] < index.title_len[doc_of_entry]
+        in_body = index.positions[index.pos_ptr[1:] - 1] > index.title_len[doc_of_entry]
+        doc_len = index.title_len + index.body_len.astype(np.float64)
+        return cls(
+            term_ids={term: i for i, term in enumerate(index.vocab)}, n_terms=n_terms,
+            idf={name: _bm25_idf(np.bincount(index.terms[mask], minlength=n_terms), n_docs)
+                 for name, mask in (("title", in_title), ("body", in_body), ("doc", slice(None)))},
+            avg_len={"title": max(index.title_len.mean(), 1e-9), "body": max(index.body_len.mean(), 1e-9),
+                     "doc": max(doc_len.mean(), 1e-9)},
+            tfidf_idf=np.log((n_docs + 1) / (np.bincount(index.terms, minlength=n_terms) + 1)) + 1,
+            unknown_tfidf_idf=float(np.log(n_docs + 1) + 1), n_docs=n_docs,
+        )
+
+    def with_new_terms(self, terms: Mapping[str, int]) -> _Statistics:
+        """These statistics with ``terms`` (ids ``n_terms``, ``n_terms + 1``, ...) added as terms
+        no corpus document holds (document frequency 0)."""
+        if not terms:
+            return self
+        extra = len(terms)
+        unseen = _bm25_idf(np.zeros(1), self.n_docs)[0]
+        return replace(
+            self, term_ids=ChainMap(dict(terms), self.term_ids), n_terms=self.n_terms + extra,
+            idf={name: np.concatenate([idf, np.full(extra, unseen)]) for name, idf in self.idf.items()},
+            tfidf_idf=np.concatenate([self.tfidf_idf, np.full(extra, self.unknown_tfidf_idf)]),
+        )
+
+
+def _forward_index(ids: np.ndarray, title_len: np.ndarray, body_len: np.ndarray) -> dict[str, np.ndarray]:
+    """The positional forward index (``indptr, terms, pos_ptr, positions``) of documents whose
+    tokens' term ids are ``ids``, one document after another, each title then body."""
+    n_tokens = title_len.astype(np.int64) + body_len
+    within, doc = _ragged(np.zeros(len(n_tokens), dtype=np.int64), n_tokens)  # index in its document
+    position = within + (within >= title_len[doc])  # body tokens come after the separator
+    order = np.lexsort((position, ids, doc))
+    doc, ids, position = doc[order], ids[order], position[order].astype(np.int32)
+    new_entry = np.ones(len(ids), dtype=bool)
+    new_entry[1:] = (doc[1:] != doc[:-1]) | (ids[1:] != ids[:-1])
+    starts = np.flatnonzero(new_entry)
+    indptr = np.zeros(len(n_tokens) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(doc[starts], minlength=len(n_tokens)), out=indptr[1:])
+    return {"indptr": indptr, "terms": ids[starts], "pos_ptr": np.append(starts, len(ids)).astype(np.int64),
+            "positions": position}
+
+
+def _lengths(tokens: list[list[str]]) -> np.ndarray:
+    return np.fromiter((len(t) for t in tokens), dtype=np.int32, count=len(tokens))
+
+
+@dataclass
 class _CorpusIndex:
-    """The positional forward index of a corpus and the statistics derived from it."""
+    """The positional forward index of a corpus, with its :class:`_Statistics` (its own, or
+    for new documents the statistics of the corpus they are scored against)."""
 
     docids: list[str]
     vocab: list[str]
@@ -118,60 +214,49 @@ class _CorpusIndex:
     title_len: np.ndarray  # int32 [n_docs]
     body_len: np.ndarray  # int32 [n_docs]
     corpus_hash: str
-    term_ids: dict[str, int] = field(init=False, repr=False)
+    stats: _Statistics | None = None
 
     def __post_init__(self) -> None:
-        self.term_ids = {term: i for i, term in enumerate(self.vocab)}
-        n_docs, n_terms = len(self.docids), len(self.vocab)
+        if self.stats is None:
+            self.stats = _Statistics.of(self)
+        n_docs = len(self.title_len)
         tf = np.diff(self.pos_ptr)
         doc_of_entry = np.repeat(np.arange(n_docs), np.diff(self.indptr))
-        self.entry_keys = doc_of_entry * max(n_terms, 1) + self.terms  # sorted: documents, then terms
-        # positions are sorted per entry: the first one says whether the term is in the title, the last the body
-        in_title = self.positions[self.pos_ptr[:-1]] < self.title_len[doc_of_entry]
-        in_body = self.positions[self.pos_ptr[1:] - 1] > self.title_len[doc_of_entry]
         self.doc_len = (self.title_len + self.body_len).astype(np.float64)
-        self.idf = {
-            name: _bm25_idf(np.bincount(self.terms[mask], minlength=n_terms), n_docs)
-            for name, mask in (("title", in_title), ("body", in_body), ("doc", slice(None)))
-        }
-        self.avg_len = {
-            "title": max(self.title_len.mean(), 1e-9), "body": max(self.body_len.mean(), 1e-9),
-            "doc": max(self.doc_len.mean(), 1e-9),
-        }
-        self.tfidf_idf = np.log((n_docs + 1) / (np.bincount(self.terms, minlength=n_terms) + 1)) + 1
-        self.unknown_tfidf_idf = float(np.log(n_docs + 1) + 1)
-        weights = (tf * self.tfidf_idf[self.terms]) ** 2
+        weights = (tf * self.stats.tfidf_idf[self.terms]) ** 2
         self.doc_norm = np.sqrt(np.bincount(doc_of_entry, weights=weights, minlength=n_docs))
-        self.docid_frame = pl.DataFrame({DOCID: self.docids, "_doc": np.arange(n_docs, dtype=np.int64)})
+        self.docid_frame = pl.DataFrame({DOCID: self.docids, "_doc": np.arange(len(self.docids), dtype=np.int64)})
+        self.row_of = {docid: row for row, docid in enumerate(self.docids)}
 
     @classmethod
     def build(cls, corpus: pl.DataFrame) -> _CorpusIndex:
         titles = analyze(corpus[TITLE].fill_null("").to_list())
         bodies = analyze(corpus[TEXT].fill_null("").to_list())
         vocab: dict[str, int] = {}
-        title_len = np.fromiter((len(t) for t in titles), dtype=np.int32, count=len(titles))
-        body_len = np.fromiter((len(t) for t in bodies), dtype=np.int32, count=len(bodies))
         # one vocabulary pass in Python over the tokens (fit time only); the rest is NumPy
         ids = np.fromiter(
             (vocab.setdefault(tok, len(vocab)) for title, body in zip(titles, bodies, strict=True)
              for tok in (*title, *body)),
             dtype=np.int32,
         )
-        n_tokens = title_len.astype(np.int64) + body_len
-        within, doc = _ragged(np.zeros(len(n_tokens), dtype=np.int64), n_tokens)  # index in its document
-        position = within + (within >= title_len[doc])  # body tokens come after the separator
-        order = np.lexsort((position, ids, doc))
-        doc, ids, position = doc[order], ids[order], position[order].astype(np.int32)
-        new_entry = np.ones(len(ids), dtype=bool)
-        new_entry[1:] = (doc[1:] != doc[:-1]) | (ids[1:] != ids[:-1])
-        starts = np.flatnonzero(new_entry)
-        indptr = np.zeros(len(n_tokens) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(doc[starts], minlength=len(n_tokens)), out=indptr[1:])
-        return cls(
-            docids=corpus[DOCID].to_list(), vocab=list(vocab), indptr=indptr, terms=ids[starts],
-            pos_ptr=np.append(starts, len(ids)).astype(np.int64), positions=position,
-            title_len=title_len, body_len=body_len, corpus_hash=frame_hash(corpus),
+        title_len, body_len = _lengths(titles), _lengths(bodies)
+        return cls(docids=corpus[DOCID].to_list(), vocab=list(vocab), title_len=title_len, body_len=body_len,
+                   corpus_hash=frame_hash(corpus), **_forward_index(ids, title_len, body_len))
+
+    def new_documents(self, titles: Sequence[str], texts: Sequence[str]) -> _CorpusIndex:
+        """Documents outside the corpus, indexed now and scored with this corpus's statistics
+        (terms it lacks get document frequency 0)."""
+        title_tokens, body_tokens = analyze(titles), analyze(texts)
+        known, new = self.stats.term_ids, {}
+        first_new = self.stats.n_terms
+        ids = np.fromiter(
+            (known[tok] if tok in known else new.setdefault(tok, first_new + len(new))
+             for title, body in zip(title_tokens, body_tokens, strict=True) for tok in (*title, *body)),
+            dtype=np.int32,
         )
+        title_len, body_len = _lengths(title_tokens), _lengths(body_tokens)
+        return _CorpusIndex(docids=[], vocab=[], title_len=title_len, body_len=body_len, corpus_hash="",
+                            stats=self.stats.with_new_terms(new), **_forward_index(ids, title_len, body_len))
 
     def save(self, folder: Path) -> None:
         with atomic_path(folder / _ARRAYS_FILE) as tmp, tmp.open("wb") as handle:
@@ -213,7 +298,7 @@ class _QueryTerms:
     first_pos: np.ndarray  # the term's position in the query (its first occurrence)
 
     @classmethod
-    def build(cls, index: _CorpusIndex, tokens: list[list[str]]) -> _QueryTerms:
+    def build(cls, stats: _Statistics, tokens: list[list[str]]) -> _QueryTerms:
         terms, qtf, first_pos, norms, ptr = [], [], [], [], [0]
         for query in tokens:  # per query, never per document
             counts: dict[str, list[int]] = {}
@@ -221,8 +306,8 @@ class _QueryTerms:
                 counts.setdefault(token, [j, 0])[1] += 1
             sq_norm = 0.0
             for token, (j, count) in counts.items():
-                term = index.term_ids.get(token)
-                idf = index.unknown_tfidf_idf if term is None else index.tfidf_idf[term]
+                term = stats.term_ids.get(token)
+                idf = stats.unknown_tfidf_idf if term is None else stats.tfidf_idf[term]
                 sq_norm += (count * idf) ** 2
                 if term is not None:
                     terms.append(term)
@@ -292,7 +377,7 @@ class FeatureExtractor:
             raise InputError(f"query {first!r} of the run is not in dataset {dataset.name!r}", field=QID)
         q_frame = pl.DataFrame({QID: qids, "_q": np.arange(len(qids), dtype=np.int64)})
         query_index = run.select(QID).join(q_frame, on=QID, how="left", maintain_order="left")["_q"].to_numpy()
-        queries = _QueryTerms.build(index, analyze(texts))
+        queries = _QueryTerms.build(index.stats, analyze(texts))
         doc_index = docs.to_numpy()
         out = np.empty((run.height, len(self.feature_names)), dtype=np.float32)
         step = max(1, self.config.batch_size)
@@ -305,17 +390,67 @@ class FeatureExtractor:
             out[:, len(LEXICAL_FEATURES):] = _first_stage(run)
         return out
 
+    def features(self, query: str, rows: np.ndarray, titles: Sequence[str] = (), texts: Sequence[str] = (),
+                 first_stage: np.ndarray | None = None) -> np.ndarray:
+        """Features of one query's documents, as :meth:`transform` computes them for a run of
+        that query: document ``i`` is row ``rows[i]`` of the fitted corpus (see :meth:`rows_of`)
+        or, where that is -1, the document ``(titles[i], texts[i])``, analysed now and scored
+        with the corpus's statistics. ``first_stage`` holds the documents' first-stage scores
+        (needed with ``FeatureConfig.first_stage``; their ranks are counted among these documents).
+
+        Document-side work for corpus rows was done at :meth:`fit`; this call analyses the
+        query once and computes every row's features in one vectorized pass.
+        """
+        index = self._require_index()
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), len(self.feature_names)), dtype=np.float32)
+        tokens = analyze([query])
+        known = rows >= 0
+        lexical = len(LEXICAL_FEATURES)
+        if known.all():
+            out[:, :lexical] = self._lexical(index, _QueryTerms.build(index.stats, tokens), rows,
+                                             np.zeros(len(rows), dtype=np.int64))
+        else:
+            for part, block, d in ((known, index, rows[known]), (~known, None, None)):
+                if not part.any():
+                    continue
+                if block is None:
+                    new = np.flatnonzero(part).tolist()
+                    block = index.new_documents([titles[i] for i in new], [texts[i] for i in new])
+                    d = np.arange(len(new), dtype=np.int64)
+                out[part, :lexical] = self._lexical(block, _QueryTerms.build(block.stats, tokens), d,
+                                                    np.zeros(len(d), dtype=np.int64))
+        if self.config.first_stage:
+            if first_stage is None:
+                raise InputError("the features include the first-stage score: give every document's score",
+                                 field=SCORE)
+            scores = np.asarray(first_stage, dtype=np.float64)
+            # rank "min" by descending score, as _first_stage ranks a run's rows
+            out[:, lexical] = scores
+            out[:, lexical + 1] = np.searchsorted(np.sort(-scores), -scores, side="left") + 1
+        return out
+
+    def rows_of(self, docids: Sequence[str]) -> np.ndarray:
+        """The fitted corpus's row of each document id, -1 for ids it lacks."""
+        row_of = self._require_index().row_of
+        return np.fromiter((row_of.get(d, -1) for d in docids), dtype=np.int64, count=len(docids))
+
     def _lexical(self, index: _CorpusIndex, queries: _QueryTerms, d: np.ndarray, q: np.ndarray) -> np.ndarray:
         """The lexical features of rows (document ``d[i]``, query ``q[i]``)."""
-        n, n_terms = len(d), len(index.vocab)
-        # each row's query terms, looked up in its document's sorted terms: one searchsorted
-        # on the globally sorted keys document * V + term
+        stats = index.stats
+        n, n_terms = len(d), stats.n_terms
+        # each row's query terms, looked up among its document's terms: the rows' (document,
+        # term) entries keyed row * V + term are sorted (each document's entries are sorted by
+        # term), so one searchsorted finds them all. Searching these few entries rather than the
+        # whole corpus's keeps the search in cache: it was half of a query's time.
         slot, row = _ragged(queries.ptr[q], queries.ptr[q + 1] - queries.ptr[q])
         term = queries.term[slot]
-        key = d[row] * n_terms + term
-        entry = np.minimum(np.searchsorted(index.entry_keys, key), len(index.entry_keys) - 1)
-        hit = index.entry_keys[entry] == key
-        entry, row, term, slot = entry[hit], row[hit], term[hit], slot[hit]
+        entries, entry_row = _ragged(index.indptr[d], index.indptr[d + 1] - index.indptr[d])
+        local_keys = entry_row * n_terms + index.terms[entries]
+        key = row * n_terms + term
+        found = np.minimum(np.searchsorted(local_keys, key), max(len(local_keys) - 1, 0))
+        hit = local_keys[found] == key if len(local_keys) else np.zeros(len(key), dtype=bool)
+        entry, row, term, slot = entries[found[hit]], row[hit], term[hit], slot[hit]
         qtf, query_pos, doc = queries.qtf[slot], queries.first_pos[slot], d[row]
         # the matched terms' positions; title positions come before title_len
         pos_index, owner = _ragged(index.pos_ptr[entry], index.pos_ptr[entry + 1] - index.pos_ptr[entry])
@@ -326,13 +461,13 @@ class FeatureExtractor:
 
         def bm25(field_tf: np.ndarray, name: str, length: np.ndarray) -> np.ndarray:
             k1, b = self.config.k1, self.config.b
-            norm = k1 * (1 - b + b * length[doc] / index.avg_len[name])
+            norm = k1 * (1 - b + b * length[doc] / stats.avg_len[name])
             saturation = np.divide(field_tf, field_tf + norm, out=np.zeros(len(field_tf)), where=field_tf > 0)
-            return np.bincount(row, weights=qtf * index.idf[name][term] * saturation, minlength=n)
+            return np.bincount(row, weights=qtf * stats.idf[name][term] * saturation, minlength=n)
 
-        idf_doc = index.idf["doc"][term]
+        idf_doc = stats.idf["doc"][term]
         idf_max = _segment_reduce(np.maximum, idf_doc, row, n, 0.0)
-        dot = np.bincount(row, weights=qtf * tf * index.tfidf_idf[term] ** 2, minlength=n)
+        dot = np.bincount(row, weights=qtf * tf * stats.tfidf_idf[term] ** 2, minlength=n)
         length = queries.length[q]
         n_distinct = queries.n_distinct[q]
         positional = _positional(row, query_pos, owner, pos, n, length)

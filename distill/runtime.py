@@ -206,28 +206,19 @@ def check_request(query: Any, deadline_ms: Any, top_k: Any) -> None:
         raise InputError(f"expected an integer >= 1, got {top_k!r}", field="top_k")
 
 
-class _RuntimeStage:
-    """One stage of a runtime cascade: how it scores a request's documents, its cutoff and cost."""
+class DocumentScorer:
+    """Scores of one query's documents from any ranker (see the module docstring): its
+    ``score_documents``, else its ``score(queries, docs)`` (a pending reduced precision settled
+    once, under a lock, on the first request's pairs), else ``rerank`` on a one-query dataset."""
 
-    def __init__(self, name: str, ranker: Any, cutoff: int | None, cost: StageCost | None,
-                 replays_first_stage: bool) -> None:
-        self.name, self.ranker, self.cutoff, self.cost = name, ranker, cutoff, cost
-        self.replays_first_stage = replays_first_stage
-        self._settle_lock = threading.Lock() if hasattr(ranker, "settle_precision") else None
-        self._settled = self._settle_lock is None
+    def __init__(self, ranker: Any, corpus: Dataset | None = None) -> None:
+        self.ranker = ranker
+        if hasattr(ranker, "prepare_runtime"):
+            ranker.prepare_runtime(corpus)
+        self._settle_lock = threading.Lock()
+        self._settled = not hasattr(ranker, "settle_precision")
 
-    def expected_ms(self, n_docs: int) -> float:
-        """The spec's cost for ``n_docs`` candidates; 0 for the replayed first stage (its cost
-        is the retrieval's, spent before the request) and for a stage without a cost."""
-        if self.replays_first_stage or self.cost is None:
-            return 0.0
-        return self.cost.expected_ms(n_docs)
-
-    def score(self, query: str, docs: Documents) -> np.ndarray:
-        if self.replays_first_stage:
-            if docs.first_stage is not None:
-                return docs.first_stage
-            return np.arange(len(docs), 0, -1, dtype=np.float64)  # the input order
+    def __call__(self, query: str, docs: Documents) -> np.ndarray:
         ranker = self.ranker
         if hasattr(ranker, "score_documents"):
             return np.asarray(ranker.score_documents(query, docs), dtype=np.float64)
@@ -237,7 +228,6 @@ class _RuntimeStage:
         return self._rerank(query, docs)
 
     def _settle(self, query: str, docs: Documents) -> None:
-        """Settle a pending reduced precision once, on the first request's pairs, under a lock."""
         if self._settled:
             return
         with self._settle_lock:
@@ -246,7 +236,6 @@ class _RuntimeStage:
                 self._settled = True
 
     def _rerank(self, query: str, docs: Documents) -> np.ndarray:
-        """Any other ranker: ``rerank`` on a dataset of this one query and its documents."""
         corpus = pl.DataFrame({DOCID: docs.ids, TITLE: docs.titles, TEXT: docs.texts}, schema=CORPUS_SCHEMA)
         dataset = Dataset(corpus=corpus, queries=pl.DataFrame({QID: [_QUERY_ID], TEXT: [query]},
                                                               schema=QUERIES_SCHEMA),
@@ -257,7 +246,34 @@ class _RuntimeStage:
         return scored[SCORE].cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
 
-def _runtime_ranker(name: str, ranker: Any) -> Any:
+class _RuntimeStage:
+    """One stage of a runtime cascade: its scorer (None: the first stage, replaying the given
+    scores or the input order), cutoff and cost."""
+
+    def __init__(self, name: str, scorer: DocumentScorer | None, cutoff: int | None,
+                 cost: StageCost | None) -> None:
+        self.name, self.scorer, self.cutoff, self.cost = name, scorer, cutoff, cost
+
+    @property
+    def replays_first_stage(self) -> bool:
+        return self.scorer is None
+
+    def expected_ms(self, n_docs: int) -> float:
+        """The spec's cost for ``n_docs`` candidates; 0 for the replayed first stage (its cost
+        is the retrieval's, spent before the request) and for a stage without a cost."""
+        if self.scorer is None or self.cost is None:
+            return 0.0
+        return self.cost.expected_ms(n_docs)
+
+    def score(self, query: str, docs: Documents) -> np.ndarray:
+        if self.scorer is not None:
+            return self.scorer(query, docs)
+        if docs.first_stage is not None:
+            return docs.first_stage
+        return np.arange(len(docs), 0, -1, dtype=np.float64)  # the input order
+
+
+def runtime_ranker(name: str, ranker: Any) -> Any:
     """The ranker a stage runs with: a teacher cache is replaced by its teacher model, since
     a request's pairs are not in any cache; a run file cannot score new documents."""
     from distill.rankers import RunRanker
@@ -282,12 +298,11 @@ class Runtime:
 
         self.corpus = corpus
         self.stages: list[_RuntimeStage] = []
+        dataset = None if corpus is None else corpus.dataset
         for i, s in enumerate(cascade.stages):
             replays = i == 0 and isinstance(s.ranker, RunRanker) and s.ranker.scores is None
-            ranker = s.ranker if replays else _runtime_ranker(s.name, s.ranker)
-            if not replays and hasattr(ranker, "prepare_runtime"):
-                ranker.prepare_runtime(None if corpus is None else corpus.dataset)
-            self.stages.append(_RuntimeStage(s.name, ranker, s.cutoff, cascade.costs.get(s.name), replays))
+            scorer = None if replays else DocumentScorer(runtime_ranker(s.name, s.ranker), dataset)
+            self.stages.append(_RuntimeStage(s.name, scorer, s.cutoff, cascade.costs.get(s.name)))
         lacking = [st.name for st in self.stages if st.cost is None and not st.replays_first_stage]
         if lacking:
             log.warning("stage(s) %s have no cost in the spec: deadlines cannot skip them", lacking)

@@ -161,3 +161,43 @@ def test_unknown_and_repeated_query_terms_count_in_the_query_length():
     got = dict(zip(names, x[0].tolist(), strict=True))
     assert got["query_length"] == 3 and got["coverage"] == pytest.approx(0.5)
     assert got["min_cover"] == 1 and got["longest_ngram"] == 1
+
+
+def test_analyze_is_bm25s_analysis(beir):
+    import bm25s
+    import Stemmer
+
+    texts = [*beir.corpus["text"].to_list(), *beir.queries["text"].to_list(),
+             "", "a", "The THE the", "naïve café 2nd 3-D x_y", "İstanbul ǅ ﬁ straße"]
+    expected = bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+                              show_progress=False)
+    assert analyze(texts) == expected
+
+
+def test_one_query_features_equal_the_runs(beir, run, extractor):
+    """The per-query path (corpus rows, or the same documents analysed now) gives transform's values."""
+    texts = dict(zip(beir.queries["qid"], beir.queries["text"], strict=True))
+    corpus = {d: (t, x) for d, t, x in beir.corpus.select("docid", "title", "text").iter_rows()}
+    for part in run.drop("rank").partition_by("qid", maintain_order=True):
+        expected = extractor.transform(beir, part)
+        docids, scores = part["docid"].to_list(), part["score"].to_numpy()
+        rows = extractor.rows_of(docids)
+        np.testing.assert_array_equal(extractor.features(texts[part["qid"][0]], rows, first_stage=scores), expected)
+        titles, bodies = zip(*(corpus[d] for d in docids), strict=True)
+        mixed = rows.copy()
+        mixed[::2] = -1  # every other document sent as text
+        np.testing.assert_array_equal(
+            extractor.features(texts[part["qid"][0]], mixed, titles, bodies, first_stage=scores), expected)
+
+
+def test_new_documents_use_the_corpus_statistics(beir, extractor):
+    n = beir.corpus.height
+    x = extractor.features("zyzzyva", np.array([-1, -1]), ["", ""], ["a zyzzyva here", "nothing"],
+                           first_stage=np.array([1.0, 2.0]))
+    got = [dict(zip(extractor.feature_names, row.tolist(), strict=True)) for row in x]
+    # a term no corpus document holds matches with document frequency 0
+    assert got[0]["coverage"] == 1 and got[0]["idf_max"] == pytest.approx(math.log1p((n + 0.5) / 0.5))
+    assert got[1]["coverage"] == 0 and math.isnan(got[1]["min_cover"])
+    assert [g["first_stage_rank"] for g in got] == [2, 1]
+    with pytest.raises(InputError, match="first-stage score"):
+        extractor.features("q", np.array([0]))
