@@ -86,6 +86,9 @@ class CrossEncoderGroupLoss(nn.Module):
 
     def __init__(self, model, loss: nn.Module) -> None:
         super().__init__()
+        if getattr(loss, "signature", "group") != "group":
+            raise ConfigError(f"{loss.name} is an in-batch loss: it scores every query against every document "
+                              "of the batch, which only the bi-encoder student does cheaply; choose a group loss")
         self.model = model
         self.loss = loss
 
@@ -137,7 +140,11 @@ class BiEncoderGroupLoss(nn.Module):
         query, docs = embeddings[0], torch.stack(embeddings[1:], dim=1)  # [B, H], [B, L, H]
         if self.similarity == "cosine":
             query, docs = nn.functional.normalize(query, dim=-1), nn.functional.normalize(docs, dim=-1)
-        student = torch.einsum("bh,blh->bl", query.float(), docs.float()) * self.scale
+        if getattr(self.loss, "signature", "group") == "in_batch":
+            # every query against every document of the batch, [B, B*L]: column c*L + j is doc j of group c
+            student = query.float() @ docs.float().flatten(0, 1).T * self.scale
+        else:
+            student = torch.einsum("bh,blh->bl", query.float(), docs.float()) * self.scale
         return self.loss(student, teacher, mask, relevance)
 
     def get_config_dict(self) -> dict[str, Any]:
