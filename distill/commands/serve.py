@@ -1,0 +1,47 @@
+"""``distill serve``: a cascade behind ``POST /rerank`` under a per-request deadline (see distill.serve)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from distill.serve import ServeConfig
+
+_D = ServeConfig()  # the single source of the defaults shown below
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        spec: Path = typer.Argument(..., help="Cascade spec (cascade.json from `distill cascade build` or the demo)."),
+        corpus: Path = typer.Option(None, help="Corpus JSONL whose document embeddings a bi-encoder stage "
+                                    "precomputes (stored next to the model); unknown documents are embedded "
+                                    "on the fly."),
+        host: str = typer.Option(_D.host, help="Address to bind (loopback by default; put a proxy in front)."),
+        port: int = typer.Option(_D.port, min=0, max=65535, help="Port."),
+        workers: int = typer.Option(_D.workers, min=1, help="Threads running the cascade."),
+        queue_size: int = typer.Option(_D.queue_size, min=1, help="Requests waiting for a worker; beyond: 503."),
+        deadline_ms: float = typer.Option(_D.deadline_ms, min=0.001, help="Deadline of requests that give none."),
+        max_deadline_ms: float = typer.Option(_D.max_deadline_ms, min=0.001, help="Largest deadline accepted."),
+        margin_ms: float = typer.Option(_D.margin_ms, min=0.0, help="Part of each deadline kept for parsing "
+                                        "and answering (not given to the cascade)."),
+        max_documents: int = typer.Option(_D.max_documents, min=1, help="Documents per request."),
+        max_document_chars: int = typer.Option(_D.max_document_chars, min=1, help="Characters per document."),
+        max_query_chars: int = typer.Option(_D.max_query_chars, min=1, help="Characters per query."),
+        max_body_bytes: int = typer.Option(_D.max_body_bytes, min=1, help="Request body size (413 beyond)."),
+        max_connections: int = typer.Option(_D.max_connections, min=1, help="Open connections (503 beyond)."),
+        access_log: bool = typer.Option(False, help="Log every request."),
+    ) -> None:
+        """Serve a cascade: POST /rerank {query, documents, top_k?, deadline_ms?}, GET /healthz, GET /metrics.
+        Requests that would miss their deadline skip expensive stages; those that cannot be answered in
+        time are shed with 503 and Retry-After."""
+        from distill.serve import run_server
+
+        config = ServeConfig(
+            host=host, port=port, workers=workers, queue_size=queue_size, deadline_ms=deadline_ms,
+            max_deadline_ms=max_deadline_ms, margin_ms=margin_ms, max_documents=max_documents,
+            max_document_chars=max_document_chars, max_query_chars=max_query_chars, max_body_bytes=max_body_bytes,
+            max_connections=max_connections,
+        )
+        run_server(spec, config, corpus=corpus, access_log=access_log)

@@ -1,0 +1,352 @@
+"""Open-loop load on `distill serve`: the sustainable rate, then 0.5x, 1x, 2x and 4x that rate.
+
+Starts ``distill serve SPEC`` as a subprocess on 127.0.0.1 and sends it requests over loopback
+from one asyncio process (httpx): Poisson arrivals at a fixed rate, each request sent when it
+is due whatever is still in flight (open loop: a slow server cannot slow the load down), at
+most ``--max-in-flight`` at once (beyond that a request counts as an error). The client runs
+on the same cores as the server: on a 2-core machine its CPU time is taken from the server's.
+
+Each request is one query of ``--data``'s ``--split`` with its BM25 top ``--k`` documents
+(``{id, title, text, score}``: the BM25 score is the first stage) and the deadline. Latency
+is measured at the client from the request's scheduled send time, so queueing in the client
+counts too. A request is answered within the deadline when a 200 or a 503 (shed) arrived
+within it; errors are everything else (other statuses, timeouts, refused connections).
+
+Deadline: ``--deadline-ms``, or 3x the client-measured p50 of unloaded, sequential requests.
+Sustainable rate: the highest rate (found by growing the rate by 1.5x, then bisecting) at
+which no stage is skipped, nothing is shed or fails and the p99 stays within the deadline.
+
+    python scripts/bench_serve.py --spec demo_out/cascade.json --data demo_out/data [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from _common import save_results
+
+LOADS = (0.5, 1.0, 2.0, 4.0)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", type=Path, required=True, help="Cascade spec to serve.")
+    p.add_argument("--data", type=Path, required=True, help="BEIR folder: queries, corpus and qrels/<split>.tsv.")
+    p.add_argument("--split", default="test")
+    p.add_argument("--corpus", type=Path, default=None, help="Passed to `distill serve --corpus` "
+                   "(default: DATA/corpus.jsonl; 'none' for no corpus).")
+    p.add_argument("--k", type=int, default=100, help="Documents per request (BM25's top k).")
+    p.add_argument("--deadline-ms", type=float, default=None, help="Deadline of every request "
+                   "(default: 3x the unloaded p50).")
+    p.add_argument("--trial-s", type=float, default=30.0, help="Seconds of load per reported rate.")
+    p.add_argument("--search-s", type=float, default=12.0, help="Seconds of load per trial of the rate search.")
+    p.add_argument("--bisect", type=int, default=4, help="Bisection steps of the rate search.")
+    p.add_argument("--workers", type=int, default=1, help="`distill serve --workers`.")
+    p.add_argument("--queue-size", type=int, default=64, help="`distill serve --queue-size`.")
+    p.add_argument("--max-in-flight", type=int, default=512, help="Client bound on open requests.")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="Client timeout per request (an error).")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench_out/serve"))
+    p.add_argument("--quick", action="store_true", help="Short trials (a smoke run, not a measurement).")
+    args = p.parse_args()
+    if args.quick:
+        args.trial_s, args.search_s, args.bisect = 6.0, 4.0, 1
+    return args
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def payloads(data: Path, split: str, k: int) -> list[dict]:
+    """One request body per query: its BM25 top k as ``{id, title, text, score}``."""
+    import polars as pl
+
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+
+    dataset = load_beir(data, split)
+    run = bm25_run(dataset, k)
+    corpus = dataset.corpus.select("docid", "title", "text")
+    docs = run.join(corpus, on="docid", how="left").sort(["qid", "score"], descending=[False, True])
+    queries = dict(zip(dataset.queries["qid"], dataset.queries["text"]))
+    out = []
+    for part in docs.partition_by("qid", maintain_order=True):
+        out.append({"query": queries[part["qid"][0]], "documents": [
+            {"id": r["docid"], "title": r["title"] or "", "text": r["text"] or "", "score": float(r["score"])}
+            for r in part.select("docid", "title", "text", pl.col("score")).to_dicts()]})
+    return out
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
+    corpus = args.corpus or args.data / "corpus.jsonl"
+    cmd = [sys.executable, "-m", "distill.cli", "serve", str(args.spec), "--port", str(port),
+           "--workers", str(args.workers), "--queue-size", str(args.queue_size)]
+    if str(corpus) != "none":
+        cmd += ["--corpus", str(corpus)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("server:", " ".join(cmd), flush=True)
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+async def wait_healthy(base: str, server: subprocess.Popen, limit_s: float = 600.0) -> dict:
+    import httpx
+
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=2.0) as client:
+        while time.perf_counter() - start < limit_s:
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited with code {server.returncode}; see its log")
+            try:
+                r = await client.get("/healthz")
+                if r.status_code == 200:
+                    return r.json()
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.5)
+    raise SystemExit("the server did not come up")
+
+
+# -- load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    """What one rate did, as the client saw it."""
+
+    rate: float
+    seconds: float
+    deadline_ms: float
+    requests: int = 0
+    ok: int = 0  # 200, every stage ran
+    degraded: int = 0  # 200 with a skipped stage
+    shed: int = 0  # 503
+    errors: Counter = field(default_factory=Counter)
+    within: int = 0  # 200 or 503 within the deadline
+    skipped: Counter = field(default_factory=Counter)  # per stage
+    latency_ms: list = field(default_factory=list)  # 200 and 503
+    ok_latency_ms: list = field(default_factory=list)  # 200
+
+    def summary(self) -> dict:
+        answered = np.asarray(self.latency_ms)
+        ok = np.asarray(self.ok_latency_ms)
+
+        def pct(a, q):
+            return round(float(np.percentile(a, q)), 2) if a.size else None
+
+        n = max(self.requests, 1)
+        return {
+            "rate": round(self.rate, 2), "seconds": self.seconds, "deadline_ms": self.deadline_ms,
+            "requests": self.requests, "ok": self.ok, "degraded": self.degraded, "shed": self.shed,
+            "errors": sum(self.errors.values()), "error_kinds": dict(self.errors),
+            "within_deadline": round(self.within / n, 4), "answered_200": round((self.ok + self.degraded) / n, 4),
+            "p50_ms": pct(answered, 50), "p99_ms": pct(answered, 99), "p99_200_ms": pct(ok, 99),
+            "skipped": dict(self.skipped),
+        }
+
+    def sustainable(self) -> bool:
+        s = self.summary()
+        return (self.requests > 0 and self.degraded == 0 and self.shed == 0 and s["errors"] == 0
+                and s["p99_ms"] is not None and s["p99_ms"] <= self.deadline_ms)
+
+
+async def one(client, body: bytes, scheduled: float, trial: Trial) -> None:
+    import httpx
+
+    try:
+        r = await client.post("/rerank", content=body, headers={"content-type": "application/json"})
+    except httpx.TimeoutException:
+        trial.errors["timeout"] += 1
+        return
+    except httpx.TransportError as err:
+        trial.errors[type(err).__name__] += 1
+        return
+    ms = (time.perf_counter() - scheduled) * 1000.0
+    if r.status_code == 200:
+        stages = r.json()["stages"]
+        skipped = [s["name"] for s in stages if not s["ran"]]
+        trial.skipped.update(skipped)
+        trial.degraded += bool(skipped)
+        trial.ok += not skipped
+        trial.ok_latency_ms.append(ms)
+    elif r.status_code == 503:
+        trial.shed += 1
+    else:
+        trial.errors[f"http {r.status_code}"] += 1
+        return
+    trial.latency_ms.append(ms)
+    trial.within += ms <= trial.deadline_ms
+
+
+async def load(base: str, bodies: list[bytes], rate: float, seconds: float, deadline_ms: float,
+               args: argparse.Namespace, rng: np.random.Generator) -> Trial:
+    """Poisson arrivals at ``rate`` for ``seconds``; waits for the last answer (or its timeout)."""
+    import httpx
+
+    trial = Trial(rate, seconds, deadline_ms)
+    limits = httpx.Limits(max_connections=args.max_in_flight, max_keepalive_connections=args.max_in_flight)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=args.timeout_s) as client:
+        tasks: set[asyncio.Task] = set()
+        start = time.perf_counter()
+        due = start
+        while True:
+            due += rng.exponential(1.0 / rate)
+            if due - start > seconds:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            trial.requests += 1
+            if len(tasks) >= args.max_in_flight:
+                trial.errors["client in-flight bound"] += 1
+                continue
+            body = bodies[int(rng.integers(len(bodies)))]
+            task = asyncio.create_task(one(client, body, due, trial))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks)
+    return trial
+
+
+def encode(bodies: list[dict], deadline_ms: float) -> list[bytes]:
+    return [json.dumps({**b, "deadline_ms": deadline_ms}).encode() for b in bodies]
+
+
+async def unloaded_p50(base: str, bodies: list[dict], n: int) -> tuple[float, list[str]]:
+    """Client-measured p50 of ``n`` sequential requests with a generous deadline, and any stage skipped."""
+    import httpx
+
+    ms, skipped = [], []
+    async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
+        for body in encode(bodies[:n], 60_000.0):
+            start = time.perf_counter()
+            r = await client.post("/rerank", content=body, headers={"content-type": "application/json"})
+            r.raise_for_status()
+            ms.append((time.perf_counter() - start) * 1000.0)
+            skipped += [s["name"] for s in r.json()["stages"] if not s["ran"]]
+    return float(np.median(ms)), skipped
+
+
+async def find_sustainable(base: str, bodies: list[bytes], start_rate: float, deadline_ms: float,
+                           args: argparse.Namespace, rng: np.random.Generator) -> tuple[float, list[dict]]:
+    """Grow the rate by 1.5x until a trial is not sustainable, then bisect; the highest passing rate."""
+    tried, good, bad, rate = [], None, None, start_rate
+    while good is None or bad is None:
+        trial = await load(base, bodies, rate, args.search_s, deadline_ms, args, rng)
+        tried.append(trial.summary() | {"sustainable": trial.sustainable()})
+        print("search", tried[-1], flush=True)
+        if trial.sustainable():
+            good = rate
+        else:
+            bad = rate
+        if good is None:
+            rate /= 2
+            if rate < start_rate / 64:
+                raise SystemExit("no sustainable rate found: is the deadline below one request's latency?")
+        elif bad is None:
+            rate *= 1.5
+        await asyncio.sleep(2.0)
+    for _ in range(args.bisect):
+        rate = math.sqrt(good * bad)
+        trial = await load(base, bodies, rate, args.search_s, deadline_ms, args, rng)
+        tried.append(trial.summary() | {"sustainable": trial.sustainable()})
+        print("search", tried[-1], flush=True)
+        good, bad = (rate, bad) if trial.sustainable() else (good, rate)
+        await asyncio.sleep(2.0)
+    return good, tried
+
+
+def cpu_flags() -> dict:
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": model, "cores": os.cpu_count(), "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_tile" in flags,
+            "loadavg_at_start": os.getloadavg()}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| load | rate (req/s) | requests | p50 ms | p99 ms | within deadline | 200 full | 200 degraded "
+            "| 503 shed | errors | stages skipped |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        skipped = ", ".join(f"{k} {v}" for k, v in r["skipped"].items()) or "none"
+        lines.append(f"| {r['load']}x | {r['rate']:.1f} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | "
+                     f"{r['within_deadline']:.1%} | {r['ok']} | {r['degraded']} | {r['shed']} | {r['errors']} | "
+                     f"{skipped} |")
+    return "\n".join(lines)
+
+
+async def bench(args: argparse.Namespace) -> dict:
+    rng = np.random.default_rng(args.seed)
+    requests = payloads(args.data, args.split, args.k)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(args, port, args.out / "server.log")
+    try:
+        health = await wait_healthy(base, server)
+        print("serving", health, flush=True)
+        p50, skipped = await unloaded_p50(base, requests, 10 if args.quick else 30)
+        if skipped:
+            print(f"note: stages skipped even under a 60 s deadline: {Counter(skipped)}", flush=True)
+        deadline = args.deadline_ms or float(math.ceil(3 * p50))
+        print(f"unloaded p50 {p50:.1f} ms; deadline {deadline:g} ms", flush=True)
+        bodies = encode(requests, deadline)
+        sustainable, search = await find_sustainable(base, bodies, 0.5 * 1000.0 / p50, deadline, args, rng)
+        rows = []
+        for factor in LOADS:
+            trial = await load(base, bodies, factor * sustainable, args.trial_s, deadline, args, rng)
+            rows.append({"load": factor, **trial.summary()})
+            print(rows[-1], flush=True)
+            await asyncio.sleep(3.0)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return {"cascade": health["cascade"], "spec": str(args.spec), "data": str(args.data), "split": args.split,
+            "k": args.k, "workers": args.workers, "queue_size": args.queue_size, "unloaded_p50_ms": round(p50, 2),
+            "deadline_ms": deadline, "sustainable_rate": round(sustainable, 2), "search": search, "rows": rows,
+            "machine": cpu_flags(), "quick": args.quick}
+
+
+def main() -> None:
+    args = parse_args()
+    results = asyncio.run(bench(args))
+    save_results(args.out, "bench_serve", results)
+    print()
+    print(table(results["rows"]))
+
+
+if __name__ == "__main__":
+    main()
