@@ -14,8 +14,9 @@ import polars as pl
 from distill.data import Dataset
 from distill.schema import DOCID, QID
 
-# how many pairs a pending reduced precision is checked on (teachers.precision uses it too)
-SETTLE_PAIRS = 256
+# how many pairs a model's precision is measured and checked on (teachers.precision uses it too):
+# tens of pairs, so that choosing it costs a small share of any run
+SETTLE_PAIRS = 32
 
 
 @runtime_checkable
@@ -33,14 +34,15 @@ class Ranker(Protocol):
     def get_config_dict(self) -> dict[str, Any]: ...
 
 
-def settle_precision(ranker: Any, dataset: Dataset, run: pl.DataFrame) -> None:
-    """Let ``ranker`` check a pending reduced precision on up to :data:`SETTLE_PAIRS` of ``run``'s pairs.
+def settle_precision(ranker: Any, dataset: Dataset, run: pl.DataFrame, seed: int = 0) -> None:
+    """Let ``ranker`` settle its precision on a seeded sample of :data:`SETTLE_PAIRS` of ``run``'s pairs.
 
-    A model asked for bf16/fp16 keeps it only if its scores agree with fp32 on the pairs it
-    first sees; a query's few pairs can pass where a larger sample fails, so callers that
-    score query by query settle it here first. Rankers without a pending precision ignore it.
+    A model asked for ``auto`` (or bf16/fp16) times and checks its precisions against fp32
+    on the pairs it first sees; one query's few pairs say little about speed or fidelity,
+    so callers that score query by query settle it here first, on pairs drawn from all
+    queries. Rankers without a pending precision ignore it.
     """
     settle = getattr(ranker, "settle_precision", None)
     if settle is not None and run.height:
-        sample = run.head(SETTLE_PAIRS)
+        sample = run.sample(min(SETTLE_PAIRS, run.height), seed=seed)
         settle(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]))

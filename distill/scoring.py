@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from distill.cache import TeacherCache, shard_of
@@ -53,6 +54,29 @@ def select_shard(pairs: pl.DataFrame, shard: tuple[int, int] | None) -> pl.DataF
     return pairs.filter(pl.Series(part == i))
 
 
+def missing_pairs(
+    run: pl.DataFrame, cache: TeacherCache, shard: tuple[int, int] | None = None
+) -> tuple[pl.DataFrame, ScoreStats]:
+    """The (qid, docid) pairs of ``run`` in ``shard`` that the cache lacks, and the counts so far."""
+    pairs = run.select(QID, DOCID).unique(maintain_order=True)
+    mine = select_shard(pairs, shard)
+    todo = cache.missing(mine)
+    stats = ScoreStats(candidates=pairs.height, in_shard=mine.height, already_cached=mine.height - todo.height,
+                       scored=0, seconds=0.0)
+    log.info("%d candidate pairs, %d in this shard, %d already cached, %d to score",
+             pairs.height, mine.height, stats.already_cached, todo.height)
+    return todo, stats
+
+
+def with_texts_by_length(dataset: Dataset, todo: pl.DataFrame) -> pl.DataFrame:
+    """``todo`` with ``query`` and ``doc`` texts, longest pairs first, so chunks cut from it in
+    order hold pairs of similar length and the teacher pads little."""
+    todo = todo.with_columns(
+        pl.Series("query", dataset.query_texts(todo[QID])), pl.Series("doc", dataset.doc_texts(todo[DOCID])),
+    ).with_columns((pl.col("query").str.len_chars() + pl.col("doc").str.len_chars()).alias("_len"))
+    return todo.sort("_len", descending=True, maintain_order=True).drop("_len")
+
+
 def score_into_cache(
     teacher,
     dataset: Dataset,
@@ -69,21 +93,10 @@ def score_into_cache(
     length and the teacher pads little; the teacher sorts by token length within a chunk.
     """
     start = time.perf_counter()
-    pairs = run.select(QID, DOCID).unique(maintain_order=True)
-    mine = select_shard(pairs, shard)
-    todo = cache.missing(mine)
-    stats = ScoreStats(candidates=pairs.height, in_shard=mine.height, already_cached=mine.height - todo.height,
-                       scored=0, seconds=0.0)
-    log.info("%d candidate pairs, %d in this shard, %d already cached, %d to score",
-             pairs.height, mine.height, stats.already_cached, todo.height)
+    todo, stats = missing_pairs(run, cache, shard)
     if todo.height == 0:
         return stats
-    queries = dataset.query_texts(todo[QID])
-    docs = dataset.doc_texts(todo[DOCID])
-    todo = todo.with_columns(
-        pl.Series("query", queries), pl.Series("doc", docs),
-    ).with_columns((pl.col("query").str.len_chars() + pl.col("doc").str.len_chars()).alias("_len"))
-    todo = todo.sort("_len", descending=True, maintain_order=True)
+    todo = with_texts_by_length(dataset, todo)
     with _progress(show_progress, todo.height) as advance:
         for offset in range(0, todo.height, flush_pairs):
             chunk = todo.slice(offset, flush_pairs)
@@ -94,6 +107,27 @@ def score_into_cache(
     stats.seconds = time.perf_counter() - start
     log.info("scored %d pairs in %.1fs (%.1f pairs/s)", stats.scored, stats.seconds, stats.pairs_per_s)
     return stats
+
+
+def score_through_cache(
+    teacher, dataset: Dataset, pairs: pl.DataFrame, cache: TeacherCache, keep: pl.DataFrame
+) -> tuple[np.ndarray, int]:
+    """Scores of the rows of ``pairs`` (qid, docid), in order, and how many came from the cache.
+
+    Pairs the cache holds are read back; the others are scored, and those among ``keep``
+    (the candidates) are appended to the cache, so scoring them later costs nothing.
+    """
+    cached = pairs.select(QID, DOCID).join(cache.scores(), on=[QID, DOCID], how="left", maintain_order="left")
+    scores = cached[SCORE].to_numpy().astype(np.float32, copy=True)
+    todo = np.flatnonzero(cached[SCORE].is_null().to_numpy())
+    if len(todo):
+        fresh = cached[todo].select(QID, DOCID)
+        scores[todo] = teacher.score(dataset.query_texts(fresh[QID]), dataset.doc_texts(fresh[DOCID]))
+        scored = fresh.with_columns(pl.Series(SCORE, scores[todo])).unique([QID, DOCID], maintain_order=True)
+        kept = scored.join(keep.select(QID, DOCID).unique(), on=[QID, DOCID], how="semi")
+        if kept.height:
+            cache.append(kept)
+    return scores, len(pairs) - len(todo)
 
 
 class _progress:

@@ -5,5 +5,7 @@ from teachers.cross_encoder import CrossEncoderTeacher
 from teachers.generative import GenerativeTeacher, PromptTemplate
 from teachers.loading import load_teacher
 from teachers.sanity import check_teacher
+from teachers.scoring import TeacherScoring, score_teacher
 
-__all__ = ["CrossEncoderTeacher", "GenerativeTeacher", "PromptTemplate", "Teacher", "check_teacher", "load_teacher"]
+__all__ = ["CrossEncoderTeacher", "GenerativeTeacher", "PromptTemplate", "Teacher", "TeacherScoring", "check_teacher",
+           "load_teacher", "score_teacher"]

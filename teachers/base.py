@@ -1,7 +1,9 @@
 """What every teacher is: a model that scores (query, document) pairs with raw logits.
 
 The cache stores those logits next to :meth:`Teacher.fingerprint`, which names everything
-that changes them (model and weights, max_length, prompt template, precision in use).
+that changes them (model and weights, max_length, prompt template, precision in use). The
+precision is settled once, by measurement (:mod:`teachers.precision`), on the first pairs a
+teacher sees, or taken over from a cache that recorded it (:meth:`Teacher.resume_precision`).
 Teachers also follow :class:`distill.ranking.Ranker`, so a teacher, or a cross-encoder
 student folder loaded as one, is evaluated and cascaded like any other reranker.
 """
@@ -22,13 +24,14 @@ from distill.errors import ConfigError, InputError
 from distill.schema import DOCID, QID, SCORE, require_columns
 from teachers.batching import default_max_tokens, score_batches
 from teachers.device import resolve_device
-from teachers.precision import check_dtype_name, check_precision, target_dtype, torch_dtype
+from teachers.precision import PrecisionChoice, candidate_dtypes, check_dtype_name, choose_precision, torch_dtype
 
 if TYPE_CHECKING:
     import torch
 
     from distill.data import Dataset
 
+DTYPES_IN_USE = ("fp32", "bf16", "fp16")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
@@ -108,9 +111,11 @@ class Teacher(ABC):
         self.pad_id = 0
         self._source: dict[str, str] | None = None
         self.dtype = "fp32"
-        target = target_dtype(dtype, self.device)
-        # A reduced precision waits for pairs to check it on (see settle_precision).
-        self._pending_dtype = None if target == "fp32" else target
+        # The precisions this teacher may end up in; with more than one, the choice waits for
+        # pairs to measure them on (see settle_precision).
+        self.dtype_candidates = candidate_dtypes(dtype, self.device)
+        self.precision: dict[str, Any] | None = None  # what settle_precision measured
+        self._pending = len(self.dtype_candidates) > 1
         self._load_fp32()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -148,8 +153,17 @@ class Teacher(ABC):
             raise ValueError(f"{len(queries)} queries but {len(docs)} documents")
         if not len(queries):
             return np.empty(0, dtype=np.float32)
-        self.settle_precision(queries, docs)
-        return self._score(queries, docs, progress)
+        choice = self.settle_precision(queries, docs)
+        if choice is None:
+            return self._score(queries, docs, progress)
+        scores = np.empty(len(queries), dtype=np.float32)  # the measured sample's scores are kept
+        scores[choice.index] = choice.scores
+        if progress is not None:
+            progress(len(choice.index))
+        rest = np.setdiff1d(np.arange(len(queries)), choice.index)
+        if len(rest):
+            scores[rest] = self._score([queries[i] for i in rest], [docs[i] for i in rest], progress)
+        return scores
 
     def _score(
         self, queries: Sequence[str], docs: Sequence[str], progress: Callable[[int], None] | None = None
@@ -157,19 +171,61 @@ class Teacher(ABC):
         return score_batches(self._encode(queries, docs), self._forward, self.device, self.max_tokens_per_batch,
                              self.pad_id, self.padding_side, progress)
 
-    def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> str:
-        """Check a pending reduced precision on a sample of these pairs; return the dtype in use.
+    @property
+    def precision_pending(self) -> bool:
+        """Whether the precision still waits to be measured (or resumed from a cache)."""
+        return self._pending
 
-        Runs once (the first :meth:`score` calls it); afterwards the dtype is fixed.
+    def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> PrecisionChoice | None:
+        """Choose the precision on a small sample of these pairs, once; None when already settled.
+
+        ``dtype="auto"`` times each candidate precision and keeps the fastest that ranks like
+        fp32 (never one slower than fp32); an explicit reduced dtype is only checked against
+        fp32. The returned choice holds the sample's scores in the chosen precision, for the
+        caller to keep. The first :meth:`score` calls this itself.
         """
-        if self._pending_dtype is not None:
-            result = check_precision(self._score, self._cast, self._pending_dtype, queries, docs, self.name)
-            self._pending_dtype = None
-            if result.passed:
-                self.dtype = result.dtype
-            else:
-                self._load_fp32()  # casting down lost the fp32 weights; load them again
-        return self.dtype
+        if not self._pending or not len(queries):
+            return None
+        choice = choose_precision(self._score, self._cast, self._load_fp32, self.dtype_candidates, queries, docs,
+                                  self.name, timed=self.requested_dtype == "auto")
+        self._settle(choice.dtype)
+        self.precision = choice.to_dict()
+        return choice
+
+    def use_precision(self, dtype: str) -> None:
+        """Compute in ``dtype`` from now on, without measuring or checking it.
+
+        For a precision chosen before: recorded in a cache this teacher resumes, or chosen by
+        the process that hands work to this one (a scale-out worker).
+        """
+        if check_dtype_name(dtype) == "auto":
+            raise ConfigError("use_precision needs a concrete dtype, not 'auto'", field="dtype")
+        if dtype != self.dtype:
+            if self.dtype != "fp32":
+                self._load_fp32()
+            if dtype != "fp32":
+                self._cast(dtype)
+        self._settle(dtype)
+
+    def resume_precision(self, recorded: dict[str, Any]) -> bool:
+        """Take over the precision in ``recorded`` (a cache's teacher fingerprint) when it names
+        this very teacher otherwise; True when taken over.
+
+        So a resumed run, and every worker of one, scores in the precision the cache was
+        started with instead of measuring again (and perhaps choosing differently).
+        """
+        dtype = recorded.get("dtype")
+        wanted = self.requested_dtype == "auto" or dtype in self.dtype_candidates
+        if not self._pending or dtype not in DTYPES_IN_USE or not wanted:
+            return False
+        if {k: v for k, v in recorded.items() if k != "dtype"} != self._identity():
+            return False
+        self.use_precision(dtype)
+        return True
+
+    def _settle(self, dtype: str) -> None:
+        self.dtype = dtype
+        self._pending = False
 
     def _cast(self, dtype: str) -> None:
         self.model.to(torch_dtype(dtype))
@@ -187,19 +243,24 @@ class Teacher(ABC):
 
         A local model is named by its resolved path and the sha256 of its weight files, a hub
         model by its id and revision. Requires the precision to be settled: call
-        :meth:`settle_precision` (or :meth:`score`) first when a reduced dtype was asked for.
+        :meth:`settle_precision` (or :meth:`score`, or :meth:`resume_precision`) first when
+        more than one precision is possible.
         """
-        if self._pending_dtype is not None:
-            raise RuntimeError(f"{self.name}: {self._pending_dtype} is not checked yet; call settle_precision "
-                               "(queries, docs) or score() before fingerprint()")
+        if self._pending:
+            raise RuntimeError(f"{self.name}: the precision ({'/'.join(self.dtype_candidates)}) is not chosen yet; "
+                               "call settle_precision(queries, docs), resume_precision() or score() before "
+                               "fingerprint()")
+        return {**self._identity(), "dtype": self.dtype}
+
+    def _identity(self) -> dict[str, Any]:
+        """The fingerprint without the precision."""
         if self._source is None:
             if is_local(self.model_name_or_path):
                 folder = Path(self.model_name_or_path).expanduser().resolve()
                 self._source = {"model": str(folder), "weights_sha256": weights_sha256(folder)}
             else:
                 self._source = {"model": self.model_name_or_path, "revision": self.resolved_revision() or "main"}
-        return {"kind": self.kind, **self._source, "max_length": self.max_length, "dtype": self.dtype,
-                **self._scoring_options()}
+        return {"kind": self.kind, **self._source, "max_length": self.max_length, **self._scoring_options()}
 
     def resolved_revision(self) -> str | None:
         """The hub commit the loaded model came from (else the revision asked for; None locally)."""

@@ -35,6 +35,27 @@ def checkpoint_keys(folder: str | Path) -> set[str]:
     return keys
 
 
+def seed_parameters(model: Any, names: list[str], seed: int) -> None:
+    """Initialise the parameters ``names`` from ``seed`` alone, the same in every process.
+
+    transformers draws freshly initialised parameters from the global RNG, so each process
+    would get another head. Matrices are drawn as the model's own init does (normal, std
+    ``initializer_range``), biases are zero and norm scales one.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for name in sorted(names):
+            param = model.get_parameter(name)
+            if param.dim() >= 2:
+                values = torch.empty(param.shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
+            else:
+                values = torch.zeros(param.shape) if name.endswith("bias") else torch.ones(param.shape)
+            param.copy_(values)
+
+
 def untrained_head(model: Any, folder: str | Path) -> list[str]:
     """Parameters outside the base model (the classification head) that the checkpoint lacks.
 
@@ -53,7 +74,8 @@ class CrossEncoderTeacher(Teacher):
     Loads through :class:`sentence_transformers.CrossEncoder` (hub id or local folder) and
     scores with the underlying transformers model and tokenizer, batched by token budget.
     A model whose classification head is not in its checkpoint is refused unless
-    ``allow_untrained_head``.
+    ``allow_untrained_head``; then the head is drawn from ``head_seed``, so every process
+    scores alike, and the fingerprint records it.
     """
 
     kind = "cross-encoder"
@@ -68,8 +90,11 @@ class CrossEncoderTeacher(Teacher):
         trust_remote_code: bool = False,
         allow_untrained_head: bool = False,
         max_tokens_per_batch: int | None = None,
+        head_seed: int = 0,
     ) -> None:
         self.allow_untrained_head = allow_untrained_head
+        self.head_seed = head_seed
+        self.untrained: list[str] = []
         super().__init__(model_name_or_path, max_length=max_length, dtype=dtype, device=device, revision=revision,
                          trust_remote_code=trust_remote_code, max_tokens_per_batch=max_tokens_per_batch)
 
@@ -102,14 +127,15 @@ class CrossEncoderTeacher(Teacher):
             raise ConfigError(f"the model has {self.num_labels} labels; a reranker has 1 (a score) or 2 "
                               "(not relevant, relevant)", path=self.model_name_or_path)
         self.model = model.eval()
-        if not self.allow_untrained_head:
-            missing = untrained_head(model, local_model_folder(self.model_name_or_path, self.resolved_revision()))
-            if missing:
-                raise ConfigError(
-                    f"the model has no trained classification head (its checkpoint lacks {', '.join(missing)}), "
-                    "so its scores would be random; pass --allow-untrained-head (allow_untrained_head=True) "
-                    "to use it anyway", path=self.model_name_or_path,
-                )
+        missing = untrained_head(model, local_model_folder(self.model_name_or_path, self.resolved_revision()))
+        if missing and not self.allow_untrained_head:
+            raise ConfigError(
+                f"the model has no trained classification head (its checkpoint lacks {', '.join(missing)}), "
+                "so its scores would be random; pass --allow-untrained-head (allow_untrained_head=True) "
+                "to use it anyway", path=self.model_name_or_path,
+            )
+        seed_parameters(model, missing, self.head_seed)
+        self.untrained = missing
         self.tokenizer = cross_encoder.tokenizer
         self.lowercase = bool(getattr(modules[0], "do_lower_case", False))
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -126,5 +152,9 @@ class CrossEncoderTeacher(Teacher):
         logits = self.model(**batch).logits.float()
         return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
 
+    def _scoring_options(self) -> dict[str, Any]:
+        # only an untrained head changes the scores: a trained one ignores both options
+        return {"allow_untrained_head": True, "head_seed": self.head_seed} if self.untrained else {}
+
     def _config_extra(self) -> dict[str, Any]:
-        return {"allow_untrained_head": self.allow_untrained_head}
+        return {"allow_untrained_head": self.allow_untrained_head, "head_seed": self.head_seed}

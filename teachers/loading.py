@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,18 @@ def detect_kind(model_name_or_path: str | Path, revision: str | None = None, tru
 
 
 def load_teacher(model_name_or_path: str | Path, kind: str = "auto", **kwargs: Any) -> Teacher:
-    """A teacher of ``kind`` (one of :data:`KINDS`); ``kwargs`` go to its constructor."""
+    """A teacher of ``kind`` (one of :data:`KINDS`); ``kwargs`` go to its constructor.
+
+    An option the kind does not take is dropped when unset (None or False), so callers may
+    pass every option they offer; set, it is a :class:`ConfigError`.
+    """
     if kind not in KINDS:
         raise ConfigError(f"unknown teacher kind {kind!r}; choose from {', '.join(KINDS)}", field="kind")
     if kind == "auto":
         kind = detect_kind(model_name_or_path, kwargs.get("revision"), kwargs.get("trust_remote_code", False))
-    return TEACHERS[kind](model_name_or_path, **kwargs)
+    cls = TEACHERS[kind]
+    accepted = inspect.signature(cls.__init__).parameters
+    for name in [n for n in kwargs if n not in accepted]:
+        if kwargs.pop(name) not in (None, False):
+            raise ConfigError(f"option {name} does not apply to a {kind} teacher", field=name)
+    return cls(model_name_or_path, **kwargs)

@@ -2,14 +2,15 @@
 
 A teacher with the wrong template, a flipped label order or a random head fails it, and a
 cache built from such a teacher would teach the students nothing; this catches that in a
-few seconds, before hours of scoring.
+few seconds, before hours of scoring. Given the cache being filled, it reads back the pairs
+already scored (preferring them as negatives) and keeps the candidate pairs it scores.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -19,6 +20,9 @@ from distill.errors import InputError
 from distill.schema import DOCID, QID, RELEVANCE
 from teachers.base import Teacher
 
+if TYPE_CHECKING:
+    from distill.cache import TeacherCache
+
 logger = logging.getLogger(__name__)
 
 MIN_WIN_RATE = 0.6
@@ -26,15 +30,17 @@ MIN_WIN_RATE = 0.6
 
 def check_teacher(
     teacher: Teacher, dataset: Dataset, run: pl.DataFrame, n_queries: int = 20, seed: int = 0,
-    n_negatives: int = 4, min_win_rate: float = MIN_WIN_RATE,
+    n_negatives: int = 4, min_win_rate: float = MIN_WIN_RATE, cache: TeacherCache | None = None,
 ) -> dict[str, Any]:
     """Score, for up to ``n_queries`` queries of ``run`` with judged positives, those positives
     and ``n_negatives`` unjudged candidates of ``run``.
 
     Returns ``pos_mean``, ``neg_mean`` (over pairs), ``win_rate`` (share of queries whose mean
-    positive score beats their median negative score), ``n_queries``, ``n_pairs`` and ``ok``
-    (positives above negatives on average and ``win_rate >= min_win_rate``). Logs a warning
-    when not ok.
+    positive score beats their median negative score), ``n_queries``, ``n_pairs``, ``reused``
+    (pairs read from ``cache``) and ``ok`` (positives above negatives on average and
+    ``win_rate >= min_win_rate``). Logs a warning when not ok. With ``cache``, negatives
+    the cache already scored are drawn first, and the candidate pairs scored here are added
+    to it.
     """
     qrels = dataset.qrels.join(run.select(QID).unique(), on=QID, how="semi")
     positives = qrels.filter(pl.col(RELEVANCE) > 0).group_by(QID).agg(pl.col(DOCID).sort())
@@ -45,13 +51,20 @@ def check_teacher(
         raise InputError("no query of the run has both a judged positive and an unjudged candidate")
     rng = random.Random(seed)
     rows = rng.sample(candidates.rows(), k=min(n_queries, candidates.height))
+    scored = set(cache.scores().select(QID, DOCID).iter_rows()) if cache is not None else set()
     qids, docids, labels = [], [], []
     for qid, pos, neg in rows:
-        for docid, label in [(d, 1) for d in pos] + [(d, 0) for d in rng.sample(neg, k=min(n_negatives, len(neg)))]:
+        for docid, label in [(d, 1) for d in pos] + [(d, 0) for d in _negatives(rng, qid, neg, n_negatives, scored)]:
             qids.append(qid)
             docids.append(docid)
             labels.append(label)
-    scores = teacher.score(dataset.query_texts(qids), dataset.doc_texts(docids))
+    pairs = pl.DataFrame({QID: qids, DOCID: docids}, schema={QID: pl.String, DOCID: pl.String})
+    if cache is None:
+        scores, reused = teacher.score(dataset.query_texts(qids), dataset.doc_texts(docids)), 0
+    else:
+        from distill.scoring import score_through_cache
+
+        scores, reused = score_through_cache(teacher, dataset, pairs, cache, keep=run)
     frame = pl.DataFrame({QID: qids, "label": labels, "score": scores.astype(np.float64)})
     per_query = frame.group_by(QID).agg(
         pl.col("score").filter(pl.col("label") == 1).mean().alias("pos"),
@@ -60,6 +73,7 @@ def check_teacher(
     report = {
         "n_queries": len(rows),
         "n_pairs": len(labels),
+        "reused": reused,
         "pos_mean": float(frame.filter(pl.col("label") == 1)["score"].mean()),
         "neg_mean": float(frame.filter(pl.col("label") == 0)["score"].mean()),
         "win_rate": float((per_query["pos"] > per_query["neg"]).mean()),
@@ -72,3 +86,11 @@ def check_teacher(
             teacher.name, report["pos_mean"], report["neg_mean"], 100 * report["win_rate"], len(rows),
         )
     return report
+
+
+def _negatives(rng: random.Random, qid: str, docids: list[str], k: int, scored: set[tuple[str, str]]) -> list[str]:
+    """``k`` of a query's unjudged candidates, drawn at random, those already scored first."""
+    done = [d for d in docids if (qid, d) in scored]
+    rest = [d for d in docids if (qid, d) not in scored]
+    first = rng.sample(done, k=min(k, len(done)))
+    return first + rng.sample(rest, k=min(k - len(first), len(rest)))

@@ -15,6 +15,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def fp32_auto_precision(monkeypatch):
+    """``dtype="auto"`` resolves to fp32 on every machine (AVX2, AVX-512-BF16, AMX, CUDA), so no
+    test depends on the CPU it runs on; precision tests fake the hardware they need instead."""
+    from teachers import precision
+
+    monkeypatch.setattr(precision, "native_dtypes", lambda device: ())
+
+
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory) -> Path:
     return tiny.build_bert_cross_encoder(tmp_path_factory.mktemp("tiny_ce"))

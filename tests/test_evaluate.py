@@ -263,7 +263,9 @@ def test_latency_settles_a_reduced_precision_on_many_pairs_before_timing(tiny):
 
     ranker.rerank = counting
     measure_latency(ranker, dataset, run, k=5, n_queries=3)
-    n = min(256, dataset.queries.height * 5)
+    from distill.ranking import SETTLE_PAIRS
+
+    n = min(SETTLE_PAIRS, dataset.queries.height * 5)
     assert calls == [(n, n, 0)] and n > 5
 
 

@@ -277,20 +277,23 @@ def test_precision_decision_on_fake_scores():
     assert not precision.judge_precision(np.ones(256), np.ones(256), "fp16").passed
 
 
-def test_auto_dtype_policy(tmp_path, monkeypatch):
+def test_auto_dtype_candidates(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     flags = tmp_path / "cpuinfo"
     flags.write_text("processor : 0\nflags : fpu sse avx2 avx512f amx_bf16\n")
     assert cpu_supports_bf16(flags)
     flags.write_text("processor : 0\nflags : fpu sse avx2\n")
     assert not cpu_supports_bf16(flags)
+    monkeypatch.undo()  # the real native_dtypes, on a faked CPU
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
-    assert precision.target_dtype("auto", cpu) == "fp32"
+    assert precision.candidate_dtypes("auto", cpu) == ("fp32",)
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    assert precision.target_dtype("auto", cpu) == "bf16"
-    assert precision.target_dtype("fp16", cpu) == "fp16"
+    assert precision.candidate_dtypes("auto", cpu) == ("fp32", "bf16")
+    assert precision.candidate_dtypes("fp16", cpu) == ("fp32", "fp16")
+    assert precision.candidate_dtypes("fp32", cpu) == ("fp32",)
+    assert precision.candidate_dtypes("auto", torch.device("mps")) == ("fp32",)
     with pytest.raises(ConfigError, match="auto, fp32, bf16, fp16"):
-        precision.target_dtype("int8", cpu)
+        precision.candidate_dtypes("int8", cpu)
 
 
 @pytest.mark.parametrize("passes", [True, False])
@@ -315,7 +318,7 @@ def test_reduced_precision_is_used_only_after_the_check(tiny_cross_encoder, monk
         assert not caplog.records
     else:
         assert teacher.fingerprint()["dtype"] == "fp32" and weights == torch.float32
-        assert "falling back to fp32" in caplog.text
+        assert "bf16 scores do not rank like fp32" in caplog.text
         fp32 = CrossEncoderTeacher(tiny_cross_encoder, max_length=128).score(queries, docs)
         np.testing.assert_array_equal(scores, fp32)
 
@@ -349,3 +352,188 @@ def test_check_teacher_warns_when_positives_lose(tiny_beir, caplog, sign):
     assert report["ok"] == (sign > 0)
     assert report["win_rate"] == (1.0 if sign > 0 else 0.0)
     assert ("does not rank judged positives" in caplog.text) == (sign < 0)
+
+
+class FakeModel:
+    """A model for choose_precision: pair i scores i (plus an error per precision), and scoring
+    advances a fake clock by its precision's seconds per pair."""
+
+    def __init__(self, seconds_per_pair: dict[str, float], bad: frozenset[str] = frozenset()) -> None:
+        self.cost, self.bad = seconds_per_pair, bad
+        self.dtype, self.clock, self.events = "fp32", 0.0, []
+
+    def score(self, queries, docs):
+        self.clock += self.cost[self.dtype] * len(queries)
+        scores = np.array([float(q[1:]) for q in queries])
+        if self.dtype in self.bad:
+            return np.random.default_rng(0).permutation(scores)
+        return scores + (0.0 if self.dtype == "fp32" else 1e-3)
+
+    def cast(self, dtype):
+        assert self.dtype == "fp32", "cast from fp32 weights only"
+        self.dtype = dtype
+        self.events.append(dtype)
+
+    def restore(self):
+        self.dtype = "fp32"
+        self.events.append("restore")
+
+    def choose(self, candidates, timed=True):
+        queries = [f"q{i}" for i in range(100)]
+        return precision.choose_precision(self.score, self.cast, self.restore, candidates, queries, queries, "fake",
+                                          timed=timed, timer=lambda: self.clock)
+
+
+@pytest.mark.parametrize("costs, bad, expected", [
+    ({"fp32": 1.0, "bf16": 1.5}, set(), "fp32"),  # slower, though it ranks like fp32
+    ({"fp32": 1.0, "bf16": 0.99}, set(), "fp32"),  # within timing noise of fp32
+    ({"fp32": 1.0, "bf16": 0.6}, set(), "bf16"),  # faster and ranks like fp32
+    ({"fp32": 1.0, "bf16": 0.6}, {"bf16"}, "fp32"),  # faster but ranks unlike fp32
+    ({"fp32": 1.0, "fp16": 0.4, "bf16": 0.6}, {"fp16"}, "bf16"),  # the fastest that passes
+    ({"fp32": 1.0, "fp16": 0.4, "bf16": 0.6}, set(), "fp16"),
+])
+def test_auto_keeps_the_fastest_precision_that_ranks_like_fp32(costs, bad, expected):
+    model = FakeModel(costs, frozenset(bad))
+    choice = model.choose(tuple(costs))
+    assert choice.dtype == expected == model.dtype  # the model is left in the chosen precision
+    assert model.events.count("restore") == sum(1 for d in model.events[:-1] if d != "restore")
+    n = len(choice.index)
+    assert n == precision.SAMPLE_PAIRS
+    np.testing.assert_array_equal(choice.scores, model.score([f"q{i}" for i in choice.index], []))
+    record = choice.to_dict()
+    assert record["dtype"] == expected and record["sample_pairs"] == n
+    measured = {m["dtype"]: m for m in record["measured"]}
+    assert set(measured) == set(costs)
+    for dtype, m in measured.items():
+        assert m["seconds"] == pytest.approx(costs[dtype] * n)  # timed after the warm-up batch
+        assert m["pairs_per_s"] == pytest.approx(1 / costs[dtype], rel=1e-3)
+        assert m["passed"] == (dtype not in bad)
+    assert measured["fp32"]["spearman"] is None
+    json.dumps(record)
+
+
+def test_explicit_reduced_precision_is_checked_not_timed():
+    slow = FakeModel({"fp32": 1.0, "bf16": 2.0})
+    assert slow.choose(("fp32", "bf16"), timed=False).dtype == "bf16"  # asked for, so kept though slower
+    assert slow.clock == 2 * precision.SAMPLE_PAIRS * 1.5  # no warm-up batches
+    bad = FakeModel({"fp32": 1.0, "bf16": 0.5}, frozenset({"bf16"}))
+    choice = bad.choose(("fp32", "bf16"), timed=False)
+    assert choice.dtype == bad.dtype == "fp32" and choice.measurements[1].seconds is None
+
+
+@pytest.fixture
+def fake_bf16(monkeypatch):
+    """A CPU with native bf16 on which the tiny model runs bf16 twice as fast as fp32 and ranks
+    like fp32 (both faked: the tiny model's own timings and bf16 ranks are machine noise)."""
+    monkeypatch.setattr(precision, "native_dtypes", lambda device: ("bf16",))
+    monkeypatch.setattr(precision, "judge_precision",
+                        lambda reference, candidate, dtype, min_spearman=0.999: precision.PrecisionCheck(dtype, 1, True))
+    clock = {"t": 0.0, "model": None}
+
+    def timer():
+        weights = next(clock["model"].parameters()).dtype
+        clock["t"] += 1.0 if weights == torch.float32 else 0.5
+        return clock["t"]
+
+    monkeypatch.setattr(precision, "perf_counter", timer)
+    return clock
+
+
+def counting(teacher: Teacher) -> list[int]:
+    """Count the pairs ``teacher`` runs through its model, call by call."""
+    calls: list[int] = []
+    inner = teacher._score
+
+    def score(queries, docs, progress=None):
+        calls.append(len(queries))
+        return inner(queries, docs, progress)
+
+    teacher._score = score
+    return calls
+
+
+def test_score_teacher_measures_once_keeps_the_sample_and_resumes_in_that_precision(
+        tiny_cross_encoder, tiny_beir, tmp_path, fake_bf16, monkeypatch):
+    from distill.bm25 import bm25_run
+    from distill.cache import TeacherCache, read_scores
+    from distill.errors import CacheMismatchError
+    from teachers import score_teacher
+
+    dataset = load_beir(tiny_beir, "train")
+    run = bm25_run(dataset, 10)
+    teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=128)
+    fake_bf16["model"] = teacher.model
+    calls = counting(teacher)
+    result = score_teacher(teacher, dataset, run.head(120), tmp_path / "cache", show_progress=False)
+
+    assert result.dtype == teacher.dtype == "bf16" and result.fingerprint["dtype"] == "bf16"
+    assert next(teacher.model.parameters()).dtype == torch.bfloat16
+    scores, manifest = read_scores(tmp_path / "cache")
+    assert manifest["teacher"]["dtype"] == "bf16" and manifest["precision"] == result.precision
+    assert [m["dtype"] for m in manifest["precision"]["measured"]] == ["fp32", "bf16"]
+    assert manifest["precision"]["measured"][1]["pairs_per_s"] > manifest["precision"]["measured"][0]["pairs_per_s"]
+    # the sample's scores are cache rows; the sanity check read them back and kept what it scored
+    n = precision.SAMPLE_PAIRS
+    assert result.sample_scored == n and result.sanity["reused"] > 0
+    assert result.sample_scored + result.sanity["kept"] + result.scoring.scored == 120 == scores.height
+    measuring = 2 * (precision.WARMUP_PAIRS + n)  # warm-up and timed sample, in fp32 and in bf16
+    sanity_only = result.sanity["n_pairs"] - result.sanity["reused"] - result.sanity["kept"]  # judged, not candidates
+    assert sum(calls) == measuring + result.sanity["kept"] + sanity_only + result.scoring.scored
+    again = teacher.score(dataset.query_texts(scores["qid"]), dataset.doc_texts(scores["docid"]))
+    np.testing.assert_allclose(again, scores["score"].to_numpy(), atol=1e-6)
+
+    # a resumed run (a new process: auto again) scores the rest in the recorded precision, unmeasured
+    chosen = []
+    monkeypatch.setattr(precision, "choose_precision", lambda *a, **k: chosen.append(a))
+    resumed = CrossEncoderTeacher(tiny_cross_encoder, max_length=128)
+    later = score_teacher(resumed, dataset, run, tmp_path / "cache", show_progress=False)
+    assert not chosen and later.reused_precision and later.precision is None and resumed.dtype == "bf16"
+    assert later.scored == later.sanity["kept"] + later.scoring.scored == run.height - 120
+    assert TeacherCache.open(tmp_path / "cache").manifest["precision"] == result.precision
+
+    # an explicit precision still wins: it is another teacher for this cache
+    with pytest.raises(CacheMismatchError, match="dtype"):
+        score_teacher(tiny_cross_encoder, dataset, run, tmp_path / "cache", dtype="fp32", max_length=128)
+
+
+def test_score_teacher_refuses_a_file_as_cache(tiny_cross_encoder, tiny_beir, tmp_path):
+    from distill.bm25 import bm25_run
+    from teachers import score_teacher
+
+    dataset = load_beir(tiny_beir, "train")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="folder"):
+        score_teacher(tiny_cross_encoder, dataset, bm25_run(dataset, 3), tmp_path / "file", max_length=128)
+
+
+def test_first_score_call_keeps_the_measured_sample(tiny_cross_encoder, fake_bf16):
+    teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=128)
+    fake_bf16["model"] = teacher.model
+    calls = counting(teacher)
+    queries, docs = mixed_pairs(50)
+    scores = teacher.score(queries, docs)
+    assert teacher.dtype == "bf16" and teacher.precision["dtype"] == "bf16"
+    n = precision.SAMPLE_PAIRS
+    assert sum(calls) == 2 * (precision.WARMUP_PAIRS + n) + (50 - n)  # the sample is not scored again
+    np.testing.assert_allclose(scores, teacher.score(queries, docs), atol=1e-6)
+
+
+# -- untrained head ------------------------------------------------------------------------------
+
+
+def test_untrained_head_is_drawn_from_its_seed(headless_bert, tiny_cross_encoder):
+    queries, docs = mixed_pairs(8)
+    scores = []
+    for global_seed in (1, 2):  # what transformers would draw a fresh head from
+        torch.manual_seed(global_seed)
+        scores.append(CrossEncoderTeacher(headless_bert, max_length=128, allow_untrained_head=True).score(queries, docs))
+    np.testing.assert_array_equal(*scores)
+    other = CrossEncoderTeacher(headless_bert, max_length=128, allow_untrained_head=True, head_seed=1)
+    assert not np.allclose(other.score(queries, docs), scores[0])
+    fingerprint = CrossEncoderTeacher(headless_bert, max_length=128, allow_untrained_head=True).fingerprint()
+    assert fingerprint["allow_untrained_head"] is True and fingerprint["head_seed"] == 0
+    assert other.fingerprint()["head_seed"] == 1
+    # a trained head ignores both options, and so does the fingerprint
+    trained = CrossEncoderTeacher(tiny_cross_encoder, max_length=128, allow_untrained_head=True, head_seed=5)
+    assert "head_seed" not in trained.fingerprint()
+    assert trained.fingerprint() == CrossEncoderTeacher(tiny_cross_encoder, max_length=128).fingerprint()

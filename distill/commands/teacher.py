@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV."),
         kind: str = typer.Option("auto", help="auto | cross-encoder | generative."),
         max_length: int = typer.Option(None, min=8, help="Tokens per pair [the model's own, at most 512]."),
-        dtype: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (reduced ones are checked vs fp32)."),
+        dtype: str = typer.Option("auto", help="auto (the fastest that ranks like fp32, timed on a sample) | fp32 | "
+                                  "bf16 | fp16 (reduced ones are checked vs fp32)."),
         device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu (default: best available)."),
         batch_tokens: int = typer.Option(None, help="Padded tokens per batch (default depends on device)."),
         shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N."),
@@ -33,29 +34,16 @@ def register(app: typer.Typer) -> None:
         sanity_check: bool = typer.Option(True, help="Check that positives outscore negatives on a sample."),
     ) -> None:
         """Score candidate pairs with a teacher into a resumable cache of raw logits."""
-        from distill.cache import TeacherCache
         from distill.inputs import load_dataset_and_run
-        from distill.manifest import frame_hash
-        from distill.ranking import settle_precision
-        from distill.scoring import parse_shard, score_into_cache
-        from teachers import check_teacher, load_teacher
+        from distill.scoring import parse_shard
+        from teachers.scoring import score_teacher as score
 
         shard_spec = parse_shard(shard)
         dataset, candidates = load_dataset_and_run(data, split, run, pairs)
-        optional = {"max_length": max_length, "instruction": instruction}
-        model = load_teacher(
-            teacher, kind=kind, dtype=dtype, device=device, revision=revision,
-            trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
-            max_tokens_per_batch=batch_tokens, **{k: v for k, v in optional.items() if v is not None},
-        )
-        settle_precision(model, dataset, candidates)  # a reduced precision is kept only if it agrees with fp32
-        store = TeacherCache.create_or_open(cache, model.fingerprint(), frame_hash(dataset.corpus))
-        store.register_candidates(candidates, str(run or pairs))
-        todo = store.missing(candidates)
-        if sanity_check and todo.height and dataset.qrels.height:
-            check_teacher(model, dataset, candidates)
-        stats = score_into_cache(model, dataset, candidates, store, shard=shard_spec, flush_pairs=flush_pairs)
-        log.info("cache %s: %d pairs scored now, %d were cached", cache, stats.scored, stats.already_cached)
+        score(teacher, dataset, candidates, cache, source=str(run or pairs), shard=shard_spec, flush_pairs=flush_pairs,
+              sanity_check=sanity_check, kind=kind, dtype=dtype, device=device, revision=revision,
+              trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
+              max_tokens_per_batch=batch_tokens, max_length=max_length, instruction=instruction)
 
     cache_app = typer.Typer(help="Inspect and combine teacher caches.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")

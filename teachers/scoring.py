@@ -1,0 +1,157 @@
+"""``score_teacher``: a teacher's raw logits for a candidate run, into a resumable cache.
+
+The safe sequence, in order: settle the precision (taken over from the cache when it
+recorded one, else measured on a small sample of the pairs still to score, whose scores
+become the cache's first rows), fingerprint the teacher, open the cache for that
+fingerprint, register the candidates, check on a sample that judged positives outscore
+unjudged candidates (reading back rows already scored), then score the missing pairs.
+Scoring the missing pairs is one call to an *engine*, so another engine (several workers)
+can take its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from distill.cache import MANIFEST, TeacherCache
+from distill.errors import ConfigError, InputError
+from distill.manifest import frame_hash
+from distill.ranking import SETTLE_PAIRS
+from distill.schema import DOCID, QID, SCORE, require_columns
+from distill.scoring import ScoreStats, parse_shard, select_shard
+from teachers.base import Teacher
+
+if TYPE_CHECKING:
+    from distill.data import Dataset
+
+log = logging.getLogger(__name__)
+
+# An engine scores the pairs of ``run`` the cache lacks and writes them to it:
+# ``engine(teacher, dataset, run, cache, *, shard, flush_pairs, show_progress, **engine_options)``.
+Engine = Callable[..., ScoreStats]
+
+
+def _local_engine() -> Engine:
+    from distill.scoring import score_into_cache
+
+    return score_into_cache
+
+
+# Engine name -> a function returning it (imported only when asked for).
+ENGINES: dict[str, Callable[[], Engine]] = {"local": _local_engine}
+
+
+@dataclass
+class TeacherScoring:
+    """What :func:`score_teacher` did."""
+
+    cache: Path
+    fingerprint: dict[str, Any]
+    dtype: str
+    precision: dict[str, Any] | None  # what was measured; None when resumed from the cache or fixed
+    sample_scored: int  # pairs scored while choosing the precision, kept in the cache
+    sanity: dict[str, Any] | None  # check_teacher's report; None when not run
+    scoring: ScoreStats  # the engine's part
+    seconds: float = 0.0
+    reused_precision: bool = field(default=False)
+
+    @property
+    def scored(self) -> int:
+        """Candidate pairs newly in the cache (sample, sanity check and engine together)."""
+        return self.sample_scored + (self.sanity or {}).get("kept", 0) + self.scoring.scored
+
+
+def score_teacher(
+    teacher: Teacher | str | Path,
+    dataset: Dataset,
+    candidates: pl.DataFrame,
+    cache: str | Path,
+    *,
+    source: str = "candidates",
+    shard: tuple[int, int] | str | None = None,
+    flush_pairs: int = 1024,
+    sanity_check: bool = True,
+    show_progress: bool = True,
+    engine: str = "local",
+    engine_options: dict[str, Any] | None = None,
+    **teacher_options: Any,
+) -> TeacherScoring:
+    """Score the (qid, docid) pairs of ``candidates`` the cache folder ``cache`` lacks.
+
+    ``teacher`` is a loaded :class:`Teacher`, or a model folder / hub id loaded with
+    :func:`teachers.load_teacher` and ``teacher_options`` (kind, dtype, max_length, device,
+    revision, instruction, allow_untrained_head, trust_remote_code, max_tokens_per_batch).
+    ``source`` names the candidates in the cache manifest; ``shard`` ("i/N" or ``(i, N)``)
+    scores only that part; ``engine`` chooses how the missing pairs are scored (see
+    :data:`ENGINES`). Rerunning resumes: only missing pairs are scored, in the precision
+    the cache recorded.
+    """
+    start = time.perf_counter()
+    require_columns(candidates, [QID, DOCID], "candidates")
+    folder = Path(cache)
+    if folder.exists() and not folder.is_dir():
+        raise InputError("the cache must be a folder; this is a file", path=folder)
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}", field="engine")
+    shard_spec = parse_shard(shard) if isinstance(shard, str) else shard
+    model = _teacher(teacher, teacher_options)
+
+    existing = TeacherCache.open(folder) if (folder / MANIFEST).is_file() else None
+    reused = existing is not None and model.resume_precision(existing.manifest["teacher"])
+    if reused:
+        log.info("%s: precision %s, as recorded in %s", model.name, model.dtype, folder)
+    pairs = select_shard(candidates.select(QID, DOCID).unique(maintain_order=True), shard_spec)
+    todo = existing.missing(pairs) if existing is not None else pairs
+    sample, choice = _settle(model, dataset, todo if todo.height else pairs)
+
+    store = TeacherCache.create_or_open(folder, model.fingerprint(), frame_hash(dataset.corpus))
+    if choice is not None:
+        store.manifest["precision"] = choice.to_dict()  # written with the first shard, which follows
+        store.append(sample[choice.index.tolist()].with_columns(pl.Series(SCORE, choice.scores)))
+    store.register_candidates(candidates, source)
+    sanity = None
+    if sanity_check and todo.height and dataset.qrels.height:
+        from teachers.sanity import check_teacher
+
+        before = store.scores().height
+        sanity = check_teacher(model, dataset, candidates, cache=store)
+        sanity["kept"] = store.scores().height - before
+    stats = ENGINES[engine]()(model, dataset, candidates, store, shard=shard_spec, flush_pairs=flush_pairs,
+                              show_progress=show_progress, **(engine_options or {}))
+    result = TeacherScoring(
+        cache=folder, fingerprint=model.fingerprint(), dtype=model.dtype,
+        precision=None if choice is None else choice.to_dict(), sample_scored=0 if choice is None else len(choice.index),
+        sanity=sanity, scoring=stats, seconds=time.perf_counter() - start, reused_precision=reused,
+    )
+    log.info("cache %s: %d pairs scored now (%d of them while choosing the precision, %d by the sanity check), "
+             "%d were cached; %.1fs in all", folder, result.scored, result.sample_scored,
+             (sanity or {}).get("kept", 0), stats.already_cached, result.seconds)
+    return result
+
+
+def _teacher(teacher: Teacher | str | Path, options: dict[str, Any]) -> Teacher:
+    if isinstance(teacher, Teacher):
+        if options:
+            raise ConfigError(f"teacher options {sorted(options)} apply to a model name, not to a loaded teacher")
+        return teacher
+    from teachers.loading import load_teacher
+
+    return load_teacher(teacher, **{k: v for k, v in options.items() if v is not None})
+
+
+def _settle(model: Teacher, dataset: Dataset, pairs: pl.DataFrame):
+    """Settle a pending precision on a seeded sample of ``pairs``: the sample and the choice (or None)."""
+    if not model.precision_pending:
+        return None, None
+    if not pairs.height:
+        raise InputError("no candidate pairs to choose the teacher's precision on")
+    sample = pairs.sample(min(SETTLE_PAIRS, pairs.height), seed=0)
+    choice = model.settle_precision(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]))
+    return sample, choice
