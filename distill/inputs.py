@@ -13,14 +13,16 @@ from distill.schema import DOCID, QID
 
 
 def load_dataset_and_run(
-    data: Path | None, split: str | None, run: Path | None, pairs: Path | None = None
+    data: Path | None, split: str | None, run: Path | None, pairs: Path | None = None, queries: Path | None = None
 ) -> tuple[Dataset, pl.DataFrame]:
     """Either a BEIR folder + a TREC run, or one candidate file (ms-swift JSONL / triples TSV).
 
-    Run ids the dataset lacks are an error naming the run file and line.
+    ``queries`` (a queries file without qrels, see :mod:`distill.querysets`) replaces the
+    split's queries, or joins them when ``split`` is given too. Run ids the dataset lacks are
+    an error naming the run file and line.
     """
     if pairs is not None:
-        if data is not None or run is not None:
+        if data is not None or run is not None or queries is not None:
             raise ConfigError("give either --pairs or --data with --run, not both")
         from distill.pairs import read_candidates_jsonl, read_triples_tsv
 
@@ -28,7 +30,12 @@ def load_dataset_and_run(
         return reader(pairs)
     if data is None or run is None:
         raise ConfigError("--data and --run are both needed (or --pairs FILE)")
-    dataset = load_beir(data, split)
+    if queries is not None:
+        from distill.querysets import load_training_queries
+
+        dataset = load_training_queries(data, split, queries)
+    else:
+        dataset = load_beir(data, split)
     candidates = read_run(run)
     check_ids(candidates, dataset.queries, QID, run, "qid", f"the {split or 'all'} queries of {data}")
     check_ids(candidates, dataset.corpus, DOCID, run, "docid", f"{data}/corpus.jsonl")

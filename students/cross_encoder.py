@@ -26,6 +26,8 @@ from distill.io import atomic_dir
 from distill.manifest import write_manifest
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from distill.training import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ def train_cross_encoder_student(
     layer_choice: LayerChoice = "first",
     group_config: GroupConfig,
     train_config: TrainConfig,
-    loss_name: str,
+    loss_name: str | nn.Module,
     loss_params: dict[str, Any] | None = None,
     hard_label_weight: float = 0.0,
     hard_label_kind: str = "bce",
@@ -124,8 +126,9 @@ def train_cross_encoder_student(
     from students.losses import build_loss
 
     out = Path(out)
-    loss = build_loss(loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind,
-                      **(loss_params or {}))
+    # a loss object (students.train.train_student builds one) or a registered name
+    loss = loss_name if not isinstance(loss_name, str) else build_loss(
+        loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, **(loss_params or {}))
     loss.check_group_size(group_config.group_size)
     groups = build_groups(dataset, scores, group_config, check_group_size=loss.check_group_size)
     train, valid = split_groups(groups, train_config.valid_fraction, train_config.seed)

@@ -11,7 +11,9 @@ from tiny import run_cli
 def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", out, "--init", tiny_cross_encoder, "--max-length", 48, "--topics", 6,
-            "--teacher-epochs", 1, "--student-epochs", 1, "--latency-queries", 2, "--test-k", 10]
+            "--teacher-epochs", 1, "--student-epochs", 1, "--latency-queries", 2, "--test-k", 10,
+            "--ce-rounds", 2, "--lightgbm-qrels-weight", 0, "--lightgbm-qrels-weight", 0.5,
+            "--allow-collapse"]  # tiny random models: a collapse is expected, reported, not fatal
     code, _, err = run_cli(args, capsys)
     assert code == 0, err[-3000:]
     for name in ("report.html", "report.md", "cascade.json", "pipeline.json", "eval/summary.parquet",
@@ -24,7 +26,11 @@ def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder
     spec = json.loads((out / "cascade.json").read_text())
     assert spec["format"] == "distill-cascade/1" and spec["stages"][0]["name"] == "bm25"
     steps = json.loads((out / "pipeline.json").read_text())["steps"]
-    assert {"train-teacher", "score-test", "student-lightgbm", "cascade-build", "evaluate"} <= set(steps)
+    assert {"pseudo-queries", "train-teacher", "score-test", "student-lightgbm", "cascade-build", "evaluate"} <= set(steps)
+    students = json.loads((out / "pipeline.json").read_text())["students"]
+    assert set(students) == {"ce_student", "bi_encoder", "lightgbm"}  # each validated on valid
+    assert students["ce_student"]["kept_round"] in (1, 2)
+    assert set(students["lightgbm"]["chosen_from"]) == {str(out / "models" / f"lightgbm_w{w}") for w in ("0", "0.5")}
 
     before = (out / "report.html").stat().st_mtime_ns
     code, _, err = run_cli(args, capsys)  # every step is done: nothing runs again

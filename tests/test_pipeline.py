@@ -27,7 +27,8 @@ def test_the_cross_encoder_student_gets_its_own_epochs_and_learning_rate(tmp_pat
     assert (_option(bi, "--epochs"), _option(bi, "--lr")) == ("1.0", "5e-05")
     default = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2), Path("data"))
     ce = _argv(default, "student-cross-encoder")
-    assert (_option(ce, "--epochs"), _option(ce, "--lr")) == ("1.0", "5e-05")
+    assert (_option(ce, "--epochs"), _option(ce, "--lr"), _option(ce, "--rounds")) == ("1.0", "0.0002", "4")
+    assert (_option(ce, "--valid-split"), _option(ce, "--lr-schedule")) == ("valid", "step")
 
 
 def test_the_teacher_objective_reaches_train_teacher(tmp_path):
@@ -84,12 +85,12 @@ def test_students_learn_from_the_title_split_when_asked(tmp_path):
 
     steps = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2, title_queries=10), Path("data"))
     for name in ("candidates-train", "score-train", "student-cross-encoder", "student-bi-encoder",
-                 "student-lightgbm"):
+                 "student-lightgbm-w0"):
         assert _option(_argv(steps, name), "--split") == TITLE_SPLIT, name
     assert _option(_argv(steps, "train-teacher"), "--split") == "train"
     assert _option(_argv(steps, "score-test"), "--split") == "test"
     default = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2), Path("data"))
-    assert _option(_argv(default, "student-lightgbm"), "--split") == "train"
+    assert _option(_argv(default, "student-lightgbm-w0.5"), "--split") == "train"
 
 
 def test_a_rerun_keeps_the_earlier_runs_steps_and_budget(tmp_path):
@@ -107,15 +108,21 @@ def test_a_rerun_keeps_the_earlier_runs_steps_and_budget(tmp_path):
 
 
 def test_lightgbm_can_take_a_neural_students_score_as_a_feature(tmp_path):
-    cfg = PipelineConfig(out=tmp_path, init="backbone", student_layers=2, lightgbm_features=("bi_encoder",))
+    cfg = PipelineConfig(out=tmp_path, init="backbone", student_layers=2, lightgbm_qrels_weights=(0.0,))
     lightgbm = _argv(plan(cfg, Path("data")), "student-lightgbm")
     assert _option(lightgbm, "--feature-ranker") == f"bi_encoder={tmp_path / 'models' / 'bi_encoder'}"
     names = [s.name for s in plan(cfg, Path("data"))]
     assert names.index("student-bi-encoder") < names.index("student-lightgbm")
-    plain = _argv(plan(PipelineConfig(out=tmp_path, init="b", student_layers=2), Path("data")), "student-lightgbm")
+    plain = PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_features=(), lightgbm_qrels_weights=(0,))
+    plain = _argv(plan(plain, Path("data")), "student-lightgbm")
     assert "--feature-ranker" not in plain and "--qrels-weight" not in plain
-    mixed = PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_qrels_weight=0.5)
+    mixed = PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_qrels_weights=(0.5,))
     assert _option(_argv(plan(mixed, Path("data")), "student-lightgbm"), "--qrels-weight") == "0.5"
+    # several weights: one student each, the best on validation kept
+    steps = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2), Path("data"))
+    assert _option(_argv(steps, "student-lightgbm-w0.25"), "--qrels-weight") == "0.25"
+    select = _argv(steps, "student-lightgbm")
+    assert select[0] == "select-student" and str(tmp_path / "models" / "lightgbm_w0.75") in select
     with pytest.raises(ConfigError, match="not one of the pipeline's students"):
         plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, lightgbm_features=("teacher",)), Path("data"))
 
@@ -133,4 +140,19 @@ def test_demo_passes_title_queries_and_lightgbm_features_on(tmp_path, monkeypatc
                                       "--lightgbm-feature", "bi_encoder", "--lightgbm-qrels-weight", "0.5"])
     assert result.exit_code == 0, result.output
     assert seen[0].title_queries == 7 and seen[0].lightgbm_features == ("bi_encoder",)
-    assert seen[0].lightgbm_qrels_weight == 0.5
+    assert seen[0].lightgbm_qrels_weights == (0.5,)
+    assert seen[0].valid_fraction == 0.3 and seen[0].queries_per_topic == 10  # enough valid queries to choose on
+
+
+def test_students_learn_from_pseudo_queries_or_a_query_log_by_default(tmp_path):
+    steps = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2), Path("data"))
+    pseudo = tmp_path / "pseudo_queries.jsonl"
+    assert steps[0].name == "pseudo-queries" and steps[0].output == pseudo
+    for name in ("candidates-train", "score-train", "student-cross-encoder", "student-bi-encoder"):
+        assert _option(_argv(steps, name), "--queries") == str(pseudo), name
+    assert "--queries" not in _argv(steps, "train-teacher") and "--queries" not in _argv(steps, "score-test")
+    log = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, queries=Path("log.tsv")), Path("data"))
+    assert "pseudo-queries" not in [s.name for s in log]
+    assert _option(_argv(log, "student-cross-encoder"), "--queries") == "log.tsv"
+    off = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, pseudo_queries=None), Path("data"))
+    assert "--queries" not in _argv(off, "candidates-train")

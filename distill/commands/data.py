@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def candidates(
         data: Path = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
-        split: str = typer.Option("test", help="Queries of qrels/<split>.tsv."),
+        split: str = typer.Option(None, help="Queries of qrels/<split>.tsv [test, unless --queries]."),
+        queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV qid<TAB>text), added "
+                                     "to --split's when both are given."),
         k: int = typer.Option(100, min=1, help="Documents per query."),
         out: Path = typer.Option(..., help="TREC run file to write."),
         add_positives: bool = typer.Option(False, help="Append judged positives BM25 missed (training lists)."),
@@ -38,10 +40,10 @@ def register(app: typer.Typer) -> None:
         import logging
 
         from distill.bm25 import bm25_run
-        from distill.data import load_beir
+        from distill.querysets import load_training_queries
         from distill.runs import write_run
 
-        dataset = load_beir(data, split)
+        dataset = load_training_queries(data, split if split or queries else "test", queries)
         run = bm25_run(dataset, k, add_positives=add_positives)
         write_run(run, out, tag="bm25")
         logging.getLogger("distill").info("wrote %d candidates for %d queries to %s",

@@ -17,15 +17,26 @@ def register(app: typer.Typer) -> None:
         max_length: int = typer.Option(None, help="Tokens per pair [built-in data 128; --data 256]."),
         teacher_epochs: float = typer.Option(None, help="Teacher epochs [built-in 2; --data 1]."),
         student_epochs: float = typer.Option(None, help="Student epochs [built-in 2; --data 1]."),
-        topics: int = typer.Option(40, min=2, help="Built-in dataset size (8 documents, 6 queries per topic)."),
+        topics: int = typer.Option(40, min=2, help="Built-in dataset size (8 documents, 10 queries per topic)."),
         test_k: int = typer.Option(100, min=2, help="Candidates per test query."),
         latency_queries: int = typer.Option(None, min=1, help="Queries timed per ranker [built-in 10; --data 20]."),
         title_queries: int = typer.Option(0, min=0, help="Students also learn from N documents' titles as "
-                                          "queries, scored by the teacher (costs teacher time)."),
-        lightgbm_feature: list[str] = typer.Option([], "--lightgbm-feature", help="bi_encoder | ce_student: that "
-                                                   "student's score is also a LightGBM feature; repeatable."),
-        lightgbm_qrels_weight: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the LightGBM student's "
-                                                    "grades taken from the train qrels (0: the teacher's alone)."),
+                                          "judged queries (split-view --title-queries)."),
+        queries: Path = typer.Option(None, help="Students' unjudged training queries (a query log: BEIR "
+                                     "queries.jsonl or TSV qid<TAB>text) instead of pseudo-queries."),
+        pseudo_queries: str = typer.Option("title,first-sentence", help="Pseudo-queries students learn from "
+                                           "(distill pseudo-queries --kind; 'none': only the train queries)."),
+        ce_rounds: int = typer.Option(4, min=1, help="Rounds of the cross-encoder student (best on valid kept)."),
+        lightgbm_feature: list[str] = typer.Option(["bi_encoder"], "--lightgbm-feature", help="bi_encoder | "
+                                                   "ce_student: that student's score is also a LightGBM feature; "
+                                                   "repeatable."),
+        lightgbm_qrels_weight: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], "--lightgbm-qrels-weight",
+                                                          min=0.0, max=1.0, help="Shares of the LightGBM student's "
+                                                          "grades taken from the train qrels; repeatable: the best "
+                                                          "on valid is kept."),
+        valid_fraction: float = typer.Option(None, min=0.05, max=0.5, help="Train queries held out for validation "
+                                             "[built-in 0.3; --data 0.1]."),
+        allow_collapse: bool = typer.Option(False, help="Exit 0 even if a student collapses on validation."),
         seed: int = typer.Option(42, help="Seed of every step."),
     ) -> None:
         """Teacher, cache, three students, evaluation, report and cascade, end to end; each step is
@@ -37,12 +48,15 @@ def register(app: typer.Typer) -> None:
         builtin = data is None
         cfg = PipelineConfig(
             out=out, data=data, init=init, teacher=teacher, test_k=test_k, seed=seed, topics=topics,
+            queries_per_topic=10 if builtin else 6, valid_fraction=valid_fraction or (0.3 if builtin else 0.1),
+            queries=queries, pseudo_queries=None if pseudo_queries == "none" else pseudo_queries,
+            ce_rounds=ce_rounds, allow_collapse=allow_collapse,
             max_length=max_length or (128 if builtin else 256),
             teacher_epochs=teacher_epochs or (2.0 if builtin else 1.0),
             student_epochs=student_epochs or (2.0 if builtin else 1.0),
             latency_queries=latency_queries or (10 if builtin else 20),
             title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
-            lightgbm_qrels_weight=lightgbm_qrels_weight,
+            lightgbm_qrels_weights=tuple(lightgbm_qrels_weight),
         )
         run_pipeline(cfg)
         console = Console()

@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(..., help="Teacher model: local folder or hub id."),
         cache: Path = typer.Option(..., help="Cache folder (created, or resumed)."),
         data: Path = typer.Option(None, help="BEIR folder."),
-        split: str = typer.Option("test", help="Queries of qrels/<split>.tsv."),
+        split: str = typer.Option(None, help="Queries of qrels/<split>.tsv [test, unless --queries]."),
+        queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV qid<TAB>text), added "
+                                     "to --split's when both are given."),
         run: Path = typer.Option(None, help="Candidates as a TREC run (e.g. from `distill candidates`)."),
         pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV."),
         kind: str = typer.Option("auto", help="auto | cross-encoder | generative."),
@@ -39,7 +41,8 @@ def register(app: typer.Typer) -> None:
         from teachers.scoring import score_teacher as score
 
         shard_spec = parse_shard(shard)
-        dataset, candidates = load_dataset_and_run(data, split, run, pairs)
+        dataset, candidates = load_dataset_and_run(data, split if split or queries else "test", run, pairs,
+                                                   queries)
         score(teacher, dataset, candidates, cache, source=str(run or pairs), shard=shard_spec, flush_pairs=flush_pairs,
               sanity_check=sanity_check, kind=kind, dtype=dtype, device=device, revision=revision,
               trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,

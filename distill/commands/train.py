@@ -51,6 +51,8 @@ def _pick(value, quick: bool, name: str, defaults: dict[str, Any]):
 
 
 def register(app: typer.Typer) -> None:
+    from students.losses import LOSS_NAMES  # the registry's names, without torch
+
     @app.command("train-teacher")
     def train_teacher_command(
         data: Path = typer.Option(..., help="BEIR folder with qrels/<split>.tsv."),
@@ -98,11 +100,14 @@ def register(app: typer.Typer) -> None:
         student: str = typer.Option(..., help="cross-encoder | bi-encoder | lightgbm."),
         cache: Path = typer.Option(..., help="Teacher cache folder (from `distill score-teacher`)."),
         data: Path = typer.Option(..., help="BEIR folder the cache was scored on."),
-        split: str = typer.Option("train", help="Queries of qrels/<split>.tsv to train on."),
+        split: str = typer.Option(None, help="Queries of qrels/<split>.tsv to train on [train, unless --queries]."),
+        queries: Path = typer.Option(None, help="Unjudged training queries: BEIR queries.jsonl or TSV qid<TAB>text "
+                                     "(e.g. from `distill pseudo-queries`); added to --split's when both are given."),
         out: Path = typer.Option(..., help="Student folder to write."),
-        loss: str = typer.Option(None, help="Neural students: MarginMSE | KLDiv | ListNet | RankNet | "
-                                            "LambdaLoss | MSE."),
-        loss_param: list[str] = typer.Option([], "--loss-param", help="Loss hyperparameter name=value, repeatable."),
+        loss: str = typer.Option(None, help=f"Neural students: {' | '.join(LOSS_NAMES)} (see docs/losses.md)."),
+        loss_param: list[str] = typer.Option([], "--loss-param", help="Loss hyperparameter name=value, repeatable "
+                                             "(a listwise loss given no temperature gets the teacher's median "
+                                             "per-query score spread)."),
         hard_label_weight: float = typer.Option(0.0, min=0.0, help="Weight of a qrels term mixed into the loss."),
         hard_label_kind: str = typer.Option("bce", help="Hard-label term: bce | listwise_ce | listnet."),
         init: str = typer.Option(None, help="Student to start from: folder or hub id (neural students)."),
@@ -116,14 +121,26 @@ def register(app: typer.Typer) -> None:
         listwise_k: int = typer.Option(8, min=1, help="Listwise mode: the teacher's top k per query."),
         positive_source: str = typer.Option("qrels", help="Sampled mode: qrels (teacher top-1 when none) | teacher."),
         fn_margin: float = typer.Option(None, help="Drop negatives scored above the positive minus this margin."),
-        epochs: float = typer.Option(1.0, help="Epochs (neural students)."),
+        epochs: float = typer.Option(1.0, help="Epochs (neural students; per round with --rounds)."),
+        rounds: int = typer.Option(1, min=1, help="Neural students: rounds of one epoch each, every round from the "
+                                   "previous one with fresh negatives; the best on validation is kept."),
+        lr_schedule: str = typer.Option("step", help="Peak lr across rounds: step (--lr, then half of it) | "
+                                        "halving (halved every round) | constant."),
         lr: float = typer.Option(None, help="Learning rate [neural 2e-5; lightgbm 0.05]."),
         batch_size: int = typer.Option(8, min=1, help="Queries per batch (neural students)."),
         max_length: int = typer.Option(256, min=8, help="Tokens per text or pair (neural students)."),
-        valid_fraction: float = typer.Option(None, help="Held-out queries [neural 0; lightgbm 0.2]."),
+        valid_fraction: float = typer.Option(None, help="Held-out training queries for the loss [neural 0; "
+                                             "lightgbm 0.2]."),
+        valid_split: str = typer.Option(None, help="Judged queries of --data (qrels/<split>.tsv) the student is "
+                                        "validated on: nDCG@10 after each round, the best round kept, collapse "
+                                        "checked."),
+        valid_run: Path = typer.Option(None, help="Candidates of --valid-split (TREC run) [BM25 top 100]."),
+        allow_collapse: bool = typer.Option(False, help="Exit 0 even when the student collapses on validation "
+                                            "(near-constant scores, or worse than the first stage)."),
         seed: int = typer.Option(42, help="Seed of sampling, held-out queries and initialisation."),
         precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
-        resume: bool = typer.Option(False, help="Continue from the latest checkpoint in <out>.checkpoints."),
+        resume: bool = typer.Option(False, help="Continue from the latest checkpoint in <out>.checkpoints (with "
+                                    "--rounds a rerun continues by itself)."),
         checkpoint_steps: int = typer.Option(None, min=1, help="Neural students: save a checkpoint (and evaluate, "
                                              "with --valid-fraction) every N steps, not once an epoch."),
         similarity: str = typer.Option("cosine", help="Bi-encoder: cosine | dot."),
@@ -143,8 +160,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Distill the cached teacher scores into a student reranker."""
         from distill.cache import TeacherCache, read_scores
-        from distill.data import load_beir
-        from distill.schema import DOCID, QID
+        from distill.querysets import load_training_queries
+        from students.train import RoundsConfig, train_student
+        from students.validation import Validation
 
         if student not in STUDENTS:
             raise ConfigError(f"--student must be one of {', '.join(STUDENTS)}, got {student!r}")
@@ -152,16 +170,18 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--feature-ranker and --qrels-weight are for the lightgbm student only "
                               "(neural students mix qrels in with --hard-label-weight)")
         scores, manifest = read_scores(cache)
-        dataset = load_beir(data, split)
-        unscored, registered = TeacherCache.open(cache).unscored(dataset.queries[QID])
+        dataset = load_training_queries(data, split if split or queries else "train", queries)
+        unscored, registered = TeacherCache.open(cache).unscored(dataset.queries["qid"])
         if unscored:
-            log.warning("%d of the %d candidate pairs registered in %s for split %r have no teacher score yet "
-                        "(a stopped score-teacher?): training on the scored ones only; rerun score-teacher to "
-                        "finish", unscored, registered, cache, split)
-        fingerprint = manifest.get("teacher")
+            log.warning("%d of the %d candidate pairs registered in %s for these queries have no teacher score "
+                        "yet (a stopped score-teacher?): training on the scored ones only; rerun score-teacher to "
+                        "finish", unscored, registered, cache)
+        validation = Validation.load(data, valid_split, valid_run) if valid_split else None
+        common = dict(teacher_fingerprint=manifest.get("teacher"), validation=validation,
+                      allow_collapse=allow_collapse, scores_source=cache)
         if student == "lightgbm":
             from distill.rankers import parse_ranker_spec
-            from students.lightgbm import LightGBMConfig, train_lightgbm_student
+            from students.lightgbm import LightGBMConfig
 
             config = LightGBMConfig(
                 objective=objective, n_grades=n_grades, num_leaves=num_leaves, min_data_in_leaf=min_data_in_leaf,
@@ -171,9 +191,7 @@ def register(app: typer.Typer) -> None:
                 early_stopping_rounds=early_stopping_rounds, seed=seed,
                 feature_rankers=dict(parse_ranker_spec(item) for item in feature_ranker),
             )
-            candidates = scores.select(QID, DOCID).join(dataset.queries.select(QID), on=QID, how="semi")
-            train_lightgbm_student(dataset, candidates, scores, out, config,
-                                   teacher_fingerprint=fingerprint, scores_source=cache)
+            train_student("lightgbm", dataset, scores, out, lightgbm=config, rounds=RoundsConfig(rounds), **common)
             return
         from distill.groups import GroupConfig
         from distill.training import TrainConfig
@@ -181,34 +199,38 @@ def register(app: typer.Typer) -> None:
 
         if loss is None:
             raise ConfigError(f"a {student} student needs --loss, one of: {', '.join(LOSSES)}")
-
+        if student == "cross-encoder":
+            if init_from_teacher == (init is not None):
+                raise ConfigError("a cross-encoder student needs exactly one of --init PATH or "
+                                  "--init-from-teacher --layers N")
+            if init_from_teacher != (layers is not None):
+                raise ConfigError("--init-from-teacher and --layers N (the teacher layers to keep) go together")
+            init = (teacher or teacher_path(manifest, cache)) if init_from_teacher else init
+        elif init is None or init_from_teacher:
+            raise ConfigError("a bi-encoder student needs --init (a SentenceTransformer folder or id, e.g. "
+                              "all-MiniLM-L6-v2); --init-from-teacher is for cross-encoders")
         groups = GroupConfig(mode=mode, n_negatives=negatives, listwise_k=listwise_k,
                              positive_source=positive_source, false_negative_margin=fn_margin, seed=seed)
         train = TrainConfig(epochs=epochs, lr=2e-5 if lr is None else lr, batch_size=batch_size,
                             max_length=max_length, seed=seed, precision=precision,
                             valid_fraction=0.0 if valid_fraction is None else valid_fraction,
                             eval_steps=checkpoint_steps, resume_from_checkpoint=True if resume else None)
-        common = dict(group_config=groups, train_config=train, loss_name=loss,
-                      loss_params=parse_loss_params(loss_param), hard_label_weight=hard_label_weight,
-                      hard_label_kind=hard_label_kind, teacher_fingerprint=fingerprint,
-                      trust_remote_code=trust_remote_code)
-        if student == "cross-encoder":
-            from students.cross_encoder import train_cross_encoder_student
+        train_student(
+            student, dataset, scores, out, loss=loss, loss_params=parse_loss_params(loss_param),
+            hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, init=init,
+            init_from_teacher_layers=layers if student == "cross-encoder" else None, layer_choice=layer_choice,
+            group_config=groups, train_config=train, rounds=RoundsConfig(rounds, lr_schedule),
+            bi_encoder={"similarity": similarity, "scale": scale, "learn_scale": learn_scale}
+            if student == "bi-encoder" else None,
+            trust_remote_code=trust_remote_code, **common,
+        )
 
-            if init_from_teacher == (init is not None):
-                raise ConfigError("a cross-encoder student needs exactly one of --init PATH or "
-                                  "--init-from-teacher --layers N")
-            if init_from_teacher != (layers is not None):
-                raise ConfigError("--init-from-teacher and --layers N (the teacher layers to keep) go together")
-            start = (teacher or teacher_path(manifest, cache)) if init_from_teacher else init
-            train_cross_encoder_student(dataset, scores, out, init=start,
-                                        init_from_teacher_layers=layers if init_from_teacher else None,
-                                        layer_choice=layer_choice, **common)
-        else:
-            from students.bi_encoder import train_bi_encoder_student
+    @app.command("select-student")
+    def select_student_command(
+        students: list[Path] = typer.Argument(..., help="Student folders trained with --valid-split."),
+        out: Path = typer.Option(..., help="Folder to copy the best of them to."),
+    ) -> None:
+        """Keep the student with the best validation nDCG@10 (e.g. LightGBM at several --qrels-weight)."""
+        from students.train import select_student
 
-            if init is None or init_from_teacher:
-                raise ConfigError("a bi-encoder student needs --init (a SentenceTransformer folder or id, e.g. "
-                                  "all-MiniLM-L6-v2); --init-from-teacher is for cross-encoders")
-            train_bi_encoder_student(dataset, scores, out, init=init, similarity=similarity, scale=scale,
-                                     learn_scale=learn_scale, **common)
+        select_student(students, out)
