@@ -83,3 +83,14 @@ def default_loss_params(loss: str, params: dict, scale: ScoreScale) -> dict:
         if not math.isnan(scale.std_median):
             return {**params, "temperature": scale.temperature()}
     return dict(params)
+
+
+def describe_scale(scale: ScoreScale) -> str:
+    """Lines for ``distill cache info``: the per-query spread and margins, and what they imply."""
+    return (
+        f"score scale over {scale.queries} queries with {scale.pairs} scores (per query, median over queries):\n"
+        f"  std {scale.std_median:.4g} (10th-90th percentile {scale.std_p10:.4g}-{scale.std_p90:.4g}), "
+        f"range {scale.range_median:.4g}\n"
+        f"  margin top-1 minus top-2 {scale.margin_median:.4g}, top-1 minus median {scale.top_gap_median:.4g}\n"
+        f"  default temperature of a listwise loss (KLDiv, ListNet, LambdaLoss): {scale.temperature():.4g}"
+    )

@@ -187,3 +187,18 @@ def test_a_listwise_loss_takes_its_temperature_from_the_teachers_score_spread(pl
     assert default_loss_params("MarginMSE", {}, scale) == {}
     doubled = score_scale(scores.with_columns(pl.col(SCORE) * 2))
     assert doubled.temperature() == pytest.approx(2 * scale.temperature(), rel=1e-3)
+
+
+def test_cache_info_reports_the_teachers_per_query_spread_and_margins(planted, tiny_cross_encoder,  # noqa: F811
+                                                                      tmp_path, capsys):
+    from test_students import _cache
+
+    from distill.score_scale import score_scale
+
+    dataset, scores = planted
+    cache = _cache(tmp_path / "cache", dataset, scores, tiny_cross_encoder)
+    code, out, err = run_cli(["cache", "info", cache], capsys)
+    assert code == 0, err
+    scale = score_scale(scores)
+    assert "score scale over 16 queries" in out and "margin top-1 minus top-2" in out
+    assert f"listwise loss (KLDiv, ListNet, LambdaLoss): {scale.temperature():.4g}" in out

@@ -53,15 +53,17 @@ def register(app: typer.Typer) -> None:
 
     @cache_app.command("info")
     def cache_info(folder: Path = typer.Argument(..., help="Cache folder.")) -> None:
-        """Rows, queries, teacher and coverage of each candidate set."""
+        """Rows, queries, teacher, coverage of each candidate set, and the scale of the teacher's scores."""
         import json
 
         from rich.console import Console
         from rich.table import Table
 
         from distill.cache import TeacherCache
+        from distill.score_scale import describe_scale, score_scale
 
-        info = TeacherCache.open(folder).info()
+        store = TeacherCache.open(folder)
+        info = store.info()
         console = Console()
         console.print(f"[bold]{folder}[/]: {info.rows} scores, {info.queries} queries, {info.shards} shard(s)")
         console.print("teacher: " + json.dumps(info.teacher, sort_keys=True), highlight=False, soft_wrap=True)
@@ -69,6 +71,7 @@ def register(app: typer.Typer) -> None:
         for c in info.coverage:
             table.add_row(c["hash"], c["source"], str(c["pairs"]), str(c["scored"]), f"{c['coverage']:.1%}")
         console.print(table)
+        console.print(describe_scale(score_scale(store.scores())), highlight=False)
 
     @cache_app.command("merge")
     def cache_merge(
