@@ -28,6 +28,8 @@ import polars as pl
 from distill.errors import CacheMismatchError, InputError
 from distill.io import atomic_path, write_json_atomic
 from distill.manifest import frame_hash, library_versions
+from distill.ranking import BaseRanker
+from distill.registry import TEACHERS
 from distill.schema import DOCID, QID, SCORE, SCORES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -257,8 +259,8 @@ def merge_caches(out: str | Path, sources: list[str | Path]) -> TeacherCache:
     return target
 
 
-class CachedRanker:
-    """A :class:`~distill.ranking.Ranker` that returns cached teacher scores (no model calls)."""
+class CachedRanker(BaseRanker):
+    """A :class:`~distill.ranking.BaseRanker` that returns cached teacher scores (no model calls)."""
 
     def __init__(self, folder: str | Path, name: str = "teacher") -> None:
         self.cache = TeacherCache.open(folder)
@@ -273,16 +275,16 @@ class CachedRanker:
                              "run `distill score-teacher` on these candidates first", path=self.cache.folder)
         return joined.with_columns(pl.col(SCORE).cast(pl.Float64))
 
-    def live(self):
-        """The teacher model itself (for timing: replaying the cache costs nothing); None when
-        the fingerprint names no model."""
-        from teachers import load_teacher
-
+    def live(self) -> BaseRanker | None:
+        """The teacher model itself (for timing, and for pairs no cache holds), loaded by its
+        fingerprint's kind through :data:`distill.registry.TEACHERS`; None when the
+        fingerprint names no model."""
         fingerprint = self.cache.manifest["teacher"]
         if "model" not in fingerprint:
             return None
-        teacher = load_teacher(fingerprint["model"], kind=fingerprint.get("kind", "auto"),
-                               max_length=fingerprint.get("max_length"), revision=fingerprint.get("revision"))
+        teacher = TEACHERS.load(fingerprint.get("kind", "cross-encoder"), fingerprint["model"],
+                                max_length=fingerprint.get("max_length"), revision=fingerprint.get("revision"),
+                                path=self.cache.folder / "manifest.json")
         teacher.name = self.name
         return teacher
 

@@ -42,7 +42,7 @@ import polars as pl
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
 from distill.io import write_json_atomic
-from distill.ranking import Ranker, settle_precision
+from distill.ranking import BaseRanker, Ranker, settle_precision
 from distill.schema import DOCID, QID, RANK, SCORE, require_columns
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class CascadeStats:
 
 
 @dataclass
-class Cascade:
+class Cascade(BaseRanker):
     """A chain of stages; a :class:`~distill.ranking.Ranker` itself (see the module docstring).
 
     ``costs`` (by stage name) is needed for every stage when ``budget_ms`` is set.
@@ -204,16 +204,12 @@ class Cascade:
     def prepare(self, dataset: Dataset) -> None:
         """Run every stage's one-off precomputation (e.g. document embeddings)."""
         for s in self.stages:
-            prepare = getattr(s.ranker, "prepare", None)
-            if prepare is not None:
-                prepare(dataset)
+            s.ranker.prepare(dataset)
 
     def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> None:
         """Settle every stage's pending reduced precision on these pairs (see ``Teacher.settle_precision``)."""
         for s in self.stages:
-            settle = getattr(s.ranker, "settle_precision", None)
-            if settle is not None:
-                settle(queries, docs)
+            s.ranker.settle_precision(queries, docs)
 
     def rerank(self, dataset: Dataset, run: pl.DataFrame, *, per_query: bool = False) -> pl.DataFrame:
         """Rank ``run`` through the stages; ``qid, docid, score`` for every row of ``run``.
@@ -291,6 +287,10 @@ class Cascade:
             raise InputError(f"stage {s.name!r} returned {out.height} scores for {survivors.height} candidates "
                              f"({lacking} missing or NaN, or duplicates)")
         return scored
+
+    def run_stats(self) -> dict[str, Any]:
+        """The last :meth:`rerank`'s :class:`CascadeStats` summary (skipped stages, latency)."""
+        return self.stats.summary()
 
     def get_config_dict(self) -> dict[str, Any]:
         return {

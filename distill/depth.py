@@ -14,7 +14,7 @@ from __future__ import annotations
 import polars as pl
 
 from distill.errors import ConfigError
-from distill.metrics import evaluate
+from distill.metrics import metric_means
 from distill.schema import DOCID, QID, RANK, with_ranks
 
 DEFAULT_DEPTHS = (10, 20, 30, 50)
@@ -36,7 +36,7 @@ def depth_curve(qrels: pl.DataFrame, runs: dict[str, pl.DataFrame], first_stage:
     for depth in sorted({min(d, longest) for d in depths} | {longest}):
         keep = ranked.filter(pl.col(RANK) <= depth).select(QID, DOCID)
         for name, run in runs.items():
-            value = evaluate(qrels, run.join(keep, on=[QID, DOCID], how="semi"), [metric])[metric]
+            value = metric_means(qrels, run.join(keep, on=[QID, DOCID], how="semi"), [metric])[metric]
             rows.append({"ranker": name, "depth": depth, "value": value})
     return pl.DataFrame(rows, schema={"ranker": pl.String, "depth": pl.Int32, "value": pl.Float64})
 

@@ -79,10 +79,9 @@ def measure_latency(ranker: Ranker, dataset: Dataset, run: pl.DataFrame, k: int 
     settle_precision(ranker, dataset, candidates)  # not on the first query's few pairs
     with _torch_threads(threads) as used_threads:
         prepare_s = 0.0
-        prepare_fn = getattr(ranker, "prepare", None)
-        if prepare and prepare_fn is not None:
+        if prepare:
             start = time.perf_counter()
-            prepare_fn(dataset)
+            ranker.prepare(dataset)
             prepare_s = time.perf_counter() - start
         for query_run in lists[:warmup]:
             ranker.rerank(dataset, query_run)
@@ -95,8 +94,8 @@ def measure_latency(ranker: Ranker, dataset: Dataset, run: pl.DataFrame, k: int 
     n_pairs = sum(q.height for q in lists)
     ms = times * 1000.0
     return LatencyResult(
-        ranker=getattr(ranker, "name", type(ranker).__name__),
-        prepared=bool(prepare and prepare_fn is not None),
+        ranker=ranker.name or type(ranker).__name__,
+        prepared=prepare,
         k=k, n_queries=len(lists),
         p50_ms=float(np.percentile(ms, 50)), p95_ms=float(np.percentile(ms, 95)),
         p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),

@@ -37,8 +37,9 @@ def per_query(qrels: pl.DataFrame, run: pl.DataFrame, metrics=DEFAULT_METRICS) -
     )
 
 
-def evaluate(qrels: pl.DataFrame, run: pl.DataFrame, metrics=DEFAULT_METRICS) -> dict[str, float]:
-    """Mean of each metric over the queries of ``qrels``."""
+def metric_means(qrels: pl.DataFrame, run: pl.DataFrame, metrics=DEFAULT_METRICS) -> dict[str, float]:
+    """Mean of each metric over the queries of ``qrels`` (for a whole comparison of rankers, see
+    :func:`distill.evaluation.evaluate`)."""
     table = per_query(qrels, run, metrics)
     means = table.group_by("metric").agg(pl.col("value").mean())
     order = [str(m) for m in _parse(metrics)]

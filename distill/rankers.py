@@ -7,16 +7,18 @@ A spec is one of
 - a teacher cache folder (``manifest.json`` of kind ``teacher-cache``);
 - a model folder written by distill (``distill.json``), dispatched on its ``kind``;
 - a plain SentenceTransformer folder (``modules.json``, model type not ``CrossEncoder``):
-  a bi-encoder; a CrossEncoder or Hugging Face folder (``config.json``): a cross-encoder.
+  a bi-encoder; a CrossEncoder or Hugging Face folder (``config.json``): a cross-encoder;
+- a cascade spec (``.json``, from ``distill cascade build``).
 
 On the command line a spec may carry a name: ``--ranker teacher=runs/teacher_cache``.
-Model libraries are imported only when a model folder is loaded.
+Model folders and cascades are loaded by kind through :data:`distill.registry.RANKERS`,
+which the ``teachers`` and ``students`` packages fill, so this module never imports them and
+a kind's libraries are imported only when a folder of that kind is loaded.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +29,15 @@ from distill.cache import MANIFEST as CACHE_MANIFEST
 from distill.cache import CachedRanker
 from distill.data import Dataset
 from distill.errors import InputError
-from distill.ranking import Ranker
+from distill.ranking import BaseRanker
+from distill.registry import RANKERS
 from distill.runs import read_run
 from distill.schema import DOCID, QID, SCORE, require_columns
 
 FIRST_STAGE = "bm25"
 
 
-class RunRanker:
+class RunRanker(BaseRanker):
     """A ranker with fixed scores: a run file's, or (``scores=None``) the candidate run's own.
 
     Candidates that ``scores`` lacks get ``-inf``, so they rank last instead of vanishing
@@ -64,6 +67,10 @@ class RunRanker:
     def get_config_dict(self) -> dict[str, Any]:
         return {"kind": "run", "source": self.source or "candidate run scores"}
 
+    def live(self) -> BaseRanker | None:
+        """Itself for the candidates' own order; None for a run file, which cannot score new pairs."""
+        return self if self.scores is None else None
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -81,33 +88,6 @@ def model_kind(folder: str | Path) -> str | None:
     return _read_json(manifest).get("kind") if manifest.is_file() else None
 
 
-def _cross_encoder(path: Path, **kwargs: Any) -> Ranker:
-    from teachers import CrossEncoderTeacher
-
-    return CrossEncoderTeacher(str(path), **kwargs)
-
-
-def _bi_encoder(path: Path, **kwargs: Any) -> Ranker:
-    from students.bi_encoder import BiEncoderRanker
-
-    return BiEncoderRanker(path, **kwargs)
-
-
-def _lightgbm(path: Path, **kwargs: Any) -> Ranker:
-    from students.lightgbm import LightGBMRanker
-
-    return LightGBMRanker(path, **kwargs)
-
-
-# The ``kind`` of a distill model folder -> how to load it as a ranker.
-MODEL_KINDS: dict[str, Callable[..., Ranker]] = {
-    "teacher": _cross_encoder,
-    "cross-encoder-student": _cross_encoder,
-    "bi-encoder-student": _bi_encoder,
-    "lightgbm-student": _lightgbm,
-}
-
-
 def parse_ranker_spec(text: str) -> tuple[str, str]:
     """Split ``name=spec``; a bare spec is named ``bm25`` or after its file or folder."""
     if "=" in text and not Path(text).exists():
@@ -121,29 +101,34 @@ def parse_ranker_spec(text: str) -> tuple[str, str]:
     return (path.stem if path.is_file() else path.name), text
 
 
-def _load_folder(folder: Path, **kwargs: Any) -> Ranker:
-    cache_manifest = folder / CACHE_MANIFEST
-    if cache_manifest.is_file() and _read_json(cache_manifest).get("kind") == CACHE_KIND:
-        return CachedRanker(folder, **kwargs)
+def folder_kind(folder: Path) -> str:
+    """The registry kind of a model folder: its ``distill.json`` kind, else ``sentence-transformer``
+    or ``cross-encoder`` by its files."""
     kind = model_kind(folder)
     if kind is not None:
-        if kind not in MODEL_KINDS:
-            raise InputError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}",
-                             path=folder / "distill.json", field="kind")
-        return MODEL_KINDS[kind](folder, **kwargs)
+        return kind
     st_config = folder / "config_sentence_transformers.json"
     # sentence-transformers >= 4 saves CrossEncoders with modules.json too, marked by model_type;
     # older SentenceTransformer folders carry no model_type.
     cross = st_config.is_file() and _read_json(st_config).get("model_type") == "CrossEncoder"
     if (folder / "modules.json").is_file() and not cross:
-        return _bi_encoder(folder, **kwargs)
+        return "sentence-transformer"
     if (folder / "config.json").is_file():
-        return _cross_encoder(folder, **kwargs)
+        return "cross-encoder"
     raise InputError("not a ranker folder: no distill.json, manifest.json (teacher cache) or config.json",
                      path=folder)
 
 
-def load_ranker(spec: str, *, name: str | None = None, **kwargs: Any) -> Ranker:
+def _load_folder(folder: Path, **kwargs: Any) -> BaseRanker:
+    cache_manifest = folder / CACHE_MANIFEST
+    if cache_manifest.is_file() and _read_json(cache_manifest).get("kind") == CACHE_KIND:
+        return CachedRanker(folder, **kwargs)
+    kind = folder_kind(folder)
+    manifest = folder / "distill.json"
+    return RANKERS.load(kind, folder, path=manifest if manifest.is_file() else folder, **kwargs)
+
+
+def load_ranker(spec: str, *, name: str | None = None, **kwargs: Any) -> BaseRanker:
     """Load the ranker a spec names (see the module docstring); ``kwargs`` go to model loaders.
 
     Without ``name``, ``spec`` may be ``name=spec``. The ranker's ``name`` is set to it.
@@ -152,11 +137,10 @@ def load_ranker(spec: str, *, name: str | None = None, **kwargs: Any) -> Ranker:
         name, spec = parse_ranker_spec(spec)
     path = Path(spec)
     if spec == FIRST_STAGE:
-        ranker: Ranker = RunRanker(name=name)
+        ranker: BaseRanker = RunRanker(name=name)
     elif path.is_file() and path.suffix == ".json":
-        from distill.cascade import Cascade
-
-        return Cascade.read_spec(path)  # named by its stages, e.g. "bm25 % 100 >> ce % 20 >> teacher"
+        # named by its stages, e.g. "bm25 % 100 >> ce % 20 >> teacher"
+        return RANKERS.load("cascade", path, path=path)
     elif path.is_file():
         ranker = RunRanker(read_run(path), name=name, source=str(path))
     elif path.is_dir():
@@ -165,7 +149,7 @@ def load_ranker(spec: str, *, name: str | None = None, **kwargs: Any) -> Ranker:
         raise InputError(
             f"unknown ranker {spec!r}: expected {FIRST_STAGE!r}, a TREC run file, a cascade spec (.json), "
             "a teacher cache folder "
-            f"or a model folder ({', '.join(sorted(MODEL_KINDS))}, CrossEncoder, SentenceTransformer)",
+            f"or a model folder ({', '.join(RANKERS.kinds())})",
             field="--ranker",
         )
     ranker.name = name
@@ -179,12 +163,3 @@ def model_folder(spec: str) -> Path | None:
     if spec == FIRST_STAGE or not path.is_dir() or (path / CACHE_MANIFEST).is_file():
         return None
     return path
-
-
-def lightgbm_feature_importance(folder: str | Path) -> dict[str, float]:
-    """Total gain of each feature of a ``lightgbm-student`` folder's ``model.txt``, by name."""
-    import lightgbm
-
-    booster = lightgbm.Booster(model_file=str(Path(folder) / "model.txt"))
-    gains = booster.feature_importance(importance_type="gain")
-    return {name: float(gain) for name, gain in zip(booster.feature_name(), gains, strict=True)}

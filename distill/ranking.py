@@ -7,7 +7,9 @@ cross-encoder the same way.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
 
 import polars as pl
 
@@ -19,22 +21,60 @@ from distill.schema import DOCID, QID
 SETTLE_PAIRS = 32
 
 
-@runtime_checkable
-class Ranker(Protocol):
-    """Something that scores candidates.
+class BaseRanker(ABC):
+    """Something that scores candidates, and the optional capabilities distill may use.
 
     ``rerank`` returns ``qid, docid, score`` for exactly the rows of ``run`` (any order);
-    higher scores rank first.
+    higher scores rank first. The other methods are capabilities with no-op defaults that a
+    ranker overrides when it has them, so evaluation, timing, cascades and serving call them
+    on every ranker alike instead of probing for attributes.
     """
 
-    name: str
+    name: str = ""
 
+    @abstractmethod
     def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame: ...
 
-    def get_config_dict(self) -> dict[str, Any]: ...
+    def get_config_dict(self) -> dict[str, Any]:
+        """What identifies this ranker in reports and manifests."""
+        return {"class": type(self).__name__}
+
+    def prepare(self, dataset: Dataset) -> None:
+        """One-off work for a dataset's corpus before scoring it (e.g. document embeddings),
+        kept out of per-query latency; nothing by default."""
+        return None
+
+    def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> Any:
+        """Choose a pending reduced precision on these pairs (see :func:`settle_precision`);
+        nothing by default."""
+        return None
+
+    def without_precomputation(self) -> BaseRanker | None:
+        """This ranker as it runs without what :meth:`prepare` precomputes (a bi-encoder that
+        embeds each query's documents), to time that cost; None when it precomputes nothing."""
+        return None
+
+    def live(self) -> BaseRanker | None:
+        """The ranker that scores pairs it has not seen: itself, a teacher cache's teacher
+        model, or None (a run file's fixed scores)."""
+        return self
+
+    def run_stats(self) -> dict[str, Any]:
+        """What the last :meth:`rerank` did beyond scoring (a cascade's skipped stages and
+        latency); empty by default."""
+        return {}
+
+    def feature_importance(self) -> dict[str, float]:
+        """Each input feature's importance by name (a LightGBM student's total gain); empty
+        by default."""
+        return {}
 
 
-def settle_precision(ranker: Any, dataset: Dataset, run: pl.DataFrame, seed: int = 0) -> None:
+# The name type hints across distill use for a ranker.
+Ranker = BaseRanker
+
+
+def settle_precision(ranker: BaseRanker, dataset: Dataset, run: pl.DataFrame, seed: int = 0) -> None:
     """Let ``ranker`` settle its precision on a seeded sample of :data:`SETTLE_PAIRS` of ``run``'s pairs.
 
     A model asked for ``auto`` (or bf16/fp16) times and checks its precisions against fp32
@@ -42,7 +82,7 @@ def settle_precision(ranker: Any, dataset: Dataset, run: pl.DataFrame, seed: int
     so callers that score query by query settle it here first, on pairs drawn from all
     queries. Rankers without a pending precision ignore it.
     """
-    settle = getattr(ranker, "settle_precision", None)
-    if settle is not None and run.height:
+    settle = ranker.settle_precision
+    if run.height and getattr(settle, "__func__", settle) is not BaseRanker.settle_precision:  # the no-op default
         sample = run.sample(min(SETTLE_PAIRS, run.height), seed=seed)
         settle(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]))

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from distill.depth import depth_table
-from distill.evaluate import RANKER, EvaluationResult, markdown_table
+from distill.evaluation import RANKER, EvaluationResult, markdown_table
 from distill.io import write_text_atomic
 from distill.latency import LatencyResult
 from distill.schema import DOCID, QID, SCORE

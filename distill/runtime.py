@@ -281,13 +281,11 @@ def runtime_ranker(name: str, ranker: Any) -> Any:
     if isinstance(ranker, RunRanker):
         raise ConfigError(f"stage {name!r} replays a run file, which cannot score a request's documents",
                           field="stages")
-    if hasattr(ranker, "live"):
-        live = ranker.live()
-        if live is None:
-            raise ConfigError(f"stage {name!r} replays a teacher cache whose fingerprint names no model",
-                              field="stages")
-        return live
-    return ranker
+    live = ranker.live()
+    if live is None:
+        raise ConfigError(f"stage {name!r} replays a teacher cache whose fingerprint names no model",
+                          field="stages")
+    return live
 
 
 class Runtime:

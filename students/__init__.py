@@ -1,17 +1,34 @@
-"""Students: rerankers trained to imitate a cached teacher (cross-encoder, bi-encoder, LightGBM)."""
+"""Students: rerankers trained to imitate a cached teacher (cross-encoder, bi-encoder, LightGBM).
 
-from distill.groups import Group, GroupConfig, build_groups
-from distill.training import TrainConfig
-from students.bi_encoder import BiEncoderRanker, train_bi_encoder_student
-from students.cross_encoder import train_cross_encoder_student
-from students.grades import teacher_grades
-from students.lightgbm import LightGBMConfig, LightGBMRanker, train_lightgbm_student
-from students.losses import LOSSES, build_loss
-from students.ranker_features import RankerFeatures
+Names are imported on first use (module ``__getattr__``): ``import students.lightgbm`` or
+``from students import LightGBMRanker`` does not import torch or the losses.
+"""
 
-__all__ = [
-    "LOSSES", "BiEncoderRanker", "Group", "GroupConfig", "LightGBMConfig", "LightGBMRanker", "RankerFeatures",
-    "TrainConfig",
-    "build_groups", "build_loss", "teacher_grades", "train_bi_encoder_student", "train_cross_encoder_student",
-    "train_lightgbm_student",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "BiEncoderRanker": "students.bi_encoder", "train_bi_encoder_student": "students.bi_encoder",
+    "train_cross_encoder_student": "students.cross_encoder",
+    "teacher_grades": "students.grades",
+    "LightGBMConfig": "students.lightgbm", "LightGBMRanker": "students.lightgbm",
+    "train_lightgbm_student": "students.lightgbm",
+    "LOSSES": "students.losses", "build_loss": "students.losses",
+    "RankerFeatures": "students.ranker_features",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'students' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

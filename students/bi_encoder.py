@@ -21,6 +21,7 @@ from distill.errors import InputError
 from distill.groups import GroupConfig, build_groups, split_groups
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
+from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE
 
 if TYPE_CHECKING:
@@ -91,8 +92,8 @@ def train_bi_encoder_student(
 _CORPUS_EMBEDDINGS: dict[tuple[str, str], tuple[dict[str, int], Any]] = {}
 
 
-class BiEncoderRanker:
-    """A :class:`~distill.ranking.Ranker` scoring candidates with a bi-encoder.
+class BiEncoderRanker(BaseRanker):
+    """A :class:`~distill.ranking.BaseRanker` scoring candidates with a bi-encoder.
 
     With ``precompute`` (default), :meth:`prepare` embeds the whole corpus once, and
     :meth:`rerank` then embeds only the queries. Without it (or before ``prepare``, or for
@@ -161,6 +162,14 @@ class BiEncoderRanker:
             raise InputError("the run names queries or documents that the dataset lacks")
         return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
                                  show_progress_bar=False)
+
+    def without_precomputation(self) -> BiEncoderRanker | None:
+        """The same model embedding each query's documents on the fly (None without ``precompute``)."""
+        if not self.precompute:
+            return None
+        cold = BiEncoderRanker(self.path, precompute=False, batch_size=self.batch_size, device=str(self.model.device))
+        cold.name = self.name
+        return cold
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"kind": KIND, "path": str(self.path), "precompute": self.precompute,

@@ -43,8 +43,10 @@ import polars as pl
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
 from distill.features import FeatureConfig, FeatureExtractor
+from distill.groups import holdout
 from distill.io import atomic_dir
 from distill.manifest import frame_hash, write_manifest
+from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE, require_columns
 from students.grades import GRADINGS, mix_qrels, teacher_grades
 from students.ranker_features import RankerFeatures, check_feature_rankers, resolve_feature_rankers
@@ -162,17 +164,6 @@ def _grades(frame: pl.DataFrame, config: LightGBMConfig) -> np.ndarray:
                           config.grading).to_numpy()
 
 
-def _split_queries(qids: pl.Series, valid_fraction: float, seed: int) -> set[str]:
-    """The validation queries: a seeded sample of ``valid_fraction`` of them (at least one when > 0)."""
-    unique = sorted(qids.unique().to_list())
-    n_valid = 0 if valid_fraction == 0 else max(1, round(valid_fraction * len(unique)))
-    if n_valid >= len(unique):
-        raise ConfigError(f"{len(unique)} queries are too few to hold out {valid_fraction:.0%} for validation",
-                          field="valid_fraction")
-    chosen = np.random.default_rng(seed).permutation(len(unique))[:n_valid]
-    return {unique[i] for i in chosen}
-
-
 def _lgb_dataset(features: np.ndarray, labels: np.ndarray, frame: pl.DataFrame, names: list[str],
                  reference: Any = None):
     import lightgbm as lgb
@@ -225,7 +216,7 @@ def train_lightgbm_student(
     features = np.hstack([extractor.fit(dataset).transform(dataset, frame), stacked.transform(dataset, frame)])
     names = extractor.feature_names + stacked.feature_names
     labels = _labels(frame, config, dataset.qrels)
-    is_valid = frame[QID].is_in(list(_split_queries(frame[QID], config.valid_fraction, config.seed))).to_numpy()
+    is_valid = frame[QID].is_in(list(holdout(frame[QID], config.valid_fraction, config.seed))).to_numpy()
     train, valid = frame.filter(~is_valid), frame.filter(is_valid)
     metric = "l2" if config.objective == "regression" else "ndcg"
     params = {
@@ -266,8 +257,8 @@ def train_lightgbm_student(
     return out
 
 
-class LightGBMRanker:
-    """A trained LightGBM student as a :class:`~distill.ranking.Ranker`.
+class LightGBMRanker(BaseRanker):
+    """A trained LightGBM student as a :class:`~distill.ranking.BaseRanker`.
 
     Features use the corpus statistics saved with the model when the dataset's corpus is the
     one it was trained on, and statistics fitted on the new corpus otherwise (as BM25 would).

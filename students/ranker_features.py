@@ -64,8 +64,7 @@ class RankerFeatures:
             self._rankers = {name: load_ranker(spec, name=name, **self.ranker_kwargs)
                              for name, spec in self.specs.items()}
         for ranker in self._rankers.values():
-            if hasattr(ranker, "prepare"):
-                ranker.prepare(dataset)
+            ranker.prepare(dataset)
         self._corpus = dataset.corpus
 
     def transform(self, dataset: Dataset, run: pl.DataFrame) -> np.ndarray:

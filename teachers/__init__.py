@@ -1,11 +1,33 @@
-"""Teachers: models whose raw (query, document) logits the students learn from."""
+"""Teachers: models whose raw (query, document) logits the students learn from.
 
-from teachers.base import Teacher
-from teachers.cross_encoder import CrossEncoderTeacher
-from teachers.generative import GenerativeTeacher, PromptTemplate
-from teachers.loading import load_teacher
-from teachers.sanity import check_teacher
-from teachers.scoring import TeacherScoring, score_teacher
+Names are imported on first use (module ``__getattr__``), so importing one teacher module
+does not import the others.
+"""
 
-__all__ = ["CrossEncoderTeacher", "GenerativeTeacher", "PromptTemplate", "Teacher", "TeacherScoring", "check_teacher",
-           "load_teacher", "score_teacher"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Teacher": "teachers.base",
+    "CrossEncoderTeacher": "teachers.cross_encoder",
+    "GenerativeTeacher": "teachers.generative", "PromptTemplate": "teachers.generative",
+    "load_teacher": "teachers.loading",
+    "check_teacher": "teachers.sanity",
+    "TeacherScoring": "teachers.scoring", "score_teacher": "teachers.scoring",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'teachers' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from distill.errors import ConfigError, InputError
+from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE, require_columns
 from teachers.batching import default_max_tokens, score_batches
 from teachers.device import resolve_device
@@ -71,7 +72,7 @@ def local_model_folder(model_name_or_path: str, revision: str | None) -> Path:
     return Path(snapshot_download(model_name_or_path, revision=revision, local_files_only=True))
 
 
-class Teacher(ABC):
+class Teacher(BaseRanker):
     """Scores (query, document) pairs with a model's raw logits, batched by a token budget.
 
     Subclasses load ``self.model`` (a transformers model, in fp32) and ``self.pad_id`` in

@@ -123,18 +123,18 @@ class RerankEvaluator(BaseEvaluator):
     """
 
     def __init__(self, dataset: Dataset, run: pl.DataFrame, metric: str = METRIC, batch_size: int = 64) -> None:
-        from distill.metrics import evaluate
+        from distill.metrics import metric_means
 
         super().__init__()
         self.dataset, self.run, self.primary_metric, self.batch_size = dataset, run, metric, batch_size
         self.pairs = list(zip(dataset.query_texts(run[QID]), dataset.doc_texts(run[DOCID])))
-        self.baseline = evaluate(dataset.qrels, run, [metric])[metric]
+        self.baseline = metric_means(dataset.qrels, run, [metric])[metric]
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
-        from distill.metrics import evaluate
+        from distill.metrics import metric_means
 
         scores = model.predict(self.pairs, batch_size=self.batch_size, show_progress_bar=False)
-        value = evaluate(self.dataset.qrels, self.run.with_columns(pl.Series(SCORE, scores, dtype=pl.Float64)),
+        value = metric_means(self.dataset.qrels, self.run.with_columns(pl.Series(SCORE, scores, dtype=pl.Float64)),
                          [self.primary_metric])[self.primary_metric]
         log.info("epoch %.2f: validation %s %.4f (BM25 %.4f, %+.4f)", epoch, self.primary_metric, value,
                  self.baseline, value - self.baseline)

@@ -18,12 +18,13 @@ from distill.cascade import Cascade, CascadeStats, Stage, StageCost, stage
 from distill.cascade_search import CascadeConfig, quick_evaluate, replay, search_cascades
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
-from distill.metrics import evaluate
+from distill.metrics import metric_means
+from distill.ranking import BaseRanker
 from distill.runs import read_run, write_run
 from distill.schema import CORPUS_SCHEMA, DOCID, QID, QUERIES_SCHEMA, RELEVANCE, SCORE
 
 
-class Planted:
+class Planted(BaseRanker):
     """A ranker returning fixed scores and recording the candidates it was asked about."""
 
     def __init__(self, name: str, scores: dict[tuple[str, str], float]) -> None:
@@ -226,7 +227,7 @@ def test_quick_metric_equals_ir_measures(seed, metric):
     qrels += [("q_unranked", "d1", 2)]  # judged, no candidates: counts as zero
     run = pl.DataFrame(rows, schema=[QID, DOCID, SCORE], orient="row")
     qrels = pl.DataFrame(qrels, schema={QID: pl.String, DOCID: pl.String, RELEVANCE: pl.Int32}, orient="row")
-    expected = evaluate(qrels, run, [metric])[metric]
+    expected = metric_means(qrels, run, [metric])[metric]
     assert quick_evaluate(qrels, run, metric) == pytest.approx(expected, abs=1e-9)
 
 
@@ -321,7 +322,7 @@ def test_simulated_metric_matches_the_real_cascade(synthetic):
         config = CascadeConfig(tuple(row["stages"]), tuple(row["cutoffs"]), row["nDCG@10"], row["latency_ms"])
         run = replay(config, frames, dataset)
         assert run.height == frames["bm25"].height
-        assert evaluate(qrels, run, ["nDCG@10"])["nDCG@10"] == pytest.approx(config.value, abs=1e-9), str(config)
+        assert metric_means(qrels, run, ["nDCG@10"])["nDCG@10"] == pytest.approx(config.value, abs=1e-9), str(config)
 
 
 def test_search_input_errors(synthetic):

@@ -18,9 +18,11 @@ from distill.bm25 import bm25_run
 from distill.cache import TeacherCache
 from distill.data import Dataset, load_beir
 from distill.errors import ConfigError, InputError
-from distill.evaluate import EvaluationResult, adjust_p_values, evaluate_rankers, evaluate_runs, paired_tests
+from distill.evaluation import EvaluationResult, adjust_p_values, evaluate_rankers, evaluate_runs, paired_tests
 from distill.latency import measure_latency, parameter_count, size_on_disk
-from distill.rankers import MODEL_KINDS, RunRanker, load_ranker, model_folder, parse_ranker_spec
+from distill.rankers import RunRanker, load_ranker, model_folder, parse_ranker_spec
+from distill.ranking import BaseRanker
+from distill.registry import RANKERS
 from distill.runs import read_run, write_run
 from distill.schema import DOCID, QID, SCORE
 
@@ -165,10 +167,10 @@ def test_ranker_specs(tmp_path, monkeypatch, hand):
     model = tmp_path / "student"
     model.mkdir()
     (model / "distill.json").write_text(json.dumps({"kind": "lightgbm-student"}))
-    monkeypatch.setitem(MODEL_KINDS, "lightgbm-student", lambda path, **kw: FakeRanker())
+    monkeypatch.setitem(RANKERS._loaders, "lightgbm-student", lambda path, **kw: FakeRanker())
     assert load_ranker(f"gbm={model}").name == "gbm"
     (model / "distill.json").write_text(json.dumps({"kind": "mystery"}))
-    with pytest.raises(InputError, match="unknown model kind 'mystery'"):
+    with pytest.raises(InputError, match="unknown ranker kind 'mystery'; known: .*lightgbm-student"):
         load_ranker(str(model))
 
     cache = TeacherCache.create_or_open(tmp_path / "cache", {"kind": "fake"}, None)
@@ -198,7 +200,7 @@ def test_evaluate_checks_roles(hand):
         evaluate_runs(dataset.qrels, {"bm25": run}, "bm25", metrics=("nope@3",))
 
 
-class FakeRanker:
+class FakeRanker(BaseRanker):
     """Scores by a hash of the ids; holds a tiny torch layer; ``prepare`` is recorded."""
 
     name = "fake"
@@ -321,7 +323,7 @@ def test_cli_evaluate_then_report(tiny, tiny_beir, tmp_path, capsys):
 
 
 def test_rankers_are_prepared_before_they_rerank(tiny):
-    from distill.evaluate import rerank_all
+    from distill.evaluation import rerank_all
 
     class NeedsPreparing(FakeRanker):
         def rerank(self, dataset, run):

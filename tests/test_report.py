@@ -12,7 +12,7 @@ import pytest
 
 from distill.bm25 import bm25_run
 from distill.data import load_beir
-from distill.evaluate import evaluate_runs
+from distill.evaluation import evaluate_runs
 from distill.latency import LatencyResult
 from distill.report import pareto_frontier, write_report
 from distill.schema import DOCID, QID, RELEVANCE, SCORE

@@ -14,11 +14,12 @@ from distill.cascade import Cascade, StageCost, stage
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
 from distill.rankers import RunRanker
+from distill.ranking import BaseRanker
 from distill.runtime import RankResult, StageReport
 from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, SCORE, TEXT
 
 
-class ByText:
+class ByText(BaseRanker):
     """A ranker scoring a document by a seeded hash of its query and text: no state, any corpus."""
 
     def __init__(self, name: str, seed: int) -> None:

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         from distill.cascade_search import replay, search_cascades
         from distill.inputs import load_dataset_and_run
         from distill.manifest import library_versions
-        from distill.metrics import DEFAULT_METRICS, evaluate
+        from distill.metrics import DEFAULT_METRICS, metric_means
 
         dataset, candidates = _validation_part(*load_dataset_and_run(data, split, run), valid_fraction, seed)
         stages = _load_stages(stage)
@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
         result = search_cascades(scores, costs, dataset.qrels, first, budget_ms, grid, metric, max_stages)
 
         names = tuple(dict.fromkeys([metric, *DEFAULT_METRICS]))
-        baseline = evaluate(dataset.qrels, scores[first], names)
-        chosen = evaluate(dataset.qrels, replay(result.chosen, scores, dataset), names)
+        baseline = metric_means(dataset.qrels, scores[first], names)
+        chosen = metric_means(dataset.qrels, replay(result.chosen, scores, dataset), names)
         _print_search(result, baseline, chosen, first)
         cascade = replace(
             result.chosen.to_cascade(stages), budget_ms=budget_ms,
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
         from distill.inputs import load_dataset_and_run
         from distill.io import write_json_atomic
         from distill.manifest import library_versions
-        from distill.metrics import evaluate
+        from distill.metrics import metric_means
         from distill.runs import write_run
 
         if no_budget and budget_ms is not None:
@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
         cascade.prepare(dataset)
         ranked = cascade.rerank(dataset, candidates, per_query=True)
         write_run(ranked, out, tag="cascade")
-        metrics, baseline = evaluate(dataset.qrels, ranked), evaluate(dataset.qrels, candidates)
+        metrics, baseline = metric_means(dataset.qrels, ranked), metric_means(dataset.qrels, candidates)
         stats = cascade.stats.summary()
 
         console = Console()

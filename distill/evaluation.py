@@ -1,5 +1,6 @@
-"""Compare rankers on one candidate run: metrics, paired significance vs a baseline, and
-agreement with the teacher.
+"""Compare rankers on one candidate run: metrics, paired significance vs a baseline,
+agreement with the teacher and, optionally, latency; :func:`evaluate` is the public entry point
+(``distill evaluate`` is a thin wrapper around it).
 
 Every ranker reranks the same candidates, so per-query metric values pair up across
 rankers. Metrics come from ir-measures (:mod:`distill.metrics`); ir-measures has no paired
@@ -13,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -24,10 +26,11 @@ from distill.agreement import teacher_agreement
 from distill.data import Dataset
 from distill.depth import DEFAULT_DEPTHS, depth_curve
 from distill.errors import ConfigError, InputError
-from distill.io import atomic_path, write_json_atomic, write_text_atomic
+from distill.io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from distill.latency import LatencyResult, load_latency, measure_latency, save_latency
 from distill.metrics import DEFAULT_METRICS, per_query
-from distill.ranking import Ranker
-from distill.schema import DOCID, QID, SCORE, require_columns
+from distill.ranking import BaseRanker
+from distill.schema import DOCID, QID, SCORE, cut, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ class EvaluationResult:
     - ``runs``: each ranker's scores of the candidates (``qid, docid, score``).
     - ``depth``: the first metric when each ranker reranks only the candidate run's top k
       (``ranker, depth, value``; see :mod:`distill.depth`), or None.
+    - ``latency``: measurements by label (a ranker, or e.g. ``"bi (no precompute)"``);
+      ``configs``: each ranker's ``get_config_dict()``; ``feature_importance``: by ranker
+      that has one; ``run_stats``: by ranker that keeps some (a cascade's skipped stages);
+      ``settings``: what the evaluation was asked (its manifest's config).
     """
 
     summary: pl.DataFrame
@@ -64,13 +71,33 @@ class EvaluationResult:
     correction: str = "holm"
     dataset: str = ""
     depth: pl.DataFrame | None = None
+    latency: dict[str, LatencyResult] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feature_importance: dict[str, dict[str, float]] = field(default_factory=dict)
+    run_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rankers(self) -> list[str]:
         return self.summary[RANKER].to_list()
 
+    def write(self, out: str | Path, title: str = "distill evaluation") -> Path:
+        """Write everything (:meth:`save`), ``report.html``, ``report.md`` and a manifest into
+        the folder ``out``, which appears only once complete."""
+        from distill.manifest import frame_hash, write_manifest
+        from distill.report import write_report
+
+        candidates = pl.concat([r.select(QID, DOCID) for r in self.runs.values()]).unique()
+        with atomic_dir(out) as tmp:
+            self.save(tmp)
+            write_report(tmp, self, self.latency, self.configs, self.feature_importance, title=title)
+            write_manifest(tmp, "evaluation", self.settings, candidates_hash=frame_hash(candidates.sort(QID, DOCID)),
+                           cascade_skipped={n: s.get("skipped", {}) for n, s in self.run_stats.items()})
+        return Path(out)
+
     def save(self, folder: str | Path) -> None:
-        """Write Parquet tables, ``evaluation.json`` and ``results.md`` into ``folder`` (each atomically)."""
+        """Write Parquet tables, ``evaluation.json``, ``results.md`` and the latency, configs
+        and feature importance JSON files into ``folder`` (each atomically)."""
         folder = Path(folder)
         runs = pl.concat([r.select(pl.lit(n).alias(RANKER), QID, DOCID, SCORE) for n, r in self.runs.items()])
         tables = {"summary": self.summary, "per_query": self.per_query, "significance": self.significance,
@@ -85,6 +112,10 @@ class EvaluationResult:
             "summary": self.summary.to_dicts(), "significance": self.significance.to_dicts(),
         })
         write_text_atomic(folder / "results.md", markdown_table(self.summary) + "\n")
+        save_latency(self.latency, folder / "latency.json")
+        write_json_atomic(folder / "configs.json", self.configs)
+        write_json_atomic(folder / "feature_importance.json", self.feature_importance)
+        write_json_atomic(folder / "run_stats.json", self.run_stats)
 
     @classmethod
     def load(cls, folder: str | Path) -> EvaluationResult:
@@ -106,7 +137,15 @@ class EvaluationResult:
             metrics=tuple(meta["metrics"]), baseline=meta["baseline"], teacher=meta["teacher"],
             correction=meta["correction"], dataset=meta.get("dataset", ""),
             depth=pl.read_parquet(depth) if depth.is_file() else None,  # older evaluations have none
+            latency=load_latency(folder / "latency.json"), configs=_read_json(folder / "configs.json"),
+            feature_importance=_read_json(folder / "feature_importance.json"),
+            run_stats=_read_json(folder / "run_stats.json"),
         )
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object written by :meth:`EvaluationResult.save`; {} when the file is absent."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def markdown_table(frame: pl.DataFrame, decimals: int = 4) -> str:
@@ -117,7 +156,128 @@ def markdown_table(frame: pl.DataFrame, decimals: int = 4) -> str:
         return str(frame)
 
 
-def rerank_all(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ranker],
+@dataclass
+class EvaluateConfig:
+    """What :func:`evaluate` measures; ``distill evaluate``'s option defaults come from here.
+
+    ``k``: candidates per query reranked (the run's top k). ``depths``: rerank depths of the
+    first metric's curve. ``latency``: also time each ranker on ``latency_queries`` queries
+    with ``threads`` torch threads.
+    """
+
+    baseline: str = "bm25"
+    teacher: str | None = None
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    k: int = 100
+    correction: str = "holm"
+    depths: tuple[int, ...] = DEFAULT_DEPTHS
+    latency: bool = False
+    latency_queries: int = 50
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.metrics = canonical_metrics(self.metrics)
+        self.depths = tuple(self.depths)
+        for name in ("k", "latency_queries", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"must be an integer >= 1, got {value!r}", field=name)
+        if self.correction not in CORRECTIONS:
+            raise ConfigError(f"unknown correction {self.correction!r}; known: {list(CORRECTIONS)}",
+                              field="correction")
+
+
+def evaluate(dataset: Dataset, run: pl.DataFrame, rankers: Mapping[str, BaseRanker | str],
+             config: EvaluateConfig | None = None, *, show_progress: bool = True) -> EvaluationResult:
+    """Rerank the top ``config.k`` candidates of ``run`` per query of ``dataset`` with every
+    ranker and compare them: metrics, paired significance against ``config.baseline``,
+    agreement with ``config.teacher``, the rerank-depth curve and, with ``config.latency``,
+    each ranker's latency. A ranker is an object or a spec for :func:`distill.rankers.load_ranker`
+    (``"bm25"``, a run file, a teacher cache, a model folder, a cascade spec).
+
+    Write the result with :meth:`EvaluationResult.write` (tables, report.html, manifest).
+    """
+    from distill.rankers import load_ranker
+
+    config = config or EvaluateConfig()
+    check_roles(list(rankers), config.baseline, config.teacher, config.correction)
+    candidates = cut(run, config.k)
+    specs = {name: r for name, r in rankers.items() if isinstance(r, str)}
+    with _progress(show_progress) as progress:
+        task = progress.add_task("loading rankers", total=len(rankers))
+        loaded: dict[str, BaseRanker] = {}
+        for name, ranker in rankers.items():
+            progress.update(task, description=f"loading {name}")
+            loaded[name] = load_ranker(ranker, name=name) if isinstance(ranker, str) else ranker
+            progress.advance(task)
+        task = progress.add_task("reranking", total=len(loaded))
+
+        def on_ranker(name: str) -> None:
+            progress.update(task, description=f"reranking with {name}", completed=list(loaded).index(name))
+
+        result = evaluate_rankers(dataset, candidates, loaded, config.baseline, config.metrics, config.teacher,
+                                  config.correction, on_ranker=on_ranker, depths=config.depths)
+        progress.update(task, completed=len(loaded))
+        result.run_stats = _run_stats(loaded)
+        if config.latency:
+            result.latency = _measure(loaded, specs, dataset, candidates, config, progress)
+    result.configs = {name: r.get_config_dict() for name, r in loaded.items()}
+    result.feature_importance = {name: imp for name, r in loaded.items() if (imp := r.feature_importance())}
+    result.settings = {**asdict(config), "rankers": {n: specs.get(n, type(r).__name__) for n, r in loaded.items()},
+                       "data": str(dataset.path) if dataset.path else dataset.name, "split": dataset.split}
+    return result
+
+
+def _progress(show: bool):
+    """A transient rich progress display on stderr (hidden when ``show`` is false)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=not show)
+
+
+def _measure(rankers: Mapping[str, BaseRanker], specs: Mapping[str, str], dataset: Dataset,
+             candidates: pl.DataFrame, config: EvaluateConfig, progress) -> dict[str, LatencyResult]:
+    """Time every ranker with its ``prepare`` step: a teacher cache by the teacher model it
+    replays, and a ranker that precomputes (a bi-encoder's corpus embeddings) once more without."""
+    from distill.cache import CachedRanker
+    from distill.rankers import model_folder
+
+    timings = {}
+    task = progress.add_task("timing", total=len(rankers))
+    for name, ranker in rankers.items():
+        progress.update(task, description=f"timing {name}")
+        folder = model_folder(specs[name]) if name in specs else None
+        live = ranker.live()
+        if isinstance(ranker, CachedRanker) and live is not None:  # replaying a cache costs nothing
+            folder = Path(ranker.cache.manifest["teacher"]["model"])
+        timed = live if live is not None else ranker
+        timings[name] = measure_latency(timed, dataset, candidates, k=config.k, n_queries=config.latency_queries,
+                                        prepare=True, threads=config.threads, model_path=folder)
+        cold = timed.without_precomputation()
+        if cold is not None:
+            timings[f"{name} (no precompute)"] = measure_latency(
+                cold, dataset, candidates, k=config.k, n_queries=config.latency_queries, prepare=False,
+                threads=config.threads, model_path=folder)
+        progress.advance(task)
+    return timings
+
+
+def _run_stats(rankers: Mapping[str, BaseRanker]) -> dict[str, dict[str, Any]]:
+    """Each ranker's :meth:`~distill.ranking.BaseRanker.run_stats`, with a warning for a cascade
+    that skipped stages to stay within its budget: its metrics are then those of a shorter
+    cascade on those queries."""
+    stats = {name: r.run_stats() for name, r in rankers.items()}
+    stats = {name: s for name, s in stats.items() if s}
+    for name, s in stats.items():
+        if any(s.get("skipped", {}).values()):
+            log.warning("cascade %r skipped stages to stay within its budget (queries per stage: %s); its "
+                        "metrics are those of the shorter cascade on those queries", name, s["skipped"])
+    return stats
+
+
+def rerank_all(dataset: Dataset, run: pl.DataFrame, rankers: Mapping[str, BaseRanker],
                on_ranker: Callable[[str], None] | None = None) -> dict[str, pl.DataFrame]:
     """Each ranker's scores for the candidates of ``run`` (``on_ranker(name)`` is called before each).
 
@@ -129,9 +289,7 @@ def rerank_all(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ranker],
     for name, ranker in rankers.items():
         if on_ranker is not None:
             on_ranker(name)
-        prepare = getattr(ranker, "prepare", None)
-        if prepare is not None:
-            prepare(dataset)
+        ranker.prepare(dataset)
         scored = ranker.rerank(dataset, run)
         require_columns(scored, [QID, DOCID, SCORE], f"scores of ranker {name!r}")
         if scored.height != run.height:  # a dropped candidate would silently count as not retrieved
@@ -140,7 +298,7 @@ def rerank_all(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ranker],
     return runs
 
 
-def evaluate_rankers(dataset: Dataset, run: pl.DataFrame, rankers: dict[str, Ranker], baseline: str,
+def evaluate_rankers(dataset: Dataset, run: pl.DataFrame, rankers: Mapping[str, BaseRanker], baseline: str,
                      metrics: tuple[str, ...] = DEFAULT_METRICS, teacher: str | None = None,
                      correction: str = "holm", on_ranker: Callable[[str], None] | None = None,
                      depths: tuple[int, ...] = DEFAULT_DEPTHS) -> EvaluationResult:
