@@ -167,12 +167,14 @@ def precision_flags(precision: Precision) -> dict[str, bool]:
 
 
 def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: TrainConfig,
-        checkpoints: Path, evaluator=None) -> list[dict[str, Any]]:
+        checkpoints: Path, evaluator=None, patience: int | None = None) -> list[dict[str, Any]]:
     """Train ``model`` (a CrossEncoder or a SentenceTransformer) in place; return the log history.
 
     With ``valid`` groups or an ``evaluator`` (a sentence-transformers evaluator whose
     ``primary_metric`` is to be maximised), the model is evaluated every epoch (or every
-    ``eval_steps``) and the best checkpoint is the one left in ``model`` at the end.
+    ``eval_steps``) and the best checkpoint is the one left in ``model`` at the end; with
+    ``patience``, training stops once that many evaluations in a row did not improve on the
+    best (transformers' ``EarlyStoppingCallback``), so ``config.epochs`` is a cap.
     """
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.cross_encoder import (
@@ -219,6 +221,7 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
         train_dataset=groups_to_hf_dataset(train),
         eval_dataset=groups_to_hf_dataset(valid) if valid else None,
         evaluator=evaluator,
+        callbacks=_early_stopping(patience) if evaluating else None,
     )
     try:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
@@ -227,6 +230,14 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
             raise ConfigError(f"cannot resume: {err}", path=checkpoints) from None
         raise
     return trainer.state.log_history
+
+
+def _early_stopping(patience: int | None) -> list | None:
+    if not patience:
+        return None
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=patience)]
 
 
 def scores_summary(dataset, scores, train: list[Group], valid: list[Group]) -> dict[str, Any]:

@@ -15,8 +15,10 @@ split's judgements with BM25 hard negatives, then its scores are cached and dist
   :class:`students.losses.HardLabels`.
 - Validation: a seeded ``valid_fraction`` of the training queries is held out; after
   every epoch the model reranks their BM25 top ``valid_k`` and its nDCG@10 is reported
-  next to BM25's own. The best epoch is kept, and a warning is logged when it does not
-  beat BM25 (a teacher worse than its first stage is not worth distilling).
+  next to BM25's own. Training stops when ``patience`` epochs in a row did not improve on
+  the best (``epochs`` is the cap), the best epoch is kept, and a warning is logged when it
+  does not beat BM25 (a teacher worse than its first stage is not worth distilling; see
+  :mod:`teachers.fusion` for a teacher that cannot fall below it).
 - Weak supervision (``weak_titles=N``): N documents' titles become queries whose positive
   is the document's own body, with negatives retrieved by the title over the bodies.
 """
@@ -61,6 +63,9 @@ class TeacherTrainConfig:
     negatives_from_top: int = 30
     valid_k: int = 30
     weak_titles: int = 0
+    # stop once validation nDCG@10 has not improved for this many epochs (train.epochs is the cap);
+    # None: train all epochs. A teacher is kept only at its best epoch either way
+    patience: int | None = 1
     trust_remote_code: bool = False
     train: TrainConfig = field(default_factory=_teacher_defaults)
 
@@ -70,6 +75,8 @@ class TeacherTrainConfig:
         if self.negatives < 1 or self.negatives_from_top <= self.negatives:
             raise ConfigError(f"need 1 <= negatives < negatives_from_top, got {self.negatives} negatives from "
                               f"the top {self.negatives_from_top}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 epoch (or None), got {self.patience}", field="patience")
         if self.valid_k < 1 or self.weak_titles < 0:
             raise ConfigError(f"need valid_k >= 1 and weak_titles >= 0, got {self.valid_k}, {self.weak_titles}")
 
@@ -178,7 +185,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
                          trust_remote_code=config.trust_remote_code)
     loss = HardLabels(kind=OBJECTIVES[config.objective])
     history = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
-                  evaluator=evaluator)
+                  evaluator=evaluator, patience=config.patience)
     validation = summarize_validation(history, evaluator.baseline if evaluator else None)
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))

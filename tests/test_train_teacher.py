@@ -93,3 +93,20 @@ def test_config_refuses_impossible_settings():
         TeacherTrainConfig(negatives=10, negatives_from_top=10)
     with pytest.raises(ConfigError, match="objective"):
         TeacherTrainConfig(objective="pairwise")
+
+
+def test_train_teacher_stops_once_validation_stops_improving(tiny_beir, tiny_cross_encoder, tmp_path, monkeypatch):
+    from teachers.train import RerankEvaluator, train_teacher
+
+    values = iter([0.5, 0.4, 0.3, 0.2])  # validation only falls after the first epoch
+    monkeypatch.setattr(RerankEvaluator, "__call__", lambda self, model, *a, **k: {"nDCG@10": next(values)})
+    from distill.training import TrainConfig
+
+    config = TeacherTrainConfig(negatives=3, negatives_from_top=10, valid_k=10, patience=1,
+                                train=TrainConfig(epochs=4, lr=1e-4, batch_size=4, max_length=48, valid_fraction=0.25))
+    out = train_teacher(load_beir(tiny_beir, "train"), tmp_path / "t", init=str(tiny_cross_encoder), config=config)
+    epochs = json.loads((out / "distill.json").read_text())["validation"]["epochs"]
+    assert [round(e["epoch"]) for e in epochs] == [1, 2]  # stopped at the cap's half: patience 1
+    assert [e["nDCG@10"] for e in epochs] == [0.5, 0.4]
+    with pytest.raises(ConfigError, match="patience"):
+        TeacherTrainConfig(patience=0)

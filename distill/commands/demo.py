@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
         init: str = typer.Option(None, help="Teacher backbone (default: the packaged all-MiniLM-L6-v2)."),
         teacher: str = typer.Option(None, help="Use this teacher instead of training one."),
         max_length: int = typer.Option(None, help="Tokens per pair [built-in data 128; --data 256]."),
-        teacher_epochs: float = typer.Option(None, help="Teacher epochs [built-in 2; --data 1]."),
+        teacher_epochs: float = typer.Option(None, help="Teacher epochs at most, stopping early on valid "
+                                             "[built-in 2; --data 4]."),
         student_epochs: float = typer.Option(None, help="Student epochs [built-in 2; --data 1]."),
         topics: int = typer.Option(40, min=2, help="Built-in dataset size (8 documents, 10 queries per topic)."),
         test_k: int = typer.Option(100, min=2, help="Candidates per test query."),
@@ -52,7 +53,7 @@ def register(app: typer.Typer) -> None:
             queries=queries, pseudo_queries=None if pseudo_queries == "none" else pseudo_queries,
             ce_rounds=ce_rounds, allow_collapse=allow_collapse,
             max_length=max_length or (128 if builtin else 256),
-            teacher_epochs=teacher_epochs or (2.0 if builtin else 1.0),
+            teacher_epochs=teacher_epochs or (2.0 if builtin else 4.0),
             student_epochs=student_epochs or (2.0 if builtin else 1.0),
             latency_queries=latency_queries or (10 if builtin else 20),
             title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),

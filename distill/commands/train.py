@@ -62,7 +62,9 @@ def register(app: typer.Typer) -> None:
         objective: str = typer.Option("listnet", help="listnet (softmax CE against softmax(labels), as "
                                       "sentence-transformers' ListNetLoss; default) | listwise (softmax CE against "
                                       "the one-hot positive) | pointwise (BCE)."),
-        epochs: float = typer.Option(None, help="Epochs [2; --quick 1]."),
+        epochs: float = typer.Option(None, help="Epochs at most [2; --quick 1]."),
+        patience: int = typer.Option(1, min=0, help="Stop once validation nDCG@10 has not improved for N epochs "
+                                     "(0: train every epoch); the best epoch is kept either way."),
         lr: float = typer.Option(5e-5, help="Peak learning rate."),
         batch_size: int = typer.Option(4, min=1, help="Queries per batch (each with 1 + negatives documents)."),
         max_length: int = typer.Option(None, help="Tokens per pair [256; --quick 128]."),
@@ -90,7 +92,7 @@ def register(app: typer.Typer) -> None:
         config = TeacherTrainConfig(
             objective=objective, negatives=_pick(negatives, quick, "negatives", TEACHER),
             negatives_from_top=_pick(negatives_from_top, quick, "negatives_from_top", TEACHER),
-            valid_k=_pick(valid_k, quick, "valid_k", TEACHER), weak_titles=weak_titles,
+            valid_k=_pick(valid_k, quick, "valid_k", TEACHER), weak_titles=weak_titles, patience=patience or None,
             trust_remote_code=trust_remote_code, train=train,
         )
         train_teacher(load_beir(data, split), out, init=init, config=config)
