@@ -12,7 +12,7 @@ split's judgements with BM25 hard negatives, then its scores are cached and dist
   top 100, BM25 0.679); ``listwise`` is the same against the one-hot positive (localized
   contrastive estimation); ``pointwise`` is per-document binary cross-entropy, kept for
   comparison: on SciFact it collapsed to the base rate. All are
-  :class:`students.losses.HardLabels`.
+  :mod:`distill.objectives` (the students' ``HardLabels``).
 - Validation: a seeded ``valid_fraction`` of the training queries is held out; after
   every epoch the model reranks their BM25 top ``valid_k`` and its nDCG@10 is reported
   next to BM25's own. Training stops when ``patience`` epochs in a row did not improve on
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 KIND = "teacher"
 METRIC = "nDCG@10"
-# train-teacher's objectives, as HardLabels kinds
+# train-teacher's objectives, as distill.objectives kinds
 OBJECTIVES = {"listnet": "listnet", "listwise": "listwise_ce", "pointwise": "bce"}
 
 
@@ -159,8 +159,8 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     from transformers import set_seed
 
     from distill.bm25 import bm25_run
+    from distill.objectives import HardLabelObjective
     from distill.training import CrossEncoderGroupLoss, fit
-    from students.losses import HardLabels
 
     config = config or TeacherTrainConfig()
     train_cfg = config.train
@@ -183,7 +183,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     set_seed(train_cfg.seed)
     model = CrossEncoder(init, num_labels=1, max_length=train_cfg.max_length,
                          trust_remote_code=config.trust_remote_code)
-    loss = HardLabels(kind=OBJECTIVES[config.objective])
+    loss = HardLabelObjective(OBJECTIVES[config.objective])
     history = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
                   evaluator=evaluator, patience=config.patience)
     validation = summarize_validation(history, evaluator.baseline if evaluator else None)

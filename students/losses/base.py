@@ -27,6 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.objectives import masked_log_softmax as masked_log_softmax  # re-exported for the losses
+from distill.objectives import masked_mean as masked_mean
+from distill.objectives import masked_softmax as masked_softmax
+from distill.objectives import mean_over_rows as mean_over_rows
 
 #: ``signature`` values: which student score matrix a loss takes (see the module docstring).
 GROUP, IN_BATCH = "group", "in_batch"
@@ -44,27 +48,6 @@ LIGHTNING_IR_CITATION = """
 """
 
 
-def masked_log_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    """Log-softmax over the valid entries of each row; masked entries come back as 0.
-
-    Masked entries are filled with -inf before the softmax (probability exactly 0) and with
-    0 afterwards, so products with a zero probability stay 0 instead of ``0 * -inf = nan``.
-    Rows without any valid entry return all zeros.
-    """
-    return torch.log_softmax(_fill_for_softmax(scores, mask), dim=-1).masked_fill(~mask, 0.0)
-
-
-def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    """Softmax over the valid entries of each row; masked entries (and empty rows) are 0."""
-    return torch.softmax(_fill_for_softmax(scores, mask), dim=-1).masked_fill(~mask, 0.0)
-
-
-def _fill_for_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    # -inf on padding; an all-padding row is set to zeros so its softmax stays finite.
-    filled = scores.masked_fill(~mask, float("-inf"))
-    return filled.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
-
-
 def pair_differences(scores: Tensor, mask: Tensor) -> Tensor:
     """``[B, L, L]`` differences ``scores[b, i] - scores[b, j]``, with padding zeroed first."""
     clean = scores.masked_fill(~mask, 0.0)
@@ -75,21 +58,6 @@ def pair_mask(mask: Tensor) -> Tensor:
     """``[B, L, L]``: True where both i and j are valid and i != j."""
     eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
     return mask[:, :, None] & mask[:, None, :] & ~eye
-
-
-def mean_over_rows(row_loss: Tensor, row_valid: Tensor) -> Tensor:
-    """Mean of ``row_loss`` over the rows marked valid (0 with a gradient when none is)."""
-    total = torch.where(row_valid, row_loss, torch.zeros_like(row_loss)).sum()
-    return total / row_valid.sum().clamp(min=1)
-
-
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the valid elements of each row (all dims after the first), then over rows
-    that have at least one valid element."""
-    dims = tuple(range(1, values.dim()))
-    count = mask.sum(dim=dims)
-    row_sum = torch.where(mask, values, torch.zeros_like(values)).sum(dim=dims)
-    return mean_over_rows(row_sum / count.clamp(min=1), count > 0)
 
 
 def check_positive(name: str, field: str, value: float) -> float:

@@ -16,13 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import ConfigError
+from distill.objectives import hard_label_loss
 from students.losses.base import (
     DistillLoss,
     check_positive,
-    masked_log_softmax,
     masked_mean,
-    masked_softmax,
-    mean_over_rows,
 )
 
 
@@ -212,13 +210,4 @@ class HardLabels(DistillLoss):
                 f"{self.name} ({self.kind}) needs qrels labels for every candidate, but the batch has "
                 "none; set hard_label_weight to 0 or train on data with qrels"
             )
-        grades = labels.masked_fill(~mask, 0.0).clamp(min=0.0)
-        if self.kind == "bce":
-            logits = student.masked_fill(~mask, 0.0)
-            targets = (grades > 0).to(logits.dtype)
-            per_doc = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-            return masked_mean(per_doc, mask)
-        total = grades.sum(dim=-1, keepdim=True)
-        target = masked_softmax(grades, mask) if self.kind == "listnet" else grades / total.clamp(min=1e-12)
-        row_loss = -(target * masked_log_softmax(student, mask)).sum(dim=-1)
-        return mean_over_rows(row_loss, (total.squeeze(-1) > 0) & (mask.sum(dim=-1) >= 2))
+        return hard_label_loss(self.kind, student, mask, labels)
