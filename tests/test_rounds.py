@@ -202,3 +202,53 @@ def test_cache_info_reports_the_teachers_per_query_spread_and_margins(planted, t
     scale = score_scale(scores)
     assert "score scale over 16 queries" in out and "margin top-1 minus top-2" in out
     assert f"listwise loss (KLDiv, ListNet, LambdaLoss): {scale.temperature():.4g}" in out
+
+
+def test_a_fused_teachers_weights_come_from_validation_and_are_in_its_fingerprint(tiny_beir, tmp_path, capsys):
+    from distill.cache import TeacherCache, read_scores
+    from distill.manifest import frame_hash
+    from distill.metrics import per_query
+    from distill.runs import write_run
+    from teachers.fusion import fuse, zscores
+
+    dataset = load_beir(tiny_beir, "test")
+    run = bm25_run(dataset, 10)
+    write_run(run, tmp_path / "run.trec", tag="bm25")
+    graded = run.join(dataset.qrels, on=[QID, DOCID], how="left").select(
+        QID, DOCID, pl.col("relevance").fill_null(0).cast(pl.Float32).alias(SCORE))
+
+    def fused_cache(name: str, teacher: pl.DataFrame) -> dict:
+        cache = TeacherCache.create_or_open(tmp_path / name, {"kind": "planted", "name": name},
+                                            frame_hash(dataset.corpus))
+        cache.append(teacher)
+        code, _, err = run_cli(["fuse-teacher", "--cache", tmp_path / name, "--data", tiny_beir, "--run",
+                                tmp_path / "run.trec", "--valid-split", "test", "--step", 0.25,
+                                "--out", tmp_path / f"{name}_fused"], capsys)
+        assert code == 0, err
+        return TeacherCache.open(tmp_path / f"{name}_fused").manifest["teacher"]
+
+    def value(teacher: pl.DataFrame, weights: dict) -> float:
+        scores = fuse({"teacher": teacher, "bm25": run}, weights)
+        return float(per_query(dataset.qrels, scores, ["nDCG@10"])["value"].mean())
+
+    # an inverted teacher: fusing must not follow it below BM25
+    inverted = graded.with_columns(-pl.col(SCORE))
+    fingerprint = fused_cache("inverted", inverted)
+    assert fingerprint["kind"] == "fused" and fingerprint["components"]["teacher"] == {"kind": "planted",
+                                                                                      "name": "inverted"}
+    weights = fingerprint["weights"]
+    assert weights["bm25"] > weights["teacher"]
+    grid = [{"teacher": t, "bm25": 1 - t} for t in (0, 0.25, 0.5, 0.75, 1)]
+    best = max(value(inverted, w) for w in grid)
+    assert fingerprint["chosen_on"]["value"] == pytest.approx(best)
+    assert best >= value(inverted, {"bm25": 1.0})
+    assert value(inverted, weights) == pytest.approx(best)
+    fused, _ = read_scores(tmp_path / "inverted_fused")
+    expected = fuse({"teacher": inverted, "bm25": run}, weights)
+    joined = fused.join(expected, on=[QID, DOCID])
+    assert joined.height == run.height and (joined[SCORE] - joined[f"{SCORE}_right"]).abs().max() < 1e-5
+    # a teacher that ranks by the qrels: it gets the weight
+    good = fused_cache("good", graded)
+    assert good["weights"]["teacher"] >= 0.5 and good["chosen_on"]["alone"]["teacher"] >= good["chosen_on"][
+        "alone"]["bm25"]
+    assert zscores(graded).group_by(QID).agg(pl.col(SCORE).mean().abs().max())[SCORE].max() < 1e-9

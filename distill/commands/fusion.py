@@ -1,0 +1,52 @@
+"""``distill fuse-teacher``: a teacher that cannot fall below the first stage on validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fuse-teacher")
+    def fuse_teacher_command(
+        cache: Path = typer.Option(..., help="The trained teacher's cache (with the validation candidates scored)."),
+        data: Path = typer.Option(..., help="BEIR folder the cache was scored on."),
+        run: list[Path] = typer.Option(..., "--run", help="First-stage runs whose scores are fused (every "
+                                       "candidate set in the cache: train, valid, test); repeatable."),
+        valid_split: str = typer.Option("valid", help="Judged queries the weights are chosen on."),
+        scorer: list[str] = typer.Option([], "--scorer", help="NAME=SPEC: another ranker (e.g. a zero-shot "
+                                         "bi-encoder folder) fused too, applied to the cached pairs; repeatable."),
+        queries: Path = typer.Option(None, help="Unjudged queries whose pairs the cache holds too (for --scorer)."),
+        step: float = typer.Option(0.1, help="Weights are searched on a grid of this step (summing to 1)."),
+        out: Path = typer.Option(..., help="Cache folder of the fused scores (students read it)."),
+    ) -> None:
+        """Per-query z-scored interpolation of the teacher with BM25 (and other scorers), the weights chosen
+        on --valid-split's nDCG@10 and recorded in the fused cache's fingerprint."""
+        from distill.data import load_beir
+        from distill.manifest import frame_hash
+        from distill.runs import read_run
+        from teachers.fusion import fuse_teacher
+
+        valid = load_beir(data, valid_split)
+        others, sources = {}, {"bm25": {"kind": "first-stage", "runs": [str(r) for r in run]}}
+        if scorer:
+            from distill.cache import read_scores
+            from distill.rankers import load_ranker, parse_ranker_spec
+
+            pairs = read_scores(cache)[0].select("qid", "docid")
+            everything = load_beir(data, None)
+            if queries is not None:
+                import polars as pl
+
+                from distill.querysets import read_queries_file
+
+                extra = read_queries_file(queries).join(everything.queries, on="qid", how="anti")
+                everything.queries = pl.concat([everything.queries, extra])
+            for item in scorer:
+                name, spec = parse_ranker_spec(item)
+                ranker = load_ranker(spec, name=name)
+                others[name] = ranker.rerank(everything, pairs)
+                sources[name] = ranker.get_config_dict() if hasattr(ranker, "get_config_dict") else {"spec": spec}
+        fuse_teacher(out, cache, [read_run(r) for r in run], valid.qrels, others=others, step=step,
+                     corpus_hash=frame_hash(valid.corpus), sources=sources)
