@@ -1,104 +1,189 @@
-"""Teacher scoring throughput: `distill score-teacher`'s scoring path vs plain CrossEncoder.predict.
+"""Teacher scoring throughput: distill's default path (`score_teacher`, dtype auto) vs CrossEncoder.predict.
 
-Both score the same SciFact test pairs (BM25 top-k) with the same model at max_length 512
-in the same process; model loading is excluded from both timings. A second pass over the
-same cache must make no model calls.
+Both score the same SciFact test pairs (BM25 top-k of the first --queries test queries) with
+the same model at max_length 512, twice over:
 
-    python scripts/bench_teacher.py --data ../shared/data/scifact [--quick]
+- in one process, model loaded beforehand on both sides; distill's time includes choosing
+  the precision (timing fp32 and bf16 on a 32-pair sample where the CPU has bf16), the
+  sanity check and writing the cache;
+- as whole processes, start-up included: `distill score-teacher` against a process that
+  loads the same data and model and calls `CrossEncoder.predict` (batch 32, fp32, its defaults).
+
+The model is the packaged all-MiniLM-L6-v2 with a classification head drawn from a fixed
+seed (throughput does not depend on the head's weights), saved once as a cross-encoder
+folder both sides load. A second pass over the cache must make no model calls.
+
+    python scripts/bench_teacher.py --data ../shared/data/scifact [--queries 20 --k 100] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from _common import DEFAULT_DATA, minilm_path, save_results
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_description() -> dict[str, object]:
+    """The CPU's model name and which of :data:`CPU_FLAGS` it has (Linux; empty elsewhere)."""
+    import os
+
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return {"cores": os.cpu_count()}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name"), "cores": os.cpu_count(),
+            "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def build_model(folder: Path, max_length: int) -> Path:
+    """MiniLM-L6 with a seeded classification head, saved as a cross-encoder folder."""
+    from teachers import CrossEncoderTeacher
+
+    teacher = CrossEncoderTeacher(minilm_path(), max_length=max_length, allow_untrained_head=True, dtype="fp32")
+    teacher.model.save_pretrained(folder)
+    teacher.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def predict_worker(args: argparse.Namespace) -> None:
+    """The baseline as a process: load data, run and model, CrossEncoder.predict, save the scores."""
+    import numpy as np
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from distill.data import load_beir
+    from distill.runs import read_run
+
+    dataset = load_beir(args.data, "test")
+    run = read_run(args.run_file)
+    pairs = list(zip(dataset.query_texts(run["qid"]), dataset.doc_texts(run["docid"])))
+    model = CrossEncoder(str(args.model), max_length=args.max_length)
+    scores = model.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    np.save(args.scores_out, scores)
+
+
+def in_process(args, dataset, run, model: Path, tmp: Path) -> dict:
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+    from sentence_transformers import CrossEncoder
+
+    from distill.cache import TeacherCache
+    from teachers import CrossEncoderTeacher, score_teacher
+
+    teacher = CrossEncoderTeacher(model, max_length=args.max_length, dtype=args.dtype)
+    calls = {"n": 0}
+    score = teacher._score
+
+    def counting_score(queries, docs, progress=None):
+        calls["n"] += 1
+        return score(queries, docs, progress)
+
+    teacher._score = counting_score
+    t0 = time.perf_counter()
+    result = score_teacher(teacher, dataset, run, tmp / "cache", source="bench", show_progress=False)
+    distill_s = time.perf_counter() - t0
+    first_calls = calls["n"]
+    t1 = time.perf_counter()
+    again = score_teacher(teacher, dataset, run, tmp / "cache", source="bench", show_progress=False)
+    rerun_s = time.perf_counter() - t1
+    cached = TeacherCache.open(tmp / "cache").scores()
+
+    pairs = run.select("qid", "docid")
+    ce = CrossEncoder(str(model), max_length=args.max_length)
+    texts = list(zip(dataset.query_texts(pairs["qid"]), dataset.doc_texts(pairs["docid"])))
+    t2 = time.perf_counter()
+    plain = ce.predict(texts, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    plain_s = time.perf_counter() - t2
+
+    ours = pairs.join(cached, on=["qid", "docid"], how="left")["score"].to_numpy()
+    n = pairs.height
+    return {
+        "dtype": result.dtype, "precision": result.precision, "sanity": result.sanity,
+        "distill_s": round(distill_s, 2), "predict_s": round(plain_s, 2),
+        "distill_pairs_per_s": round(n / distill_s, 2), "predict_pairs_per_s": round(n / plain_s, 2),
+        "speedup": round(plain_s / distill_s, 3),
+        "spearman_vs_predict": round(float(spearmanr(ours, plain).statistic), 6),
+        "max_abs_diff_vs_predict": float(np.abs(ours - plain).max()),
+        "second_pass_model_calls": calls["n"] - first_calls, "second_pass_scored": again.scored,
+        "second_pass_s": round(rerun_s, 3),
+    }
+
+
+def whole_processes(args, run_file: Path, model: Path, tmp: Path) -> dict:
+    """Wall time of `distill score-teacher` and of a predict process over the same pairs."""
+    distill_cmd = [str(Path(sys.executable).parent / "distill"), "score-teacher", "--teacher", str(model),
+                   "--data", str(args.data), "--split", "test", "--run", str(run_file),
+                   "--cache", str(tmp / "process_cache"), "--max-length", str(args.max_length), "--dtype", args.dtype]
+    predict_cmd = [sys.executable, str(Path(__file__).resolve()), "--predict-worker", "--data", str(args.data),
+                   "--model", str(model), "--run-file", str(run_file), "--max-length", str(args.max_length),
+                   "--scores-out", str(tmp / "predict.npy")]
+    times = {}
+    for name, cmd in (("distill", distill_cmd), ("predict", predict_cmd)):
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        times[name] = time.perf_counter() - start
+        if done.returncode:
+            raise SystemExit(f"{name} process failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        if name == "distill":
+            log = done.stderr.strip().splitlines() + done.stdout.strip().splitlines()
+            times["distill_log"] = [line for line in log if "precision" in line or "scored" in line]
+    return {"distill_process_s": round(times["distill"], 2), "predict_process_s": round(times["predict"], 2),
+            "process_speedup": round(times["predict"] / times["distill"], 3), "distill_log": times["distill_log"]}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--teacher", default=None, help="Cross-encoder or backbone folder [packaged all-MiniLM-L6-v2].")
-    parser.add_argument("--queries", type=int, default=30, help="Test queries to score (0 = all).")
+    parser.add_argument("--queries", type=int, default=20, help="Test queries to score (0 = all).")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (reduced ones are checked first).")
-    parser.add_argument("--quick", action="store_true", help="8 queries x top-20 (about a minute).")
+    parser.add_argument("--dtype", default="auto", help="distill's --dtype: auto | fp32 | bf16 | fp16.")
+    parser.add_argument("--no-processes", action="store_true", help="Skip the whole-process comparison.")
+    parser.add_argument("--quick", action="store_true", help="8 queries x top-20 (a few minutes).")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    parser.add_argument("--predict-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--run-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--scores-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.predict_worker:
+        return predict_worker(args)
     if args.quick:
         args.queries, args.k = 8, 20
 
     import torch
-    from sentence_transformers import CrossEncoder
 
     from distill.bm25 import bm25_run
-    from distill.cache import TeacherCache
     from distill.data import load_beir
-    from distill.manifest import frame_hash
-    from distill.ranking import settle_precision
-    from distill.scoring import score_into_cache
-    from teachers import CrossEncoderTeacher
+    from distill.runs import write_run
 
     dataset = load_beir(args.data, "test")
     if args.queries:
         dataset.queries = dataset.queries.head(args.queries)
     run = bm25_run(dataset, args.k)
-    model_path = args.teacher or minilm_path()
-
-    # a backbone such as the packaged MiniLM has no reranking head: throughput does not depend on
-    # its weights, so allow a fresh one, seeded identically for both sides
-    torch.manual_seed(0)
-    teacher = CrossEncoderTeacher(model_path, max_length=args.max_length, allow_untrained_head=True,
-                                  dtype=args.dtype)
-    calls = {"n": 0}
-    score = teacher.score
-
-    def counting_score(queries, docs, progress=None):
-        calls["n"] += 1
-        return score(queries, docs, progress=progress)
-
-    teacher.score = counting_score
-    pairs = run.select("qid", "docid")
-    queries, docs = dataset.query_texts(pairs["qid"]), dataset.doc_texts(pairs["docid"])
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()  # as in score-teacher, checking a reduced precision is part of the time
-        settle_precision(teacher, dataset, pairs)
-        cache = TeacherCache.create_or_open(Path(tmp) / "cache", teacher.fingerprint(), frame_hash(dataset.corpus))
-        stats = score_into_cache(teacher, dataset, run, cache, show_progress=False)
-        distill_s = time.perf_counter() - t0
-        cached_scores = cache.scores()
-        calls_first = calls["n"]
-        t1 = time.perf_counter()
-        again = score_into_cache(teacher, dataset, run, cache, show_progress=False)
-        rerun_s = time.perf_counter() - t1
-        second_pass_calls = calls["n"] - calls_first
-
-    torch.manual_seed(0)
-    ce = CrossEncoder(model_path, max_length=args.max_length, num_labels=1)
-    t2 = time.perf_counter()
-    plain = ce.predict(list(zip(queries, docs)), batch_size=32, activation_fn=torch.nn.Identity(),
-                       show_progress_bar=False)
-    plain_s = time.perf_counter() - t2
-
-    ours = pairs.join(cached_scores, on=["qid", "docid"], how="left")["score"].to_numpy()
-    from scipy.stats import spearmanr
-
-    n = pairs.height
-    results = {
-        "pairs": n, "queries": dataset.queries.height, "k": args.k, "max_length": args.max_length,
-        "teacher": teacher.fingerprint(), "dtype": teacher.dtype, "torch_threads": torch.get_num_threads(),
-        "distill_pairs_per_s": round(n / distill_s, 2), "predict_pairs_per_s": round(n / plain_s, 2),
-        "ratio": round(plain_s / distill_s, 3),
-        "spearman_vs_predict": round(float(spearmanr(ours, plain).statistic), 6),
-        "max_abs_diff_vs_predict": float(abs(ours - plain).max()),
-        "second_pass_model_calls": second_pass_calls, "second_pass_scored": again.scored,
-        "second_pass_seconds": round(rerun_s, 3), "first_pass_scored": stats.scored,
-    }
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        model = build_model(tmp / "model", args.max_length)
+        run_file = tmp / "run.trec"
+        write_run(run, run_file)
+        results = {"pairs": run.height, "queries": dataset.queries.height, "k": args.k,
+                   "max_length": args.max_length, "dtype_asked": args.dtype, "cpu": cpu_description(),
+                   "torch_threads": torch.get_num_threads(), "in_process": in_process(args, dataset, run, model, tmp)}
+        if not args.no_processes:
+            results["processes"] = whole_processes(args, run_file, model, tmp)
     save_results(args.out, "bench_teacher" + ("_quick" if args.quick else ""), results)
-    if second_pass_calls:
+    if results["in_process"]["second_pass_model_calls"]:
         raise SystemExit("second pass over the cache called the model")
 
 

@@ -14,7 +14,7 @@ _EXPORTS = {
     "Teacher": "teachers.base",
     "CrossEncoderTeacher": "teachers.cross_encoder",
     "GenerativeTeacher": "teachers.generative", "PromptTemplate": "teachers.generative",
-    "load_teacher": "teachers.loading",
+    "load_teacher": "teachers.loading", "teacher_from_fingerprint": "teachers.loading",
     "check_teacher": "teachers.sanity",
     "TeacherScoring": "teachers.scoring", "score_teacher": "teachers.scoring",
 }

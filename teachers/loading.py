@@ -6,10 +6,10 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from distill.errors import ConfigError, InputError
+from distill.errors import CacheMismatchError, ConfigError, InputError
 from teachers.base import Teacher, check_model_reference
 from teachers.cross_encoder import CrossEncoderTeacher
-from teachers.generative import GenerativeTeacher
+from teachers.generative import GenerativeTeacher, PromptTemplate
 
 TEACHERS: dict[str, type[Teacher]] = {
     CrossEncoderTeacher.kind: CrossEncoderTeacher,
@@ -48,3 +48,34 @@ def load_teacher(model_name_or_path: str | Path, kind: str = "auto", **kwargs: A
         if kwargs.pop(name) not in (None, False):
             raise ConfigError(f"option {name} does not apply to a {kind} teacher", field=name)
     return cls(model_name_or_path, **kwargs)
+
+
+def teacher_from_fingerprint(fingerprint: dict[str, Any], **options: Any) -> Teacher:
+    """The teacher a cache's fingerprint names, computing in the precision it records (unmeasured).
+
+    For every process that scores into, or times, an existing cache: a resumed run, a
+    scale-out worker, a latency measurement of the cached teacher. ``options`` give what
+    the fingerprint leaves out (device, max_tokens_per_batch, trust_remote_code). A model
+    whose files changed since is a :class:`CacheMismatchError`.
+    """
+    kind = fingerprint.get("kind")
+    if kind not in TEACHERS or "model" not in fingerprint:
+        raise ConfigError(f"the fingerprint names no teacher model ({fingerprint.get('kind')!r})", field="teacher")
+    named = {"max_length": fingerprint.get("max_length"), "revision": fingerprint.get("revision")}
+    if kind == GenerativeTeacher.kind:
+        named |= {"template": PromptTemplate(**fingerprint["template"]), "instruction": fingerprint["instruction"],
+                  "yes_token": fingerprint["yes_token"], "no_token": fingerprint["no_token"]}
+    if fingerprint.get("allow_untrained_head"):
+        named |= {"allow_untrained_head": True, "head_seed": fingerprint["head_seed"]}
+    teacher = load_teacher(fingerprint["model"], kind=kind, dtype="fp32", **named, **options)
+    teacher.use_precision(fingerprint.get("dtype", "fp32"))
+    if teacher.fingerprint() != fingerprint:
+        raise CacheMismatchError("the teacher's files changed since the cache was scored: "
+                                 + _diff(fingerprint, teacher.fingerprint()), path=fingerprint["model"])
+    return teacher
+
+
+def _diff(recorded: dict[str, Any], now: dict[str, Any]) -> str:
+    keys = sorted(set(recorded) | set(now))
+    return "; ".join(f"{k}: cache has {recorded.get(k)!r}, now {now.get(k)!r}" for k in keys
+                     if recorded.get(k) != now.get(k))

@@ -537,3 +537,21 @@ def test_untrained_head_is_drawn_from_its_seed(headless_bert, tiny_cross_encoder
     trained = CrossEncoderTeacher(tiny_cross_encoder, max_length=128, allow_untrained_head=True, head_seed=5)
     assert "head_seed" not in trained.fingerprint()
     assert trained.fingerprint() == CrossEncoderTeacher(tiny_cross_encoder, max_length=128).fingerprint()
+
+
+def test_a_cache_fingerprint_rebuilds_its_teacher_in_its_precision(headless_bert, causal_lm, tmp_path):
+    from distill.errors import CacheMismatchError
+    from teachers import teacher_from_fingerprint
+
+    queries, docs = mixed_pairs(6)
+    teacher = CrossEncoderTeacher(headless_bert, max_length=128, allow_untrained_head=True, head_seed=3)
+    teacher.use_precision("bf16")
+    rebuilt = teacher_from_fingerprint(teacher.fingerprint())
+    assert rebuilt.fingerprint() == teacher.fingerprint() and not rebuilt.precision_pending
+    assert next(rebuilt.model.parameters()).dtype == torch.bfloat16
+    np.testing.assert_array_equal(rebuilt.score(queries, docs), teacher.score(queries, docs))
+
+    generative = GenerativeTeacher(causal_lm, instruction="Find papers", dtype="fp32")
+    assert teacher_from_fingerprint(generative.fingerprint()).fingerprint() == generative.fingerprint()
+    with pytest.raises(CacheMismatchError, match="weights_sha256"):
+        teacher_from_fingerprint({**generative.fingerprint(), "weights_sha256": "0" * 64})
