@@ -9,9 +9,10 @@ server (its headers), queueing included. Requests wait in a bounded queue for a 
 of worker threads (the cascade is thread-safe; its models release the GIL while they
 compute). On arrival the server estimates the wait (requests queued or running × the
 measured service time, shared by the workers) and the cost of the cheapest answer (the
-cascade's first stage, from its cost model, plus ``margin_ms`` for the HTTP work around
-it). When even that cannot be given within the deadline, or the queue is full, the request
-is shed at once with 503 and ``Retry-After``. An admitted request hands its arrival time and
+cascade's first stage, from its cost model, plus a margin for answering: ``margin_ms`` and
+the measured time from a worker's result to the answer on the event loop). When even that
+cannot be given within the deadline, or the queue is full, the request is shed at once
+with 503 and ``Retry-After``. An admitted request hands its arrival time and
 a deadline to :meth:`Cascade.rank`, which skips the stages that would run past it: under
 overload answers degrade (``degraded: true``, each skipped stage named) instead of arriving
 late. The cascade decides by the cost model in its spec; the server corrects that model
@@ -55,10 +56,11 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1  # threads running the cascade; each model call also uses torch's threads
+    threads: int | None = None  # torch's intra-op threads in the server (None: torch's default)
     queue_size: int = 64  # admitted requests waiting for a worker; beyond that: 503
     deadline_ms: float = 100.0  # when a request gives none
     max_deadline_ms: float = 60_000.0
-    margin_ms: float = 2.0  # kept from the cascade's share of the deadline for parsing and answering
+    margin_ms: float = 2.0  # kept from the cascade's share of the deadline for answering (plus the measured handoff)
     max_documents: int = 1000
     max_document_chars: int = 20_000
     max_query_chars: int = 2_000
@@ -72,6 +74,8 @@ class ServeConfig:
             if f.name == "host":
                 if not isinstance(value, str) or not value:
                     raise ConfigError("expected a host name or address", field="host")
+                continue
+            if f.name == "threads" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"expected a number, got {value!r}", field=f.name)
@@ -206,6 +210,8 @@ class Metrics:
         self.busy = Gauge("distill_busy_workers", "Workers running the cascade.", registry=self.registry)
         self.service = Gauge("distill_service_ms", "Moving average of a request's time in a worker (ms).",
                              registry=self.registry)
+        self.handoff = Gauge("distill_handoff_ms", "Moving average of the time from a worker's result to "
+                             "the answer (ms).", registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -281,6 +287,13 @@ class Dispatcher:
         self.queued = 0
         self.busy = 0
         self.service_ms: float | None = None
+        self.handoff_ms = 0.0
+
+    def margin_ms(self, configured: float) -> float:
+        """Time to keep for answering: ``configured`` plus the measured handoff from a worker to
+        the event loop (which grows when the machine is busy)."""
+        with self._lock:
+            return configured + self.handoff_ms
 
     def wait_ms(self, fallback_service_ms: float) -> float:
         """Expected wait for a worker: the requests ahead beyond the free workers, each taking the
@@ -315,12 +328,16 @@ class Dispatcher:
 
         return asyncio.get_running_loop().run_in_executor(self.pool, run)
 
-    def measured(self, ms: float) -> None:
-        """Fold one request's time in a worker into the service-time average."""
+    def measured(self, service_ms: float | None = None, handoff_ms: float | None = None) -> None:
+        """Fold one request's time in a worker, or from its result to its answer, into their averages."""
         with self._lock:
-            old = ms if self.service_ms is None else self.service_ms
-            self.service_ms = (1 - SERVICE_EWMA) * old + SERVICE_EWMA * ms
-            self.metrics.service.set(self.service_ms)
+            if service_ms is not None:
+                old = service_ms if self.service_ms is None else self.service_ms
+                self.service_ms = (1 - SERVICE_EWMA) * old + SERVICE_EWMA * service_ms
+                self.metrics.service.set(self.service_ms)
+            if handoff_ms is not None:
+                self.handoff_ms = (1 - SERVICE_EWMA) * self.handoff_ms + SERVICE_EWMA * handoff_ms
+                self.metrics.handoff.set(self.handoff_ms)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -427,7 +444,8 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
         deadline = config.deadline_ms if body.deadline_ms is None else body.deadline_ms
         documents = body.cascade_documents()
         costs = [float(c) for c in cascade.estimate_ms(len(documents))]
-        cheapest = costs[0] + config.margin_ms
+        margin = dispatcher.margin_ms(config.margin_ms)
+        cheapest = costs[0] + margin
         wait = dispatcher.wait_ms(sum(costs))
         if dispatcher.full():
             return shed("queue_full", f"{config.queue_size} requests are waiting", wait, arrival)
@@ -440,11 +458,12 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
             elapsed = (begin - arrival) * 1000.0
             if elapsed + cheapest > deadline:
                 return None
-            steered, _ = steer_deadline(elapsed, deadline - config.margin_ms, costs, calibration.get(len(costs)))
+            steered, _ = steer_deadline(elapsed, deadline - margin, costs, calibration.get(len(costs)))
             result = cascade.rank(body.query, documents, deadline_ms=steered, top_k=body.top_k, started=arrival)
-            dispatcher.measured((clock() - begin) * 1000.0)
+            finished = clock()
+            dispatcher.measured(service_ms=(finished - begin) * 1000.0)
             calibration.observe(costs, result.stages)
-            return result
+            return result, finished
 
         try:
             result = await dispatcher.submit(work)
@@ -457,6 +476,8 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
         if result is None:
             return shed("late", f"the queue took longer than expected; the first stage no longer fits "
                         f"the deadline of {deadline:g} ms", dispatcher.wait_ms(sum(costs)), arrival)
+        result, finished = result
+        dispatcher.measured(handoff_ms=(clock() - finished) * 1000.0)
         return respond(result, deadline, arrival)
 
     def respond(result: Any, deadline: float, arrival: float) -> JSONResponse:
@@ -480,7 +501,8 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
         """Liveness, the cascade served and the pool's state."""
         return {"status": "ok", "cascade": str(cascade), "workers": config.workers,
                 "queue_depth": dispatcher.queued, "busy_workers": dispatcher.busy,
-                "service_ms": dispatcher.service_ms, "cost_factors": calibration.get(len(calibration.factors))}
+                "service_ms": dispatcher.service_ms, "handoff_ms": dispatcher.handoff_ms,
+                "cost_factors": calibration.get(len(calibration.factors))}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -500,6 +522,10 @@ def run_server(spec: str | Path, config: ServeConfig | None = None, corpus: str 
     from distill.cascade import Cascade
 
     config = config or ServeConfig()
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     cascade = Cascade.load(spec, corpus=corpus)
     cascade.rank("warm up", ["a document to warm up the stages", "another one"])
     log.info("serving %s on http://%s:%d (workers %d, queue %d, default deadline %g ms)", cascade, config.host,

@@ -17,6 +17,11 @@ Sustainable rate: the highest rate (found by growing the rate by 1.5x, then bise
 which no stage is skipped, nothing is shed or fails and the p99 stays within the deadline.
 
     python scripts/bench_serve.py --spec demo_out/cascade.json --data demo_out/data [--quick]
+
+``--build-with-ce MODEL`` first builds ``OUT/cascade.json`` from ``--data`` instead:
+``bm25 % k >> lightgbm % 10 >> ce``, a LightGBM ranker trained on the train split's qrels
+over BM25's top 30 (lexical features; the cheap middle stage) and the cross-encoder MODEL,
+with stage costs measured on 10 queries of ``--split``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ LOADS = (0.5, 1.0, 2.0, 4.0)
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--spec", type=Path, required=True, help="Cascade spec to serve.")
+    p.add_argument("--spec", type=Path, help="Cascade spec to serve.")
+    p.add_argument("--build-with-ce", type=Path, help="Build OUT/cascade.json with this cross-encoder "
+                   "(see the docstring) and serve it.")
     p.add_argument("--data", type=Path, required=True, help="BEIR folder: queries, corpus and qrels/<split>.tsv.")
     p.add_argument("--split", default="test")
     p.add_argument("--corpus", type=Path, default=None, help="Passed to `distill serve --corpus` "
@@ -54,16 +61,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trial-s", type=float, default=30.0, help="Seconds of load per reported rate.")
     p.add_argument("--search-s", type=float, default=12.0, help="Seconds of load per trial of the rate search.")
     p.add_argument("--bisect", type=int, default=4, help="Bisection steps of the rate search.")
+    p.add_argument("--min-requests", type=int, default=60, help="A trial lasts long enough for this many "
+                   "requests on average, whatever its seconds.")
     p.add_argument("--workers", type=int, default=1, help="`distill serve --workers`.")
     p.add_argument("--queue-size", type=int, default=64, help="`distill serve --queue-size`.")
+    p.add_argument("--threads", type=int, default=None, help="`distill serve --threads` (torch threads).")
     p.add_argument("--max-in-flight", type=int, default=512, help="Client bound on open requests.")
     p.add_argument("--timeout-s", type=float, default=10.0, help="Client timeout per request (an error).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out/serve"))
     p.add_argument("--quick", action="store_true", help="Short trials (a smoke run, not a measurement).")
     args = p.parse_args()
+    if (args.spec is None) == (args.build_with_ce is None):
+        p.error("give --spec or --build-with-ce")
     if args.quick:
-        args.trial_s, args.search_s, args.bisect = 6.0, 4.0, 1
+        args.trial_s, args.search_s, args.bisect, args.min_requests = 6.0, 4.0, 1, 10
     return args
 
 
@@ -90,6 +102,36 @@ def payloads(data: Path, split: str, k: int) -> list[dict]:
     return out
 
 
+def build_cascade(data: Path, split: str, ce: Path, k: int, out: Path) -> Path:
+    """``bm25 % k >> lightgbm % 10 >> ce`` (see the module docstring), written to ``out/cascade.json``."""
+    from distill.bm25 import bm25_run
+    from distill.cascade import StageCost, stage
+    from distill.data import load_beir
+    from distill.rankers import RunRanker, load_ranker
+    from students.lightgbm import LightGBMConfig, LightGBMRanker, train_lightgbm_student
+
+    folder = out / "lightgbm"
+    if not (folder / "distill.json").exists():
+        train = load_beir(data, "train")
+        run = bm25_run(train, 30)  # its BM25 scores stand in for a teacher; qrels_weight 1: the grades are qrels
+        train_lightgbm_student(train, run, run.select("qid", "docid", "score"), folder,
+                               LightGBMConfig(qrels_weight=1.0))
+    cascade = (stage("bm25", RunRanker(), "bm25") % k
+               >> stage("lightgbm", LightGBMRanker(folder), str(folder.resolve())) % 10
+               >> stage("ce", load_ranker(str(ce), name="ce"), str(ce.resolve())))
+    measured: dict[str, list[tuple[float, float]]] = {s.name: [] for s in cascade.stages}
+    for i, body in enumerate(payloads(data, split, k)[:11]):
+        result = cascade.rank(body["query"], body["documents"])
+        if i:  # the first call pays for lazy initialisation
+            for report in result.stages:
+                measured[report.name].append((report.n_in, report.ms))
+    cascade.costs = {"bm25": StageCost(), **{name: StageCost.fit(points) for name, points in measured.items()
+                                             if name != "bm25"}}
+    cascade.write_spec(out / "cascade.json")
+    print("built", out / "cascade.json", {n: c for n, c in cascade.costs.items()}, flush=True)
+    return out / "cascade.json"
+
+
 # -- the server -------------------------------------------------------------------------------
 
 
@@ -105,6 +147,8 @@ def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.P
            "--workers", str(args.workers), "--queue-size", str(args.queue_size)]
     if str(corpus) != "none":
         cmd += ["--corpus", str(corpus)]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     log.parent.mkdir(parents=True, exist_ok=True)
     print("server:", " ".join(cmd), flush=True)
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -157,7 +201,7 @@ class Trial:
 
         n = max(self.requests, 1)
         return {
-            "rate": round(self.rate, 2), "seconds": self.seconds, "deadline_ms": self.deadline_ms,
+            "rate": round(self.rate, 2), "seconds": round(self.seconds, 1), "deadline_ms": self.deadline_ms,
             "requests": self.requests, "ok": self.ok, "degraded": self.degraded, "shed": self.shed,
             "errors": sum(self.errors.values()), "error_kinds": dict(self.errors),
             "within_deadline": round(self.within / n, 4), "answered_200": round((self.ok + self.degraded) / n, 4),
@@ -204,6 +248,7 @@ async def load(base: str, bodies: list[bytes], rate: float, seconds: float, dead
     """Poisson arrivals at ``rate`` for ``seconds``; waits for the last answer (or its timeout)."""
     import httpx
 
+    seconds = max(seconds, args.min_requests / rate)
     trial = Trial(rate, seconds, deadline_ms)
     limits = httpx.Limits(max_connections=args.max_in_flight, max_keepalive_connections=args.max_in_flight)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=args.timeout_s) as client:
@@ -335,13 +380,16 @@ async def bench(args: argparse.Namespace) -> dict:
         except subprocess.TimeoutExpired:
             server.kill()
     return {"cascade": health["cascade"], "spec": str(args.spec), "data": str(args.data), "split": args.split,
-            "k": args.k, "workers": args.workers, "queue_size": args.queue_size, "unloaded_p50_ms": round(p50, 2),
+            "k": args.k, "workers": args.workers, "threads": args.threads, "queue_size": args.queue_size,
+            "unloaded_p50_ms": round(p50, 2),
             "deadline_ms": deadline, "sustainable_rate": round(sustainable, 2), "search": search, "rows": rows,
             "machine": cpu_flags(), "quick": args.quick}
 
 
 def main() -> None:
     args = parse_args()
+    if args.build_with_ce is not None:
+        args.spec = build_cascade(args.data, args.split, args.build_with_ce, args.k, args.out)
     results = asyncio.run(bench(args))
     save_results(args.out, "bench_serve", results)
     print()

@@ -351,7 +351,7 @@ def test_healthz_and_metrics():
 
 @pytest.mark.parametrize("bad", [{"workers": 0}, {"port": 70000}, {"deadline_ms": float("nan")},
                                  {"margin_ms": 200.0}, {"deadline_ms": 10.0, "max_deadline_ms": 5.0},
-                                 {"queue_size": True}, {"host": ""}])
+                                 {"queue_size": True}, {"host": ""}, {"threads": 0}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError):
         ServeConfig(**bad)

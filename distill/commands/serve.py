@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(_D.host, help="Address to bind (loopback by default; put a proxy in front)."),
         port: int = typer.Option(_D.port, min=0, max=65535, help="Port."),
         workers: int = typer.Option(_D.workers, min=1, help="Threads running the cascade."),
+        threads: int = typer.Option(_D.threads, min=1, help="torch threads (default: torch's)."),
         queue_size: int = typer.Option(_D.queue_size, min=1, help="Requests waiting for a worker; beyond: 503."),
         deadline_ms: float = typer.Option(_D.deadline_ms, min=0.001, help="Deadline of requests that give none."),
         max_deadline_ms: float = typer.Option(_D.max_deadline_ms, min=0.001, help="Largest deadline accepted."),
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         from distill.serve import run_server
 
         config = ServeConfig(
-            host=host, port=port, workers=workers, queue_size=queue_size, deadline_ms=deadline_ms,
+            host=host, port=port, workers=workers, threads=threads, queue_size=queue_size, deadline_ms=deadline_ms,
             max_deadline_ms=max_deadline_ms, margin_ms=margin_ms, max_documents=max_documents,
             max_document_chars=max_document_chars, max_query_chars=max_query_chars, max_body_bytes=max_body_bytes,
             max_connections=max_connections,
