@@ -308,11 +308,20 @@ class Cascade(BaseRanker):
         """Read a cascade spec and prepare it for :meth:`rank`. ``corpus`` (a ``corpus.jsonl``
         or BEIR folder) names documents that requests may send by id; their precomputed parts
         (LightGBM's index, a bi-encoder's embeddings, stored next to the model) are reused."""
+        cascade = cls.read_spec(path)
+        cascade.prepare_runtime(corpus)
+        return cascade
+
+    def prepare_runtime(self, corpus: str | Path | pl.DataFrame | None = None) -> None:
+        """Prepare :meth:`rank` (as :meth:`load` does) with ``corpus``: a path, or a
+        ``docid, title, text`` table; without one, every document is sent as text."""
         from distill.runtime import Runtime, RuntimeCorpus
 
-        cascade = cls.read_spec(path)
-        cascade._runtime = Runtime(cascade, None if corpus is None else RuntimeCorpus.read(corpus))
-        return cascade
+        if isinstance(corpus, pl.DataFrame):
+            known = RuntimeCorpus(corpus)
+        else:
+            known = None if corpus is None else RuntimeCorpus.read(corpus)
+        self._runtime = Runtime(self, known)
 
     def rank(self, query: str, documents: Sequence[str | Mapping[str, Any]], deadline_ms: float | None = None,
              top_k: int | None = None, started: float | None = None) -> RankResult:
@@ -328,11 +337,9 @@ class Cascade(BaseRanker):
 
     def _require_runtime(self) -> Runtime:
         if self._runtime is None:  # a cascade built in code: documents come without a corpus
-            from distill.runtime import Runtime
-
             with _RUNTIME_LOCK:
                 if self._runtime is None:
-                    self._runtime = Runtime(self)
+                    self.prepare_runtime()
         return self._runtime
 
     # -- spec -------------------------------------------------------------------------------

@@ -58,12 +58,15 @@ class LatencyResult:
 
 def measure_latency(ranker: Ranker, dataset: Dataset, run: pl.DataFrame, k: int = 100, n_queries: int = 50,
                     warmup: int = 3, prepare: bool = True, threads: int | None = None,
-                    model_path: str | Path | None = None, seed: int = 0) -> LatencyResult:
+                    model_path: str | Path | None = None, seed: int = 0, name: str | None = None) -> LatencyResult:
     """Time ``ranker.rerank`` on the top ``k`` candidates of ``n_queries`` queries of ``run``.
 
     Queries are a seeded sample of the run's queries that ``dataset`` has; the first
     ``warmup`` of them are reranked once untimed (lazy initialisation, caches). ``threads``
-    sets torch's thread count for the measurement (restored afterwards).
+    sets torch's thread count for the measurement (restored afterwards). ``name`` is what the
+    result calls the ranker (default: its ``name``); give the name the evaluation knows it by,
+    since reports join latency to metrics on it, and a cascade's own name is its stages
+    (``bm25 % 100 >> lightgbm``), not the label it was evaluated under.
     """
     if k < 1 or n_queries < 1 or warmup < 0:
         raise ConfigError(f"need k >= 1, n_queries >= 1, warmup >= 0; got {k}, {n_queries}, {warmup}")
@@ -94,7 +97,7 @@ def measure_latency(ranker: Ranker, dataset: Dataset, run: pl.DataFrame, k: int 
     n_pairs = sum(q.height for q in lists)
     ms = times * 1000.0
     return LatencyResult(
-        ranker=ranker.name or type(ranker).__name__,
+        ranker=name or ranker.name or type(ranker).__name__,
         prepared=prepare,
         k=k, n_queries=len(lists),
         p50_ms=float(np.percentile(ms, 50)), p95_ms=float(np.percentile(ms, 95)),

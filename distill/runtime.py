@@ -208,32 +208,30 @@ def check_request(query: Any, deadline_ms: Any, top_k: Any) -> None:
 
 class DocumentScorer:
     """Scores of one query's documents from any ranker (see the module docstring): its
-    ``score_documents``, else its ``score(queries, docs)`` (a pending reduced precision settled
-    once, under a lock, on the first request's pairs), else ``rerank`` on a one-query dataset."""
+    ``score_documents`` (thread-safe by contract), else its ``score(queries, docs)`` (a pending
+    reduced precision settled on the first request's pairs), else ``rerank`` on a one-query
+    dataset. The latter two run one call at a time: models hold state that calls share
+    (a Hugging Face fast tokenizer refuses concurrent calls, a precision is settled once)."""
 
     def __init__(self, ranker: Any, corpus: Dataset | None = None) -> None:
         self.ranker = ranker
         if hasattr(ranker, "prepare_runtime"):
             ranker.prepare_runtime(corpus)
-        self._settle_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._settled = not hasattr(ranker, "settle_precision")
 
     def __call__(self, query: str, docs: Documents) -> np.ndarray:
         ranker = self.ranker
         if hasattr(ranker, "score_documents"):
             return np.asarray(ranker.score_documents(query, docs), dtype=np.float64)
-        if hasattr(ranker, "score"):
-            self._settle(query, docs)
-            return np.asarray(ranker.score([query] * len(docs), docs.joined()), dtype=np.float64)
-        return self._rerank(query, docs)
-
-    def _settle(self, query: str, docs: Documents) -> None:
-        if self._settled:
-            return
-        with self._settle_lock:
-            if not self._settled:
-                self.ranker.settle_precision([query] * len(docs), docs.joined())
-                self._settled = True
+        with self._lock:
+            if hasattr(ranker, "score"):
+                texts = docs.joined()
+                if not self._settled:
+                    ranker.settle_precision([query] * len(docs), texts)
+                    self._settled = True
+                return np.asarray(ranker.score([query] * len(docs), texts), dtype=np.float64)
+            return self._rerank(query, docs)
 
     def _rerank(self, query: str, docs: Documents) -> np.ndarray:
         corpus = pl.DataFrame({DOCID: docs.ids, TITLE: docs.titles, TEXT: docs.texts}, schema=CORPUS_SCHEMA)

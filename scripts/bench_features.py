@@ -1,9 +1,25 @@
-"""Throughput of :meth:`distill.features.FeatureExtractor.transform` on one core.
+"""LightGBM student latency per query (features included) and feature throughput, on one core.
 
     python scripts/bench_features.py --data /work/shared/data/scifact [--quick]
 
-Candidates are the BM25 top-100 of the test split; the corpus index (``fit``) is built once
-and timed apart, since it is a one-off per corpus. Prints (query, document) pairs per second.
+A LightGBM student is trained on the train split's BM25 top-100 (the teacher's place taken by
+BM25's own scores, half of each judged query's grades from its qrels; the default config
+with early stopping, so a model of the usual size), then each test query's top ``--k`` is
+scored, one query per call, by every path below, interleaved query by query so that they
+share whatever else runs on the machine:
+
+- ``old rerank``: the code before the per-query path (``--baseline-ref``, read from git):
+  ``FeatureExtractor.transform`` on the query's run, then ``booster.predict``;
+- ``rerank``: ``LightGBMRanker.rerank`` on the query's run (what ``distill evaluate --latency``
+  and ``distill cascade run`` time);
+- ``score_documents``: the runtime's call (:mod:`distill.runtime`), documents by corpus row;
+- ``score_documents, new texts``: the same documents sent as texts, analysed on the fly;
+- ``cascade.rank``: ``bm25 % k >> lightgbm`` through :meth:`Cascade.rank`, documents as
+  ``{"id", "score"}`` objects (input checks and the final ranking included);
+- ``trees only``: ``booster.predict`` on precomputed features.
+
+Then the batch throughput of ``transform`` (all test queries at once), as before.
+Every figure is a ratio against ``old rerank`` measured in the same run.
 """
 
 from __future__ import annotations
@@ -14,44 +30,155 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLA
     os.environ[_var] = "1"  # one core; must be set before NumPy and polars start their pools
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINE_REF = "984fc4a"  # the last commit before the per-query path
+
+
+def load_old_features(ref: str):
+    """``distill/features.py`` as of ``ref``, imported as its own module."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:distill/features.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "old_features.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_features", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_features"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_student(data: Path, k: int, out: Path, quick: bool) -> Path:
+    """A LightGBM student on the train split (see the module docstring); reused when ``out`` exists."""
+    if (out / "model.txt").is_file():
+        return out
+    import polars as pl
+
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+    from students.lightgbm import LightGBMConfig, train_lightgbm_student
+
+    train = load_beir(data, "train")
+    if quick:
+        train.queries = train.queries.head(300)
+    run = bm25_run(train, k)
+    teacher = run.select("qid", "docid", pl.col("score").cast(pl.Float32))
+    return train_lightgbm_student(train, run, teacher, out, LightGBMConfig(qrels_weight=0.5, num_threads=1))
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values) * 1000.0, q))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="BEIR folder")
-    parser.add_argument("--split", default="test")
     parser.add_argument("--k", type=int, default=100, help="BM25 candidates per query")
-    parser.add_argument("--quick", action="store_true", help="first 100 queries, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--queries", type=int, default=300, help="test queries timed")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per query and path")
+    parser.add_argument("--model", type=Path, default=Path("bench_out/bench_features/lightgbm"),
+                        help="the student's folder (trained there when missing)")
+    parser.add_argument("--baseline-ref", default=BASELINE_REF, help="git commit of the old path")
+    parser.add_argument("--quick", action="store_true", help="50 queries, 3 repeats, a smaller training set")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    n_queries, repeats = (50, 3) if args.quick else (args.queries, args.repeats)
+
+    import numpy as np
+    import polars as pl
 
     from distill.bm25 import bm25_run
+    from distill.cascade import stage
     from distill.data import load_beir
-    from distill.features import FeatureExtractor
-
-    dataset = load_beir(args.data, args.split)
-    if args.quick:
-        dataset.queries = dataset.queries.head(100)
-    repeats = 3 if args.quick else args.repeats
-    run = bm25_run(dataset, args.k)
+    from distill.rankers import RunRanker
+    from distill.runtime import RuntimeCorpus, parse_documents
+    from students.lightgbm import LightGBMRanker
 
     start = time.perf_counter()
-    extractor = FeatureExtractor().fit(dataset)
+    model = train_student(args.data, args.k, args.model, args.quick)
+    train_s = time.perf_counter() - start
+    old = load_old_features(args.baseline_ref)
+    dataset = load_beir(args.data, "test")
+    run = bm25_run(dataset, args.k).drop("rank")  # as a cascade's stage sees it: scores, no ranks
+    ranker = LightGBMRanker(model, num_threads=1)
+    start = time.perf_counter()
+    ranker.prepare(dataset)
     fit_s = time.perf_counter() - start
+    old_extractor = old.FeatureExtractor.load(model)
+    corpus = RuntimeCorpus(dataset.corpus)
+    cascade = stage("bm25", RunRanker(), "bm25") % args.k >> stage("lightgbm", ranker, str(model))
+    cascade.prepare_runtime(dataset.corpus)  # prepares the ranker's runtime path too
+    texts = dict(zip(dataset.queries["qid"].to_list(), dataset.queries["text"].to_list(), strict=True))
+    by_id = dict(zip(corpus.ids, zip(corpus.titles, corpus.texts, strict=True), strict=True))
+    booster = ranker.booster
 
-    extractor.transform(dataset, run)  # warm-up
+    def old_rerank(part: pl.DataFrame) -> pl.DataFrame:  # LightGBMRanker.rerank at the baseline commit
+        features = np.hstack([old_extractor.transform(dataset, part), np.zeros((part.height, 0))])
+        scores = booster.predict(features, num_threads=1)
+        return part.select("qid", "docid").with_columns(pl.Series("score", scores, dtype=pl.Float64))
+
+    parts = run.partition_by("qid", maintain_order=True)[:n_queries]
+    paths: dict[str, list[float]] = {}
+    agree = True
+    for part in parts:
+        query, docids, scores = texts[part["qid"][0]], part["docid"].to_list(), part["score"].to_list()
+        docs = parse_documents([{"id": d, "score": s} for d, s in zip(docids, scores, strict=True)], corpus)
+        as_texts = parse_documents([{"id": d, "title": by_id[d][0], "text": by_id[d][1], "score": s}
+                                    for d, s in zip(docids, scores, strict=True)], None)
+        requests = [{"id": d, "score": s} for d, s in zip(docids, scores, strict=True)]
+        features = ranker._one_query(dataset, part)
+        calls = {  # (function, arguments): this query's inputs bound now
+            "old rerank": (old_rerank, (part,)),
+            "rerank": (ranker.rerank, (dataset, part)),
+            "score_documents": (ranker.score_documents, (query, docs)),
+            "score_documents, new texts": (ranker.score_documents, (query, as_texts)),
+            "cascade.rank": (cascade.rank, (query, requests)),
+            "trees only": (ranker._predict, (features,)),
+        }
+        baseline = old_rerank(part)["score"].to_numpy()
+        agree &= bool(np.array_equal(baseline, ranker.rerank(dataset, part)["score"].to_numpy())
+                      and np.array_equal(baseline, ranker.score_documents(query, docs))
+                      and np.allclose(baseline, ranker.score_documents(query, as_texts), rtol=0, atol=1e-12))
+        for _ in range(repeats):
+            for name, (call, call_args) in calls.items():
+                t0 = time.perf_counter()
+                call(*call_args)
+                paths.setdefault(name, []).append(time.perf_counter() - t0)
+
+    old_p50 = percentile(paths["old rerank"], 50)
+    rows = [{"path": name, "p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95),
+             "speedup_p50": old_p50 / percentile(t, 50)} for name, t in paths.items()]
+    trees = booster.dump_model()["tree_info"]
+    print(f"{dataset.name}/test: {len(parts)} queries x top-{args.k}, {repeats} calls each per path, 1 thread; "
+          f"model: {len(trees)} trees, {sum(t['num_leaves'] for t in trees)} leaves (trained in {train_s:.1f} s); "
+          f"corpus statistics loaded in {fit_s:.2f} s; scores equal to the old path: {agree}")
+    print("| path | p50 ms | p95 ms | p50 speed-up vs old |\n|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['path']} | {row['p50_ms']:.3f} | {row['p95_ms']:.3f} | {row['speedup_p50']:.2f}x |")
+
     times = []
+    transform_run = pl.concat(parts)
     for _ in range(repeats):
-        start = time.perf_counter()
-        features = extractor.transform(dataset, run)
-        times.append(time.perf_counter() - start)
-    best, median = min(times), sorted(times)[len(times) // 2]
-    print(f"{dataset.name}/{args.split}: {dataset.queries.height} queries, {run.height} pairs, "
-          f"{features.shape[1]} features; fit {fit_s:.2f} s")
-    print(f"transform: median {median * 1e3:.1f} ms = {run.height / median:,.0f} pairs/s "
-          f"(best {run.height / best:,.0f} pairs/s, {repeats} repeats, 1 thread)")
+        t0 = time.perf_counter()
+        ranker._extractor.transform(dataset, transform_run)
+        times.append(time.perf_counter() - t0)
+    median = sorted(times)[len(times) // 2]
+    print(f"transform (batch of {transform_run.height} pairs): median {median * 1e3:.1f} ms = "
+          f"{transform_run.height / median:,.0f} pairs/s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"rows": rows, "agree": agree, "queries": len(parts), "k": args.k,
+                                        "repeats": repeats, "trees": len(trees),
+                                        "transform_pairs_per_s": transform_run.height / median}, indent=2))
 
 
 if __name__ == "__main__":

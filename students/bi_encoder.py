@@ -27,6 +27,7 @@ from distill.schema import DOCID, QID, SCORE
 if TYPE_CHECKING:
     from torch import nn
 
+    from distill.runtime import Documents
     from distill.training import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class BiEncoderRanker(BaseRanker):
         self._corpus: pl.DataFrame | None = None
         self._index: dict[str, int] = {}
         self._doc_embeddings = None
+        self._stored: np.ndarray | None = None  # the runtime's corpus embeddings (prepare_runtime)
 
     def prepare(self, dataset: Dataset) -> None:
         """Embed every document of ``dataset``'s corpus (a no-op without ``precompute``)."""
@@ -162,6 +164,20 @@ class BiEncoderRanker(BaseRanker):
             raise InputError("the run names queries or documents that the dataset lacks")
         return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
                                  show_progress_bar=False)
+
+    def prepare_runtime(self, corpus: Dataset | None) -> None:
+        """Embeddings of ``corpus``'s documents for :meth:`score_documents`, kept next to the
+        model so a restart reads them (:mod:`students.embedding_store`)."""
+        from students.embedding_store import corpus_embeddings
+
+        self._stored = None if corpus is None or not self.precompute else corpus_embeddings(self, corpus)
+
+    def score_documents(self, query: str, docs: Documents) -> np.ndarray:
+        """Scores of one query's documents (:class:`distill.runtime.Documents`): stored
+        embeddings for corpus documents, the others embedded now."""
+        from students.embedding_store import score_documents
+
+        return score_documents(self, self._stored, query, docs)
 
     def without_precomputation(self) -> BiEncoderRanker | None:
         """The same model embedding each query's documents on the fly (None without ``precompute``)."""

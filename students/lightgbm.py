@@ -35,7 +35,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -47,9 +47,12 @@ from distill.groups import holdout
 from distill.io import atomic_dir
 from distill.manifest import frame_hash, write_manifest
 from distill.ranking import BaseRanker
-from distill.schema import DOCID, QID, SCORE, require_columns
+from distill.schema import DOCID, QID, RANK, SCORE, TEXT, require_columns
 from students.grades import GRADINGS, mix_qrels, teacher_grades
 from students.ranker_features import RankerFeatures, check_feature_rankers, resolve_feature_rankers
+
+if TYPE_CHECKING:
+    from distill.runtime import Documents
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +266,15 @@ class LightGBMRanker(BaseRanker):
     Features use the corpus statistics saved with the model when the dataset's corpus is the
     one it was trained on, and statistics fitted on the new corpus otherwise (as BM25 would).
     :meth:`prepare` does that once, outside per-query latency; :meth:`rerank` calls it when needed.
+
+    Per query the work is small: the documents' side of the features was computed at fit
+    time, the query is analysed once, every row's features come from one vectorized pass
+    (:meth:`distill.features.FeatureExtractor.features`) and the trees score a contiguous
+    float32 array on ``num_threads`` threads (default 1: a hundred rows are too few to share).
+    :meth:`prepare_runtime` and :meth:`score_documents` serve :mod:`distill.runtime`.
     """
 
-    def __init__(self, path: str | Path, num_threads: int = 0) -> None:
+    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
         import lightgbm as lgb
 
         self.path = Path(path)
@@ -285,32 +294,102 @@ class LightGBMRanker(BaseRanker):
         self._extractor: FeatureExtractor | None = None
         self._stacked = RankerFeatures(self.manifest.get("config", {}).get("feature_rankers", {}))
         self._corpus: pl.DataFrame | None = None
+        self._queries: pl.DataFrame | None = None
+        self._query_text: dict[str, str] = {}
+        self._runtime_rows: np.ndarray | None = None
 
-    def prepare(self, dataset: Dataset) -> None:
-        """Get the corpus statistics for ``dataset``: the saved ones, or fitted when its corpus differs."""
+    def _saved_extractor(self) -> FeatureExtractor:
+        """The feature extractor saved with the model (its training corpus), checked against the trees."""
         if self._saved is None:
-            self._saved = FeatureExtractor.load(self.path)
-            expected = self._saved.feature_names + self._stacked.feature_names
+            saved = FeatureExtractor.load(self.path)
+            expected = saved.feature_names + self._stacked.feature_names
             if expected != self.booster.feature_name():
                 raise InputError(
                     f"model features {self.booster.feature_name()} differ from the saved extractor's "
                     f"and feature rankers' {expected}", path=self.path,
                 )
-        if self._saved.corpus_hash == frame_hash(dataset.corpus):
-            self._extractor = self._saved
+            self._saved = saved
+        return self._saved
+
+    def prepare(self, dataset: Dataset) -> None:
+        """Get the corpus statistics for ``dataset``: the saved ones, or fitted when its corpus differs."""
+        saved = self._saved_extractor()
+        if saved.corpus_hash == frame_hash(dataset.corpus):
+            self._extractor = saved
         else:
             log.info("%s: corpus of %r differs from the training corpus; fitting its statistics",
                      self.name, dataset.name)
-            self._extractor = FeatureExtractor(self._saved.config).fit(dataset)
+            self._extractor = FeatureExtractor(saved.config).fit(dataset)
         self._stacked.prepare(dataset)
         self._corpus = dataset.corpus
 
     def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame:
         if self._extractor is None or self._corpus is not dataset.corpus:
             self.prepare(dataset)
-        features = np.hstack([self._extractor.transform(dataset, run), self._stacked.transform(dataset, run)])
-        scores = self.booster.predict(features, num_threads=self.num_threads) if run.height else np.zeros(0)
-        return run.select(QID, DOCID).with_columns(pl.Series(SCORE, scores, dtype=pl.Float64))
+        if run.height and run[QID].n_unique() == 1:  # one query (a cascade's, a latency measurement's)
+            features = self._one_query(dataset, run)
+        else:
+            features = self._extractor.transform(dataset, run)
+        if self._stacked.specs:
+            features = np.hstack([features, self._stacked.transform(dataset, run)])
+        # a DataFrame built from its columns: select/with_columns go through polars' query engine,
+        # whose fixed cost per call is larger than the rest of a query's work on a busy machine
+        return pl.DataFrame({QID: run[QID], DOCID: run[DOCID],
+                             SCORE: pl.Series(SCORE, self._predict(features), dtype=pl.Float64)})
+
+    def _one_query(self, dataset: Dataset, run: pl.DataFrame) -> np.ndarray:
+        """The features ``transform`` computes for a run of one query, without its joins: query
+        texts and document rows come from dictionaries."""
+        extractor, qid = self._extractor, run[QID][0]
+        if self._queries is not dataset.queries:
+            self._queries = dataset.queries
+            self._query_text = dict(zip(dataset.queries[QID].to_list(), dataset.queries[TEXT].to_list(), strict=True))
+        if qid not in self._query_text:
+            raise InputError(f"query {qid!r} of the run is not in dataset {dataset.name!r}", field=QID)
+        docids = run[DOCID].to_list()
+        rows = extractor.rows_of(docids)
+        if (rows < 0).any():
+            raise InputError(f"document {docids[int(np.argmin(rows))]!r} is not in the corpus the features "
+                             "were fitted on; fit (or prepare) on this dataset", field=DOCID)
+        first_stage = None
+        if extractor.config.first_stage:
+            if SCORE not in run.columns:
+                raise InputError(f"the features include the first-stage score, but the run has no '{SCORE}' "
+                                 f"column (columns: {run.columns})", field=SCORE)
+            first_stage = run[SCORE].cast(pl.Float64).to_numpy()
+        features = extractor.features(self._query_text[qid], rows, first_stage=first_stage)
+        if first_stage is not None and RANK in run.columns:  # a run's own ranks, as transform takes them
+            features[:, len(extractor.feature_names) - 1] = run[RANK].cast(pl.Float64).to_numpy()
+        return features
+
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        if not len(features):
+            return np.zeros(0)
+        return self.booster.predict(np.ascontiguousarray(features), num_threads=self.num_threads)
+
+    def prepare_runtime(self, corpus: Dataset | None) -> None:
+        """Ready :meth:`score_documents` (:mod:`distill.runtime`): with ``corpus``, its documents'
+        features come from the saved index (or, for another corpus, from statistics fitted on it,
+        as :meth:`prepare` does); documents outside it are scored with those statistics."""
+        if corpus is None:
+            self._extractor, self._runtime_rows = self._saved_extractor(), None
+        else:
+            self.prepare(corpus)
+            self._runtime_rows = self._extractor.rows_of(corpus.corpus[DOCID].to_list())
+        self._stacked.prepare_runtime(corpus)
+
+    def score_documents(self, query: str, docs: Documents) -> np.ndarray:
+        """Scores of one query's documents (:class:`distill.runtime.Documents`), in their order."""
+        if self._extractor is None:
+            raise InputError("call prepare_runtime before score_documents")
+        rows = np.full(len(docs), -1, dtype=np.int64)
+        if self._runtime_rows is not None:
+            known = docs.rows >= 0
+            rows[known] = self._runtime_rows[docs.rows[known]]
+        features = self._extractor.features(query, rows, docs.titles, docs.texts, docs.first_stage)
+        if self._stacked.specs:
+            features = np.hstack([features, self._stacked.score_documents(query, docs)])
+        return self._predict(features)
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain of the splits on each feature (for reports)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -21,6 +21,9 @@ import polars as pl
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
 from distill.schema import DOCID, QID, SCORE
+
+if TYPE_CHECKING:
+    from distill.runtime import Documents
 
 FEATURE_PREFIX = "ranker_"
 # LightGBM refuses feature names with JSON's special characters; keep names plain
@@ -51,6 +54,7 @@ class RankerFeatures:
         self.ranker_kwargs = ranker_kwargs
         self._rankers: dict[str, Any] | None = None
         self._corpus: Any = None
+        self._scorers: dict[str, Any] = {}
 
     @property
     def feature_names(self) -> list[str]:
@@ -66,6 +70,22 @@ class RankerFeatures:
         for ranker in self._rankers.values():
             ranker.prepare(dataset)
         self._corpus = dataset.corpus
+
+    def prepare_runtime(self, corpus: Dataset | None) -> None:
+        """Load the rankers as :mod:`distill.runtime` scorers (a teacher cache becomes its model)."""
+        from distill.rankers import load_ranker
+        from distill.runtime import DocumentScorer, runtime_ranker
+
+        self._scorers = {name: DocumentScorer(runtime_ranker(name, load_ranker(spec, name=name, **self.ranker_kwargs)),
+                                              corpus)
+                         for name, spec in self.specs.items()}
+
+    def score_documents(self, query: str, docs: Documents) -> np.ndarray:
+        """``[len(docs), len(specs)]`` scores of one query's documents, NaN where not finite."""
+        if not self.specs:
+            return np.zeros((len(docs), 0))
+        matrix = np.column_stack([scorer(query, docs) for scorer in self._scorers.values()])
+        return np.where(np.isfinite(matrix), matrix, np.nan)
 
     def transform(self, dataset: Dataset, run: pl.DataFrame) -> np.ndarray:
         """``[len(run), len(specs)]`` scores in ``run``'s row order; NaN (LightGBM's missing value)

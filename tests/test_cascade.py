@@ -413,13 +413,14 @@ def test_cli_needs_the_cost_of_stored_scores(cli, tiny_beir, tmp_path):
 def test_measured_cost(tiny_beir):
     """Costs of a model stage come from distill.latency.measure_latency at k/10 and k pairs."""
     from distill.bm25 import bm25_run
-    from distill.commands.cascade import _measure_cost
+    from distill.cascade_search import CascadeBuildConfig, _measure_cost
     from distill.data import load_beir
 
     dataset = load_beir(tiny_beir, "test")
     candidates = bm25_run(dataset, k=20)
     ranker = Planted("p", {(q, d): s for q, d, s in candidates.select(QID, DOCID, SCORE).iter_rows()})
-    cost, source = _measure_cost(stage("p", ranker, "planted"), dataset, candidates, n_queries=3, k=20)
+    cost, source = _measure_cost(stage("p", ranker, "planted"), dataset, candidates,
+                                 CascadeBuildConfig(latency_queries=3, latency_k=20))
     assert cost.per_pair_ms >= 0 and cost.per_query_ms >= 0
     assert "2.0 pairs" in source and "20.0 pairs" in source
     assert len(ranker.calls) == 2 * (3 + 3)  # warm-up and timed queries at both sizes
@@ -449,3 +450,18 @@ def test_query_by_query_stages_settle_their_precision_on_a_sample_first(tiny_bei
     settled.clear()
     cascade.settle_precision(["q"], ["d"])  # measure_latency's path
     assert settled == [(1, dataset.queries.height)]
+
+
+def test_latency_is_recorded_under_the_evaluated_name(tiny_beir):
+    """A cascade's own name is its stages; reports join latency to metrics by the evaluated label."""
+    from distill.data import load_beir
+    from distill.latency import measure_latency
+
+    dataset = load_beir(tiny_beir, "test")
+    run = pl.DataFrame({QID: [q for q in dataset.queries[QID] for _ in range(3)],
+                        DOCID: dataset.corpus[DOCID].head(3).to_list() * dataset.queries.height,
+                        SCORE: [3.0, 2.0, 1.0] * dataset.queries.height})
+    planted = Planted("p", {(q, d): 1.0 for q, d in run.select(QID, DOCID).iter_rows()})
+    cascade = stage("first", planted) % 2 >> stage("second", planted)
+    assert measure_latency(cascade, dataset, run, k=3, n_queries=2, warmup=0).ranker == str(cascade)
+    assert measure_latency(cascade, dataset, run, k=3, n_queries=2, warmup=0, name="cascade").ranker == "cascade"

@@ -184,3 +184,110 @@ def test_a_run_file_stage_cannot_serve(tmp_path):
 def test_the_contract_is_importable_from_where_the_server_takes_it():
     assert Path(Cascade.load.__code__.co_filename).name == "cascade.py"
     assert {f for f in StageReport.__dataclass_fields__} == {"name", "ran", "ms", "n_in", "n_out", "skipped"}
+
+
+# -- real models: the runtime against `distill cascade run` ------------------------------------
+
+@pytest.fixture(scope="module")
+def models(tiny_beir, tiny_bi_encoder, tmp_path_factory) -> dict[str, Path]:
+    """A LightGBM student (with first-stage features) trained on BM25's order, the tiny bi-encoder,
+    the test split's BM25 candidates as a run file and a spec ``bm25 % 15 >> lightgbm % 8 >> bi``."""
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+    from distill.runs import write_run
+    from students.lightgbm import LightGBMConfig, train_lightgbm_student
+
+    folder = tmp_path_factory.mktemp("runtime")
+    train = load_beir(tiny_beir, "train")
+    train_run = bm25_run(train, 20)
+    teacher = train_run.select(QID, DOCID, (pl.col(SCORE) * -1.0 + pl.col(DOCID).str.len_chars()).cast(pl.Float32))
+    config = LightGBMConfig(n_estimators=20, min_data_in_leaf=5, num_leaves=8, valid_fraction=0.25)
+    lightgbm = train_lightgbm_student(train, train_run, teacher, folder / "lgbm", config)
+    run_file = folder / "test.trec"
+    write_run(bm25_run(load_beir(tiny_beir, "test"), 20), run_file, tag="bm25")
+    spec = folder / "cascade.json"
+    spec.write_text(json.dumps({"format": "distill-cascade/1", "stages": [
+        {"name": "bm25", "ranker": "bm25", "cutoff": 15}, {"name": "lightgbm", "ranker": str(lightgbm), "cutoff": 8},
+        {"name": "bi", "ranker": str(tiny_bi_encoder), "cutoff": None}]}))
+    return {"spec": spec, "run": run_file, "lightgbm": lightgbm, "bi": tiny_bi_encoder}
+
+
+def offline_rankings(tiny_beir, models, tmp_path, capsys) -> dict[str, list[str]]:
+    """Each query's ranking as `distill cascade run --no-budget` writes it."""
+    import tiny
+
+    from distill.runs import read_run
+
+    out = tmp_path / "cascade.trec"
+    code, _, err = tiny.run_cli(["cascade", "run", models["spec"], "--data", tiny_beir, "--split", "test",
+                                 "--run", models["run"], "--out", out, "--no-budget"], capsys)
+    assert code == 0, err
+    ranked = read_run(out).sort([QID, SCORE], descending=[False, True])
+    return {part[QID][0]: part[DOCID].to_list() for part in ranked.partition_by(QID, maintain_order=True)}
+
+
+def test_runtime_ranks_as_distill_cascade_run(tiny_beir, models, tmp_path, capsys):
+    from distill.data import load_beir
+    from distill.runs import read_run
+    from students.embedding_store import STORE_DIR
+
+    expected = offline_rankings(tiny_beir, models, tmp_path, capsys)
+    dataset = load_beir(tiny_beir, "test")
+    texts = dict(zip(dataset.queries[QID], dataset.queries[TEXT], strict=True))
+    corpus = {d: (t, x) for d, t, x in dataset.corpus.select(DOCID, "title", TEXT).iter_rows()}
+    run = read_run(models["run"])
+    by_id = Cascade.load(models["spec"], corpus=tiny_beir)  # documents by id: stored index and embeddings
+    assert list((Path(models["bi"]) / STORE_DIR).glob("*.npy"))
+    as_text = Cascade.load(models["spec"])  # no corpus: every document analysed and embedded now
+    for part in run.partition_by(QID, maintain_order=True):
+        qid = part[QID][0]
+        ids, scores = part[DOCID].to_list(), part[SCORE].to_list()
+        result = by_id.rank(texts[qid], [{"id": d, "score": s} for d, s in zip(ids, scores, strict=True)])
+        assert result.ids == expected[qid], qid
+        assert [s.n_out for s in result.stages] == [15, 8, 8]
+        sent = as_text.rank(texts[qid], [{"id": d, "title": corpus[d][0], "text": corpus[d][1], "score": s}
+                                         for d, s in zip(ids, scores, strict=True)])
+        assert sent.ids[8:] == expected[qid][8:]  # LightGBM's cut: exact on analysed texts
+        assert set(sent.ids[:8]) == set(expected[qid][:8])
+
+
+def test_lightgbm_cascade_loads_without_torch(models, tmp_path):
+    """Only the LightGBM stage: loading and ranking import no torch (run in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "lgbm.json"
+    spec.write_text(json.dumps({"format": "distill-cascade/1", "stages": [
+        {"name": "bm25", "ranker": "bm25", "cutoff": 10}, {"name": "lightgbm", "ranker": str(models["lightgbm"]),
+                                                            "cutoff": None}]}))
+    code = ("import sys; from distill.cascade import Cascade; c = Cascade.load(sys.argv[1]); "
+            "r = c.rank('cats and dogs', [{'id': 'a', 'text': 'cats', 'score': 1.0}, "
+            "{'id': 'b', 'text': 'dogs and cats', 'score': 0.5}]); "
+            "assert sorted(r.ids) == ['a', 'b']; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_real_stages_rank_alike_from_many_threads(tiny_beir, models):
+    from distill.runs import read_run
+
+    cascade = Cascade.load(models["spec"], corpus=tiny_beir)
+    requests = [[{"id": d, "score": s} for d, s in zip(part[DOCID], part[SCORE], strict=True)]
+                for part in read_run(models["run"]).partition_by(QID, maintain_order=True)][:4]
+    expected = [cascade.rank("cats and dogs", docs).ids for docs in requests]
+    failures: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(5):
+                assert cascade.rank("cats and dogs", requests[i]).ids == expected[i]
+        except BaseException as err:  # noqa: BLE001 - reported below
+            failures.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
