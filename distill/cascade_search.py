@@ -20,10 +20,14 @@ would take seconds per cascade over thousands of cascades); tests check it again
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -31,7 +35,10 @@ import polars as pl
 from distill.cascade import Cascade, Stage, StageCost, describe
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
+from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, RELEVANCE, SCORE, require_columns
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CUTOFFS = (1000, 500, 200, 100, 50, 20, 10)
 _METRIC = re.compile(r"^(nDCG|RR)@(\d+)$")
@@ -272,3 +279,173 @@ def replay(config: CascadeConfig, stage_scores: dict[str, pl.DataFrame], dataset
 
     stages = {name: Stage(name, RunRanker(frame, name=name)) for name, frame in stage_scores.items()}
     return config.to_cascade(stages).rerank(dataset, stage_scores[config.stages[0]])
+
+
+@dataclass
+class CascadeBuildConfig:
+    """How :func:`build_cascade` searches; ``distill cascade build``'s option defaults come from here.
+
+    ``valid_fraction``: share of the dataset's queries searched on (a :func:`distill.groups.holdout`
+    sample with ``seed``; 1.0: all). ``metric``: nDCG@k or RR@k, maximised. ``cutoffs``: the grid
+    between stages. ``max_stages``: the longest cascade searched. Stage costs not given are
+    measured with ``latency_queries`` queries at ``latency_k // 10`` and ``latency_k`` candidates,
+    with ``threads`` torch threads (None: torch's default).
+    """
+
+    valid_fraction: float = 1.0
+    seed: int = 0
+    metric: str = "nDCG@10"
+    cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
+    max_stages: int | None = None
+    latency_queries: int = 20
+    latency_k: int = 100
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.valid_fraction <= 1.0:
+            raise ConfigError(f"must be in (0, 1], got {self.valid_fraction}", field="valid_fraction")
+        parse_metric(self.metric)
+        _grid(list(self.cutoffs), 1)  # a ConfigError for a cutoff that is not an integer >= 1
+        self.cutoffs = tuple(self.cutoffs)
+        for name, least in (("max_stages", 1), ("latency_queries", 1), ("latency_k", 2), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(f"must be an integer >= {least}, got {value!r}", field=name)
+
+
+@dataclass
+class CascadeBuild:
+    """What :func:`build_cascade` found: the ``cascade`` (budget, costs and provenance set; write
+    it with ``cascade.write_spec(path)``), the ``search`` (frontier, chosen point), and the
+    validation metrics (ir-measures) of the first stage alone and of the chosen cascade."""
+
+    cascade: Cascade
+    search: SearchResult
+    first_stage_metrics: dict[str, float]
+    metrics: dict[str, float]
+    costs: dict[str, StageCost] = field(default_factory=dict)
+
+
+def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, BaseRanker | str], budget_ms: float,
+                  config: CascadeBuildConfig | None = None, *, costs: Mapping[str, StageCost] | None = None,
+                  cost_from: Mapping[str, BaseRanker | str] | None = None) -> CascadeBuild:
+    """Choose the best cascade within ``budget_ms`` expected ms per query on ``dataset``'s
+    (validation) queries and their candidates ``run``.
+
+    ``stages``: rankers or :func:`distill.rankers.load_ranker` specs by name, the first being
+    the first stage (``"bm25"``: the run's own order); the search picks subsets, orders and
+    cutoffs of the others. ``costs``: given stage costs; the others are measured on the stage
+    itself, or on ``cost_from[name]`` (e.g. the teacher model behind a teacher cache, whose
+    replay costs nothing). Every stage scores the candidates once; cascades are simulated.
+    """
+    from distill.metrics import DEFAULT_METRICS, metric_means
+
+    config = config or CascadeBuildConfig()
+    if not stages:
+        raise ConfigError("no stages", field="stages")
+    dataset, run = _validation_part(dataset, run, config.valid_fraction, config.seed)
+    loaded = _load_stages(stages)
+    proxies = _load_stages(cost_from or {}, known=loaded)
+    for s in [*loaded.values(), *proxies.values()]:
+        s.ranker.prepare(dataset)  # one-off work (corpus embeddings) stays out of latency and scoring
+    costs = dict(costs or {})
+    unknown = sorted(set(costs) - set(loaded))
+    if unknown:
+        raise ConfigError(f"cost for unknown stage(s) {unknown}; stages: {list(loaded)}", field="costs")
+    cost_source = {name: "given" for name in costs}
+    for name, s in loaded.items():
+        if name not in costs:
+            costs[name], cost_source[name] = _measure_cost(proxies.get(name, s), dataset, run, config)
+    scores = {name: _score(s, dataset, run) for name, s in loaded.items()}
+    first = next(iter(loaded))
+    result = search_cascades(scores, costs, dataset.qrels, first, budget_ms, config.cutoffs, config.metric,
+                             config.max_stages)
+    names = tuple(dict.fromkeys([config.metric, *DEFAULT_METRICS]))
+    baseline = metric_means(dataset.qrels, scores[first], names)
+    chosen = metric_means(dataset.qrels, replay(result.chosen, scores, dataset), names)
+    from distill.manifest import library_versions
+
+    cascade = replace(
+        result.chosen.to_cascade(loaded), budget_ms=budget_ms,
+        costs={name: costs[name] for name in result.chosen.stages},
+        provenance={
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(dataset.path or dataset.name),
+            "split": dataset.split, "queries": dataset.queries.height, **asdict(config),
+            "n_evaluated": result.n_evaluated,
+            "chosen": {"cascade": str(result.chosen), "value": result.chosen.value,
+                       "expected_latency_ms": result.chosen.latency_ms},
+            "validation": chosen, "first_stage_validation": baseline,
+            "frontier": result.frontier.select("cascade", config.metric, "latency_ms").to_dicts(),
+            "candidate_stages": {n: {"spec": s.spec, "cost": asdict(costs[n]), "cost_source": cost_source[n]}
+                                 for n, s in loaded.items()},
+            "versions": library_versions(),
+        },
+    )
+    return CascadeBuild(cascade, result, baseline, chosen, costs)
+
+
+def _validation_part(dataset: Dataset, run: pl.DataFrame, fraction: float, seed: int) -> tuple[Dataset, pl.DataFrame]:
+    """The queries searched on: a :func:`distill.groups.holdout` sample of ``fraction`` of them (all at 1.0)."""
+    from distill.groups import holdout
+
+    if fraction >= 1:
+        return dataset, run
+    keep = pl.DataFrame({QID: sorted(holdout(dataset.queries[QID], fraction, seed))}, schema={QID: pl.String})
+    semi: dict[str, Any] = {"on": QID, "how": "semi"}
+    return (replace(dataset, queries=dataset.queries.join(keep, **semi), qrels=dataset.qrels.join(keep, **semi)),
+            run.join(keep, **semi))
+
+
+def _load_stages(stages: Mapping[str, BaseRanker | str], known: Mapping[str, Stage] | None = None) -> dict[str, Stage]:
+    """Rankers or specs by name -> stages, in order; specs naming files become absolute so a
+    written cascade spec works from any folder. With ``known``, names must be among its stages."""
+    from distill.cascade import stage
+    from distill.rankers import load_ranker
+
+    loaded: dict[str, Stage] = {}
+    for name, ranker in stages.items():
+        if known is not None and name not in known:
+            raise ConfigError(f"unknown stage {name!r}; stages: {list(known)}", field="cost_from")
+        spec = None
+        if isinstance(ranker, str):
+            spec = str(Path(ranker).resolve()) if Path(ranker).exists() else ranker
+            ranker = load_ranker(spec, name=name)
+        loaded[name] = stage(name, ranker, spec)
+    return loaded
+
+
+def _measure_cost(s: Stage, dataset: Dataset, candidates: pl.DataFrame,
+                  config: CascadeBuildConfig) -> tuple[StageCost, str]:
+    """Measure a stage's cost with :func:`distill.latency.measure_latency` at ``latency_k // 10``
+    and ``latency_k`` candidates per query and fit fixed + per-pair parts; also say where it
+    came from. Stored scores (a teacher cache, a run file) cost nothing to replay, so their
+    real cost must be given."""
+    from distill.cache import CachedRanker
+    from distill.latency import measure_latency
+    from distill.rankers import RunRanker
+
+    if isinstance(s.ranker, RunRanker) and s.ranker.scores is None:
+        log.info("stage %s is the candidates' own order: cost 0 (give --cost %s=0+MS for the retrieval)",
+                 s.name, s.name)
+        return StageCost(), "candidate order: 0 unless given"
+    if isinstance(s.ranker, (CachedRanker, RunRanker)):
+        raise ConfigError(f"stage {s.name!r} replays stored scores, so its real cost is unknown: give "
+                          f"--cost {s.name}=MS_PER_PAIR or --cost-from {s.name}=MODEL", field="--cost")
+    lengths = candidates.group_by(QID).len()["len"]
+    measured = []
+    for size in sorted({max(1, config.latency_k // 10), config.latency_k}):
+        latency = measure_latency(s.ranker, dataset, candidates, k=size, n_queries=config.latency_queries,
+                                  prepare=False, threads=config.threads)
+        measured.append((float(lengths.clip(upper_bound=size).mean()), latency.mean_ms))
+    cost = StageCost.fit(measured)
+    log.info("stage %s: %.3f ms per query + %.4f ms per pair (measured)", s.name, cost.per_query_ms, cost.per_pair_ms)
+    points = ", ".join(f"{pairs:.1f} pairs: {ms:.3f} ms" for pairs, ms in measured)
+    return cost, f"measured on {s.spec or s.name} ({points})"
+
+
+def _score(s: Stage, dataset: Dataset, candidates: pl.DataFrame) -> pl.DataFrame:
+    """A stage's scores on all candidates, computed once for the whole search."""
+    start = time.perf_counter()
+    scores = s.ranker.rerank(dataset, candidates).select(QID, DOCID, SCORE)
+    log.info("stage %s scored %d candidates in %.1f s", s.name, scores.height, time.perf_counter() - start)
+    return scores
