@@ -111,8 +111,9 @@ def score_into_cache(
 
 def score_through_cache(
     teacher, dataset: Dataset, pairs: pl.DataFrame, cache: TeacherCache, keep: pl.DataFrame
-) -> tuple[np.ndarray, int]:
-    """Scores of the rows of ``pairs`` (qid, docid), in order, and how many came from the cache.
+) -> tuple[np.ndarray, int, int]:
+    """Scores of the rows of ``pairs`` (qid, docid), in order; how many came from the cache, and
+    how many were added to it.
 
     Pairs the cache holds are read back; the others are scored, and those among ``keep``
     (the candidates) are appended to the cache, so scoring them later costs nothing.
@@ -120,6 +121,7 @@ def score_through_cache(
     cached = pairs.select(QID, DOCID).join(cache.scores(), on=[QID, DOCID], how="left", maintain_order="left")
     scores = cached[SCORE].to_numpy().astype(np.float32, copy=True)
     todo = np.flatnonzero(cached[SCORE].is_null().to_numpy())
+    kept = pl.DataFrame(schema={QID: pl.String, DOCID: pl.String})
     if len(todo):
         fresh = cached[todo].select(QID, DOCID)
         scores[todo] = teacher.score(dataset.query_texts(fresh[QID]), dataset.doc_texts(fresh[DOCID]))
@@ -127,7 +129,7 @@ def score_through_cache(
         kept = scored.join(keep.select(QID, DOCID).unique(), on=[QID, DOCID], how="semi")
         if kept.height:
             cache.append(kept)
-    return scores, len(pairs) - len(todo)
+    return scores, len(pairs) - len(todo), kept.height
 
 
 class _progress:

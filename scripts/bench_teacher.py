@@ -9,6 +9,10 @@ the same model at max_length 512, twice over:
 - as whole processes, start-up included: `distill score-teacher` against a process that
   loads the same data and model and calls `CrossEncoder.predict` (batch 32, fp32, its defaults).
 
+Wall time is the figure; CPU time (all threads, user + system) is reported beside it, as a
+check when other jobs share the cores (it counts only this work, though busy-waiting threads
+inflate it under contention).
+
 The model is the packaged all-MiniLM-L6-v2 with a classification head drawn from a fixed
 seed (throughput does not depend on the head's weights), saved once as a cross-encoder
 folder both sides load. A second pass over the cache must make no model calls.
@@ -90,9 +94,9 @@ def in_process(args, dataset, run, model: Path, tmp: Path) -> dict:
         return score(queries, docs, progress)
 
     teacher._score = counting_score
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = score_teacher(teacher, dataset, run, tmp / "cache", source="bench", show_progress=False)
-    distill_s = time.perf_counter() - t0
+    distill_s, distill_cpu = time.perf_counter() - t0, time.process_time() - c0
     first_calls = calls["n"]
     t1 = time.perf_counter()
     again = score_teacher(teacher, dataset, run, tmp / "cache", source="bench", show_progress=False)
@@ -102,9 +106,9 @@ def in_process(args, dataset, run, model: Path, tmp: Path) -> dict:
     pairs = run.select("qid", "docid")
     ce = CrossEncoder(str(model), max_length=args.max_length)
     texts = list(zip(dataset.query_texts(pairs["qid"]), dataset.doc_texts(pairs["docid"])))
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     plain = ce.predict(texts, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
-    plain_s = time.perf_counter() - t2
+    plain_s, plain_cpu = time.perf_counter() - t2, time.process_time() - c2
 
     ours = pairs.join(cached, on=["qid", "docid"], how="left")["score"].to_numpy()
     n = pairs.height
@@ -113,6 +117,8 @@ def in_process(args, dataset, run, model: Path, tmp: Path) -> dict:
         "distill_s": round(distill_s, 2), "predict_s": round(plain_s, 2),
         "distill_pairs_per_s": round(n / distill_s, 2), "predict_pairs_per_s": round(n / plain_s, 2),
         "speedup": round(plain_s / distill_s, 3),
+        "distill_cpu_s": round(distill_cpu, 2), "predict_cpu_s": round(plain_cpu, 2),
+        "cpu_time_speedup": round(plain_cpu / distill_cpu, 3),
         "spearman_vs_predict": round(float(spearmanr(ours, plain).statistic), 6),
         "max_abs_diff_vs_predict": float(np.abs(ours - plain).max()),
         "second_pass_model_calls": calls["n"] - first_calls, "second_pass_scored": again.scored,
@@ -128,18 +134,25 @@ def whole_processes(args, run_file: Path, model: Path, tmp: Path) -> dict:
     predict_cmd = [sys.executable, str(Path(__file__).resolve()), "--predict-worker", "--data", str(args.data),
                    "--model", str(model), "--run-file", str(run_file), "--max-length", str(args.max_length),
                    "--scores-out", str(tmp / "predict.npy")]
-    times = {}
+    import resource
+
+    times, cpu = {}, {}
     for name, cmd in (("distill", distill_cmd), ("predict", predict_cmd)):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         times[name] = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu[name] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if done.returncode:
             raise SystemExit(f"{name} process failed ({done.returncode}):\n{done.stderr[-3000:]}")
         if name == "distill":
             log = done.stderr.strip().splitlines() + done.stdout.strip().splitlines()
             times["distill_log"] = [line for line in log if "precision" in line or "scored" in line]
     return {"distill_process_s": round(times["distill"], 2), "predict_process_s": round(times["predict"], 2),
-            "process_speedup": round(times["predict"] / times["distill"], 3), "distill_log": times["distill_log"]}
+            "process_speedup": round(times["predict"] / times["distill"], 3),
+            "distill_process_cpu_s": round(cpu["distill"], 2), "predict_process_cpu_s": round(cpu["predict"], 2),
+            "process_cpu_time_speedup": round(cpu["predict"] / cpu["distill"], 3), "distill_log": times["distill_log"]}
 
 
 def main() -> None:
@@ -180,9 +193,11 @@ def main() -> None:
         results = {"pairs": run.height, "queries": dataset.queries.height, "k": args.k,
                    "max_length": args.max_length, "dtype_asked": args.dtype, "cpu": cpu_description(),
                    "torch_threads": torch.get_num_threads(), "in_process": in_process(args, dataset, run, model, tmp)}
+        name = "bench_teacher" + ("_quick" if args.quick else "")
+        save_results(args.out, name, results)  # kept should the process comparison be stopped
         if not args.no_processes:
             results["processes"] = whole_processes(args, run_file, model, tmp)
-    save_results(args.out, "bench_teacher" + ("_quick" if args.quick else ""), results)
+            save_results(args.out, name, results)
     if results["in_process"]["second_pass_model_calls"]:
         raise SystemExit("second pass over the cache called the model")
 

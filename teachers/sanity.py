@@ -37,10 +37,10 @@ def check_teacher(
 
     Returns ``pos_mean``, ``neg_mean`` (over pairs), ``win_rate`` (share of queries whose mean
     positive score beats their median negative score), ``n_queries``, ``n_pairs``, ``reused``
-    (pairs read from ``cache``) and ``ok`` (positives above negatives on average and
-    ``win_rate >= min_win_rate``). Logs a warning when not ok. With ``cache``, negatives
-    the cache already scored are drawn first, and the candidate pairs scored here are added
-    to it.
+    (pairs read from ``cache``), ``kept`` (pairs added to it) and ``ok`` (positives above
+    negatives on average and ``win_rate >= min_win_rate``). Logs a warning when not ok. With
+    ``cache``, negatives the cache already scored are drawn first, and the candidate pairs
+    scored here are added to it.
     """
     qrels = dataset.qrels.join(run.select(QID).unique(), on=QID, how="semi")
     positives = qrels.filter(pl.col(RELEVANCE) > 0).group_by(QID).agg(pl.col(DOCID).sort())
@@ -60,11 +60,11 @@ def check_teacher(
             labels.append(label)
     pairs = pl.DataFrame({QID: qids, DOCID: docids}, schema={QID: pl.String, DOCID: pl.String})
     if cache is None:
-        scores, reused = teacher.score(dataset.query_texts(qids), dataset.doc_texts(docids)), 0
+        scores, reused, kept = teacher.score(dataset.query_texts(qids), dataset.doc_texts(docids)), 0, 0
     else:
         from distill.scoring import score_through_cache
 
-        scores, reused = score_through_cache(teacher, dataset, pairs, cache, keep=run)
+        scores, reused, kept = score_through_cache(teacher, dataset, pairs, cache, keep=run)
     frame = pl.DataFrame({QID: qids, "label": labels, "score": scores.astype(np.float64)})
     per_query = frame.group_by(QID).agg(
         pl.col("score").filter(pl.col("label") == 1).mean().alias("pos"),
@@ -74,6 +74,7 @@ def check_teacher(
         "n_queries": len(rows),
         "n_pairs": len(labels),
         "reused": reused,
+        "kept": kept,
         "pos_mean": float(frame.filter(pl.col("label") == 1)["score"].mean()),
         "neg_mean": float(frame.filter(pl.col("label") == 0)["score"].mean()),
         "win_rate": float((per_query["pos"] > per_query["neg"]).mean()),

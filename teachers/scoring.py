@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from teachers.base import Teacher
 
 if TYPE_CHECKING:
     from distill.data import Dataset
+    from teachers.precision import PrecisionChoice
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,14 @@ def _local_engine() -> Engine:
     return score_into_cache
 
 
+def _ray_engine() -> Engine:
+    from teachers.ray_engine import score_on_ray
+
+    return score_on_ray
+
+
 # Engine name -> a function returning it (imported only when asked for).
-ENGINES: dict[str, Callable[[], Engine]] = {"local": _local_engine}
+ENGINES: dict[str, Callable[[], Engine]] = {"local": _local_engine, "ray": _ray_engine}
 
 
 @dataclass
@@ -60,7 +67,7 @@ class TeacherScoring:
     sanity: dict[str, Any] | None  # check_teacher's report; None when not run
     scoring: ScoreStats  # the engine's part
     seconds: float = 0.0
-    reused_precision: bool = field(default=False)
+    reused_precision: bool = False  # the precision came from the cache's manifest
 
     @property
     def scored(self) -> int:
@@ -120,14 +127,13 @@ def score_teacher(
     if sanity_check and todo.height and dataset.qrels.height:
         from teachers.sanity import check_teacher
 
-        before = store.scores().height
         sanity = check_teacher(model, dataset, candidates, cache=store)
-        sanity["kept"] = store.scores().height - before
     stats = ENGINES[engine]()(model, dataset, candidates, store, shard=shard_spec, flush_pairs=flush_pairs,
                               show_progress=show_progress, **(engine_options or {}))
     result = TeacherScoring(
         cache=folder, fingerprint=model.fingerprint(), dtype=model.dtype,
-        precision=None if choice is None else choice.to_dict(), sample_scored=0 if choice is None else len(choice.index),
+        precision=None if choice is None else choice.to_dict(),
+        sample_scored=0 if choice is None else len(choice.index),
         sanity=sanity, scoring=stats, seconds=time.perf_counter() - start, reused_precision=reused,
     )
     log.info("cache %s: %d pairs scored now (%d of them while choosing the precision, %d by the sanity check), "
@@ -146,7 +152,8 @@ def _teacher(teacher: Teacher | str | Path, options: dict[str, Any]) -> Teacher:
     return load_teacher(teacher, **{k: v for k, v in options.items() if v is not None})
 
 
-def _settle(model: Teacher, dataset: Dataset, pairs: pl.DataFrame):
+def _settle(model: Teacher, dataset: Dataset,
+            pairs: pl.DataFrame) -> tuple[pl.DataFrame | None, PrecisionChoice | None]:
     """Settle a pending precision on a seeded sample of ``pairs``: the sample and the choice (or None)."""
     if not model.precision_pending:
         return None, None
