@@ -16,8 +16,12 @@ share whatever else runs on the machine:
 - ``score_documents, new texts``: the same documents sent as texts, analysed on the fly;
 - ``cascade.rank``: ``bm25 % k >> lightgbm`` through :meth:`Cascade.rank`, documents as
   ``{"id", "score"}`` objects (input checks and the final ranking included);
-- ``trees only``: ``booster.predict`` on precomputed features.
+- ``features only``: ``FeatureExtractor.features`` (the lexical features of ``score_documents``);
+- ``trees only``: the student's ``booster.predict`` on precomputed features.
 
+Each call is timed in wall-clock time and in the thread's CPU time (``time.thread_time``):
+on a machine whose cores other jobs share, a call's wall time includes the time it waited
+for a core, its CPU time does not. The paths' order rotates from one repeat to the next.
 Then the batch throughput of ``transform`` (all test queries at once), as before.
 Every figure is a ratio against ``old rerank`` measured in the same run.
 """
@@ -55,7 +59,7 @@ def load_old_features(ref: str):
     return module
 
 
-def train_student(data: Path, k: int, out: Path, quick: bool) -> Path:
+def train_student(data: Path, k: int, out: Path, quick: bool, n_estimators: int) -> Path:
     """A LightGBM student on the train split (see the module docstring); reused when ``out`` exists."""
     if (out / "model.txt").is_file():
         return out
@@ -70,10 +74,12 @@ def train_student(data: Path, k: int, out: Path, quick: bool) -> Path:
         train.queries = train.queries.head(300)
     run = bm25_run(train, k)
     teacher = run.select("qid", "docid", pl.col("score").cast(pl.Float32))
-    return train_lightgbm_student(train, run, teacher, out, LightGBMConfig(qrels_weight=0.5, num_threads=1))
+    config = LightGBMConfig(qrels_weight=0.5, num_threads=1, n_estimators=n_estimators)
+    return train_lightgbm_student(train, run, teacher, out, config)
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of durations in seconds, in milliseconds."""
     import numpy as np
 
     return float(np.percentile(np.asarray(values) * 1000.0, q))
@@ -87,6 +93,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per query and path")
     parser.add_argument("--model", type=Path, default=Path("bench_out/bench_features/lightgbm"),
                         help="the student's folder (trained there when missing)")
+    parser.add_argument("--n-estimators", type=int, default=500,
+                        help="boosting rounds at most (early stopping on validation may keep fewer)")
     parser.add_argument("--baseline-ref", default=BASELINE_REF, help="git commit of the old path")
     parser.add_argument("--quick", action="store_true", help="50 queries, 3 repeats, a smaller training set")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -104,7 +112,7 @@ def main() -> None:
     from students.lightgbm import LightGBMRanker
 
     start = time.perf_counter()
-    model = train_student(args.data, args.k, args.model, args.quick)
+    model = train_student(args.data, args.k, args.model, args.quick, args.n_estimators)
     train_s = time.perf_counter() - start
     old = load_old_features(args.baseline_ref)
     dataset = load_beir(args.data, "test")
@@ -128,6 +136,7 @@ def main() -> None:
 
     parts = run.partition_by("qid", maintain_order=True)[:n_queries]
     paths: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     agree = True
     for part in parts:
         query, docids, scores = texts[part["qid"][0]], part["docid"].to_list(), part["score"].to_list()
@@ -142,28 +151,36 @@ def main() -> None:
             "score_documents": (ranker.score_documents, (query, docs)),
             "score_documents, new texts": (ranker.score_documents, (query, as_texts)),
             "cascade.rank": (cascade.rank, (query, requests)),
+            "features only": (ranker._extractor.features, (query, docs.rows, (), (), docs.first_stage)),
             "trees only": (ranker._predict, (features,)),
         }
         baseline = old_rerank(part)["score"].to_numpy()
         agree &= bool(np.array_equal(baseline, ranker.rerank(dataset, part)["score"].to_numpy())
                       and np.array_equal(baseline, ranker.score_documents(query, docs))
                       and np.allclose(baseline, ranker.score_documents(query, as_texts), rtol=0, atol=1e-12))
-        for _ in range(repeats):
-            for name, (call, call_args) in calls.items():
-                t0 = time.perf_counter()
+        names = list(calls)
+        for repeat in range(repeats):
+            for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+                call, call_args = calls[name]
+                t0, c0 = time.perf_counter(), time.thread_time()
                 call(*call_args)
-                paths.setdefault(name, []).append(time.perf_counter() - t0)
+                c1, t1 = time.thread_time(), time.perf_counter()
+                paths.setdefault(name, []).append(t1 - t0)
+                cpu.setdefault(name, []).append(c1 - c0)
 
-    old_p50 = percentile(paths["old rerank"], 50)
+    old_p50, old_cpu = percentile(paths["old rerank"], 50), percentile(cpu["old rerank"], 50)
     rows = [{"path": name, "p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95),
-             "speedup_p50": old_p50 / percentile(t, 50)} for name, t in paths.items()]
+             "cpu_p50_ms": percentile(cpu[name], 50), "speedup_p50": old_p50 / percentile(t, 50),
+             "cpu_speedup_p50": old_cpu / percentile(cpu[name], 50)} for name, t in paths.items()]
     trees = booster.dump_model()["tree_info"]
     print(f"{dataset.name}/test: {len(parts)} queries x top-{args.k}, {repeats} calls each per path, 1 thread; "
           f"model: {len(trees)} trees, {sum(t['num_leaves'] for t in trees)} leaves (trained in {train_s:.1f} s); "
           f"corpus statistics loaded in {fit_s:.2f} s; scores equal to the old path: {agree}")
-    print("| path | p50 ms | p95 ms | p50 speed-up vs old |\n|---|---|---|---|")
+    print("| path | p50 ms | p95 ms | speed-up vs old (p50) | CPU p50 ms | speed-up vs old (CPU p50) |\n"
+          "|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['path']} | {row['p50_ms']:.3f} | {row['p95_ms']:.3f} | {row['speedup_p50']:.2f}x |")
+        print(f"| {row['path']} | {row['p50_ms']:.3f} | {row['p95_ms']:.3f} | {row['speedup_p50']:.2f}x | "
+              f"{row['cpu_p50_ms']:.3f} | {row['cpu_speedup_p50']:.2f}x |")
 
     times = []
     transform_run = pl.concat(parts)
