@@ -223,16 +223,25 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
             "--epochs", cfg.teacher_epochs, "--max-length", cfg.max_length, "--negatives", cfg.teacher_negatives,
             "--objective", cfg.teacher_objective,
             "--seed", cfg.seed], Path(teacher)))
+    fused = out / "cache_fused"
     steps += [
         Step("score-train", ["score-teacher", "--teacher", teacher, *common, "--split", student_split, *queries,
                              "--run", runs / "train.trec", "--cache", cache, "--max-length", cfg.max_length]),
+        Step("score-valid", ["score-teacher", "--teacher", teacher, *common, "--split", "valid",
+                             "--run", runs / "valid.trec", "--cache", cache, "--max-length", cfg.max_length]),
         Step("score-test", ["score-teacher", "--teacher", teacher, *common, "--split", "test",
                             "--run", runs / "test.trec", "--cache", cache, "--max-length", cfg.max_length]),
+        # the teacher fused with BM25, weights chosen on valid: students learn from it unless the
+        # teacher alone was best there (see teachers.fusion and student_cache)
+        Step("fuse-teacher", ["fuse-teacher", "--cache", cache, *common, "--valid-split", "valid",
+                              *[a for split in ("train", "valid", "test") for a in ("--run", runs / f"{split}.trec")],
+                              "--out", fused], fused),
     ]
     layers = cfg.student_layers or max(1, _num_layers(cfg.teacher or cfg.init or default_init()) // 3)
-    # every student is validated on the held-out valid queries; a collapse is reported after the run
-    student = ["train-student", "--cache", cache, *common, "--split", student_split, *queries, "--seed", cfg.seed,
-               "--valid-split", "valid", "--valid-run", runs / "valid.trec", "--allow-collapse"]
+    # every student reads the teacher chosen on valid ({student_cache}: see student_cache) and is
+    # validated on the held-out valid queries; a collapse is reported after the run
+    student = ["train-student", "--cache", "{student_cache}", *common, "--split", student_split, *queries,
+               "--seed", cfg.seed, "--valid-split", "valid", "--valid-run", runs / "valid.trec", "--allow-collapse"]
     bi_params = [a for p in cfg.bi_loss_params for a in ("--loss-param", p)]
     neural = ["--negatives", cfg.negatives, "--max-length", cfg.max_length]
     bi_fit = ["--epochs", cfg.student_epochs, "--lr", cfg.student_lr]
@@ -262,7 +271,8 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
              runs / "cascade_test.trec"),
         Step("evaluate", [
             "evaluate", *common, "--split", "test", "--run", runs / "test.trec", "--k", cfg.test_k,
-            *[a for name, spec in {**stages, "teacher": cache, "cascade": out / "cascade.json"}.items()
+            *[a for name, spec in {**stages, "teacher": cache, "fused_teacher": fused,
+                                   "cascade": out / "cascade.json"}.items()
               for a in ("--ranker", f"{name}={spec}")],
             "--baseline", "bm25", "--teacher", "teacher", "--latency", "--latency-queries", cfg.latency_queries,
             "--threads", 1, "--out", out / "eval"], out / "eval"),
@@ -340,8 +350,9 @@ def resume_record(path: Path, record: dict) -> dict:
     if path.exists():
         earlier = json.loads(path.read_text())
         record["steps"] = earlier.get("steps", {})
-        if "budget" in earlier:
-            record["budget"] = earlier["budget"]
+        for key in ("budget", "teacher_choice"):
+            if key in earlier:
+                record[key] = earlier[key]
     return record
 
 
@@ -366,21 +377,42 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if step.output is not None and step.output.exists():
             console.print(f"done already: {step.output}")
             continue
+        if "{student_cache}" in step.argv:
+            chosen = student_cache(cfg.out)
+            record["teacher_choice"] = chosen
+            step.argv = [chosen["cache"] if a == "{student_cache}" else a for a in step.argv]
         if "{budget_ms}" in step.argv:
             budget = teacher_budget(cfg, data, teacher)
             record["budget"] = budget
             console.print(f"cascade budget: {budget['budget_fraction']:.0%} of the teacher's "
                           f"{budget['teacher_p50_ms']:.1f} ms per query = {budget['budget_ms']:.1f} ms")
             step.argv = [str(budget["budget_ms"]) if a == "{budget_ms}" else a for a in step.argv]
+        checkpoints = step.output.with_name(f"{step.output.name}.checkpoints") if step.output else None
+        if checkpoints is not None and any(checkpoints.glob("checkpoint-*")):
+            step.argv.append("--resume")  # a model step stopped mid-epoch goes on from its last checkpoint
         console.print(f"[dim]$ {step.command()}[/]", highlight=False, soft_wrap=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         invoke(step.argv)
-        record["steps"][step.name] = {"command": step.command(), "seconds": round(time.perf_counter() - start, 1)}
+        record["steps"][step.name] = {"command": step.command(), "seconds": round(time.perf_counter() - start, 1),
+                                      "cpu_seconds": round(time.process_time() - cpu, 1)}
         write_json_atomic(record_path, record)
     record["students"] = student_validation(cfg.out / "models")
     write_json_atomic(record_path, record)
     report_students(record["students"], console, allow_collapse=cfg.allow_collapse)
     return record
+
+
+def student_cache(out: Path) -> dict:
+    """Which teacher the students learn from: the fused one (its cache) when its validation weights
+    give BM25 a share, else the trained teacher's own cache (the same ranking, its raw scale)."""
+    manifest = json.loads((out / "cache_fused" / "manifest.json").read_text(encoding="utf-8"))["teacher"]
+    weights, chosen_on = manifest["weights"], manifest["chosen_on"]
+    alone = weights.get("teacher", 0.0) >= 1.0
+    log.info("students learn from %s: validation %s %.4f (teacher alone %.4f, BM25 %.4f; weights %s)",
+             "the trained teacher" if alone else "the fused teacher", chosen_on["metric"], chosen_on["value"],
+             chosen_on["alone"]["teacher"], chosen_on["alone"]["bm25"], weights)
+    return {"cache": str(out / ("cache" if alone else "cache_fused")), "teacher": "trained" if alone else "fused",
+            "weights": weights, "validation": chosen_on}
 
 
 def student_validation(models: Path) -> dict[str, dict]:

@@ -27,7 +27,10 @@ def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder
     assert spec["format"] == "distill-cascade/1" and spec["stages"][0]["name"] == "bm25"
     steps = json.loads((out / "pipeline.json").read_text())["steps"]
     assert {"pseudo-queries", "train-teacher", "score-test", "student-lightgbm", "cascade-build", "evaluate"} <= set(steps)
-    students = json.loads((out / "pipeline.json").read_text())["students"]
+    record = json.loads((out / "pipeline.json").read_text())
+    assert record["teacher_choice"]["teacher"] in ("trained", "fused")  # chosen on valid, and said
+    assert set(record["teacher_choice"]["weights"]) == {"teacher", "bm25"}
+    students = record["students"]
     assert set(students) == {"ce_student", "bi_encoder", "lightgbm"}  # each validated on valid
     assert students["ce_student"]["kept_round"] in (1, 2)
     assert set(students["lightgbm"]["chosen_from"]) == {str(out / "models" / f"lightgbm_w{w}") for w in ("0", "0.5")}
