@@ -228,25 +228,36 @@ class Calibration:
     The cost model in a spec was measured when the cascade was built, often on another
     load; on a busy server stages run slower (or faster) than it says. Skipping by the
     model alone would let answers arrive late, so the server corrects it with what it
-    measures (:func:`steer_deadline`)."""
+    measures (:func:`steer_deadline`). A factor is only measured when its stage runs, so one
+    inflated by a burst could keep its stage skipped for good; it therefore fades back
+    towards 1 with a half-life of ``half_life_s`` since its stage last ran."""
 
-    def __init__(self, lowest: float = 0.25, highest: float = 50.0) -> None:
-        self.factors: list[float] = []
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, half_life_s: float = 30.0,
+                 lowest: float = 0.25, highest: float = 50.0) -> None:
+        self.clock, self.half_life_s = clock, half_life_s
         self.lowest, self.highest = lowest, highest
+        self.factors: list[float] = []
+        self.measured_at: list[float] = []
         self._lock = threading.Lock()
 
     def get(self, n_stages: int) -> list[float]:
+        now = self.clock()
         with self._lock:
-            return (self.factors + [1.0] * n_stages)[:n_stages]
+            faded = [1.0 + (f - 1.0) * 0.5 ** ((now - at) / self.half_life_s)
+                     for f, at in zip(self.factors, self.measured_at)]
+        return (faded + [1.0] * n_stages)[:n_stages]
 
     def observe(self, modelled_ms: Sequence[float], stages: Sequence[Any]) -> None:
         """Fold in the stages that ran with a modelled cost (a replayed first stage has none)."""
+        current, now = self.get(len(stages)), self.clock()
         with self._lock:
+            self.measured_at += [now] * (len(stages) - len(self.measured_at))
             self.factors += [1.0] * (len(stages) - len(self.factors))
             for i, (model, stage) in enumerate(zip(modelled_ms, stages)):
                 if stage.ran and model > 0:
                     ratio = min(max(stage.ms / model, self.lowest), self.highest)
-                    self.factors[i] = (1 - SERVICE_EWMA) * self.factors[i] + SERVICE_EWMA * ratio
+                    self.factors[i] = (1 - SERVICE_EWMA) * current[i] + SERVICE_EWMA * ratio
+                    self.measured_at[i] = now
 
 
 def steer_deadline(elapsed_ms: float, deadline_ms: float, modelled_ms: Sequence[float],
@@ -402,7 +413,7 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
     config = config or ServeConfig()
     metrics = Metrics()
     dispatcher = Dispatcher(config, metrics)
-    calibration = Calibration()
+    calibration = Calibration(clock)
     RerankRequest = request_model(config)  # noqa: N806 (a class)
 
     @asynccontextmanager
@@ -527,7 +538,8 @@ def run_server(spec: str | Path, config: ServeConfig | None = None, corpus: str 
 
         torch.set_num_threads(config.threads)
     cascade = Cascade.load(spec, corpus=corpus)
-    cascade.rank("warm up", ["a document to warm up the stages", "another one"])
+    cascade.rank("warm up", [{"id": "a", "text": "a document to warm up the stages", "score": 2.0},
+                             {"id": "b", "text": "another one", "score": 1.0}])  # scores: some stages need them
     log.info("serving %s on http://%s:%d (workers %d, queue %d, default deadline %g ms)", cascade, config.host,
              config.port, config.workers, config.queue_size, config.deadline_ms)
     uvicorn.run(create_app(cascade, config), host=config.host, port=config.port, log_level="warning",
