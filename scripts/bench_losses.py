@@ -1,0 +1,461 @@
+"""Which distillation loss wins on real data: every applicable loss, one teacher cache, one budget.
+
+From ONE SciFact teacher cache (the train queries of the pipeline's split view plus title
+queries, `distill split-view --title-queries`), trains the bi-encoder student with every loss
+that applies to it and the 2-layer cross-encoder student with the main families, all under one
+fixed budget (same groups, steps, seed and data), and reports nDCG@10 on the held-out valid
+queries and on the test queries, with paired t-tests against MarginMSE (Holm-adjusted over the
+losses of a student and split, distill's own ``paired_tests``/``adjust_p_values``). Defaults are
+chosen on valid only; test is reported, never used to choose.
+
+Resumable loss by loss: each finished (student, loss) writes ``<out>/results/<student>_<loss>.json``
+and is skipped on a rerun; the view, candidates, teacher and cache are reused when present.
+The budget is recorded in ``<out>/budget.json``; a rerun with another budget is refused.
+
+    python scripts/bench_losses.py --quick                      # a few minutes: plumbing only
+    nice -n 10 python scripts/bench_losses.py --out bench_out/losses --write-doc docs/results/losses.md
+    python scripts/bench_losses.py --out bench_out/losses --report-only --write-doc docs/results/losses.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from _common import DEFAULT_DATA, minilm_path
+
+log = logging.getLogger("bench_losses")
+
+METRIC = "nDCG@10"
+BASELINE = "MarginMSE"
+# Parameters a loss gets from the teacher's score scale (distill.score_scale: the median per-query
+# std of the teacher's scores), so teacher-dividing temperatures put every loss on the same footing.
+TEACHER_SCALED = {"KLDiv": "temperature", "ListNet": "temperature", "LambdaLoss": "temperature",
+                  "ApproxNDCG": "gain_temperature", "ScoreBasedInBatchCE": "min_target_diff"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One student trained with one loss."""
+
+    student: str  # "bi" or "ce"
+    loss: str
+    params: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        suffix = "".join(f"-{k}{v}" for k, v in self.params)
+        return f"{self.student}_{self.loss}{suffix}"
+
+
+# Bi-encoder: every registered loss (in-batch ones included); label-only losses (GradedCE,
+# SupervisedMarginMSE, InBatchCE) are the no-teacher baselines. Order = priority: the main
+# families of both students come first, so a stopped run has the comparisons that matter most.
+MAIN = ["MarginMSE", "ListNet", "KLDiv", "RankNet", "PListMLE"]
+BI_REST = ["InBatchCE", "ScoreBasedInBatchCE", "LambdaLoss", "ListMLE", "InfoNCE", "PearsonCorrelation",
+           "ApproxNDCG", "ApproxMRR", "ApproxRankMSE", "Hinge", "ConstantMarginMSE", "MSE", "BCE",
+           "SupervisedMarginMSE", "GradedCE"]
+
+
+def default_plan(students: tuple[str, ...]) -> list[Entry]:
+    plan = [Entry(s, loss) for loss in MAIN for s in ("bi", "ce") if s in students]
+    if "bi" in students:
+        plan += [Entry("bi", loss) for loss in BI_REST]
+    return plan
+
+
+@dataclass
+class Budget:
+    """Everything that must be equal across the losses compared (written to budget.json)."""
+
+    title_queries: int = 500
+    train_k: int = 10  # BM25 candidates per training query, scored by the teacher
+    eval_k: int = 20  # BM25 candidates reranked per valid/test query
+    train_queries: int | None = None  # None: all of the view's train + title queries
+    eval_queries: int | None = None  # None: all valid and test queries
+    max_length: int = 128  # students' tokens per text (bi-encoder) or pair (cross-encoder)
+    teacher_max_length: int = 256  # train-teacher and score-teacher
+    negatives: int = 7
+    batch_size: int = 8
+    epochs: float = 1.0
+    bi_lr: float = 5e-5
+    ce_lr: float = 2e-4
+    ce_layers: int = 2
+    scale: float = 20.0  # bi-encoder similarity scale
+    teacher_epochs: float = 1.0
+    teacher_negatives: int = 7
+    teacher_objective: str = "listnet"
+    # train-teacher's own held-out share (0: none; the view's valid split is held out of it anyway)
+    teacher_valid_fraction: float = 0.0
+    precision: str = "fp32"  # train-teacher and train-student --precision (a GPU would pick bf16 on auto)
+    seed: int = 42
+    teacher: str | None = None  # an existing teacher folder: no train-teacher
+    students: tuple[str, ...] = ("bi", "ce")
+    extra: dict = field(default_factory=dict)
+
+
+def quick_budget() -> Budget:
+    return Budget(title_queries=20, train_k=5, eval_k=10, train_queries=48, eval_queries=24, max_length=64,
+                  teacher_max_length=64, negatives=3, batch_size=8, epochs=1.0, teacher_epochs=0.05,
+                  teacher_negatives=3)
+
+
+# --quick trains these only (a group loss and an in-batch one for the bi-encoder, two for the cross-encoder)
+QUICK_LOSSES = {"MarginMSE", "ListNet", "ScoreBasedInBatchCE"}
+
+
+def invoke(argv: list) -> None:
+    from distill.pipeline import invoke as run_distill
+
+    argv = [str(a) for a in argv]
+    log.info("distill %s", " ".join(argv))
+    run_distill(argv)
+
+
+def subsample(run_path: Path, out: Path, n: int | None, seed: int) -> Path:
+    """``run_path`` restricted to ``n`` of its queries (by a seeded hash of the qid), or as it is."""
+    if out.exists():
+        return out
+    if n is None:
+        shutil.copyfile(run_path, out)
+        return out
+    import zlib
+
+    import polars as pl
+
+    from distill.runs import read_run, write_run
+
+    run = read_run(run_path)
+    qids = sorted(run["qid"].unique().to_list(), key=lambda q: zlib.crc32(f"{seed}:{q}".encode()))[:n]
+    write_run(run.filter(pl.col("qid").is_in(qids)), out)
+    return out
+
+
+def prepare(args, budget: Budget) -> dict:
+    """View, candidates, teacher and cache (each skipped when present); the teacher's score scale."""
+    from distill.cache import read_scores
+    from distill.pipeline import TITLE_SPLIT, split_view
+    from distill.score_scale import score_scale
+
+    out = args.out
+    view = split_view(args.data, out / "data", "train", 0.1, budget.title_queries, budget.seed)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    splits = {"train": (TITLE_SPLIT if budget.title_queries else "train", budget.train_k, budget.train_queries),
+              "valid": ("valid", budget.eval_k, budget.eval_queries),
+              "test": ("test", budget.eval_k, budget.eval_queries)}
+    paths = {}
+    for name, (split, k, n) in splits.items():
+        full = runs / f"{name}_bm25_top{k}.trec"
+        if not full.exists():
+            invoke(["candidates", "--data", view, "--split", split, "--k", k, "--out", full])
+        paths[name] = subsample(full, runs / f"{name}.trec", n, budget.seed)
+    teacher = budget.teacher or out / "teacher"
+    if not Path(teacher).exists():
+        invoke(["train-teacher", "--data", view, "--split", "train", "--init", minilm_path(), "--out", teacher,
+                "--epochs", budget.teacher_epochs, "--max-length", budget.teacher_max_length,
+                "--negatives", budget.teacher_negatives, "--objective", budget.teacher_objective,
+                "--valid-fraction", budget.teacher_valid_fraction, "--precision", budget.precision,
+                "--seed", budget.seed])
+    cache = out / "cache"
+    if not (out / "cache.done").exists():
+        invoke(["score-teacher", "--teacher", teacher, "--data", view, "--split", splits["train"][0],
+                "--run", paths["train"], "--cache", cache, "--max-length", budget.teacher_max_length])
+        (out / "cache.done").write_text("scored\n")
+    scale = score_scale(read_scores(cache)[0])
+    import torch
+
+    ctx = {"view": view, "split": splits["train"][0], "runs": paths, "teacher": str(teacher), "cache": cache,
+           "scale": scale.to_dict(), "temperature": scale.temperature(),
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    from distill.io import write_json_atomic
+
+    write_json_atomic(out / "context.json", json.loads(json.dumps(ctx, default=str)))
+    return ctx
+
+
+def loss_params(entry: Entry, temperature: float) -> dict:
+    params = dict(entry.params)
+    scaled = TEACHER_SCALED.get(entry.loss)
+    if scaled and scaled not in params:
+        params[scaled] = temperature
+    return params
+
+
+def train(entry: Entry, params: dict, ctx: dict, budget: Budget, folder: Path) -> float:
+    """Train one student into ``folder`` (atomic: a folder that exists is complete); seconds taken."""
+    start = time.perf_counter()
+    common = ["train-student", "--cache", ctx["cache"], "--data", ctx["view"], "--split", ctx["split"],
+              "--loss", entry.loss, *[a for k, v in params.items() for a in ("--loss-param", f"{k}={v}")],
+              "--mode", "sampled", "--negatives", budget.negatives, "--batch-size", budget.batch_size,
+              "--epochs", budget.epochs, "--max-length", budget.max_length, "--seed", budget.seed,
+              "--valid-fraction", 0.0, "--precision", budget.precision, "--out", folder]
+    if entry.student == "bi":
+        invoke([*common, "--student", "bi-encoder", "--init", minilm_path(), "--lr", budget.bi_lr,
+                "--scale", budget.scale])
+    else:
+        invoke([*common, "--student", "cross-encoder", "--init-from-teacher", "--teacher", ctx["teacher"],
+                "--layers", budget.ce_layers, "--layer-choice", "spread", "--lr", budget.ce_lr])
+    return time.perf_counter() - start
+
+
+def per_query_ndcg(ranker, ctx: dict, split: str) -> dict[str, float]:
+    """nDCG@10 of every query of ``split`` when ``ranker`` reranks its candidates.
+
+    ``rerank`` without ``prepare``: a bi-encoder embeds only the candidates, not the whole corpus."""
+    from distill.data import load_beir
+    from distill.metrics import per_query
+    from distill.runs import read_run
+
+    dataset = load_beir(ctx["view"], split)
+    run = read_run(ctx["runs"][split])
+    ranked = ranker.rerank(dataset, run)
+    values = per_query(dataset.qrels.join(run.select("qid").unique(), on="qid", how="semi"), ranked, (METRIC,))
+    return dict(zip(values["qid"].to_list(), values["value"].to_list(), strict=True))
+
+
+def evaluate(spec: str, ctx: dict) -> dict[str, dict[str, float]]:
+    from distill.rankers import load_ranker
+
+    ranker = load_ranker(spec, name="r")
+    return {split: per_query_ndcg(ranker, ctx, split) for split in ("valid", "test")}
+
+
+def run_entry(entry: Entry, ctx: dict, budget: Budget, out: Path, keep_models: bool) -> dict:
+    path = out / "results" / f"{entry.label}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from distill.io import write_json_atomic
+
+    params = loss_params(entry, ctx["temperature"])
+    folder = out / "models" / entry.label
+    seconds = None if folder.exists() else train(entry, params, ctx, budget, folder)
+    start = time.perf_counter()
+    result = {"student": entry.student, "loss": entry.loss, "label": entry.label, "params": params,
+              "train_seconds": seconds, **evaluate(str(folder), ctx)}
+    result["eval_seconds"] = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)
+    if not keep_models:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder.with_name(f"{folder.name}.checkpoints"), ignore_errors=True)
+    log.info("%s: valid %.4f test %.4f", entry.label, mean(result["valid"]), mean(result["test"]))
+    return result
+
+
+def reference(name: str, spec: str, ctx: dict, out: Path) -> dict:
+    """BM25 (the candidates' own order) as a reference row, resumable like the losses."""
+    path = out / "results" / f"ref_{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from distill.io import write_json_atomic
+
+    result = {"student": "ref", "loss": name, "label": f"ref_{name}", "params": {}, **evaluate(spec, ctx)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)
+    return result
+
+
+def mean(values: dict[str, float]) -> float:
+    return sum(values.values()) / len(values) if values else math.nan
+
+
+def compare(results: list[dict], split: str) -> dict[str, dict]:
+    """Per result label: paired t-test against the same student's MarginMSE on ``split``, Holm-adjusted
+    over the losses of that student."""
+    import numpy as np
+
+    from distill.evaluation import adjust_p_values, paired_tests
+
+    out = {}
+    for student in ("bi", "ce"):
+        rows = [r for r in results if r["student"] == student]
+        base = next((r for r in rows if r["loss"] == BASELINE), None)
+        if base is None:
+            continue
+        others = [r for r in rows if r is not base]
+        tests = []
+        for r in others:
+            qids = sorted(set(base[split]) & set(r[split]))
+            tests.append(paired_tests(np.array([r[split][q] for q in qids]), np.array([base[split][q] for q in qids])))
+        adjusted = adjust_p_values(np.array([t["p_ttest"] for t in tests]), "holm") if tests else []
+        for r, t, p in zip(others, tests, adjusted, strict=True):
+            out[r["label"]] = {**t, "p_holm": float(p)}
+    return out
+
+
+def fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: float | None) -> str:
+    """docs/results/losses.md: the tables of what finished, and the losses not yet run."""
+    results_dir = args.out / "results"
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))] if results_dir.exists() else []
+    by_label = {r["label"]: r for r in results}
+    tests = {split: compare(results, split) for split in ("valid", "test")}
+    timing = json.loads((args.out / "timing.json").read_text()) if (args.out / "timing.json").exists() else {}
+    if ctx is None and (args.out / "context.json").exists():
+        ctx = json.loads((args.out / "context.json").read_text())
+    lines = ["# Which distillation loss wins on SciFact", ""]
+    lines += [
+        f"Command: `{timing.get('command', 'python scripts/bench_losses.py ...')}` "
+        f"(wall time so far {timing.get('wall_seconds', 0) / 60:.0f} min over {timing.get('sessions', 1)} "
+        f"session(s); last update {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        "",
+        "Machine: 2 AMD EPYC cores (AVX-512, AVX-512-BF16, no AMX, no GPU), fp32, **shared with about 7 other "
+        "jobs while measuring**, so times are only indicative.",
+        "",
+        "**Budget (the same for every loss)**: " + ", ".join(f"{k}={v}" for k, v in asdict(budget).items()
+                                                             if k != "extra") + ".",
+    ]
+    if ctx:
+        lines += ["", f"Teacher: `{ctx['teacher']}` (MiniLM-L6 cross-encoder, `distill train-teacher --objective "
+                  f"{budget.teacher_objective}` on the view's train queries). Its per-query score std (median) "
+                  f"is {ctx['scale']['std_median']:.3f}: the teacher-dividing temperatures "
+                  f"({', '.join(f'{k}.{v}' for k, v in TEACHER_SCALED.items())}) are set to "
+                  f"{ctx['temperature']:g}, as the pipeline's default for a listwise loss given none."]
+    stage = ("the teacher is trained and its cache scored" if (args.out / "cache.done").exists() else
+             "the teacher's cache is being scored" if budget.teacher or (args.out / "teacher").exists() else
+             "the teacher is being trained (no student can start before it and its cache)")
+    planned = len(plan)
+    finished = sum(e.label in by_label for e in plan)
+    lines += ["", f"**Status: {finished} of {planned} (student, loss) runs finished; {stage}.** "
+              "Rerunning the command resumes where it stopped (finished losses are skipped)."]
+    lines += ["", "Groups: 1 positive (qrels; teacher top-1 for title queries without one among the candidates) "
+              f"+ {budget.negatives} BM25 negatives per query, every loss on the same groups and steps. "
+              f"nDCG@10 over BM25's top {budget.eval_k}. p: paired t-test against the same student's MarginMSE, "
+              "Holm-adjusted over that student's losses (per split). Defaults are chosen on valid; test is only "
+              "reported.", ""]
+    refs = [r for r in results if r["student"] == "ref"]
+    for student, title in (("bi", "Bi-encoder student (all-MiniLM-L6-v2)"),
+                           ("ce", f"Cross-encoder student ({budget.ce_layers} of the teacher's layers)")):
+        rows = [e for e in plan if e.student == student]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", "| loss | params | valid nDCG@10 | Δ valid | p valid | test nDCG@10 | Δ test | "
+                  "p test | train s |", "|---|---|---|---|---|---|---|---|---|"]
+        done = [by_label[e.label] for e in rows if e.label in by_label]
+        best = max(done, key=lambda r: mean(r["valid"]), default=None)
+        for r in refs:
+            lines.append(f"| {r['loss']} (reference) | | {mean(r['valid']):.4f} | | | {mean(r['test']):.4f} | | | |")
+        for e in rows:
+            r = by_label.get(e.label)
+            if r is None:
+                lines.append(f"| {e.loss} | | *not run yet* | | | | | | |")
+                continue
+            tv, tt = tests["valid"].get(r["label"], {}), tests["test"].get(r["label"], {})
+            params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+            name = f"**{r['loss']}**" if r is best else r["loss"]
+            lines.append(
+                f"| {name} | {params} | {mean(r['valid']):.4f} | {tv.get('mean_delta', float('nan')):+.4f} | "
+                f"{fmt_p(tv.get('p_holm'))} | {mean(r['test']):.4f} | {tt.get('mean_delta', float('nan')):+.4f} | "
+                f"{fmt_p(tt.get('p_holm'))} | {r['train_seconds'] or 0:.0f} |".replace("| +nan |", "| |"))
+        lines += ["", f"Bold: best on valid among the {len(done)} of {len(rows)} losses run so far. "
+                  f"Queries: {len(next(iter(done))['valid']) if done else 0} valid, "
+                  f"{len(next(iter(done))['test']) if done else 0} test.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=None, help="Work folder [bench_out/losses(_quick)].")
+    parser.add_argument("--quick", action="store_true", help="Tiny budget: checks the plumbing in minutes.")
+    parser.add_argument("--teacher", default=None, help="An existing teacher folder: skips train-teacher.")
+    parser.add_argument("--students", default="bi,ce", help="Comma-separated: bi, ce.")
+    parser.add_argument("--losses", default=None, help="Comma-separated subset of the plan's losses.")
+    parser.add_argument("--title-queries", type=int, default=None)
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--keep-models", action="store_true", help="Keep each student's folder after evaluation.")
+    parser.add_argument("--report-only", action="store_true", help="Only rewrite the report from the results.")
+    parser.add_argument("--write-doc", type=Path, default=None, help="Also write the report there (markdown).")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out = args.out or Path("bench_out") / ("losses_quick" if args.quick else "losses")
+
+    budget = quick_budget() if args.quick else Budget()
+    budget.students = tuple(s for s in args.students.split(",") if s)
+    budget.teacher = args.teacher
+    for name in ("title_queries", "epochs"):
+        if getattr(args, name) is not None:
+            setattr(budget, name, getattr(args, name))
+    plan = default_plan(budget.students)
+    wanted = set(args.losses.split(",")) if args.losses else QUICK_LOSSES if args.quick else None
+    if wanted:
+        plan = [e for e in plan if e.loss in wanted]
+    check_budget(args.out, budget)
+    if args.report_only:
+        write_report(args, budget, plan, None, None)
+        return
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    ctx = prepare(args, budget)
+    reference("BM25", "bm25", ctx, args.out)  # the candidates' own order
+    for entry in plan:
+        run_entry(entry, ctx, budget, args.out, args.keep_models)
+        record_time(args.out, started)
+        write_report(args, budget, plan, ctx, started)
+    record_time(args.out, started, finished=True)
+    write_report(args, budget, plan, ctx, started)
+
+
+def check_budget(out: Path, budget: Budget) -> None:
+    """Refuse to mix results of different budgets in one folder."""
+    from distill.errors import ConfigError
+    from distill.io import write_json_atomic
+
+    path = out / "budget.json"
+    current = json.loads(json.dumps(asdict(budget)))
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        if earlier != current:
+            raise ConfigError(f"{out} holds results of another budget ({earlier}); use another --out", path=path)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, current)
+
+
+def record_time(out: Path, started: float, finished: bool = False) -> None:
+    """Wall time summed over the sessions that worked on this folder."""
+    import sys
+
+    from distill.io import write_json_atomic
+
+    path = out / "timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {"wall_seconds": 0.0, "sessions": 0}
+    session = timing.get("current", {})
+    if session.get("started") != started:  # a new session (process) on this folder
+        session = timing["current"] = {"started": started, "counted": 0.0}
+        timing["sessions"] += 1
+    now = time.perf_counter() - started
+    timing["wall_seconds"] += now - session["counted"]
+    session["counted"] = now
+    timing["command"] = " ".join(["python", *sys.argv])
+    timing["finished"] = finished
+    write_json_atomic(path, timing)
+
+
+def write_report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: float | None) -> None:
+    from distill.io import write_text_atomic
+
+    text = report(args, budget, plan, ctx, started)
+    write_text_atomic(args.out / "losses.md", text)
+    if args.write_doc:
+        write_text_atomic(args.write_doc, text)
+
+
+if __name__ == "__main__":
+    main()
