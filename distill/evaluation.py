@@ -254,12 +254,12 @@ def _measure(rankers: Mapping[str, BaseRanker], specs: Mapping[str, str], datase
             folder = Path(ranker.cache.manifest["teacher"]["model"])
         timed = live if live is not None else ranker
         timings[name] = measure_latency(timed, dataset, candidates, k=config.k, n_queries=config.latency_queries,
-                                        prepare=True, threads=config.threads, model_path=folder)
+                                        prepare=True, threads=config.threads, model_path=folder, name=name)
         cold = timed.without_precomputation()
         if cold is not None:
             timings[f"{name} (no precompute)"] = measure_latency(
                 cold, dataset, candidates, k=config.k, n_queries=config.latency_queries, prepare=False,
-                threads=config.threads, model_path=folder)
+                threads=config.threads, model_path=folder, name=name)
         progress.advance(task)
     return timings
 

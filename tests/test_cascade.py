@@ -465,3 +465,27 @@ def test_latency_is_recorded_under_the_evaluated_name(tiny_beir):
     cascade = stage("first", planted) % 2 >> stage("second", planted)
     assert measure_latency(cascade, dataset, run, k=3, n_queries=2, warmup=0).ranker == str(cascade)
     assert measure_latency(cascade, dataset, run, k=3, n_queries=2, warmup=0, name="cascade").ranker == "cascade"
+
+
+def test_an_evaluated_cascade_has_its_latency_in_the_report(tiny_beir):
+    """The report joins latency to metrics by the evaluated name: a cascade's row and Pareto point
+    carry its own p50, and the first stage keeps its own (not the cascade's, whose stages it names)."""
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+    from distill.evaluation import EvaluateConfig, evaluate
+    from distill.rankers import RunRanker
+    from distill.report import comparison_table, quality_latency_points
+
+    dataset = load_beir(tiny_beir, "test")
+    run = bm25_run(dataset, 5)
+    rng = np.random.default_rng(0)
+    planted = Planted("p", {(q, d): float(rng.random()) for q, d in run.select(QID, DOCID).iter_rows()})
+    cascade = stage("bm25", RunRanker(), "bm25") % 3 >> stage("p", planted)
+    result = evaluate(dataset, run, {"bm25": "bm25", "cascade": cascade},
+                      EvaluateConfig(k=5, latency=True, latency_queries=2, depths=(5,)), show_progress=False)
+    assert result.latency["cascade"].ranker == "cascade"
+    table = comparison_table(result, result.latency).filter(pl.col("ranker") == "cascade")
+    assert table["p50 ms"][0] == pytest.approx(result.latency["cascade"].p50_ms)
+    points = quality_latency_points(result, result.latency)
+    assert points["cascade"][0] == pytest.approx(result.latency["cascade"].p50_ms)
+    assert points["bm25"][0] == pytest.approx(result.latency["bm25"].p50_ms)
