@@ -291,3 +291,20 @@ def test_real_stages_rank_alike_from_many_threads(tiny_beir, models):
     for t in threads:
         t.join()
     assert not failures, failures
+
+
+def test_a_restart_reads_the_stored_embeddings(tiny_beir, models, monkeypatch):
+    import students.embedding_store as store
+
+    first = Cascade.load(models["spec"], corpus=tiny_beir)  # stores them, if no test did before
+    request = [{"id": d, "score": float(-i)} for i, d in enumerate(first._runtime.corpus.ids[:20])]
+    expected = first.rank("cats", request)
+    real_encode = store.encode
+
+    def encode_few(ranker, texts):  # a query and a request's new documents, never the corpus
+        assert len(texts) < 10, f"embedded {len(texts)} texts again"
+        return real_encode(ranker, texts)
+
+    monkeypatch.setattr(store, "encode", encode_few)
+    again = Cascade.load(models["spec"], corpus=tiny_beir)
+    assert again.rank("cats", request).ids == expected.ids
