@@ -307,7 +307,7 @@ def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: f
         ctx = json.loads((args.out / "context.json").read_text())
     lines = ["# Which distillation loss wins on SciFact", ""]
     lines += [
-        f"Command: `{timing.get('command', 'python scripts/bench_losses.py ...')}` "
+        f"Command: `{timing.get('command', f'nice -n 10 python scripts/bench_losses.py --out {args.out}')}` "
         f"(wall time so far {timing.get('wall_seconds', 0) / 60:.0f} min over {timing.get('sessions', 1)} "
         f"session(s); last update {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
@@ -402,6 +402,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    record_time(args.out, started)
     ctx = prepare(args, budget)
     reference("BM25", "bm25", ctx, args.out)  # the candidates' own order
     for entry in plan:
@@ -454,6 +455,7 @@ def write_report(args, budget: Budget, plan: list[Entry], ctx: dict | None, star
     text = report(args, budget, plan, ctx, started)
     write_text_atomic(args.out / "losses.md", text)
     if args.write_doc:
+        args.write_doc.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.write_doc, text)
 
 
