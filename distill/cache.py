@@ -3,18 +3,19 @@
 Layout of a cache folder::
 
     manifest.json                  kind, teacher fingerprint, corpus hash, candidate sets, versions
-    shards/part-<time>-<pid>.parquet   qid, docid, score (float32), written atomically one by one
+    shards/part-<keys hash>.parquet    qid, docid, score (float32), written atomically one by one
     candidates/<hash>.parquet      each candidate set asked for (qid, docid), for coverage and resume
 
 A shard appears under its final name only once fully written, so a killed run loses at
-most the batch in flight and a rerun scores only the pairs no shard holds. Asking a cache
+most the batch in flight and a rerun scores only the pairs no shard holds. A shard is named
+by the hash of the (qid, docid) keys it holds, so writing the same batch twice (a retried
+task, a second driver) replaces the file instead of duplicating its rows. Asking a cache
 with another teacher fingerprint (or another corpus) is a :class:`CacheMismatchError`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import zlib
 from collections.abc import Iterable
@@ -64,6 +65,11 @@ def shard_of(qids: list[str], docids: list[str], n: int) -> np.ndarray:
     return np.fromiter(
         (zlib.crc32(f"{q}\0{d}".encode()) % n for q, d in zip(qids, docids)), dtype=np.int64, count=len(qids)
     )
+
+
+def shard_name(scored: pl.DataFrame) -> str:
+    """``part-<hash>.parquet``, the hash taken over the sorted (qid, docid) keys of ``scored``."""
+    return f"part-{frame_hash(scored.select(QID, DOCID).sort([QID, DOCID]))}.parquet"
 
 
 @dataclass
@@ -163,8 +169,7 @@ class TeacherCache:
             raise InputError(f"teacher returned a non-finite score {s} for ({q}, {d}); nothing was written "
                              f"for this batch ({bad.height} bad pairs)", path=self.folder, field="score")
         self._persist()
-        name = f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
-        path = self.folder / "shards" / name
+        path = self.folder / "shards" / shard_name(scored)
         with atomic_path(path) as tmp:
             scored.write_parquet(tmp, compression="zstd")
         return path
@@ -191,9 +196,10 @@ class TeacherCache:
         paths = self.shard_paths()
         if len(paths) <= 1:
             return
-        self.append(self.scores())
+        kept = self.append(self.scores())
         for path in paths:
-            path.unlink()
+            if path != kept:  # a shard whose keys cover all the others' is rewritten under its own name
+                path.unlink()
 
     # -- summary -------------------------------------------------------------------------
     def unscored(self, qids: Iterable[str]) -> tuple[int, int]:

@@ -183,3 +183,17 @@ def test_bad_shard_spec(text):
 def test_open_non_cache_folder(tmp_path):
     with pytest.raises(InputError, match="not a teacher cache"):
         TeacherCache.open(tmp_path)
+
+
+def test_shards_are_named_by_their_keys_so_a_repeated_batch_is_not_duplicated(tmp_path, data):
+    dataset, run = data
+    teacher = FakeTeacher()
+    cache = _cache(tmp_path / "c", dataset, teacher)
+    batch = run.head(8).select("qid", "docid").with_columns(score=np.arange(8, dtype=np.float32))
+    first = cache.append(batch)
+    assert cache.append(batch.reverse()) == first  # same keys in another order: same shard
+    assert cache.shard_paths() == [first]
+    cache.append(batch.head(3))  # a shard whose keys another one covers: compaction keeps the larger
+    cache.compact()
+    assert cache.shard_paths() == [first]
+    assert cache.scores().sort("qid", "docid").equals(batch.sort("qid", "docid"))

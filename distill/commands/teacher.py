@@ -28,25 +28,37 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu (default: best available)."),
         batch_tokens: int = typer.Option(None, help="Padded tokens per batch (default depends on device)."),
         shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N."),
-        flush_pairs: int = typer.Option(1024, min=1, help="Pairs per cache shard (lost at most on a crash)."),
+        flush_pairs: int = typer.Option(1024, min=1,
+                                        help="Pairs per cache shard and per Ray batch (lost at most on a crash)."),
         revision: str = typer.Option(None, help="Hub revision of the teacher."),
         instruction: str = typer.Option(None, help="Generative teachers: the task instruction."),
         allow_untrained_head: bool = typer.Option(False, help="Accept a freshly initialised classification head."),
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
         sanity_check: bool = typer.Option(True, help="Check that positives outscore negatives on a sample."),
+        engine: str = typer.Option("local", help="local (this process) | ray (Ray workers; see docs/ray.md)."),
+        address: str = typer.Option(None, help="--engine ray: the cluster, auto or HOST:PORT of its head [a new local "
+                                    "Ray on this machine's CPUs and GPUs]."),
+        num_workers: int = typer.Option(None, min=1, help="--engine ray: workers, one teacher each [1]."),
+        gpus_per_worker: float = typer.Option(None, min=0, help="--engine ray: GPUs per worker [0]."),
     ) -> None:
         """Score candidate pairs with a teacher into a resumable cache of raw logits."""
+        from distill.errors import ConfigError
         from distill.inputs import load_dataset_and_run
         from distill.scoring import parse_shard
         from teachers.scoring import score_teacher as score
 
         shard_spec = parse_shard(shard)
+        ray_options = {"address": address, "num_workers": num_workers, "gpus_per_worker": gpus_per_worker}
+        ray_options = {k: v for k, v in ray_options.items() if v is not None}
+        if ray_options and engine != "ray":
+            raise ConfigError(f"--{next(iter(ray_options)).replace('_', '-')} applies to --engine ray only")
         dataset, candidates = load_dataset_and_run(data, split if split or queries else "test", run, pairs,
                                                    queries)
         score(teacher, dataset, candidates, cache, source=str(run or pairs), shard=shard_spec, flush_pairs=flush_pairs,
               sanity_check=sanity_check, kind=kind, dtype=dtype, device=device, revision=revision,
               trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
-              max_tokens_per_batch=batch_tokens, max_length=max_length, instruction=instruction)
+              max_tokens_per_batch=batch_tokens, max_length=max_length, instruction=instruction,
+              engine=engine, engine_options=ray_options)
 
     cache_app = typer.Typer(help="Inspect and combine teacher caches.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")
