@@ -229,34 +229,39 @@ class Calibration:
     load; on a busy server stages run slower (or faster) than it says. Skipping by the
     model alone would let answers arrive late, so the server corrects it with what it
     measures (:func:`steer_deadline`). A factor is only measured when its stage runs, so one
-    inflated by a burst could keep its stage skipped for good; it therefore fades back
-    towards 1 with a half-life of ``half_life_s`` since its stage last ran."""
+    inflated by a burst could keep its stage skipped for good: while its stage is not
+    measured, it fades (half-life ``half_life_s``) towards the lowest ratio measured for
+    the stage, until the stage fits again and is measured anew."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, half_life_s: float = 30.0,
-                 lowest: float = 0.25, highest: float = 50.0) -> None:
+                 lowest: float = 0.05, highest: float = 50.0) -> None:
         self.clock, self.half_life_s = clock, half_life_s
         self.lowest, self.highest = lowest, highest
         self.factors: list[float] = []
+        self.best: list[float | None] = []  # lowest ratio measured; None: never measured
         self.measured_at: list[float] = []
         self._lock = threading.Lock()
 
     def get(self, n_stages: int) -> list[float]:
         now = self.clock()
         with self._lock:
-            faded = [1.0 + (f - 1.0) * 0.5 ** ((now - at) / self.half_life_s)
-                     for f, at in zip(self.factors, self.measured_at)]
+            faded = [f if best is None else best + (f - best) * 0.5 ** ((now - at) / self.half_life_s)
+                     for f, best, at in zip(self.factors, self.best, self.measured_at)]
         return (faded + [1.0] * n_stages)[:n_stages]
 
     def observe(self, modelled_ms: Sequence[float], stages: Sequence[Any]) -> None:
         """Fold in the stages that ran with a modelled cost (a replayed first stage has none)."""
         current, now = self.get(len(stages)), self.clock()
         with self._lock:
-            self.measured_at += [now] * (len(stages) - len(self.measured_at))
-            self.factors += [1.0] * (len(stages) - len(self.factors))
+            grow = len(stages) - len(self.factors)
+            self.factors += [1.0] * grow
+            self.best += [None] * grow
+            self.measured_at += [now] * grow
             for i, (model, stage) in enumerate(zip(modelled_ms, stages)):
                 if stage.ran and model > 0:
                     ratio = min(max(stage.ms / model, self.lowest), self.highest)
                     self.factors[i] = (1 - SERVICE_EWMA) * current[i] + SERVICE_EWMA * ratio
+                    self.best[i] = ratio if self.best[i] is None else min(self.best[i], ratio)
                     self.measured_at[i] = now
 
 

@@ -179,18 +179,22 @@ def test_steer_deadline(elapsed, modelled, factors, expected):
     assert ran == planned
 
 
-def test_calibration_learns_measured_over_modelled_and_fades_when_not_measured():
+def test_calibration_learns_measured_over_modelled_and_fades_to_the_best_when_not_measured():
     now = [0.0]
     calibration = Calibration(clock=lambda: now[0], half_life_s=30.0)
+    model = [0.0, 10.0, 4.0]
+    calibration.observe(model, [Report("a", True, 1.0, 5, 5), Report("b", True, 10.0, 5, 5),
+                                Report("c", True, 2.0, 5, 5)])  # c's best ratio: 0.5
     ran = [Report("a", True, 1.0, 5, 5), Report("b", True, 20.0, 5, 5), Report("c", True, 12.0, 5, 5)]
-    for _ in range(50):
-        calibration.observe([0.0, 10.0, 4.0], ran)
+    for _ in range(60):
+        calibration.observe(model, ran)
     assert calibration.get(3) == pytest.approx([1.0, 2.0, 3.0], abs=1e-3)  # no model, measured, measured
-    now[0] = 30.0  # a half-life later, stage c skipped all along, stage b just measured again
-    calibration.observe([0.0, 10.0, 4.0], ran[:2] + [Report("c", False, 0.0, 5, 5, "deadline")])
-    assert calibration.get(3) == pytest.approx([1.0, 2.0 - 0.5 * 0.8, 2.0], abs=1e-3)
+    now[0] = 30.0  # a half-life later: stage c skipped all along, stage b measured again
+    calibration.observe(model, ran[:2] + [Report("c", False, 0.0, 5, 5, "deadline")])
+    b_faded = 1.0 + (2.0 - 1.0) * 0.5  # b's best ratio is 1.0
+    assert calibration.get(3) == pytest.approx([1.0, 0.8 * b_faded + 0.2 * 2.0, 0.5 + 2.5 * 0.5], abs=1e-3)
     now[0] = 60.0
-    assert calibration.get(3)[2] == pytest.approx(1.5, abs=1e-3)
+    assert calibration.get(3)[2] == pytest.approx(0.5 + 2.5 * 0.25, abs=1e-3)
 
 
 def post_in_background(c: TestClient, payload: dict, out: list) -> threading.Thread:
