@@ -168,7 +168,11 @@ def prepare(args, budget: Budget) -> dict:
         invoke(["score-teacher", "--teacher", teacher, "--data", view, "--split", splits["train"][0],
                 "--run", paths["train"], "--cache", cache, "--max-length", budget.teacher_max_length])
         (out / "cache.done").write_text("scored\n")
-    scale = score_scale(read_scores(cache)[0])
+    # the scale of the training scores only (the teacher reference adds valid/test scores later)
+    from distill.runs import read_run
+
+    train_qids = read_run(paths["train"]).select("qid").unique()
+    scale = score_scale(read_scores(cache)[0].join(train_qids, on="qid", how="semi"))
     import torch
 
     ctx = {"view": view, "split": splits["train"][0], "runs": paths, "teacher": str(teacher), "cache": cache,
@@ -409,6 +413,12 @@ def main() -> None:
         run_entry(entry, ctx, budget, args.out, args.keep_models)
         record_time(args.out, started)
         write_report(args, budget, plan, ctx, started)
+    # the teacher itself, last: scoring the valid and test candidates costs about one student's time
+    if not (args.out / "results" / "ref_teacher.json").exists():
+        for split in ("valid", "test"):
+            invoke(["score-teacher", "--teacher", ctx["teacher"], "--data", ctx["view"], "--split", split,
+                    "--run", ctx["runs"][split], "--cache", ctx["cache"], "--max-length", budget.teacher_max_length])
+        reference("teacher", str(ctx["cache"]), ctx, args.out)
     record_time(args.out, started, finished=True)
     write_report(args, budget, plan, ctx, started)
 
