@@ -139,15 +139,36 @@ def train_student(
                                                       dataset),
                          group_config or GroupConfig(), train_config or TrainConfig(), init, init_from_teacher_layers,
                          layer_choice, bi_encoder or {}, teacher_fingerprint, trust_remote_code)
-        if rounds.rounds == 1:
-            result = StudentResult(neural.train(out, init, init_from_teacher_layers, neural.train_config,
-                                                neural.group_config), None)
-        else:
+        if rounds.rounds > 1:
             return _finish(_train_rounds(neural, out, rounds, validation), kind, allow_collapse)
+        start = _start_point(neural, validation)
+        result = StudentResult(neural.train(out, init, init_from_teacher_layers, neural.train_config,
+                                            neural.group_config), None)
     if validation is not None:
         result.validation = validation.score_folder(result.path)
-        _record(result.path, {"validation": result.validation.to_dict()})
+        _record(result.path, {"validation": result.validation.to_dict(),
+                              **({"start": start} if kind != "lightgbm" else {})})
+        if kind != "lightgbm":
+            _warn_below_start(result.validation, start, init)
     return _finish(result, kind, allow_collapse)
+
+
+def _start_point(neural: _Neural, validation: Validation | None) -> dict[str, Any] | None:
+    """The validation of the model a neural student starts from, when that is a usable ranker folder
+    (not a teacher cut to fewer layers, whose untrained shape ranks at random)."""
+    if validation is None or neural.layers is not None or not Path(neural.init).is_dir():
+        return None
+    start = validation.score_folder(neural.init).to_dict()
+    log.info("starting point %s: validation %s %.4f", neural.init, validation.metric, start["value"])
+    return start
+
+
+def _warn_below_start(result: ValidationResult, start: dict[str, Any] | None, init: str) -> None:
+    if start is not None and result.value < start["value"]:
+        log.warning("!" * 72)
+        log.warning("the student ended BELOW its starting point on validation (%s %.4f vs %.4f at the start, %s): "
+                    "training made it worse", result.metric, result.value, start["value"], init)
+        log.warning("!" * 72)
 
 
 def _finish(result: StudentResult, kind: str, allow_collapse: bool) -> StudentResult:
@@ -231,9 +252,8 @@ def _train_rounds(neural: _Neural, out: Path, rounds: RoundsConfig, validation: 
         record = earlier
         log.info("continuing the rounds in %s (%d finished)", work, len(record["rounds"]))
     work.mkdir(parents=True, exist_ok=True)
-    if validation is not None and record["start"] is None and neural.layers is None and Path(neural.init).is_dir():
-        record["start"] = validation.score_folder(neural.init).to_dict()
-        log.info("starting point %s: validation %s %.4f", neural.init, validation.metric, record["start"]["value"])
+    if record["start"] is None:
+        record["start"] = _start_point(neural, validation)
     previous = neural.init
     for r in range(1, rounds.rounds + 1):
         folder = work / f"round-{r}"
@@ -267,12 +287,7 @@ def _train_rounds(neural: _Neural, out: Path, rounds: RoundsConfig, validation: 
                   **({"validation": best.to_dict()} if best else {})})
     if best is not None:
         log.info("kept round %d of %d (validation %s %.4f)", kept, rounds.rounds, best.metric, best.value)
-        start = record["start"]
-        if start is not None and best.value < start["value"]:
-            log.warning("!" * 72)
-            log.warning("the student ended BELOW its starting point on validation (%s %.4f vs %.4f at the start, "
-                        "%s): training made it worse", best.metric, best.value, start["value"], neural.init)
-            log.warning("!" * 72)
+        _warn_below_start(best, record["start"], neural.init)
     return StudentResult(out, best, kept, history)
 
 

@@ -252,3 +252,20 @@ def test_a_fused_teachers_weights_come_from_validation_and_are_in_its_fingerprin
     assert good["weights"]["teacher"] >= 0.5 and good["chosen_on"]["alone"]["teacher"] >= good["chosen_on"][
         "alone"]["bm25"]
     assert zscores(graded).group_by(QID).agg(pl.col(SCORE).mean().abs().max())[SCORE].max() < 1e-9
+
+
+def test_a_student_below_its_starting_point_is_reported(planted, tiny_cross_encoder, tmp_path, monkeypatch,  # noqa: F811
+                                                        caplog):
+    from students.train import train_student
+
+    dataset, scores = planted
+    start = str(tiny_cross_encoder)
+    monkeypatch.setattr(Validation, "score_folder", lambda self, folder: ValidationResult(
+        "nDCG@10", 0.9 if str(folder) == start else 0.6, 0.5, 4, 0.0, 1.0))
+    result = train_student("cross-encoder", dataset, scores, tmp_path / "s", loss="MarginMSE", init=start,
+                           group_config=GroupConfig(n_negatives=3), train_config=_tiny_train(tmp_path),
+                           validation=Validation(dataset, bm25_run(dataset, 5)))
+    assert result.validation.value == 0.6 and not result.validation.problems  # above BM25: not a collapse
+    assert "BELOW its starting point" in caplog.text
+    manifest = json.loads((tmp_path / "s" / "distill.json").read_text())
+    assert manifest["start"]["value"] == 0.9 and manifest["validation"]["value"] == 0.6
