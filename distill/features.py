@@ -557,30 +557,40 @@ def _positional(entry_row: np.ndarray, entry_query_pos: np.ndarray, owner: np.nd
         longest, _ratio(longest, length), ((longest == length) & (length > 0)).astype(np.float64),
         np.bincount(row_s[cont], minlength=n).astype(np.float64),
         _ratio(np.bincount(distinct_bigrams, minlength=n), np.maximum(length - 1, 0)),
-        _min_cover(entry_row, owner, pos, row, n, stride),
+        _min_cover(entry_row, owner, pos, row, n, stride, order),
     ]
 
 
 def _min_cover(entry_row: np.ndarray, owner: np.ndarray, pos: np.ndarray, row: np.ndarray, n: int,
-               stride: int) -> np.ndarray:
+               stride: int, order: np.ndarray) -> np.ndarray:
     """Shortest window holding every matched term of each row (NaN for rows without a match).
 
     The best window starts at some match ``i``; it must reach, for every matched term, that
-    term's next occurrence at or after ``i``. So: pair every match with each matched entry of
-    its row, find the next occurrence by ``searchsorted`` in the sorted ``entry * stride +
-    position`` keys, take the farthest per match and the shortest per row.
+    term's next occurrence at or after ``i``. So: pair every candidate start with each matched
+    entry of its row, find the next occurrence by ``searchsorted`` in the sorted ``entry *
+    stride + position`` keys, take the farthest per start and the shortest per row.
+
+    A match followed (``order``: matches by row, then position) by another match of the same
+    term is no candidate: the window from that next match ends where its own does and starts
+    later. Dropping them leaves the minimum as it is and, in long documents where one query
+    term recurs, most of the pairs out.
     """
     occurrences = owner * stride + pos  # sorted: entries in order, positions sorted within
     per_row = np.bincount(entry_row, minlength=n)
-    first_entry = np.cumsum(per_row) - per_row
-    pair_entry, match = _ragged(first_entry[row], per_row[row])
-    target = pair_entry * stride + pos[match]
+    first_entry = per_row.cumsum() - per_row
+    owner_s, row_s = owner[order], row[order]
+    keep = np.ones(len(order), dtype=bool)
+    keep[:-1] = (row_s[1:] != row_s[:-1]) | (owner_s[1:] != owner_s[:-1])
+    starts = order[keep]  # sorted by row
+    start_row, start_pos = row[starts], pos[starts]
+    pair_entry, match = _ragged(first_entry[start_row], per_row[start_row])
+    target = pair_entry * stride + start_pos[match]
     slot = np.minimum(np.searchsorted(occurrences, target), max(len(occurrences) - 1, 0))
     hit = occurrences[slot] if len(occurrences) else target
     found = (hit >= target) & (hit // stride == pair_entry)
     end = np.where(found, hit % stride, np.iinfo(np.int64).max // 4).astype(np.float64)
-    window = _segment_reduce(np.maximum, end, match, len(pos), np.nan) - pos + 1
-    return _segment_reduce(np.minimum, window, row, n, np.nan)
+    window = _segment_reduce(np.maximum, end, match, len(starts), np.nan) - start_pos + 1
+    return _segment_reduce(np.minimum, window, start_row, n, np.nan)
 
 
 def _first_stage(run: pl.DataFrame) -> np.ndarray:

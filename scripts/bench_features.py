@@ -59,7 +59,7 @@ def load_old_features(ref: str):
     return module
 
 
-def train_student(data: Path, k: int, out: Path, quick: bool, n_estimators: int) -> Path:
+def train_student(data: Path, k: int, out: Path, quick: bool, n_estimators: int | None) -> Path:
     """A LightGBM student on the train split (see the module docstring); reused when ``out`` exists."""
     if (out / "model.txt").is_file():
         return out
@@ -74,7 +74,9 @@ def train_student(data: Path, k: int, out: Path, quick: bool, n_estimators: int)
         train.queries = train.queries.head(300)
     run = bm25_run(train, k)
     teacher = run.select("qid", "docid", pl.col("score").cast(pl.Float32))
-    config = LightGBMConfig(qrels_weight=0.5, num_threads=1, n_estimators=n_estimators)
+    config = LightGBMConfig(qrels_weight=0.5, num_threads=1)
+    if n_estimators is not None:  # exactly that many trees: no queries held out, no early stopping
+        config = LightGBMConfig(qrels_weight=0.5, num_threads=1, n_estimators=n_estimators, valid_fraction=0.0)
     return train_lightgbm_student(train, run, teacher, out, config)
 
 
@@ -93,8 +95,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per query and path")
     parser.add_argument("--model", type=Path, default=Path("bench_out/bench_features/lightgbm"),
                         help="the student's folder (trained there when missing)")
-    parser.add_argument("--n-estimators", type=int, default=500,
-                        help="boosting rounds at most (early stopping on validation may keep fewer)")
+    parser.add_argument("--n-estimators", type=int, default=None,
+                        help="train exactly this many trees (default: LightGBMConfig's, with early stopping)")
     parser.add_argument("--baseline-ref", default=BASELINE_REF, help="git commit of the old path")
     parser.add_argument("--quick", action="store_true", help="50 queries, 3 repeats, a smaller training set")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
