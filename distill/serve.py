@@ -271,21 +271,21 @@ def steer_deadline(elapsed_ms: float, deadline_ms: float, modelled_ms: Sequence[
     time spent plus stage j's *modelled* cost exceeds the deadline) runs the stages that fit
     by the *calibrated* costs, and the number of stages planned.
 
-    Plan: from ``elapsed_ms``, stage j >= 1 runs while the calibrated end ``t_j + f_j m_j``
-    stays within ``deadline_ms``; the first that does not is stage ``k``. For the cascade to
-    stop there, the deadline it gets lies past every planned stage's modelled end
-    (``t_j + m_j``) and before ``t_k + m_k``: ``t_k + m_k / 2`` (where a stage runs faster
-    than modelled, f < 1, the cascade may stop earlier: never later than planned). When all
-    stages fit, the cascade gets at least their modelled ends, so a pessimistic model does
-    not skip stages the measurements say fit.
+    Plan: from ``elapsed_ms``, stage j >= 1 runs while its calibrated end ``t_j + f_j m_j``
+    stays within ``deadline_ms``. The deadline handed over must reach every planned stage's
+    modelled end ``t_j + m_j`` (``lower``); when stage k does not fit it must stay below
+    ``t_k + m_k`` (``upper``): the middle of the two, so timing noise either way keeps the
+    plan (where the model is so pessimistic that the two cross, the cascade stops earlier
+    than planned, never later). When every stage fits, the modelled ends plus the slack the
+    calibrated plan leaves, and never less than ``deadline_ms``.
     """
-    t, modelled_ends = elapsed_ms, []
+    t = lower = elapsed_ms
     for j in range(1, len(modelled_ms)):
         if t + factors[j] * modelled_ms[j] > deadline_ms:
-            return min(deadline_ms, t + modelled_ms[j] / 2), j
-        modelled_ends.append(t + modelled_ms[j])
+            return (lower + t + modelled_ms[j]) / 2, j
+        lower = max(lower, t + modelled_ms[j])
         t += factors[j] * modelled_ms[j]
-    return max([deadline_ms, *modelled_ends]), len(modelled_ms)
+    return max(deadline_ms, lower + deadline_ms - t), len(modelled_ms)
 
 
 # -- the worker pool ------------------------------------------------------------------------

@@ -162,7 +162,8 @@ def test_measured_stage_costs_correct_the_cost_model():
 @pytest.mark.parametrize(("elapsed", "modelled", "factors", "expected"), [
     (0.0, [0.0, 10.0, 50.0], [1.0, 1.0, 1.0], (100.0, 3)),  # all fit: the deadline itself
     (0.0, [0.0, 10.0, 50.0], [1.0, 1.0, 2.0], (35.0, 2)),  # the last stage takes 100 ms: stop before it
-    (0.0, [0.0, 40.0, 100.0], [1.0, 0.5, 0.5], (120.0, 3)),  # a pessimistic model: let both run
+    (0.0, [0.0, 40.0, 100.0], [1.0, 0.5, 0.5], (150.0, 3)),  # a pessimistic model: let both run, 30 ms slack
+    (0.0, [0.0, 40.0, 100.0, 80.0], [1.0, 0.5, 0.5, 1.0], (135.0, 3)),  # ... and stop before the last
     (95.0, [0.0, 10.0, 50.0], [1.0, 1.0, 1.0], (100.0, 1)),  # late already: first stage only
     (0.0, [0.0], [1.0], (100.0, 1)),  # a one-stage cascade
 ])
