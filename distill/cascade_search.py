@@ -343,6 +343,8 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
     config = config or CascadeBuildConfig()
     if not stages:
         raise ConfigError("no stages", field="stages")
+    if not math.isfinite(budget_ms) or budget_ms <= 0:  # before any stage is loaded or scored
+        raise ConfigError(f"the budget must be > 0 ms, got {budget_ms}", field="budget_ms")
     dataset, run = _validation_part(dataset, run, config.valid_fraction, config.seed)
     loaded = _load_stages(stages)
     proxies = _load_stages(cost_from or {}, known=loaded)

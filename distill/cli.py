@@ -100,30 +100,61 @@ def register_commands() -> None:
         _registered.append(True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); exits with the command's status.
+
+    Whatever the input, a failure is one line on stderr (``--debug`` shows the traceback):
+    bad input or options (a :class:`~distill.errors.DistillError`, a usage error such as a
+    missing option or a value outside an option's range, an unusable path) exit with 2; an
+    unexpected exception, a bug, exits with 1.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     register_commands()
+    _state["debug"] = False  # set again by the callback; an earlier in-process call's --debug must not stick
     try:
-        app(standalone_mode=False)
-    except DistillError as err:
-        if _state["debug"]:
-            raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        app(args=argv, standalone_mode=False)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: finished batches are kept; rerun to resume")
         sys.exit(130)
-    except Exception as err:  # click's own usage errors carry an exit code
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:
+        if _state["debug"]:
+            raise
+        code, message = describe_error(err)
+        if message is None:  # a command group called without a command: its help is the answer
             err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+            sys.exit(0)
+        err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(code)
+
+
+def describe_error(err: Exception) -> tuple[int, str | None]:
+    """The exit code and the one line a failure is reported as (None: show the error's help).
+
+    typer >= 0.29 vendors click and raises its usage errors as :class:`typer.TyperException`
+    (a bad value reaches them through pydantic, whose ValidationError is their cause).
+    """
+    from rich.markup import escape
+
+    if isinstance(err, DistillError):
+        return 2, escape(_one_line(str(err)))
+    if isinstance(err, typer.TyperException):
+        if type(err).__name__ == "NoArgsIsHelpError":
+            return 0, None
+        ctx = getattr(err, "ctx", None)  # click's usage errors carry their context; other TyperExceptions none
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return 2, escape(_one_line(err.format_message()) + where)
+    if isinstance(err, OSError) and err.filename is not None:  # a path given on the command line
+        return 2, escape(f"{err.filename}: {err.strerror or _one_line(str(err))}")
+    return 1, escape(f"unexpected {type(err).__name__}: {_one_line(str(err))} (a bug: rerun with --debug "
+                     "for the traceback and report it)")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

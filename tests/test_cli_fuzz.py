@@ -1,0 +1,268 @@
+"""No traceback from any command, whatever the input: every rejected option value and every
+malformed input file ends in exit 2, one line on stderr naming what is wrong, and nothing
+written. Commands run in-process (distill.cli.main with argv) to stay within CI time."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiny import snapshot
+
+from distill.cli import app, main, register_commands
+
+# commands whose bodies need no input file, so a value that parses would run them for real
+# (the whole pipeline, a server): only rejected values are tried on them
+RUN_WITHOUT_INPUTS = {("demo",), ("serve",)}
+
+
+def invoke(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``distill ARGV`` in-process: (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def commands() -> Iterator[tuple[tuple[str, ...], object]]:
+    """Every leaf command of the CLI with its path (``("cascade", "build")``)."""
+    register_commands()
+
+    def walk(command, path):
+        subcommands = getattr(command, "commands", None)  # a click group has them, a command has not
+        if subcommands:
+            for name, sub in sorted(subcommands.items()):
+                yield from walk(sub, (*path, name))
+        else:
+            yield path, command
+
+    yield from walk(typer.main.get_command(app), ())
+
+
+def _annotation(param) -> type | None:
+    return param.type_descriptor.annotation
+
+
+def _filler(param, tmp: Path) -> list[str]:
+    """A value of the right type for a required parameter (paths point at nothing)."""
+    annotation = _annotation(param)
+    if annotation in (int, float):
+        return ["1"]
+    if annotation is Path:
+        return [str(tmp / f"missing-{param.name}")]
+    return ["x"]
+
+
+def _base_argv(path: tuple[str, ...], command, tmp: Path, skip: str) -> list[str]:
+    """The command with every required parameter but ``skip`` filled in; options first."""
+    argv, positional = list(path), []
+    for param in command.params:
+        if param.name == skip or not param.required:
+            continue
+        if param.param_type_name == "argument":
+            positional += _filler(param, tmp)
+        else:
+            argv += [param.opts[0], *_filler(param, tmp)]
+    return argv + positional
+
+
+def _bad_values(param) -> list[str]:
+    """Values an option must refuse: not a number, and outside its declared range."""
+    annotation = _annotation(param)
+    if annotation not in (int, float) or param.multiple:
+        return []
+    values = ["abc", "1.5"] if annotation is int else ["abc", "1,5"]
+    step = 1 if annotation is int else 0.5
+    if param.min is not None:
+        values.append(str(param.min - step))
+    if param.max is not None:
+        values.append(str(param.max + step))
+    return values
+
+
+def _cases() -> list[tuple[tuple[str, ...], str, str]]:
+    cases = []
+    for path, command in commands():
+        for param in command.params:
+            if param.param_type_name == "option":
+                cases += [(path, param.name, value) for value in _bad_values(param)]
+    return cases
+
+
+CASES = _cases()
+
+
+def _assert_one_line_error(code: int, err: str, *, naming: str | None = None) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    if naming is not None:
+        assert naming in lines[0], err
+
+
+def test_the_table_covers_every_command():
+    covered = {path for path, _, _ in CASES}
+    assert {("candidates",), ("evaluate",), ("cascade", "build"), ("score-teacher",), ("train-student",)} <= covered
+    assert len(CASES) > 50
+
+
+@pytest.mark.parametrize(("path", "option", "value"), CASES, ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_a_rejected_option_value_is_one_line_exit_2_and_writes_nothing(path, option, value, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = dict(commands())[path]
+    param = next(p for p in command.params if p.name == option)
+    before = snapshot(tmp_path)
+    code, _, err = invoke([*path, param.opts[0], value, *_base_argv(path, command, tmp_path, skip=option)[len(path):]],
+                          capsys)
+    _assert_one_line_error(code, err, naming=param.opts[0])
+    assert snapshot(tmp_path) == before and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("path", [path for path, _ in commands()], ids=" ".join)
+def test_unknown_and_missing_options_are_one_line_exit_2(path, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = dict(commands())[path]
+    code, _, err = invoke([*path, "--no-such-option", "1"], capsys)
+    _assert_one_line_error(code, err, naming="--no-such-option")
+    required = [p for p in command.params if p.required and p.param_type_name == "option"]
+    if required:
+        argv = _base_argv(path, command, tmp_path, skip=required[0].name)
+        code, _, err = invoke(argv, capsys)
+        _assert_one_line_error(code, err, naming=required[0].opts[0])
+    assert not any(tmp_path.iterdir())
+
+
+NUMERIC = [(path, param.name) for path, command in commands() if path not in RUN_WITHOUT_INPUTS
+           for param in command.params
+           if param.param_type_name == "option" and _annotation(param) in (int, float) and not param.multiple]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.sampled_from(NUMERIC),
+       value=st.one_of(st.text(max_size=12), st.integers(-10**12, 10**12).map(str),
+                       st.floats(allow_nan=True, allow_infinity=True).map(str)))
+def test_any_value_of_a_numeric_option_fails_cleanly_on_missing_inputs(case, value, tmp_path_factory, capsys):
+    """Whatever the value, parsed or refused: exit 2, one line, nothing written (the inputs the
+    command is given do not exist, so no value can make it run)."""
+    path, option = case
+    command = dict(commands())[path]
+    param = next(p for p in command.params if p.name == option)
+    tmp = tmp_path_factory.mktemp("fuzz")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        code, _, err = invoke([*path, f"{param.opts[0]}={value}",
+                               *_base_argv(path, command, tmp, skip=option)[len(path):]], capsys)
+    finally:
+        os.chdir(cwd)
+    _assert_one_line_error(code, err)
+    assert not any(tmp.iterdir())
+
+
+# -- malformed input files -------------------------------------------------------------------
+
+def _beir(folder: Path, corpus: str, queries: str, qrels: str) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(corpus, encoding="utf-8")
+    (folder / "queries.jsonl").write_text(queries, encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_text(qrels, encoding="utf-8")
+    return folder
+
+
+GOOD_CORPUS = "".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"word{i} shared"}) + "\n" for i in range(4))
+GOOD_QUERIES = "".join(json.dumps({"_id": f"q{i}", "text": f"word{i}"}) + "\n" for i in range(2))
+GOOD_QRELS = "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\n"
+MALFORMED = {
+    "corpus: not JSON": ("{not json\n", GOOD_QUERIES, GOOD_QRELS),
+    "corpus: a list, not an object": ("[1, 2]\n", GOOD_QUERIES, GOOD_QRELS),
+    "corpus: no _id": ('{"text": "x"}\n', GOOD_QUERIES, GOOD_QRELS),
+    "corpus: text is a number": ('{"_id": "d0", "text": 3}\n', GOOD_QUERIES, GOOD_QRELS),
+    "corpus: empty": ("", GOOD_QUERIES, GOOD_QRELS),
+    "corpus: binary": ("\x00\x01\xff\n", GOOD_QUERIES, GOOD_QRELS),
+    "queries: truncated": (GOOD_CORPUS, '{"_id": "q0", "text": "wo', GOOD_QRELS),
+    "queries: duplicate ids": (GOOD_CORPUS, GOOD_QUERIES + GOOD_QUERIES, GOOD_QRELS),
+    "qrels: score is text": (GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\tscore\nq0\td0\thigh\n"),
+    "qrels: two columns": (GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\nq0\td0\n"),
+    "qrels: unknown query": (GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\tscore\nq9\td0\t1\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_candidates_on_a_malformed_beir_folder(case, tmp_path, capsys):
+    data = _beir(tmp_path / "data", *MALFORMED[case])
+    before = snapshot(tmp_path)
+    code, _, err = invoke(["candidates", "--data", data, "--out", tmp_path / "out" / "run.trec"], capsys)
+    if code == 0:  # accepted: then it wrote a run (e.g. a qrels row for an unknown query is dropped)
+        assert (tmp_path / "out" / "run.trec").is_file(), case
+        return
+    _assert_one_line_error(code, err)
+    assert snapshot(tmp_path) == before, case
+
+
+RUN_LINES = st.lists(st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
+    st.tuples(st.sampled_from(["q0", "q1", "q9", ""]), st.sampled_from(["Q0", "x"]),
+              st.sampled_from(["d0", "d1", "d9", ""]), st.integers(-1, 3),
+              st.one_of(st.floats(allow_nan=True), st.text(max_size=4)), st.just("tag"))
+    .map(lambda row: " ".join(map(str, row))),
+), max_size=6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=RUN_LINES)
+def test_evaluate_on_any_run_file_fails_cleanly_or_writes_its_folder(lines, tmp_path_factory, capsys):
+    tmp = tmp_path_factory.mktemp("run")
+    data = _beir(tmp / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
+    run = tmp / "run.trec"
+    run.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    before = snapshot(tmp)
+    code, _, err = invoke(["evaluate", "--data", data, "--run", run, "--ranker", "bm25", "--out", tmp / "eval"],
+                          capsys)
+    if code == 0:
+        assert (tmp / "eval" / "summary.parquet").is_file()
+        return
+    _assert_one_line_error(code, err)
+    assert snapshot(tmp) == before
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(corpus=st.lists(st.one_of(
+    st.text(max_size=30),
+    st.fixed_dictionaries({"_id": st.one_of(st.text(max_size=3), st.integers(), st.none()),
+                           "text": st.one_of(st.text(max_size=10), st.integers(), st.none())},
+                          optional={"title": st.one_of(st.text(max_size=5), st.floats())}).map(json.dumps),
+), max_size=5))
+def test_candidates_on_any_corpus_fails_cleanly_or_writes_its_run(corpus, tmp_path_factory, capsys):
+    tmp = tmp_path_factory.mktemp("corpus")
+    data = _beir(tmp / "data", "\n".join(corpus) + "\n", GOOD_QUERIES, GOOD_QRELS)
+    before = snapshot(tmp)
+    code, _, err = invoke(["candidates", "--data", data, "--k", "3", "--out", tmp / "run.trec"], capsys)
+    if code == 0:
+        assert (tmp / "run.trec").is_file()
+        return
+    _assert_one_line_error(code, err)
+    assert snapshot(tmp) == before
+
+
+def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, tmp_path, capsys):
+    """A bug still ends in one line (exit 1, pointing at --debug), not a traceback."""
+    import distill.bm25
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(distill.bm25, "bm25_run", broken)
+    data = _beir(tmp_path / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
+    code, _, err = invoke(["candidates", "--data", data, "--out", tmp_path / "run.trec"], capsys)
+    assert code == 1 and err.strip().count("\n") == 0 and "ZeroDivisionError: planted" in err and "--debug" in err
