@@ -109,6 +109,7 @@ def train_student(
     lightgbm: LightGBMConfig | None = None,
     teacher_fingerprint: dict[str, Any] | None = None,
     scores_source: str | Path | None = None,
+    teacher_scale: float | str | None = "auto",
     trust_remote_code: bool = False,
 ) -> StudentResult:
     """Distill the teacher ``scores`` (``qid, docid, score``) of ``dataset``'s queries into a
@@ -119,7 +120,9 @@ def train_student(
     for a cross-encoder with ``init_from_teacher_layers=N``, the teacher to cut to N layers).
     ``bi_encoder`` holds ``similarity``, ``scale``, ``learn_scale``; ``lightgbm`` the
     :class:`students.lightgbm.LightGBMConfig`. With ``validation``, the student is validated
-    and checked for collapse.
+    and checked for collapse. ``teacher_scale``: what a regression loss's teacher scores are
+    divided by (``"auto"``: their median per-query std for MarginMSE and MSE, see
+    :func:`distill.score_scale.teacher_divisor`; None: raw scores).
     """
     from distill.training import TrainConfig
 
@@ -135,15 +138,19 @@ def train_student(
     else:
         if loss is None or init is None:
             raise ConfigError(f"a {kind} student needs a loss and a model to start from (init)")
+        scores, divisor = _scaled(scores, dataset, loss, teacher_scale)
         neural = _Neural(kind, dataset, scores, _loss(loss, loss_params, hard_label_weight, hard_label_kind, scores,
                                                       dataset),
                          group_config or GroupConfig(), train_config or TrainConfig(), init, init_from_teacher_layers,
                          layer_choice, bi_encoder or {}, teacher_fingerprint, trust_remote_code)
         if rounds.rounds > 1:
-            return _finish(_train_rounds(neural, out, rounds, validation), kind, allow_collapse)
+            result = _train_rounds(neural, out, rounds, validation)
+            _record(out, {"teacher_divisor": divisor})
+            return _finish(result, kind, allow_collapse)
         start = _start_point(neural, validation)
         result = StudentResult(neural.train(out, init, init_from_teacher_layers, neural.train_config,
                                             neural.group_config), None)
+        _record(out, {"teacher_divisor": divisor})
     if validation is not None:
         result.validation = validation.score_folder(result.path)
         _record(result.path, {"validation": result.validation.to_dict(),
@@ -175,6 +182,27 @@ def _finish(result: StudentResult, kind: str, allow_collapse: bool) -> StudentRe
     if result.validation is not None:
         check_collapse(result.validation, f"the {kind} student at {result.path}", allow=allow_collapse)
     return result
+
+
+def _scaled(scores: pl.DataFrame, dataset: Dataset, loss,
+            teacher_scale: float | str | None) -> tuple[pl.DataFrame, float | None]:
+    """The teacher scores divided by ``teacher_scale`` (``"auto"``: see :func:`distill.score_scale.teacher_divisor`),
+    and the divisor (None: left raw)."""
+    from distill.schema import SCORE
+    from distill.score_scale import score_scale, teacher_divisor
+
+    if teacher_scale == "auto":
+        if not isinstance(loss, str):
+            return scores, None
+        teacher_scale = teacher_divisor(loss, score_scale(scores.join(dataset.queries.select(QID), on=QID,
+                                                                      how="semi")))
+    if teacher_scale is None:
+        return scores, None
+    if not float(teacher_scale) > 0:
+        raise ConfigError(f"the teacher scale must be > 0, got {teacher_scale}", field="teacher_scale")
+    log.info("%s: teacher scores divided by %.4g (their median per-query std; --teacher-scale none keeps them raw)",
+             loss if isinstance(loss, str) else type(loss).__name__, teacher_scale)
+    return scores.with_columns(pl.col(SCORE) / float(teacher_scale)), float(teacher_scale)
 
 
 def _loss(loss, params, hard_label_weight, hard_label_kind, scores, dataset):

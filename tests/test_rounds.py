@@ -269,3 +269,16 @@ def test_a_student_below_its_starting_point_is_reported(planted, tiny_cross_enco
     assert "BELOW its starting point" in caplog.text
     manifest = json.loads((tmp_path / "s" / "distill.json").read_text())
     assert manifest["start"]["value"] == 0.9 and manifest["validation"]["value"] == 0.6
+
+
+def test_marginmse_learns_from_teacher_scores_in_units_of_their_spread(planted, tiny_cross_encoder, tmp_path):  # noqa: F811
+    from distill.score_scale import score_scale
+    from students.train import _scaled
+
+    dataset, scores = planted
+    tiny = scores.with_columns(pl.col(SCORE) * 0.01)  # a teacher spreading a query over hundredths of a logit
+    scaled, divisor = _scaled(tiny, dataset, "MarginMSE", "auto")
+    assert divisor == pytest.approx(score_scale(tiny).temperature())
+    assert score_scale(scaled).std_median == pytest.approx(1.0, rel=0.01)
+    assert _scaled(tiny, dataset, "ListNet", "auto") == (tiny, None)  # a temperature does that job
+    assert _scaled(tiny, dataset, "MarginMSE", None) == (tiny, None)

@@ -44,6 +44,17 @@ def teacher_path(manifest: dict[str, Any], cache: Path) -> str:
                       path=cache, field="teacher")
 
 
+def _teacher_scale(text: str) -> float | str | None:
+    """``--teacher-scale``: auto | none | a positive number."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--teacher-scale must be auto, none or a number, got {text!r}",
+                          field="teacher-scale") from None
+
+
 def _pick(value, quick: bool, name: str, defaults: dict[str, Any]):
     if value is not None:
         return value
@@ -110,6 +121,8 @@ def register(app: typer.Typer) -> None:
         loss_param: list[str] = typer.Option([], "--loss-param", help="Loss hyperparameter name=value, repeatable "
                                              "(a listwise loss given no temperature gets the teacher's median "
                                              "per-query score spread)."),
+        teacher_scale: str = typer.Option("auto", help="MarginMSE/MSE: divide the teacher's scores by this: auto "
+                                          "(their median per-query std, see `distill cache info`) | none | a number."),
         hard_label_weight: float = typer.Option(0.0, min=0.0, help="Weight of a qrels term mixed into the loss."),
         hard_label_kind: str = typer.Option("bce", help="Hard-label term: bce | listwise_ce | listnet."),
         init: str = typer.Option(None, help="Student to start from: folder or hub id (neural students)."),
@@ -220,6 +233,7 @@ def register(app: typer.Typer) -> None:
         train_student(
             student, dataset, scores, out, loss=loss, loss_params=parse_loss_params(loss_param),
             hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, init=init,
+            teacher_scale=_teacher_scale(teacher_scale),
             init_from_teacher_layers=layers if student == "cross-encoder" else None, layer_choice=layer_choice,
             group_config=groups, train_config=train, rounds=RoundsConfig(rounds, lr_schedule),
             bi_encoder={"similarity": similarity, "scale": scale, "learn_scale": learn_scale}
