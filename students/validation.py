@@ -114,9 +114,7 @@ class Validation:
         from distill.rankers import load_ranker
 
         ranker = load_ranker(str(folder), name="student")
-        prepare = getattr(ranker, "prepare", None)
-        if prepare is not None:
-            prepare(self.dataset)
+        ranker.prepare(self.dataset)
         return self.score_run(ranker.rerank(self.dataset, self.run))
 
     def score_run(self, scored: pl.DataFrame) -> ValidationResult:

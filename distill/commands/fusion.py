@@ -47,6 +47,6 @@ def register(app: typer.Typer) -> None:
                 name, spec = parse_ranker_spec(item)
                 ranker = load_ranker(spec, name=name)
                 others[name] = ranker.rerank(everything, pairs)
-                sources[name] = ranker.get_config_dict() if hasattr(ranker, "get_config_dict") else {"spec": spec}
+                sources[name] = ranker.get_config_dict()
         fuse_teacher(out, cache, [read_run(r) for r in run], valid.qrels, others=others, step=step,
                      corpus_hash=frame_hash(valid.corpus), sources=sources)
