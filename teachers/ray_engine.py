@@ -52,8 +52,8 @@ class RayConfig:
 
     ``address`` None starts a local Ray with this machine's CPUs and GPUs; "auto" joins the
     cluster this machine belongs to (``ray start``); "HOST:PORT" a given head node. Without
-    GPUs, each worker gets an equal share of the cluster's CPUs (``cpus_per_worker`` unset),
-    and uses that many torch threads.
+    GPUs and ``cpus_per_worker``, each worker takes the most CPUs that still lets all of them
+    fit on the cluster's nodes (one machine: an equal share), and uses as many torch threads.
     """
 
     address: str | None = None
@@ -187,12 +187,17 @@ def _one_pass(
 
 
 def _default_cpus(config: RayConfig) -> float:
-    """A worker's CPUs: one beside a GPU, else an equal share of the cluster's."""
+    """A worker's CPUs: one beside a GPU, else the most that still lets all the workers fit on
+    the cluster's nodes (on one machine: an equal share of its CPUs)."""
     import ray
 
     if config.gpus_per_worker:
         return 1.0
-    return max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // config.num_workers)))
+    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+    cpus = max(1, int(sum(nodes) // config.num_workers))
+    while cpus > 1 and sum(int(n // cpus) for n in nodes) < config.num_workers:
+        cpus -= 1
+    return float(cpus)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from tiny import run_cli, snapshot  # noqa: E402
 from distill.bm25 import bm25_run  # noqa: E402
 from distill.cache import TeacherCache  # noqa: E402
 from distill.data import load_beir  # noqa: E402
-from distill.errors import CacheMismatchError  # noqa: E402
+from distill.errors import CacheMismatchError, ConfigError  # noqa: E402
 from distill.manifest import frame_hash  # noqa: E402
 from distill.runs import write_run  # noqa: E402
 from distill.scoring import score_into_cache  # noqa: E402
@@ -197,3 +197,14 @@ def test_a_cache_of_another_teacher_is_refused(tmp_path, local_ray, tiny_cross_e
     with pytest.raises(CacheMismatchError):  # the engine checks too, before any worker starts
         score_on_ray(other, dataset, run, TeacherCache.open(folder), show_progress=False)
     assert snapshot(folder) == before
+
+
+def test_a_worker_whose_model_differs_from_the_caches_refuses_to_score(tmp_path, local_ray, data):
+    dataset, run = data
+    model = tiny.build_bert_cross_encoder(tmp_path / "model", seed=0)
+    teacher = load_teacher(model, dtype="fp32")
+    cache = _cache(tmp_path / "cache", dataset, teacher)  # fingerprinted with the first weights
+    tiny.build_bert_cross_encoder(model, seed=1)  # what a worker node finds at that path: other weights
+    with pytest.raises(ConfigError, match="a Ray worker could not build the teacher: .*weights_sha256"):
+        score_on_ray(teacher, dataset, run, cache, show_progress=False)
+    assert not (tmp_path / "cache").exists()
