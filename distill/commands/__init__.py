@@ -7,7 +7,7 @@ import importlib
 import typer
 
 # Modules are listed here once they exist; each adds its commands to the app.
-MODULES = ("data", "teacher", "train", "evaluate", "cascade", "demo", "serve", "queries", "fusion")
+MODULES = ("data", "teacher", "train", "evaluate", "cascade", "demo", "serve", "queries", "fusion", "export")
 
 
 def parse_ints(text: str, option: str) -> list[int]:

@@ -1,0 +1,104 @@
+"""Exported cross-encoder students against their torch fp32 form: speed and nDCG@10, in one run.
+
+Exports a cross-encoder student (``distill export``: ONNX Runtime and OpenVINO, fp32 and
+int8, each through its fidelity check on the student's own training queries), then runs
+:func:`distill.evaluation.evaluate` with ``latency`` on the test queries' BM25 candidates,
+the same code as ``distill evaluate --latency`` (the command is printed), so every
+ratio compares rankers timed in one process on the same threads:
+
+- ``speedup``: the torch student's p50 latency per query (k candidates) / the export's;
+- ``ndcg_ratio``: the export's nDCG@10 / the torch student's.
+
+    python scripts/bench_export.py --model bench_out/demo/models/ce_student --data bench_out/demo/data [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import save_results
+
+VARIANTS = {  # name -> ExportConfig options
+    "onnx": {"format": "onnx"},
+    "onnx_int8": {"format": "onnx", "quantize": "int8"},
+    "openvino": {"format": "openvino"},
+    "openvino_int8": {"format": "openvino", "quantize": "int8"},
+    "openvino_int8_bf16": {"format": "openvino", "quantize": "int8", "openvino_precision": "bf16"},
+}
+QUICK = ("onnx_int8", "openvino_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector-extension flags that int8 and bf16 kernels use."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in wanted if f in flags.split()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="A cross-encoder student folder.")
+    parser.add_argument("--data", type=Path, required=True, help="BEIR folder of the evaluation.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--k", type=int, default=100, help="BM25 candidates per query.")
+    parser.add_argument("--latency-queries", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2, help="Threads of every ranker while timed.")
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="Repeatable [all].")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/export"))
+    parser.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK)} only, 10 latency queries.")
+    args = parser.parse_args()
+    variants = args.variant or list(QUICK if args.quick else VARIANTS)
+    latency_queries = 10 if args.quick else args.latency_queries
+
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+    from distill.evaluation import EvaluateConfig, evaluate
+    from distill.rankers import load_ranker
+    from distill.runs import write_run
+    from students.export import ExportConfig, ExportRefused, export_model
+
+    exports: dict[str, dict] = {}
+    for name in variants:
+        start = time.perf_counter()
+        try:
+            fidelity = export_model(args.model, args.out / name, ExportConfig(**VARIANTS[name]))
+        except ExportRefused as err:
+            exports[name] = {"refused": str(err)}
+            continue
+        exports[name] = {"export_s": round(time.perf_counter() - start, 1), "fidelity": fidelity}
+    dataset = load_beir(args.data, args.split)
+    run = bm25_run(dataset, args.k)
+    write_run(run, args.out / "bm25.trec", tag="bm25")
+    # the torch student pinned to fp32 (a bare --ranker loads it with dtype auto, which may keep bf16)
+    rankers = {"bm25": "bm25", "torch": load_ranker(str(args.model), name="torch", dtype="fp32"),
+               **{name: str(args.out / name) for name in exports if "fidelity" in exports[name]}}
+    command = ["distill", "evaluate", "--data", str(args.data), "--split", args.split, "--run",
+               str(args.out / "bm25.trec"), "--k", str(args.k), "--latency", "--latency-queries",
+               str(latency_queries), "--threads", str(args.threads), "--baseline", "torch",
+               f"--ranker=torch={args.model}", *[f"--ranker={n}={s}" for n, s in rankers.items() if n != "torch"],
+               "--out", str(args.out / "eval")]
+    print("same as (with the torch student in fp32):", " ".join(command))
+    config = EvaluateConfig(baseline="torch", k=args.k, latency=True, latency_queries=latency_queries,
+                            threads=args.threads)
+    result = evaluate(dataset, run, rankers, config)
+    result.write(args.out / "eval")
+    ndcg = dict(zip(result.summary["ranker"], result.summary["nDCG@10"]))
+    p50 = {name: result.latency[name].p50_ms for name in rankers if name in result.latency}
+    table = {name: {"nDCG@10": ndcg[name], "p50_ms": p50.get(name),
+                    "speedup": p50["torch"] / p50[name] if name in p50 else None,
+                    "ndcg_ratio": ndcg[name] / ndcg["torch"] if ndcg["torch"] else None}
+             for name in rankers}
+    save_results(args.out, "bench_export", {
+        "model": str(args.model), "data": str(args.data), "split": args.split, "k": args.k,
+        "latency_queries": latency_queries, "threads": args.threads, "cpu_flags": cpu_flags(),
+        "equivalent_command": " ".join(command), "exports": exports, "table": table,
+    })
+
+
+if __name__ == "__main__":
+    main()
