@@ -148,7 +148,7 @@ NUMERIC = [(path, param.name) for path, command in commands() if path not in RUN
            if param.param_type_name == "option" and _annotation(param) in (int, float) and not param.multiple]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=st.sampled_from(NUMERIC),
        value=st.one_of(st.text(max_size=12), st.integers(-10**12, 10**12).map(str),
                        st.floats(allow_nan=True, allow_infinity=True).map(str)))
@@ -219,7 +219,7 @@ RUN_LINES = st.lists(st.one_of(
 ), max_size=6)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=RUN_LINES)
 def test_evaluate_on_any_run_file_fails_cleanly_or_writes_its_folder(lines, tmp_path_factory, capsys):
     tmp = tmp_path_factory.mktemp("run")
@@ -236,7 +236,7 @@ def test_evaluate_on_any_run_file_fails_cleanly_or_writes_its_folder(lines, tmp_
     assert snapshot(tmp) == before
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(corpus=st.lists(st.one_of(
     st.text(max_size=30),
     st.fixed_dictionaries({"_id": st.one_of(st.text(max_size=3), st.integers(), st.none()),

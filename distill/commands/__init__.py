@@ -7,6 +7,10 @@ import importlib
 import typer
 
 # Modules are listed here once they exist; each adds its commands to the app.
+# the most torch threads an option accepts: torch.set_num_threads overflows on a C int, and no
+# machine distill runs on has more cores
+MAX_THREADS = 1024
+
 MODULES = ("data", "teacher", "train", "evaluate", "cascade", "demo", "serve", "queries", "fusion", "export")
 
 

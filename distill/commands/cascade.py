@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from distill.cascade_search import CascadeBuildConfig
-from distill.commands import parse_ints
+from distill.commands import MAX_THREADS, parse_ints
 
 DEFAULTS = CascadeBuildConfig()
 
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
                                             help="Queries timed per stage when measuring costs."),
         latency_k: int = typer.Option(DEFAULTS.latency_k, min=2,
                                       help="Measure costs at k/10 and k candidates per query."),
-        threads: int = typer.Option(DEFAULTS.threads, min=1,
+        threads: int = typer.Option(DEFAULTS.threads, min=1, max=MAX_THREADS,
                                     help="torch threads while measuring costs (default: torch's)."),
     ) -> None:
         """Score every stage once on the validation candidates, search all cascades, write the best."""
@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="TREC run to write (metrics and latency go to OUT.json)."),
         budget_ms: float = typer.Option(None, min=0.0, help="Override the spec's budget (ms per query)."),
         no_budget: bool = typer.Option(False, help="Run every stage for every query."),
-        threads: int = typer.Option(None, min=1, help="torch threads (default: torch's); match `build`'s."),
+        threads: int = typer.Option(None, min=1, max=MAX_THREADS,
+                                    help="torch threads (default: torch's); match `build`'s."),
     ) -> None:
         """Rerank query by query through a cascade; print metrics, latency p50/p95 and skipped stages."""
         from dataclasses import replace

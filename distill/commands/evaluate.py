@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from distill.commands import parse_ints
+from distill.commands import MAX_THREADS, parse_ints
 from distill.evaluation import EvaluateConfig
 
 DEFAULTS = EvaluateConfig()
@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
             "query (k always).")),
         latency: bool = typer.Option(DEFAULTS.latency, "--latency/--no-latency", help="Also time each ranker."),
         latency_queries: int = typer.Option(DEFAULTS.latency_queries, min=1, help="Queries timed per ranker."),
-        threads: int = typer.Option(DEFAULTS.threads, min=1, help="Torch threads while timing."),
+        threads: int = typer.Option(DEFAULTS.threads, min=1, max=MAX_THREADS,
+                                    help="Torch threads while timing."),
         out: Path = typer.Option(..., help="Evaluation folder to write (tables, runs, report.html)."),
     ) -> None:
         """Rerank one candidate run with every ranker; write metrics, significance, agreement and a report."""
