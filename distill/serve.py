@@ -61,6 +61,7 @@ class ServeConfig:
     deadline_ms: float = 100.0  # when a request gives none
     max_deadline_ms: float = 60_000.0
     margin_ms: float = 2.0  # kept from the cascade's share of the deadline for answering (plus the measured handoff)
+    cost_spreads: float = 2.0  # stages are planned at their mean measured cost + this many mean abs. deviations
     max_documents: int = 1000
     max_document_chars: int = 20_000
     max_query_chars: int = 2_000
@@ -79,7 +80,7 @@ class ServeConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"expected a number, got {value!r}", field=f.name)
-            low = 0 if f.name in ("port", "margin_ms") else 1
+            low = 0 if f.name in ("port", "margin_ms", "cost_spreads") else 1
             if value < low or (f.name == "port" and value > 65535):
                 raise ConfigError(f"must be >= {low}{' and <= 65535' if f.name == 'port' else ''}, got {value!r}",
                                   field=f.name)
@@ -223,44 +224,58 @@ class Metrics:
 
 
 class Calibration:
-    """Per stage, a moving average of measured ms / the cascade's modelled ms.
+    """Per stage, a moving average of measured ms / the cascade's modelled ms, and of its spread.
 
     The cost model in a spec was measured when the cascade was built, often on another
     load; on a busy server stages run slower (or faster) than it says. Skipping by the
     model alone would let answers arrive late, so the server corrects it with what it
-    measures (:func:`steer_deadline`). A factor is only measured when its stage runs, so one
-    inflated by a burst could keep its stage skipped for good: while its stage is not
-    measured, it fades (half-life ``half_life_s``) towards the lowest ratio measured for
-    the stage, until the stage fits again and is measured anew."""
+    measures (:func:`steer_deadline`): a stage is planned at its mean ratio plus ``spreads``
+    mean absolute deviations, so one slow run does not make the answer late. A factor is
+    only measured when its stage runs, so one inflated by a burst could keep its stage
+    skipped for good: while its stage is not measured, it fades (half-life ``half_life_s``)
+    towards the lowest ratio measured for the stage, until the stage fits and is measured anew."""
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter, half_life_s: float = 30.0,
-                 lowest: float = 0.05, highest: float = 50.0) -> None:
-        self.clock, self.half_life_s = clock, half_life_s
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, spreads: float = 2.0,
+                 half_life_s: float = 30.0, lowest: float = 0.05, highest: float = 50.0) -> None:
+        self.clock, self.spreads, self.half_life_s = clock, spreads, half_life_s
         self.lowest, self.highest = lowest, highest
-        self.factors: list[float] = []
+        self.means: list[float] = []
+        self.deviations: list[float] = []
         self.best: list[float | None] = []  # lowest ratio measured; None: never measured
         self.measured_at: list[float] = []
         self._lock = threading.Lock()
 
+    def _faded(self, now: float) -> list[tuple[float, float]]:
+        """Each stage's (mean, deviation), faded by the time since the stage was last measured."""
+        out = []
+        for mean, dev, best, at in zip(self.means, self.deviations, self.best, self.measured_at):
+            keep = 0.5 ** ((now - at) / self.half_life_s)
+            out.append((mean, dev) if best is None else (best + (mean - best) * keep, dev * keep))
+        return out
+
     def get(self, n_stages: int) -> list[float]:
+        """Each stage's planning factor: mean + ``spreads`` deviations (1 for a stage never measured)."""
         now = self.clock()
         with self._lock:
-            faded = [f if best is None else best + (f - best) * 0.5 ** ((now - at) / self.half_life_s)
-                     for f, best, at in zip(self.factors, self.best, self.measured_at)]
-        return (faded + [1.0] * n_stages)[:n_stages]
+            factors = [mean + self.spreads * dev for mean, dev in self._faded(now)]
+        return (factors + [1.0] * n_stages)[:n_stages]
 
     def observe(self, modelled_ms: Sequence[float], stages: Sequence[Any]) -> None:
         """Fold in the stages that ran with a modelled cost (a replayed first stage has none)."""
-        current, now = self.get(len(stages)), self.clock()
+        now = self.clock()
         with self._lock:
-            grow = len(stages) - len(self.factors)
-            self.factors += [1.0] * grow
+            grow = len(stages) - len(self.means)
+            self.means += [1.0] * grow
+            self.deviations += [0.0] * grow
             self.best += [None] * grow
             self.measured_at += [now] * grow
+            current = self._faded(now)
             for i, (model, stage) in enumerate(zip(modelled_ms, stages)):
                 if stage.ran and model > 0:
                     ratio = min(max(stage.ms / model, self.lowest), self.highest)
-                    self.factors[i] = (1 - SERVICE_EWMA) * current[i] + SERVICE_EWMA * ratio
+                    mean, dev = current[i]
+                    self.deviations[i] = (1 - SERVICE_EWMA) * dev + SERVICE_EWMA * abs(ratio - mean)
+                    self.means[i] = (1 - SERVICE_EWMA) * mean + SERVICE_EWMA * ratio
                     self.best[i] = ratio if self.best[i] is None else min(self.best[i], ratio)
                     self.measured_at[i] = now
 
@@ -418,7 +433,7 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
     config = config or ServeConfig()
     metrics = Metrics()
     dispatcher = Dispatcher(config, metrics)
-    calibration = Calibration(clock)
+    calibration = Calibration(clock, spreads=config.cost_spreads)
     RerankRequest = request_model(config)  # noqa: N806 (a class)
 
     @asynccontextmanager
@@ -518,7 +533,7 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
         return {"status": "ok", "cascade": str(cascade), "workers": config.workers,
                 "queue_depth": dispatcher.queued, "busy_workers": dispatcher.busy,
                 "service_ms": dispatcher.service_ms, "handoff_ms": dispatcher.handoff_ms,
-                "cost_factors": calibration.get(len(calibration.factors))}
+                "cost_factors": calibration.get(len(calibration.means))}
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         max_deadline_ms: float = typer.Option(_D.max_deadline_ms, min=0.001, help="Largest deadline accepted."),
         margin_ms: float = typer.Option(_D.margin_ms, min=0.0, help="Part of each deadline kept for parsing "
                                         "and answering (not given to the cascade)."),
+        cost_spreads: float = typer.Option(_D.cost_spreads, min=0.0, help="Plan each stage at its mean measured "
+                                           "cost plus this many mean absolute deviations (more: fewer late answers, "
+                                           "more skipped stages)."),
         max_documents: int = typer.Option(_D.max_documents, min=1, help="Documents per request."),
         max_document_chars: int = typer.Option(_D.max_document_chars, min=1, help="Characters per document."),
         max_query_chars: int = typer.Option(_D.max_query_chars, min=1, help="Characters per query."),
@@ -41,8 +44,8 @@ def register(app: typer.Typer) -> None:
 
         config = ServeConfig(
             host=host, port=port, workers=workers, threads=threads, queue_size=queue_size, deadline_ms=deadline_ms,
-            max_deadline_ms=max_deadline_ms, margin_ms=margin_ms, max_documents=max_documents,
-            max_document_chars=max_document_chars, max_query_chars=max_query_chars, max_body_bytes=max_body_bytes,
-            max_connections=max_connections,
+            max_deadline_ms=max_deadline_ms, margin_ms=margin_ms, cost_spreads=cost_spreads,
+            max_documents=max_documents, max_document_chars=max_document_chars, max_query_chars=max_query_chars,
+            max_body_bytes=max_body_bytes, max_connections=max_connections,
         )
         run_server(spec, config, corpus=corpus, access_log=access_log)
