@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--dtype", default="auto", help="distill's --dtype: auto | fp32 | bf16 | fp16.")
     parser.add_argument("--no-processes", action="store_true", help="Skip the whole-process comparison.")
+    parser.add_argument("--no-in-process", action="store_true", help="Skip the one-process comparison.")
     parser.add_argument("--quick", action="store_true", help="8 queries x top-20 (a few minutes).")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--predict-worker", action="store_true", help=argparse.SUPPRESS)
@@ -192,13 +193,15 @@ def main() -> None:
         write_run(run, run_file)
         results = {"pairs": run.height, "queries": dataset.queries.height, "k": args.k,
                    "max_length": args.max_length, "dtype_asked": args.dtype, "cpu": cpu_description(),
-                   "torch_threads": torch.get_num_threads(), "in_process": in_process(args, dataset, run, model, tmp)}
+                   "torch_threads": torch.get_num_threads()}
         name = "bench_teacher" + ("_quick" if args.quick else "")
-        save_results(args.out, name, results)  # kept should the process comparison be stopped
+        if not args.no_in_process:
+            results["in_process"] = in_process(args, dataset, run, model, tmp)
+            save_results(args.out, name, results)  # kept should the process comparison be stopped
         if not args.no_processes:
             results["processes"] = whole_processes(args, run_file, model, tmp)
             save_results(args.out, name, results)
-    if results["in_process"]["second_pass_model_calls"]:
+    if results.get("in_process", {}).get("second_pass_model_calls"):
         raise SystemExit("second pass over the cache called the model")
 
 
