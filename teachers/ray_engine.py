@@ -101,13 +101,17 @@ def score_on_ray(
                                  path=cache.folder, field="teacher")
     worker = {"fingerprint": expected, "options": _worker_options(teacher)}
     with _ray_session(config.address), _progress(show_progress, todo.height) as advance:
+
+        def written(pairs: int) -> None:  # counted as written, also in a pass that fails later
+            stats.scored += pairs
+            advance(pairs)
+
         for attempt in range(1, MAX_PASSES + 1):
             left = cache.missing(todo)
             if not left.height:
                 break
             try:
-                stats.scored += _one_pass(worker, config, with_texts_by_length(dataset, left), cache, flush_pairs,
-                                          advance)
+                _one_pass(worker, config, with_texts_by_length(dataset, left), cache, flush_pairs, written)
             except _lost_worker_errors() as err:
                 if attempt == MAX_PASSES or getattr(err, "actor_init_failed", False):
                     raise _explain(err) from err
@@ -154,9 +158,10 @@ class _Scorer:
 
 def _one_pass(
     worker: dict[str, Any], config: RayConfig, todo: pl.DataFrame, cache: TeacherCache, flush_pairs: int,
-    advance: Callable[[int], None],
-) -> int:
-    """Score ``todo`` (with texts, in order) once through an actor pool; returns the pairs written."""
+    written: Callable[[int], None],
+) -> None:
+    """Score ``todo`` (with texts, in order) once through an actor pool, calling ``written(n)``
+    after each batch's shard is in the cache."""
     import ray
     import ray.data
 
@@ -171,19 +176,18 @@ def _one_pass(
         num_cpus=cpus, num_gpus=config.gpus_per_worker or None,
     )
     pending: dict[int, list[pl.DataFrame]] = {}
-    written: set[int] = set()
+    done: set[int] = set()
     for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
         for (number,), part in pl.from_arrow(block).partition_by(BATCH, as_dict=True).items():
-            if number in written:
+            if number in done:
                 continue  # a retried task's second copy
             pending.setdefault(number, []).append(part)
             rows = pl.concat(pending[number]).unique([QID, DOCID], maintain_order=True)
             if rows.height == sizes[number]:
                 cache.append(rows.select(QID, DOCID, SCORE))
-                written.add(number)
+                done.add(number)
                 del pending[number]
-                advance(rows.height)
-    return sum(sizes[n] for n in written)
+                written(rows.height)
 
 
 def _default_cpus(config: RayConfig) -> float:
