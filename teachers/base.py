@@ -25,7 +25,14 @@ from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE, require_columns
 from teachers.batching import default_max_tokens, score_batches
 from teachers.device import resolve_device
-from teachers.precision import PrecisionChoice, candidate_dtypes, check_dtype_name, choose_precision, torch_dtype
+from teachers.precision import (
+    PrecisionChoice,
+    candidate_dtypes,
+    check_dtype_name,
+    choose_precision,
+    device_timer,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -188,7 +195,7 @@ class Teacher(BaseRanker):
         if not self._pending or not len(queries):
             return None
         choice = choose_precision(self._score, self._cast, self._load_fp32, self.dtype_candidates, queries, docs,
-                                  self.name, timed=self.requested_dtype == "auto")
+                                  self.name, timed=self.requested_dtype == "auto", timer=device_timer(self.device))
         self._settle(choice.dtype)
         self.precision = choice.to_dict()
         return choice

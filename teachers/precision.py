@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +68,14 @@ def candidate_dtypes(dtype: str, device: torch.device) -> tuple[str, ...]:
     if check_dtype_name(dtype) != "auto":
         return ("fp32",) if dtype == "fp32" else ("fp32", dtype)
     return ("fp32", *native_dtypes(device))
+
+
+def device_timer(device: torch.device) -> Callable[[], float]:
+    """The clock precisions are timed by: this process's CPU time on a CPU, which other jobs
+    sharing the cores disturb far less than wall time (on a dedicated CPU the two rank alike);
+    wall time elsewhere (an accelerator's work is not CPU time; scores come back to the host,
+    so each timing waits for the device)."""
+    return (lambda: process_time()) if device.type == "cpu" else (lambda: perf_counter())
 
 
 def torch_dtype(name: str) -> torch.dtype:

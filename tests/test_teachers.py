@@ -436,6 +436,7 @@ def fake_bf16(monkeypatch):
         return clock["t"]
 
     monkeypatch.setattr(precision, "perf_counter", timer)
+    monkeypatch.setattr(precision, "process_time", timer)
     return clock
 
 
