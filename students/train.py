@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from distill.data import Dataset
-from distill.errors import ConfigError
+from distill.errors import ConfigError, InputError
 from distill.groups import GroupConfig
 from distill.io import atomic_dir, write_json_atomic
 from distill.manifest import frame_hash
@@ -138,6 +138,7 @@ def train_student(
     else:
         if loss is None or init is None:
             raise ConfigError(f"a {kind} student needs a loss and a model to start from (init)")
+        _check_init(init, trust_remote_code)
         scores, divisor = _scaled(scores, dataset, loss, teacher_scale)
         neural = _Neural(kind, dataset, scores, _loss(loss, loss_params, hard_label_weight, hard_label_kind, scores,
                                                       dataset),
@@ -158,6 +159,21 @@ def train_student(
         if kind != "lightgbm":
             _warn_below_start(result.validation, start, init)
     return _finish(result, kind, allow_collapse)
+
+
+def _check_init(init: str, trust_remote_code: bool) -> None:
+    """Fail before any training when ``init`` is no model: a missing path that is no hub id either,
+    or a folder or id whose config transformers cannot read (the loaders would raise a bare
+    ValueError or OSError after the groups are built)."""
+    from transformers import AutoConfig
+
+    from teachers.base import check_model_reference
+
+    check_model_reference(init)
+    try:
+        AutoConfig.from_pretrained(init, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise InputError(f"not a model to start from (--init): {' '.join(str(err).split())}", path=init) from err
 
 
 def _start_point(neural: _Neural, validation: Validation | None) -> dict[str, Any] | None:

@@ -24,6 +24,13 @@ def parse_ints(text: str, option: str) -> list[int]:
         raise ConfigError(f"expected comma-separated integers, got {text!r}", field=option) from None
 
 
+def positive(value: float | None) -> float | None:
+    """An option callback refusing zero and negative values (typer's ``min=`` allows its bound)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
+
+
 def register_all(app: typer.Typer) -> None:
     for name in MODULES:
         importlib.import_module(f"distill.commands.{name}").register(app)

@@ -27,14 +27,14 @@ def register(app: typer.Typer) -> None:
     @cascade_app.command("build")
     def build(
         data: Path = typer.Option(..., help="BEIR folder."),
-        split: str = typer.Option(..., help="Validation queries: those of qrels/<split>.tsv."),
+        split: str = typer.Option(..., help="Validation queries: those of `qrels/<split>.tsv`."),
         run: Path = typer.Option(..., help="Their candidates (TREC run); the first stage cuts these."),
         stage: list[str] = typer.Option(..., help="NAME=SPEC, repeated. The first is the first stage "
                                         "(bm25=bm25: the run's own scores); the search picks among the others."),
         cost: list[str] = typer.Option([], help="NAME=MS_PER_PAIR[+MS_PER_QUERY]: a stage's cost; measured "
                                        "otherwise (caches and run files need this or --cost-from)."),
         cost_from: list[str] = typer.Option([], help="NAME=SPEC: measure stage NAME's cost on another ranker, "
-                                            "e.g. the teacher model behind a teacher cache."),
+                                            "e.g. the teacher model behind a teacher cache; repeatable [none]."),
         budget_ms: float = typer.Option(..., min=0.0, help="Expected latency allowed per query (ms)."),
         out: Path = typer.Option(..., help="Cascade spec (JSON) to write."),
         valid_fraction: float = typer.Option(DEFAULTS.valid_fraction, min=0.0, max=1.0,
@@ -43,13 +43,13 @@ def register(app: typer.Typer) -> None:
         metric: str = typer.Option(DEFAULTS.metric, help="Metric to maximise (nDCG@k or RR@k)."),
         cutoffs: str = typer.Option(",".join(map(str, DEFAULTS.cutoffs)), help="Cutoff grid, comma separated."),
         max_stages: int = typer.Option(DEFAULTS.max_stages, min=1,
-                                       help="Longest cascade searched (default: all stages)."),
+                                       help="Longest cascade searched [all stages]."),
         latency_queries: int = typer.Option(DEFAULTS.latency_queries, min=1,
                                             help="Queries timed per stage when measuring costs."),
         latency_k: int = typer.Option(DEFAULTS.latency_k, min=2,
                                       help="Measure costs at k/10 and k candidates per query."),
         threads: int = typer.Option(DEFAULTS.threads, min=1, max=MAX_THREADS,
-                                    help="torch threads while measuring costs (default: torch's)."),
+                                    help="torch threads while measuring costs [torch's default]."),
     ) -> None:
         """Score every stage once on the validation candidates, search all cascades, write the best."""
         from distill.cascade_search import CascadeBuildConfig, build_cascade
@@ -72,13 +72,13 @@ def register(app: typer.Typer) -> None:
     def run_cascade(
         spec: Path = typer.Argument(..., help="Cascade spec from `distill cascade build`."),
         data: Path = typer.Option(..., help="BEIR folder."),
-        split: str = typer.Option("test", help="Queries of qrels/<split>.tsv."),
+        split: str = typer.Option("test", help="Queries of `qrels/<split>.tsv`."),
         run: Path = typer.Option(..., help="Candidates (TREC run)."),
         out: Path = typer.Option(..., help="TREC run to write (metrics and latency go to OUT.json)."),
-        budget_ms: float = typer.Option(None, min=0.0, help="Override the spec's budget (ms per query)."),
+        budget_ms: float = typer.Option(None, min=0.0, help="Override the spec's budget (ms per query) [the spec's]."),
         no_budget: bool = typer.Option(False, help="Run every stage for every query."),
         threads: int = typer.Option(None, min=1, max=MAX_THREADS,
-                                    help="torch threads (default: torch's); match `build`'s."),
+                                    help="torch threads [torch's default]; match `build`'s."),
     ) -> None:
         """Rerank query by query through a cascade; print metrics, latency p50/p95 and skipped stages."""
         from dataclasses import replace

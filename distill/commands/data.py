@@ -29,9 +29,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def candidates(
         data: Path = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
-        split: str = typer.Option(None, help="Queries of qrels/<split>.tsv [test, unless --queries]."),
-        queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV qid<TAB>text), added "
-                                     "to --split's when both are given."),
+        split: str = typer.Option(None, help="Queries of `qrels/<split>.tsv` [test, unless --queries]."),
+        queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV `qid<TAB>text`), added "
+                                     "to --split's when both are given [none]."),
         k: int = typer.Option(100, min=1, help="Documents per query."),
         out: Path = typer.Option(..., help="TREC run file to write."),
         add_positives: bool = typer.Option(False, help="Append judged positives BM25 missed (training lists)."),

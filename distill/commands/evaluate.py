@@ -17,13 +17,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         data: Path = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
-        split: str = typer.Option("test", help="Queries of qrels/<split>.tsv."),
+        split: str = typer.Option("test", help="Queries of `qrels/<split>.tsv`."),
         run: Path = typer.Option(..., help="Candidate run (TREC) that every ranker reranks."),
         ranker: list[str] = typer.Option(..., "--ranker", help=(
             "NAME=SPEC, repeatable. SPEC: 'bm25' (the candidate run's scores), a TREC run file, "
             "a teacher cache folder, a model folder or a cascade spec.")),
         baseline: str = typer.Option(DEFAULTS.baseline, help="Ranker the others are tested against."),
-        teacher: str = typer.Option(DEFAULTS.teacher, help="Ranker the others' agreement is measured against."),
+        teacher: str = typer.Option(DEFAULTS.teacher, help="Ranker the others' agreement is measured against [none: "
+                                                           "no agreement measured]."),
         metrics: str = typer.Option(",".join(DEFAULTS.metrics), help="Comma-separated ir-measures names."),
         k: int = typer.Option(DEFAULTS.k, min=1, help="Rerank the top k candidates of each query."),
         correction: str = typer.Option(DEFAULTS.correction, help="Multiple-testing correction: holm or bonferroni."),
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def report(
         eval_dir: Path = typer.Option(..., "--eval", help="Folder written by 'distill evaluate'."),
-        out: Path = typer.Option(None, help="Folder for report.html and report.md (default: --eval)."),
+        out: Path = typer.Option(None, help="Folder for report.html and report.md [the --eval folder]."),
         title: str = typer.Option("distill evaluation", help="Report title."),
     ) -> None:
         """Render report.html and report.md from a saved evaluation."""

@@ -17,12 +17,13 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Argument(..., help="Student folder (cross-encoder or bi-encoder, from train-student)."),
         format: str = typer.Option(DEFAULTS.format, "--format", help="onnx (ONNX Runtime) or openvino."),
         quantize: str = typer.Option(None, help="int8: ONNX dynamic int8, or OpenVINO int8 calibrated on "
-                                     "(query, document) pairs of the model's training queries."),
+                                     "(query, document) pairs of the model's training queries [none: no "
+                                     "quantization]."),
         out: Path = typer.Option(..., help="Folder to write (replaced only if the fidelity check passes)."),
         openvino_precision: str = typer.Option(DEFAULTS.openvino_precision, help="OpenVINO: f32 or bf16 for "
                                                "what stays in floating point."),
-        data: str = typer.Option(None, help="BEIR folder for the check (default: the model's training data)."),
-        split: str = typer.Option(None, help="Its split (default: the model's)."),
+        data: str = typer.Option(None, help="BEIR folder for the check [the model's training data]."),
+        split: str = typer.Option(None, help="Its split [the model's]."),
         sample_queries: int = typer.Option(DEFAULTS.sample_queries, min=1, help="Queries the check reranks."),
         candidates: int = typer.Option(DEFAULTS.candidates, min=2, help="BM25 candidates per checked query."),
         check: str = typer.Option(DEFAULTS.check, help="auto (qrels where the sample has them), qrels or "

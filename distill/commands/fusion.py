@@ -16,8 +16,10 @@ def register(app: typer.Typer) -> None:
                                        "candidate set in the cache: train, valid, test); repeatable."),
         valid_split: str = typer.Option("valid", help="Judged queries the weights are chosen on."),
         scorer: list[str] = typer.Option([], "--scorer", help="NAME=SPEC: another ranker (e.g. a zero-shot "
-                                         "bi-encoder folder) fused too, applied to the cached pairs; repeatable."),
-        queries: Path = typer.Option(None, help="Unjudged queries whose pairs the cache holds too (for --scorer)."),
+                                         "bi-encoder folder) fused too, applied to the cached pairs; repeatable "
+                                         "[none]."),
+        queries: Path = typer.Option(None, help="Unjudged queries whose pairs the cache holds too (for --scorer) "
+                                                "[none]."),
         step: float = typer.Option(0.1, help="Weights are searched on a grid of this step (summing to 1)."),
         out: Path = typer.Option(..., help="Cache folder of the fused scores (students read it)."),
     ) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from distill.commands import MAX_THREADS
 from distill.serve import ServeConfig
 
 _D = ServeConfig()  # the single source of the defaults shown below
@@ -17,11 +18,11 @@ def register(app: typer.Typer) -> None:
         spec: Path = typer.Argument(..., help="Cascade spec (cascade.json from `distill cascade build` or the demo)."),
         corpus: Path = typer.Option(None, help="Corpus JSONL whose document embeddings a bi-encoder stage "
                                     "precomputes (stored next to the model); unknown documents are embedded "
-                                    "on the fly."),
+                                    "on the fly [none: every document is embedded on the fly]."),
         host: str = typer.Option(_D.host, help="Address to bind (loopback by default; put a proxy in front)."),
         port: int = typer.Option(_D.port, min=0, max=65535, help="Port."),
         workers: int = typer.Option(_D.workers, min=1, help="Threads running the cascade."),
-        threads: int = typer.Option(_D.threads, min=1, help="torch threads (default: torch's)."),
+        threads: int = typer.Option(_D.threads, min=1, max=MAX_THREADS, help="torch threads [torch's default]."),
         queue_size: int = typer.Option(_D.queue_size, min=1, help="Requests waiting for a worker; beyond: 503."),
         deadline_ms: float = typer.Option(_D.deadline_ms, min=0.001, help="Deadline of requests that give none."),
         max_deadline_ms: float = typer.Option(_D.max_deadline_ms, min=0.001, help="Largest deadline accepted."),

@@ -15,23 +15,26 @@ def register(app: typer.Typer) -> None:
     def score_teacher(
         teacher: str = typer.Option(..., help="Teacher model: local folder or hub id."),
         cache: Path = typer.Option(..., help="Cache folder (created, or resumed)."),
-        data: Path = typer.Option(None, help="BEIR folder."),
-        split: str = typer.Option(None, help="Queries of qrels/<split>.tsv [test, unless --queries]."),
-        queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV qid<TAB>text), added "
-                                     "to --split's when both are given."),
-        run: Path = typer.Option(None, help="Candidates as a TREC run (e.g. from `distill candidates`)."),
-        pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV."),
+        data: Path = typer.Option(None, help="BEIR folder [needed unless --pairs]."),
+        split: str = typer.Option(None, help="Queries of `qrels/<split>.tsv` [test, unless --queries]."),
+        queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV `qid<TAB>text`), added "
+                                     "to --split's when both are given [none]."),
+        run: Path = typer.Option(None, help="Candidates as a TREC run (e.g. from `distill candidates`) [needed with "
+                                            "--data]."),
+        pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV [none: "
+                                              "--data and --run]."),
         kind: str = typer.Option("auto", help="auto | cross-encoder | generative."),
         max_length: int = typer.Option(None, min=8, help="Tokens per pair [the model's own, at most 512]."),
         dtype: str = typer.Option("auto", help="auto (the fastest that ranks like fp32, timed on a sample) | fp32 | "
                                   "bf16 | fp16 (reduced ones are checked vs fp32)."),
-        device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu (default: best available)."),
-        batch_tokens: int = typer.Option(None, help="Padded tokens per batch (default depends on device)."),
-        shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N."),
+        device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu [the best available]."),
+        batch_tokens: int = typer.Option(None, help="Padded tokens per batch [chosen for the device]."),
+        shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N [all pairs]."),
         flush_pairs: int = typer.Option(1024, min=1,
                                         help="Pairs per cache shard and per Ray batch (lost at most on a crash)."),
-        revision: str = typer.Option(None, help="Hub revision of the teacher."),
-        instruction: str = typer.Option(None, help="Generative teachers: the task instruction."),
+        revision: str = typer.Option(None, help="Hub revision of the teacher [the latest]."),
+        instruction: str = typer.Option(None, help="Generative teachers: the task instruction [a generic relevance "
+                                                   "instruction]."),
         allow_untrained_head: bool = typer.Option(False, help="Accept a freshly initialised classification head."),
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
         sanity_check: bool = typer.Option(True, help="Check that positives outscore negatives on a sample."),

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from distill.commands import positive
 from distill.errors import ConfigError
 
 log = logging.getLogger("distill")
@@ -66,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train-teacher")
     def train_teacher_command(
-        data: Path = typer.Option(..., help="BEIR folder with qrels/<split>.tsv."),
+        data: Path = typer.Option(..., help="BEIR folder with `qrels/<split>.tsv`."),
         split: str = typer.Option("train", help="The training split (validation queries are held out of it)."),
         init: str = typer.Option(..., help="Model to fine-tune: folder or hub id (a fresh 1-label head is added)."),
         out: Path = typer.Option(..., help="Teacher folder to write (a CrossEncoder folder)."),
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, help="Small settings for a smoke run."),
         seed: int = typer.Option(42, help="Seed of sampling, held-out queries and initialisation."),
         precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
-        resume: bool = typer.Option(False, help="Continue from the latest checkpoint in <out>.checkpoints."),
+        resume: bool = typer.Option(False, help="Continue from the latest checkpoint in `<out>.checkpoints`."),
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     ) -> None:
         """Fine-tune a cross-encoder teacher on the split's qrels with BM25 hard negatives."""
@@ -113,29 +114,34 @@ def register(app: typer.Typer) -> None:
         student: str = typer.Option(..., help="cross-encoder | bi-encoder | lightgbm."),
         cache: Path = typer.Option(..., help="Teacher cache folder (from `distill score-teacher`)."),
         data: Path = typer.Option(..., help="BEIR folder the cache was scored on."),
-        split: str = typer.Option(None, help="Queries of qrels/<split>.tsv to train on [train, unless --queries]."),
-        queries: Path = typer.Option(None, help="Unjudged training queries: BEIR queries.jsonl or TSV qid<TAB>text "
-                                     "(e.g. from `distill pseudo-queries`); added to --split's when both are given."),
+        split: str = typer.Option(None, help="Queries of `qrels/<split>.tsv` to train on [train, unless --queries]."),
+        queries: Path = typer.Option(None, help="Unjudged training queries: BEIR queries.jsonl or TSV `qid<TAB>text` "
+                                     "(e.g. from `distill pseudo-queries`); added to --split's when both are given "
+                                     "[none]."),
         out: Path = typer.Option(..., help="Student folder to write."),
-        loss: str = typer.Option(None, help=f"Neural students: {' | '.join(LOSS_NAMES)} (see docs/losses.md)."),
+        loss: str = typer.Option(None, help=f"Neural students: {' | '.join(LOSS_NAMES)} (see docs/losses.md) "
+                                            "[required for neural students]."),
         loss_param: list[str] = typer.Option([], "--loss-param", help="Loss hyperparameter name=value, repeatable "
                                              "(a listwise loss given no temperature gets the teacher's median "
-                                             "per-query score spread)."),
+                                             "per-query score spread) [none]."),
         teacher_scale: str = typer.Option("auto", help="MarginMSE/MSE: divide the teacher's scores by this: auto "
                                           "(their median per-query std, see `distill cache info`) | none | a number."),
         hard_label_weight: float = typer.Option(0.0, min=0.0, help="Weight of a qrels term mixed into the loss."),
         hard_label_kind: str = typer.Option("bce", help="Hard-label term: bce | listwise_ce | listnet."),
-        init: str = typer.Option(None, help="Student to start from: folder or hub id (neural students)."),
+        init: str = typer.Option(None, help="Student to start from: folder or hub id [required for neural students, "
+                                            "unless --init-from-teacher]."),
         init_from_teacher: bool = typer.Option(False, help="Cross-encoder: start from some of the teacher's layers."),
-        layers: int = typer.Option(None, min=1, help="With --init-from-teacher: encoder layers to keep."),
+        layers: int = typer.Option(None, min=1, help="With --init-from-teacher: encoder layers to keep [required with "
+                                                     "it]."),
         layer_choice: str = typer.Option("first", help="With --layers: first (layers 0..N-1) | spread (N evenly "
                                                        "spaced, ending with the last)."),
-        teacher: str = typer.Option(None, help="With --init-from-teacher: the teacher (default: the cache's)."),
+        teacher: str = typer.Option(None, help="With --init-from-teacher: the teacher [the cache's]."),
         mode: str = typer.Option("sampled", help="Groups: sampled (positive + negatives) | listwise (teacher top-k)."),
         negatives: int = typer.Option(7, min=0, help="Sampled mode: negatives per query."),
         listwise_k: int = typer.Option(8, min=1, help="Listwise mode: the teacher's top k per query."),
         positive_source: str = typer.Option("qrels", help="Sampled mode: qrels (teacher top-1 when none) | teacher."),
-        fn_margin: float = typer.Option(None, help="Drop negatives scored above the positive minus this margin."),
+        fn_margin: float = typer.Option(None, help="Drop negatives scored above the positive minus this margin [none: "
+                                                   "keep them all]."),
         epochs: float = typer.Option(1.0, help="Epochs (neural students; per round with --rounds)."),
         rounds: int = typer.Option(1, min=1, help="Neural students: rounds of one epoch each, every round from the "
                                    "previous one with fresh negatives; the best on validation is kept."),
@@ -146,20 +152,21 @@ def register(app: typer.Typer) -> None:
         max_length: int = typer.Option(256, min=8, help="Tokens per text or pair (neural students)."),
         valid_fraction: float = typer.Option(None, help="Held-out training queries for the loss [neural 0; "
                                              "lightgbm 0.2]."),
-        valid_split: str = typer.Option(None, help="Judged queries of --data (qrels/<split>.tsv) the student is "
+        valid_split: str = typer.Option(None, help="Judged queries of --data (`qrels/<split>.tsv`) the student is "
                                         "validated on: nDCG@10 after each round, the best round kept, collapse "
-                                        "checked."),
+                                        "checked [none: no validation]."),
         valid_run: Path = typer.Option(None, help="Candidates of --valid-split (TREC run) [BM25 top 100]."),
         allow_collapse: bool = typer.Option(False, help="Exit 0 even when the student collapses on validation "
                                             "(near-constant scores, or worse than the first stage)."),
         seed: int = typer.Option(42, help="Seed of sampling, held-out queries and initialisation."),
         precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
-        resume: bool = typer.Option(False, help="Continue from the latest checkpoint in <out>.checkpoints (with "
+        resume: bool = typer.Option(False, help="Continue from the latest checkpoint in `<out>.checkpoints` (with "
                                     "--rounds a rerun continues by itself)."),
         checkpoint_steps: int = typer.Option(None, min=1, help="Neural students: save a checkpoint (and evaluate, "
-                                             "with --valid-fraction) every N steps, not once an epoch."),
+                                             "with --valid-fraction) every N steps [once an epoch]."),
         similarity: str = typer.Option("cosine", help="Bi-encoder: cosine | dot."),
-        scale: float = typer.Option(20.0, help="Bi-encoder: similarity scale before the loss."),
+        scale: float = typer.Option(20.0, callback=positive,
+                                   help="Bi-encoder: similarity scale before the loss (> 0)."),
         learn_scale: bool = typer.Option(False, help="Bi-encoder: learn the scale."),
         objective: str = typer.Option("lambdarank", help="LightGBM: lambdarank | regression | rank_xendcg."),
         n_grades: int = typer.Option(5, help="LightGBM: teacher score grades for lambdarank."),
@@ -170,7 +177,8 @@ def register(app: typer.Typer) -> None:
         n_estimators: int = typer.Option(500, help="LightGBM: boosting rounds at most."),
         early_stopping_rounds: int = typer.Option(50, help="LightGBM: patience on the validation NDCG."),
         feature_ranker: list[str] = typer.Option([], "--feature-ranker", help="LightGBM: NAME=SPEC, another "
-                                                 "ranker's score as a feature (e.g. a bi-encoder folder); repeatable."),
+                                                 "ranker's score as a feature (e.g. a bi-encoder folder); repeatable "
+                                                 "[none]."),
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     ) -> None:
         """Distill the cached teacher scores into a student reranker."""
