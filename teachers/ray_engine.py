@@ -216,7 +216,7 @@ def _ray_session(address: str | None) -> Iterator[None]:
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=address, include_dashboard=False, log_to_driver=chatty,
-                 logging_level=logging.INFO if chatty else logging.WARNING)
+                 logging_level=logging.INFO if chatty else logging.ERROR)
     _quiet_ray_data(chatty)
     try:
         yield
@@ -233,7 +233,7 @@ def _quiet_ray_data(chatty: bool) -> None:
     context.enable_progress_bars = chatty
     context.print_on_execution_start = chatty
     for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.INFO if chatty else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.INFO if chatty else logging.ERROR)
 
 
 def _lost_worker_errors() -> tuple[type[BaseException], ...]:
