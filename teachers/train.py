@@ -183,6 +183,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     set_seed(train_cfg.seed)
     model = CrossEncoder(init, num_labels=1, max_length=train_cfg.max_length,
                          trust_remote_code=config.trust_remote_code)
+    _note_new_head(model, init)
     loss = HardLabelObjective(OBJECTIVES[config.objective])
     history = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
                   evaluator=evaluator, patience=config.patience)
@@ -214,3 +215,13 @@ def summarize_validation(history: list[dict[str, Any]], bm25: float | None) -> d
                     "%.4f): distilling it would teach students a worse ranking; train longer, add data "
                     "(--weak-titles) or start from a stronger model", METRIC, best, bm25)
     return {"metric": METRIC, "bm25": bm25, "epochs": epochs, "best": best, "beats_bm25": beats}
+
+
+def _note_new_head(model: Any, init: str) -> None:
+    """Say in one line that a backbone got a fresh classification head: expected when a teacher is
+    trained from an encoder, and what transformers' load report (hidden unless --verbose) lists as MISSING."""
+    from teachers.base import is_local
+    from teachers.cross_encoder import untrained_head
+
+    if is_local(init) and untrained_head(model.model, init):
+        log.info("%s has no classification head yet: a new one is trained with the teacher", Path(init).name)
