@@ -23,6 +23,16 @@ from students.losses.base import (
     masked_mean,
 )
 
+# monoBERT: the pointwise BCE reranker that the BCE losses here follow
+NOGUEIRA2019 = """
+@article{nogueira2019passage,
+  title={Passage Re-ranking with BERT},
+  author={Nogueira, Rodrigo and Cho, Kyunghyun},
+  journal={arXiv preprint arXiv:1901.04085},
+  year={2019}
+}
+"""
+
 
 class PointwiseMSE(DistillLoss):
     """Mean squared error between student and teacher scores on the valid entries.
@@ -68,14 +78,7 @@ class BCE(DistillLoss):
         "Teacher's sigmoid is a calibrated relevance probability and the student's score should be one "
         "too (thresholds); ranking-wise it spends capacity on per-query offsets, like MSE."
     )
-    citation = """
-@article{nogueira2019passage,
-  title={Passage Re-ranking with BERT},
-  author={Nogueira, Rodrigo and Cho, Kyunghyun},
-  journal={arXiv preprint arXiv:1901.04085},
-  year={2019}
-}
-"""
+    citation = NOGUEIRA2019
     config_fields: ClassVar[tuple[str, ...]] = ("temperature",)
 
     def __init__(self, temperature: float = 1.0) -> None:
@@ -179,14 +182,7 @@ class HardLabels(DistillLoss):
         "Mixed in with a small weight to anchor the student on judged relevance where the "
         "teacher is wrong; on its own it is the no-distillation baseline."
     )
-    citation = """
-@article{nogueira2019passage,
-  title={Passage Re-ranking with BERT},
-  author={Nogueira, Rodrigo and Cho, Kyunghyun},
-  journal={arXiv preprint arXiv:1901.04085},
-  year={2019}
-}
-@inproceedings{gao2021rethink,
+    citation = NOGUEIRA2019 + """@inproceedings{gao2021rethink,
   title={Rethink Training of BERT Rerankers in Multi-Stage Retrieval Pipeline},
   author={Gao, Luyu and Dai, Zhuyun and Callan, Jamie},
   booktitle={Advances in Information Retrieval (ECIR)},
