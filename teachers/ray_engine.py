@@ -54,12 +54,16 @@ class RayConfig:
     cluster this machine belongs to (``ray start``); "HOST:PORT" a given head node. Without
     GPUs and ``cpus_per_worker``, each worker takes the most CPUs that still lets all of them
     fit on the cluster's nodes (one machine: an equal share), and uses as many torch threads.
+    ``start_timeout_s`` bounds the wait for the workers of a pass to load the teacher: a worker
+    that cannot (the model missing on its node) fails the run at once, and a cluster that never
+    finds the resources for them fails it after that many seconds instead of waiting forever.
     """
 
     address: str | None = None
     num_workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
+    start_timeout_s: int = 600
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -69,6 +73,9 @@ class RayConfig:
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ConfigError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}",
                               field="cpus_per_worker")
+        if self.start_timeout_s < 1:
+            raise ConfigError(f"start_timeout_s must be at least 1, got {self.start_timeout_s}",
+                              field="start_timeout_s")
 
 
 def score_on_ray(
@@ -112,6 +119,10 @@ def score_on_ray(
                 break
             try:
                 _one_pass(worker, config, with_texts_by_length(dataset, left), cache, flush_pairs, written)
+            except _start_timeout_error() as err:
+                raise RuntimeError(f"the Ray workers did not start within {config.start_timeout_s}s: the cluster "
+                                   f"lacks the resources for {config.num_workers} worker(s); lower --num-workers "
+                                   "or add nodes") from err
             except _lost_worker_errors() as err:
                 if attempt == MAX_PASSES or getattr(err, "actor_init_failed", False):
                     raise _explain(err) from err
@@ -175,6 +186,11 @@ def _one_pass(
         compute=ray.data.ActorPoolStrategy(size=config.num_workers), batch_size=None, batch_format="pyarrow",
         num_cpus=cpus, num_gpus=config.gpus_per_worker or None,
     )
+    # Ray Data starts pool actors in the background and, by default, waits for them without
+    # bound: a worker whose constructor fails after a previous pool's actors died can leave the
+    # pass waiting forever. Waiting for the pool up front fails fast on a constructor error and
+    # after start_timeout_s on missing resources.
+    scored.context.wait_for_min_actors_s = config.start_timeout_s
     pending: dict[int, list[pl.DataFrame]] = {}
     done: set[int] = set()
     for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -242,6 +258,12 @@ def _lost_worker_errors() -> tuple[type[BaseException], ...]:
 
     return (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.NodeDiedError,
             exceptions.ObjectLostError)
+
+
+def _start_timeout_error() -> type[BaseException]:
+    from ray import exceptions
+
+    return exceptions.GetTimeoutError
 
 
 def _explain(err: BaseException) -> Exception:

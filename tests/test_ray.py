@@ -208,3 +208,12 @@ def test_a_worker_whose_model_differs_from_the_caches_refuses_to_score(tmp_path,
     with pytest.raises(ConfigError, match="a Ray worker could not build the teacher: .*weights_sha256"):
         score_on_ray(teacher, dataset, run, cache, show_progress=False)
     assert not (tmp_path / "cache").exists()
+
+
+def test_workers_the_cluster_cannot_fit_fail_after_the_start_timeout(tmp_path, local_ray, tiny_cross_encoder, data):
+    dataset, run = data
+    teacher = load_teacher(tiny_cross_encoder, dtype="fp32")
+    with pytest.raises(RuntimeError, match="did not start within 2s"):
+        score_on_ray(teacher, dataset, run, _cache(tmp_path / "cache", dataset, teacher), show_progress=False,
+                     num_workers=2, cpus_per_worker=2, start_timeout_s=2)
+    assert not list((tmp_path / "cache").glob("shards/part-*"))
