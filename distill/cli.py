@@ -37,7 +37,9 @@ NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "sentence_transformers", "trans
 # progress bars other libraries draw (transformers' "Loading weights", datasets' "Map"), read at their import
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TRANSFORMERS_VERBOSITY": "error",
-             "TOKENIZERS_PARALLELISM": "false"}
+             "TOKENIZERS_PARALLELISM": "false",
+             # tqdm bars libraries open on their own (sentence-transformers' "Computing widget examples")
+             "TQDM_DISABLE": "1"}
 
 
 OWN_LOGGERS = ("distill", "teachers", "students", "scripts", "__main__")

@@ -223,6 +223,12 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
         evaluator=evaluator,
         callbacks=_early_stopping(patience) if evaluating else None,
     )
+    if args.disable_tqdm:
+        # transformers quiet (distill's default: its logger at ERROR) prints every log dict instead of
+        # a bar; the losses stay in the log history and distill reports validation in its own words
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     try:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     except ValueError as err:

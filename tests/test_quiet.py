@@ -47,3 +47,14 @@ def test_verbose_shows_library_logs(tiny_beir, tmp_path):
                        "--out", str(tmp_path / "run.trec"), verbose=True)
     assert process.returncode == 0, process.stderr
     assert "bm25s" in process.stderr or "Building index" in process.stderr or "Split strings" in process.stderr
+
+
+def test_training_prints_no_trainer_log_dicts_or_library_bars(candidates_and_scores, tiny_beir, tiny_bi_encoder,
+                                                               tmp_path):
+    cache = candidates_and_scores[1].args[candidates_and_scores[1].args.index("--cache") + 1]
+    process = _distill("train-student", "--student", "bi-encoder", "--cache", cache, "--data", str(tiny_beir),
+                       "--split", "test", "--init", str(tiny_bi_encoder), "--loss", "ListNet", "--negatives", "2",
+                       "--max-length", "32", "--epochs", "1", "--out", str(tmp_path / "student"))
+    assert process.returncode == 0, process.stderr
+    output = process.stdout + process.stderr
+    assert not [word for word in ("{'loss'", "train_runtime", "Computing widget examples") if word in output], output
