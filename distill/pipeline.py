@@ -1,8 +1,9 @@
-"""The whole distillation pipeline as the CLI commands a user would type.
+"""The whole distillation pipeline, step by step.
 
-``distill demo`` and the benchmark scripts run these steps; every step is the same
-``distill ...`` command line shown in the README, executed in-process and printed first.
-A step whose output already exists is skipped, so an interrupted pipeline resumes.
+``distill demo`` and the benchmark scripts run these steps. Each calls one function of
+:mod:`distill.tasks` (or :func:`students.train.select_student`), the function behind a
+``distill`` command, and is printed first as that command line (the README's), for users to
+copy. A step whose output already exists is skipped, so an interrupted pipeline resumes.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from distill import tasks
+from distill.cascade_search import CascadeBuildConfig
 from distill.data import load_qrels
 from distill.errors import ConfigError, InputError
+from distill.evaluation import EvaluateConfig
 from distill.io import atomic_dir
 
 log = logging.getLogger("distill")
@@ -155,7 +161,9 @@ class PipelineConfig:
     topics: int = 40  # size of the built-in dataset (8 documents per topic)
     queries_per_topic: int = 6
     allow_collapse: bool = False  # a student that collapses on validation fails the run (after every step)
-    extra: dict[str, list[str]] = field(default_factory=dict)  # step name -> extra CLI arguments
+    # step name -> keyword arguments of its call (see distill.tasks) replacing the plan's, e.g.
+    # {"student-bi-encoder": {"batch_size": 16}}; the step's command line shows them as a comment
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -163,16 +171,35 @@ class PipelineConfig:
 
 @dataclass
 class Step:
-    """One ``distill`` command line and the output whose existence means it is done."""
+    """One library call, the ``distill`` command line that makes the same call (printed and recorded
+    for users to copy), and the output whose existence means the step is done."""
 
     name: str
     argv: list[str]
+    call: Callable[..., Any]
+    kwargs: dict[str, Any]
     output: Path | None = None
+    # keyword arguments given by PipelineConfig.extra: not in argv, shown after it
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def command(self) -> str:
         import shlex
 
-        return "distill " + " ".join(shlex.quote(str(a)) for a in self.argv)
+        line = "distill " + " ".join(shlex.quote(str(a)) for a in self.argv)
+        return line + "".join(f"  # {k}={v!r}" for k, v in self.overrides.items())
+
+    def bind(self, placeholder: str, value: Any) -> None:
+        """Put ``value`` where the plan left ``placeholder`` (known only once earlier steps ran)."""
+        self.argv = [str(value) if a == placeholder else a for a in self.argv]
+        self.kwargs = {k: value if v == placeholder else v for k, v in self.kwargs.items()}
+
+    def resume(self) -> None:
+        """Continue a model step from its last checkpoint (``--resume``)."""
+        self.argv.append("--resume")
+        self.kwargs["resume"] = True
+
+    def run(self) -> Any:
+        return self.call(**{**self.kwargs, **self.overrides})
 
 
 def default_init() -> str:
@@ -195,117 +222,166 @@ def student_queries(cfg: PipelineConfig) -> Path | None:
     return cfg.out / "pseudo_queries.jsonl" if cfg.pseudo_queries else None
 
 
+STUDENT_CACHE, BUDGET_MS = "{student_cache}", "{budget_ms}"  # bound when their steps run: see run_pipeline
+
+
 def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
-    """The pipeline's command lines, in order, for the BEIR view at ``data``."""
+    """The pipeline's steps, in order, for the BEIR view at ``data``."""
     out = cfg.out
     runs, models, cache = out / "runs", out / "models", out / "cache"
     teacher = cfg.teacher or str(models / "teacher")
     common = ["--data", data]
     student_split = TITLE_SPLIT if cfg.title_queries else "train"
     extra_queries = student_queries(cfg)
-    queries = ["--queries", extra_queries] if extra_queries else []
     steps = []
     if cfg.queries is None and cfg.pseudo_queries:
         steps.append(Step("pseudo-queries", ["pseudo-queries", *common, "--kind", cfg.pseudo_queries,
-                                             "--out", extra_queries], extra_queries))
-    steps += [
-        # no --add-positives: students must not learn that documents BM25 ranks low are the relevant ones
-        Step("candidates-train", ["candidates", *common, "--split", student_split, *queries, "--k", cfg.train_k,
-                                  "--out", runs / "train.trec"], runs / "train.trec"),
-        Step("candidates-valid", ["candidates", *common, "--split", "valid", "--k", cfg.test_k,
-                                  "--out", runs / "valid.trec"], runs / "valid.trec"),
-        Step("candidates-test", ["candidates", *common, "--split", "test", "--k", cfg.test_k,
-                                 "--out", runs / "test.trec"], runs / "test.trec"),
-    ]
+                                             "--out", extra_queries], tasks.pseudo_queries,
+                          {"data": data, "out": extra_queries, "kind": cfg.pseudo_queries}, extra_queries))
+    # no --add-positives: students must not learn that documents BM25 ranks low are the relevant ones
+    for name, split, k, unjudged in (("train", student_split, cfg.train_k, extra_queries),
+                                     ("valid", "valid", cfg.test_k, None), ("test", "test", cfg.test_k, None)):
+        steps.append(Step(f"candidates-{name}", [
+            "candidates", *common, "--split", split, *(["--queries", unjudged] if unjudged else []), "--k", k,
+            "--out", runs / f"{name}.trec"], tasks.candidates,
+            {"data": data, "out": runs / f"{name}.trec", "split": split, "queries": unjudged, "k": k},
+            runs / f"{name}.trec"))
     if cfg.teacher is None:
+        init = cfg.init or default_init()
         steps.append(Step("train-teacher", [
-            "train-teacher", *common, "--split", "train", "--init", cfg.init or default_init(), "--out", teacher,
+            "train-teacher", *common, "--split", "train", "--init", init, "--out", teacher,
             "--epochs", cfg.teacher_epochs, "--max-length", cfg.max_length, "--negatives", cfg.teacher_negatives,
-            "--objective", cfg.teacher_objective,
-            "--seed", cfg.seed], Path(teacher)))
-    fused = out / "cache_fused"
-    steps += [
-        Step("score-train", ["score-teacher", "--teacher", teacher, *common, "--split", student_split, *queries,
-                             "--run", runs / "train.trec", "--cache", cache, "--max-length", cfg.max_length]),
-        Step("score-valid", ["score-teacher", "--teacher", teacher, *common, "--split", "valid",
-                             "--run", runs / "valid.trec", "--cache", cache, "--max-length", cfg.max_length]),
-        Step("score-test", ["score-teacher", "--teacher", teacher, *common, "--split", "test",
-                            "--run", runs / "test.trec", "--cache", cache, "--max-length", cfg.max_length]),
-        # the teacher fused with BM25, weights chosen on valid: students learn from it unless the
-        # teacher alone was best there (see teachers.fusion and student_cache)
-        Step("fuse-teacher", ["fuse-teacher", "--cache", cache, *common, "--valid-split", "valid",
-                              *[a for split in ("train", "valid", "test") for a in ("--run", runs / f"{split}.trec")],
-                              "--out", fused], fused),
-    ]
-    layers = cfg.student_layers or max(1, _num_layers(cfg.teacher or cfg.init or default_init()) // 3)
-    # every student reads the teacher chosen on valid ({student_cache}: see student_cache) and is
-    # validated on the held-out valid queries; a collapse is reported after the run
-    student = ["train-student", "--cache", "{student_cache}", *common, "--split", student_split, *queries,
-               "--seed", cfg.seed, "--valid-split", "valid", "--valid-run", runs / "valid.trec", "--allow-collapse"]
-    bi_params = [a for p in cfg.bi_loss_params for a in ("--loss-param", p)]
-    neural = ["--negatives", cfg.negatives, "--max-length", cfg.max_length]
-    bi_fit = ["--epochs", cfg.student_epochs, "--lr", cfg.student_lr]
-    ce_fit = ["--epochs", cfg.ce_epochs or cfg.student_epochs, "--lr", cfg.ce_lr or cfg.student_lr,
-              "--rounds", cfg.ce_rounds, "--lr-schedule", cfg.lr_schedule, "--checkpoint-steps", 50]
-    steps += [
-        Step("student-cross-encoder", [*student, "--student", "cross-encoder", "--init-from-teacher", "--layers",
-                                       layers, "--layer-choice", cfg.student_layer_choice, "--teacher", teacher,
-                                       "--loss", cfg.ce_loss, *neural, *ce_fit,
-                                       "--out", models / "ce_student"], models / "ce_student"),
-        Step("student-bi-encoder", [*student, "--student", "bi-encoder", "--init", cfg.init or default_init(),
-                                    "--loss", cfg.bi_loss, *bi_params, *neural, *bi_fit,
-                                    "--out", models / "bi_encoder"],
-             models / "bi_encoder"),
-        *_lightgbm_steps(cfg, student, models),
-    ]
-    stages = {"bm25": "bm25", "lightgbm": models / "lightgbm", "bi_encoder": models / "bi_encoder",
-              "ce_student": models / "ce_student", "teacher": teacher}
+            "--objective", cfg.teacher_objective, "--seed", cfg.seed], tasks.train_teacher,
+            {"data": data, "out": Path(teacher), "init": init, "split": "train", "epochs": cfg.teacher_epochs,
+             "max_length": cfg.max_length, "negatives": cfg.teacher_negatives, "objective": cfg.teacher_objective,
+             "seed": cfg.seed}, Path(teacher)))
+    for name, split, unjudged in (("train", student_split, extra_queries), ("valid", "valid", None),
+                                  ("test", "test", None)):
+        steps.append(Step(f"score-{name}", [
+            "score-teacher", "--teacher", teacher, *common, "--split", split,
+            *(["--queries", unjudged] if unjudged else []), "--run", runs / f"{name}.trec", "--cache", cache,
+            "--max-length", cfg.max_length], tasks.score_teacher,
+            {"teacher": teacher, "cache": cache, "data": data, "split": split, "queries": unjudged,
+             "run": runs / f"{name}.trec", "max_length": cfg.max_length}))
+    # the teacher fused with BM25, weights chosen on valid: students learn from it unless the
+    # teacher alone was best there (see teachers.fusion and student_cache)
+    fused, first_stage = out / "cache_fused", [runs / f"{split}.trec" for split in ("train", "valid", "test")]
+    steps.append(Step("fuse-teacher", ["fuse-teacher", "--cache", cache, *common, "--valid-split", "valid",
+                                       *[a for run in first_stage for a in ("--run", run)], "--out", fused],
+                      tasks.fuse_teacher, {"cache": cache, "data": data, "runs": first_stage, "out": fused,
+                                           "valid_split": "valid"}, fused))
+    steps += _student_steps(cfg, data, teacher)
+    stages = {"bm25": "bm25", "lightgbm": str(models / "lightgbm"), "bi_encoder": str(models / "bi_encoder"),
+              "ce_student": str(models / "ce_student"), "teacher": teacher}
+    build = CascadeBuildConfig(latency_queries=cfg.latency_queries, threads=1)
+    evaluation = EvaluateConfig(baseline="bm25", teacher="teacher", k=cfg.test_k, latency=True,
+                                latency_queries=cfg.latency_queries, threads=1)
+    rankers = {**stages, "teacher": str(cache), "fused_teacher": str(fused), "cascade": str(out / "cascade.json")}
     steps += [
         Step("cascade-build", [
             "cascade", "build", *common, "--split", "valid", "--run", runs / "valid.trec",
             *[a for name, spec in stages.items() for a in ("--stage", f"{name}={spec}")],
-            "--budget-ms", "{budget_ms}", "--threads", 1,
-            "--latency-queries", cfg.latency_queries, "--out", out / "cascade.json"], out / "cascade.json"),
+            "--budget-ms", BUDGET_MS, "--threads", build.threads,
+            "--latency-queries", build.latency_queries, "--out", out / "cascade.json"], tasks.build_cascade,
+            {"data": data, "split": "valid", "run": runs / "valid.trec", "stages": stages, "budget_ms": BUDGET_MS,
+             "out": out / "cascade.json", "config": build}, out / "cascade.json"),
         Step("cascade-run", ["cascade", "run", out / "cascade.json", *common, "--split", "test",
                              "--run", runs / "test.trec", "--threads", 1, "--out", runs / "cascade_test.trec"],
+             tasks.run_cascade, {"spec": out / "cascade.json", "data": data, "run": runs / "test.trec",
+                                 "out": runs / "cascade_test.trec", "split": "test", "threads": 1},
              runs / "cascade_test.trec"),
         Step("evaluate", [
-            "evaluate", *common, "--split", "test", "--run", runs / "test.trec", "--k", cfg.test_k,
-            *[a for name, spec in {**stages, "teacher": cache, "fused_teacher": fused,
-                                   "cascade": out / "cascade.json"}.items()
-              for a in ("--ranker", f"{name}={spec}")],
-            "--baseline", "bm25", "--teacher", "teacher", "--latency", "--latency-queries", cfg.latency_queries,
-            "--threads", 1, "--out", out / "eval"], out / "eval"),
+            "evaluate", *common, "--split", "test", "--run", runs / "test.trec", "--k", evaluation.k,
+            *[a for name, spec in rankers.items() for a in ("--ranker", f"{name}={spec}")],
+            "--baseline", evaluation.baseline, "--teacher", evaluation.teacher, "--latency",
+            "--latency-queries", evaluation.latency_queries, "--threads", evaluation.threads, "--out", out / "eval"],
+            tasks.evaluate, {"data": data, "run": runs / "test.trec", "rankers": rankers, "out": out / "eval",
+                             "split": "test", "config": evaluation}, out / "eval"),
         Step("report", ["report", "--eval", out / "eval", "--out", out, "--title", f"distill: {data.name}"],
+             tasks.report, {"eval_dir": out / "eval", "out": out, "title": f"distill: {data.name}"},
              out / "report.html"),
     ]
     for step in steps:
-        step.argv = [str(a) for a in step.argv] + cfg.extra.get(step.name, [])
+        step.argv = [str(a) for a in step.argv]
+        step.overrides = dict(cfg.extra.get(step.name, {}))
     return steps
 
 
-def _lightgbm_steps(cfg: PipelineConfig, student: list, models: Path) -> list[Step]:
+def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
+    """The cross-encoder, bi-encoder and LightGBM students, in that order (LightGBM may use the others)."""
+    runs, models = cfg.out / "runs", cfg.out / "models"
+    split = TITLE_SPLIT if cfg.title_queries else "train"
+    queries = student_queries(cfg)
+    layers = cfg.student_layers or max(1, _num_layers(cfg.teacher or cfg.init or default_init()) // 3)
+    # every student reads the teacher chosen on valid ({student_cache}: see student_cache) and is
+    # validated on the held-out valid queries; a collapse is reported after the run
+    argv = ["train-student", "--cache", STUDENT_CACHE, "--data", data, "--split", split,
+            *(["--queries", queries] if queries else []), "--seed", cfg.seed, "--valid-split", "valid",
+            "--valid-run", runs / "valid.trec", "--allow-collapse"]
+    kwargs = {"cache": STUDENT_CACHE, "data": data, "split": split, "queries": queries, "seed": cfg.seed,
+              "valid_split": "valid", "valid_run": runs / "valid.trec", "allow_collapse": True}
+    neural = {"negatives": cfg.negatives, "max_length": cfg.max_length}
+    ce = {"init_from_teacher": True, "layers": layers, "layer_choice": cfg.student_layer_choice, "teacher": teacher,
+          "loss": cfg.ce_loss, **neural, "epochs": cfg.ce_epochs or cfg.student_epochs,
+          "lr": cfg.ce_lr or cfg.student_lr, "rounds": cfg.ce_rounds, "lr_schedule": cfg.lr_schedule,
+          "checkpoint_steps": 50}
+    bi_params = [a for p in cfg.bi_loss_params for a in ("--loss-param", p)]
+    bi = {"init": cfg.init or default_init(), "loss": cfg.bi_loss,
+          "loss_params": tasks.parse_loss_params(cfg.bi_loss_params) or None, **neural,
+          "epochs": cfg.student_epochs, "lr": cfg.student_lr}
+    return [
+        Step("student-cross-encoder", [*argv, "--student", "cross-encoder", "--init-from-teacher", "--layers",
+                                       layers, "--layer-choice", cfg.student_layer_choice, "--teacher", teacher,
+                                       "--loss", cfg.ce_loss, *_options(neural), "--epochs", ce["epochs"], "--lr",
+                                       ce["lr"], "--rounds", cfg.ce_rounds, "--lr-schedule", cfg.lr_schedule,
+                                       "--checkpoint-steps", ce["checkpoint_steps"], "--out", models / "ce_student"],
+             tasks.train_student, {"student": "cross-encoder", **kwargs, **ce, "out": models / "ce_student"},
+             models / "ce_student"),
+        Step("student-bi-encoder", [*argv, "--student", "bi-encoder", "--init", bi["init"], "--loss", cfg.bi_loss,
+                                    *bi_params, *_options(neural), "--epochs", bi["epochs"], "--lr", bi["lr"],
+                                    "--out", models / "bi_encoder"],
+             tasks.train_student, {"student": "bi-encoder", **kwargs, **bi, "out": models / "bi_encoder"},
+             models / "bi_encoder"),
+        *_lightgbm_steps(cfg, argv, kwargs, models),
+    ]
+
+
+def _options(values: dict[str, Any]) -> list:
+    """``{"max_length": 256}`` → ``["--max-length", 256]``."""
+    return [a for name, value in values.items() for a in (f"--{name.replace('_', '-')}", value)]
+
+
+def _lightgbm_steps(cfg: PipelineConfig, argv: list, kwargs: dict[str, Any], models: Path) -> list[Step]:
     """One LightGBM student per qrels weight; with several, ``select-student`` keeps the best on validation."""
+    from students.train import select_student
+
     weights = cfg.lightgbm_qrels_weights or (0.0,)
-    train = [*student, "--student", "lightgbm", *_feature_rankers(cfg, models)]
+    rankers = _feature_rankers(cfg, models)
+    argv = [*argv, "--student", "lightgbm",
+            *[a for item in rankers.items() for a in ("--feature-ranker", "=".join(item))]]
+    kwargs = {"student": "lightgbm", **kwargs, "feature_rankers": rankers or None}
+
+    def step(name: str, weight: float, folder: Path) -> Step:
+        shown = ["--qrels-weight", weight] if weight or len(weights) > 1 else []  # each variant says its weight
+        return Step(name, [*argv, *shown, "--out", folder], tasks.train_student,
+                    {**kwargs, "qrels_weight": weight, "out": folder}, folder)
+
     if len(weights) == 1:
-        qrels = ["--qrels-weight", weights[0]] if weights[0] else []
-        return [Step("student-lightgbm", [*train, *qrels, "--out", models / "lightgbm"], models / "lightgbm")]
+        return [step("student-lightgbm", weights[0], models / "lightgbm")]
     folders = {w: models / f"lightgbm_w{w:g}" for w in weights}
-    return [*(Step(f"student-lightgbm-w{w:g}", [*train, "--qrels-weight", w, "--out", folder], folder)
-              for w, folder in folders.items()),
+    return [*(step(f"student-lightgbm-w{w:g}", w, folder) for w, folder in folders.items()),
             Step("student-lightgbm", ["select-student", *folders.values(), "--out", models / "lightgbm"],
-                 models / "lightgbm")]
+                 select_student, {"folders": list(folders.values()), "out": models / "lightgbm"}, models / "lightgbm")]
 
 
-def _feature_rankers(cfg: PipelineConfig, models: Path) -> list:
-    """``--feature-ranker`` arguments for the neural students named in ``cfg.lightgbm_features``."""
+def _feature_rankers(cfg: PipelineConfig, models: Path) -> dict[str, str]:
+    """The neural students named in ``cfg.lightgbm_features``, as LightGBM's feature rankers (name → folder)."""
     known = ("bi_encoder", "ce_student")  # trained before LightGBM
     for name in cfg.lightgbm_features:
         if name not in known:
             raise ConfigError(f"LightGBM feature {name!r} is not one of the pipeline's students {known}",
                               field="lightgbm_features")
-    return [a for name in cfg.lightgbm_features for a in ("--feature-ranker", f"{name}={models / name}")]
+    return {name: str(models / name) for name in cfg.lightgbm_features}
 
 
 def prepare_data(cfg: PipelineConfig) -> Path:
@@ -334,14 +410,6 @@ def teacher_budget(cfg: PipelineConfig, data: Path, teacher: str) -> dict:
                              n_queries=cfg.latency_queries, threads=1)
     return {"teacher_p50_ms": result.p50_ms, "budget_fraction": cfg.budget_fraction,
             "budget_ms": round(cfg.budget_fraction * result.p50_ms, 3), "k": cfg.test_k, "threads": 1}
-
-
-def invoke(argv: list[str]) -> None:
-    """Run one ``distill`` command line in this process (errors propagate as exceptions)."""
-    from distill.cli import app, register_commands
-
-    register_commands()
-    app(argv, standalone_mode=False)
 
 
 def resume_record(path: Path, record: dict) -> dict:
@@ -377,22 +445,22 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if step.output is not None and step.output.exists():
             console.print(f"done already: {step.output}")
             continue
-        if "{student_cache}" in step.argv:
+        if STUDENT_CACHE in step.argv:
             chosen = student_cache(cfg.out)
             record["teacher_choice"] = chosen
-            step.argv = [chosen["cache"] if a == "{student_cache}" else a for a in step.argv]
-        if "{budget_ms}" in step.argv:
+            step.bind(STUDENT_CACHE, Path(chosen["cache"]))
+        if BUDGET_MS in step.argv:
             budget = teacher_budget(cfg, data, teacher)
             record["budget"] = budget
             console.print(f"cascade budget: {budget['budget_fraction']:.0%} of the teacher's "
                           f"{budget['teacher_p50_ms']:.1f} ms per query = {budget['budget_ms']:.1f} ms")
-            step.argv = [str(budget["budget_ms"]) if a == "{budget_ms}" else a for a in step.argv]
+            step.bind(BUDGET_MS, budget["budget_ms"])
         checkpoints = step.output.with_name(f"{step.output.name}.checkpoints") if step.output else None
         if checkpoints is not None and any(checkpoints.glob("checkpoint-*")):
-            step.argv.append("--resume")  # a model step stopped mid-epoch goes on from its last checkpoint
+            step.resume()  # a model step stopped mid-epoch goes on from its last checkpoint
         console.print(f"[dim]$ {step.command()}[/]", highlight=False, soft_wrap=True)
         start, cpu = time.perf_counter(), time.process_time()
-        invoke(step.argv)
+        step.run()
         record["steps"][step.name] = {"command": step.command(), "seconds": round(time.perf_counter() - start, 1),
                                       "cpu_seconds": round(time.process_time() - cpu, 1)}
         write_json_atomic(record_path, record)

@@ -13,9 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "distill"
-# The top layer, which may reach teachers/ and students/ (the CLI, the pipeline, servers; the
-# lazy re-exports of distill/__init__.py name modules as strings, not imports).
-TOP = {"cli.py", "pipeline.py"}
+# The top layer, which may reach teachers/ and students/ (the CLI, the commands' work in distill.tasks,
+# the pipeline, servers; the lazy re-exports of distill/__init__.py name modules as strings, not imports).
+TOP = {"cli.py", "tasks.py", "pipeline.py"}
+CLI = ("distill.cli", "distill.commands")
 UPPER_PACKAGES = ("teachers", "students")
 
 
@@ -41,6 +42,25 @@ def test_the_core_never_imports_teachers_or_students():
     upward = [f"{p.relative_to(ROOT)}:{line} imports {module}" for p in core for line, module in _imported_modules(p)
               if module.split(".")[0] in UPPER_PACKAGES]
     assert not upward, "\n".join(upward)
+
+
+def test_only_the_cli_imports_the_cli():
+    """The library owns the work: the pipeline and distill.tasks call functions, never commands."""
+    library = [p for root in (CORE, ROOT / "teachers", ROOT / "students") for p in sorted(root.rglob("*.py"))
+               if p.name != "cli.py" and "commands" not in p.relative_to(ROOT).parts]
+    assert CORE / "pipeline.py" in library and CORE / "tasks.py" in library
+    found = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in library for line, name in _imported_names(p)
+             if name.startswith(CLI)]
+    assert not found, "\n".join(found)
+
+
+def _imported_names(path: Path) -> list[tuple[int, str]]:
+    """Every module imported, and every ``module.name`` a ``from module import name`` names."""
+    names = _imported_modules(path)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return names
 
 
 def test_teachers_do_not_import_students():

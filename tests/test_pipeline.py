@@ -156,3 +156,65 @@ def test_students_learn_from_pseudo_queries_or_a_query_log_by_default(tmp_path):
     assert _option(_argv(log, "student-cross-encoder"), "--queries") == "log.tsv"
     off = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, pseudo_queries=None), Path("data"))
     assert "--queries" not in _argv(off, "candidates-train")
+
+
+class _Called(Exception):
+    """Raised by a recorded library function: the call is what is tested, not its work."""
+
+
+def _bound(func, args: tuple, kwargs: dict) -> dict:
+    """A call's arguments by parameter name, defaults filled in (dicts as item lists: their order counts)."""
+    import inspect
+
+    bound = inspect.signature(func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return {k: list(v.items()) if isinstance(v, dict) else v for k, v in bound.arguments.items()}
+
+
+def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
+    import sys
+
+    from distill.cli import app, register_commands
+
+    register_commands()
+    for step in steps:
+        seen = []
+
+        def record(*args, _func=step.call, _seen=seen, **kwargs):
+            _seen.append(_bound(_func, args, kwargs))
+            raise _Called
+
+        with monkeypatch.context() as patch:
+            patch.setattr(sys.modules[step.call.__module__], step.call.__name__, record)
+            with pytest.raises(_Called):
+                app(step.argv, standalone_mode=False)
+        assert seen == [_bound(step.call, (), step.kwargs)], step.command()
+
+
+@pytest.mark.parametrize("settings", [
+    {},  # the defaults: pseudo-queries, train-teacher, four LightGBM students and select-student
+    {"teacher": "my-teacher", "queries": Path("log.tsv"), "title_queries": 3, "lightgbm_qrels_weights": (0.5,),
+     "lightgbm_features": ("bi_encoder", "ce_student"), "bi_loss_params": ("temperature=0.5",), "ce_lr": None},
+])
+def test_every_step_calls_what_its_printed_command_calls(tmp_path, monkeypatch, settings):
+    import inspect
+
+    from distill.pipeline import BUDGET_MS, STUDENT_CACHE
+
+    steps = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2, **settings), tmp_path / "data")
+    for step in steps:
+        step.bind(STUDENT_CACHE, tmp_path / "cache_fused")
+        step.bind(BUDGET_MS, 12.5)
+        if settings and "resume" in inspect.signature(step.call).parameters:
+            step.resume()  # as run_pipeline does for a model step stopped mid-epoch
+    _assert_steps_call_what_their_commands_call(steps, monkeypatch)
+
+
+def test_extra_replaces_a_steps_arguments_and_shows_in_its_command(tmp_path):
+    cfg = PipelineConfig(out=tmp_path, init="b", student_layers=2, extra={"student-bi-encoder": {"batch_size": 16}})
+    step = next(s for s in plan(cfg, Path("data")) if s.name == "student-bi-encoder")
+    assert step.command().endswith("  # batch_size=16")
+    seen = []
+    step.call = lambda **kwargs: seen.append(kwargs)
+    step.run()
+    assert seen[0]["batch_size"] == 16 and seen[0]["loss"] == cfg.bi_loss

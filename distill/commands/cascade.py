@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,9 +14,6 @@ DEFAULTS = CascadeBuildConfig()
 
 if TYPE_CHECKING:
     from distill.cascade import StageCost
-    from distill.cascade_search import SearchResult
-
-log = logging.getLogger("distill")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,21 +48,14 @@ def register(app: typer.Typer) -> None:
                                     help="torch threads while measuring costs [torch's default]."),
     ) -> None:
         """Score every stage once on the validation candidates, search all cascades, write the best."""
-        from distill.cascade_search import CascadeBuildConfig, build_cascade
-        from distill.inputs import load_dataset_and_run
+        from distill import tasks
 
         config = CascadeBuildConfig(valid_fraction=valid_fraction, seed=seed, metric=metric,
                                     cutoffs=tuple(parse_ints(cutoffs, "--cutoffs")), max_stages=max_stages,
                                     latency_queries=latency_queries, latency_k=latency_k, threads=threads)
         stages = _named(stage, "--stage")
-        costs = _parse_costs(cost, stages)
-        proxies = _named(cost_from, "--cost-from")
-        dataset, candidates = load_dataset_and_run(data, split, run)
-        built = build_cascade(dataset, candidates, stages, budget_ms, config, costs=costs, cost_from=proxies)
-        built.cascade.provenance["run"] = str(run)
-        _print_search(built.search, built.first_stage_metrics, built.metrics, next(iter(stages)))
-        built.cascade.write_spec(out)
-        log.info("wrote %s", out)
+        tasks.build_cascade(data, split, run, stages, budget_ms, out, config, costs=_parse_costs(cost) or None,
+                            cost_from=_named(cost_from, "--cost-from") or None)
 
     @cascade_app.command("run")
     def run_cascade(
@@ -81,51 +70,10 @@ def register(app: typer.Typer) -> None:
                                     help="torch threads [torch's default]; match `build`'s."),
     ) -> None:
         """Rerank query by query through a cascade; print metrics, latency p50/p95 and skipped stages."""
-        from dataclasses import replace
+        from distill import tasks
 
-        from rich.console import Console
-        from rich.table import Table
-
-        from distill.cascade import Cascade
-        from distill.errors import ConfigError
-        from distill.inputs import load_dataset_and_run
-        from distill.io import write_json_atomic
-        from distill.manifest import library_versions
-        from distill.metrics import metric_means
-        from distill.runs import write_run
-
-        if no_budget and budget_ms is not None:
-            raise ConfigError("give --budget-ms or --no-budget, not both")
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        cascade = Cascade.read_spec(spec)
-        if no_budget or budget_ms is not None:
-            cascade = replace(cascade, budget_ms=budget_ms)
-        dataset, candidates = load_dataset_and_run(data, split, run)
-        cascade.prepare(dataset)
-        ranked = cascade.rerank(dataset, candidates, per_query=True)
-        write_run(ranked, out, tag="cascade")
-        metrics, baseline = metric_means(dataset.qrels, ranked), metric_means(dataset.qrels, candidates)
-        stats = cascade.stats.summary()
-
-        console = Console()
-        console.print(f"[bold]{cascade}[/] on {dataset.name}/{split}, budget "
-                      f"{'none' if cascade.budget_ms is None else f'{cascade.budget_ms:g} ms'}", highlight=False)
-        table = Table("metric", "candidates", "cascade")
-        for name, value in metrics.items():
-            table.add_row(name, f"{baseline[name]:.4f}", f"{value:.4f}")
-        console.print(table)
-        console.print(f"latency per query: p50 {stats['p50_ms']:.2f} ms, p95 {stats['p95_ms']:.2f} ms, "
-                      f"mean {stats['mean_ms']:.2f} ms over {stats['queries']} queries", highlight=False)
-        console.print("skipped (queries): " + ", ".join(f"{n} {c}" for n, c in stats["skipped"].items()),
-                      highlight=False)
-        write_json_atomic(out.with_name(out.name + ".json"), {
-            "cascade": cascade.get_config_dict(), "spec": str(spec), "data": str(data), "split": split,
-            "run": str(run), "metrics": metrics, "candidate_metrics": baseline, "latency": stats,
-            "versions": library_versions(),
-        })
+        tasks.run_cascade(spec, data, run, out, split=split, budget_ms=budget_ms, no_budget=no_budget,
+                          threads=threads)
 
 
 def _named(texts: list[str], option: str) -> dict[str, str]:
@@ -142,7 +90,7 @@ def _named(texts: list[str], option: str) -> dict[str, str]:
     return specs
 
 
-def _parse_costs(texts: list[str], stages: dict[str, str]) -> dict[str, StageCost]:
+def _parse_costs(texts: list[str]) -> dict[str, StageCost]:
     """``NAME=MS_PER_PAIR[+MS_PER_QUERY]`` options -> costs by stage name."""
     from distill.cascade import StageCost
     from distill.errors import ConfigError
@@ -150,32 +98,9 @@ def _parse_costs(texts: list[str], stages: dict[str, str]) -> dict[str, StageCos
     costs = {}
     for text in texts:
         name, _, value = text.partition("=")
-        if name not in stages:
-            raise ConfigError(f"--cost for unknown stage {name!r}; stages: {list(stages)}", field="--cost")
         per_pair, _, per_query = value.partition("+")
         try:
             costs[name] = StageCost(float(per_query or 0.0), float(per_pair))
         except ValueError:
             raise ConfigError(f"expected NAME=MS_PER_PAIR[+MS_PER_QUERY], got {text!r}", field="--cost") from None
     return costs
-
-
-def _print_search(result: SearchResult, baseline: dict[str, float], chosen: dict[str, float], first: str) -> None:
-    """The Pareto frontier (chosen row marked) and the chosen cascade's metrics (ir-measures)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table("", "cascade", result.metric, "ms / query", "fits",
-                  title=f"Pareto frontier ({result.n_evaluated} cascades evaluated, budget {result.budget_ms:g} ms)")
-    for row in result.frontier.iter_rows(named=True):
-        mark = "→" if row["cascade"] == str(result.chosen) else ""
-        table.add_row(mark, row["cascade"], f"{row[result.metric]:.4f}", f"{row['latency_ms']:.2f}",
-                      "yes" if row["within_budget"] else "no")
-    console.print(table)
-    console.print(f"chosen: [bold]{result.chosen}[/], expected {result.chosen.latency_ms:.2f} ms per query",
-                  highlight=False)
-    metrics = Table("metric", f"{first} alone", "cascade", title="validation (ir-measures)")
-    for name, value in chosen.items():
-        metrics.add_row(name, f"{baseline[name]:.4f}", f"{value:.4f}")
-    console.print(metrics)

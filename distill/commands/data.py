@@ -37,14 +37,6 @@ def register(app: typer.Typer) -> None:
         add_positives: bool = typer.Option(False, help="Append judged positives BM25 missed (training lists)."),
     ) -> None:
         """Retrieve BM25 top-k candidates per query into a TREC run."""
-        import logging
+        from distill import tasks
 
-        from distill.bm25 import bm25_run
-        from distill.querysets import load_training_queries
-        from distill.runs import write_run
-
-        dataset = load_training_queries(data, split if split or queries else "test", queries)
-        run = bm25_run(dataset, k, add_positives=add_positives)
-        write_run(run, out, tag="bm25")
-        logging.getLogger("distill").info("wrote %d candidates for %d queries to %s",
-                                          run.height, run["qid"].n_unique(), out)
+        tasks.candidates(data, out, split=split, queries=queries, k=k, add_positives=add_positives)

@@ -38,21 +38,13 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="Evaluation folder to write (tables, runs, report.html)."),
     ) -> None:
         """Rerank one candidate run with every ranker; write metrics, significance, agreement and a report."""
-        from distill.data import load_beir
-        from distill.evaluation import EvaluateConfig, check_roles
-        from distill.evaluation import evaluate as run_evaluation
-        from distill.runs import read_run
+        from distill import tasks
 
-        specs = dict(_parse_specs(ranker))
         config = EvaluateConfig(baseline=baseline, teacher=teacher, k=k, correction=correction, latency=latency,
                                 metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
                                 depths=tuple(parse_ints(depths, "--depths")), latency_queries=latency_queries,
                                 threads=threads)
-        check_roles(list(specs), baseline, teacher, correction)
-        result = run_evaluation(load_beir(data, split), read_run(run), specs, config)
-        result.settings.update(data=str(data), run=str(run))
-        result.write(out)
-        _print_summary(result, out)
+        tasks.evaluate(data, run, dict(_parse_specs(ranker)), out, split=split, config=config)
 
     @app.command()
     def report(
@@ -61,19 +53,9 @@ def register(app: typer.Typer) -> None:
         title: str = typer.Option("distill evaluation", help="Report title."),
     ) -> None:
         """Render report.html and report.md from a saved evaluation."""
-        import logging
+        from distill import tasks
 
-        from distill.evaluation import EvaluationResult
-        from distill.manifest import write_manifest
-        from distill.report import write_report
-
-        result = EvaluationResult.load(eval_dir)
-        target = out or eval_dir
-        html_path, md_path = write_report(target, result, result.latency, result.configs, result.feature_importance,
-                                          title=title)
-        if target.resolve() != eval_dir.resolve():
-            write_manifest(target, "report", {"eval": str(eval_dir), "title": title})
-        logging.getLogger("distill").info("wrote %s and %s", html_path, md_path)
+        tasks.report(eval_dir, out, title)
 
 
 def _parse_specs(options: list[str]) -> list[tuple[str, str]]:
@@ -86,19 +68,3 @@ def _parse_specs(options: list[str]) -> list[tuple[str, str]]:
     if duplicates:
         raise ConfigError(f"ranker name(s) used twice: {duplicates}", field="--ranker")
     return pairs
-
-
-def _print_summary(result, out: Path) -> None:
-    """The metric means as a rich table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result.dataset} (baseline {result.baseline})")
-    columns = ["ranker", *result.metrics, "wins", "losses", "ties"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "ranker" else "right")
-    for row in result.summary.select(columns).iter_rows():
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {out}/ (report.html, report.md, summary.parquet, per_query.parquet, runs.parquet)")

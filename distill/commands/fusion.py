@@ -25,30 +25,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-query z-scored interpolation of the teacher with BM25 (and other scorers), the weights chosen
         on --valid-split's nDCG@10 and recorded in the fused cache's fingerprint."""
-        from distill.data import load_beir
-        from distill.manifest import frame_hash
-        from distill.runs import read_run
-        from teachers.fusion import fuse_teacher
+        from distill import tasks
+        from distill.rankers import parse_ranker_spec
 
-        valid = load_beir(data, valid_split)
-        others, sources = {}, {"bm25": {"kind": "first-stage", "runs": [str(r) for r in run]}}
-        if scorer:
-            from distill.cache import read_scores
-            from distill.rankers import load_ranker, parse_ranker_spec
-
-            pairs = read_scores(cache)[0].select("qid", "docid")
-            everything = load_beir(data, None)
-            if queries is not None:
-                import polars as pl
-
-                from distill.querysets import read_queries_file
-
-                extra = read_queries_file(queries).join(everything.queries, on="qid", how="anti")
-                everything.queries = pl.concat([everything.queries, extra])
-            for item in scorer:
-                name, spec = parse_ranker_spec(item)
-                ranker = load_ranker(spec, name=name)
-                others[name] = ranker.rerank(everything, pairs)
-                sources[name] = ranker.get_config_dict()
-        fuse_teacher(out, cache, [read_run(r) for r in run], valid.qrels, others=others, step=step,
-                     corpus_hash=frame_hash(valid.corpus), sources=sources)
+        tasks.fuse_teacher(cache, data, run, out, valid_split=valid_split,
+                           scorers=dict(parse_ranker_spec(item) for item in scorer) or None, queries=queries, step=step)

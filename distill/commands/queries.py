@@ -19,9 +19,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """One query per document from its own text, deterministic and offline: the teacher scores their
         BM25 candidates (`distill candidates --queries`), so students learn from queries nobody judged."""
-        import logging
+        from distill import tasks
 
-        from distill.querysets import pseudo_queries_for, read_queries_file
-
-        path = pseudo_queries_for(data, out, kind, max_queries=max_queries, seed=seed)
-        logging.getLogger("distill").info("wrote %d pseudo-queries to %s", read_queries_file(path).height, path)
+        tasks.pseudo_queries(data, out, kind, max_queries=max_queries, seed=seed)

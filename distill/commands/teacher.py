@@ -45,23 +45,15 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: float = typer.Option(None, min=0, help="--engine ray: GPUs per worker [0]."),
     ) -> None:
         """Score candidate pairs with a teacher into a resumable cache of raw logits."""
-        from distill.errors import ConfigError
-        from distill.inputs import load_dataset_and_run
-        from distill.scoring import parse_shard
-        from teachers.scoring import score_teacher as score
+        from distill import tasks
 
-        shard_spec = parse_shard(shard)
         ray_options = {"address": address, "num_workers": num_workers, "gpus_per_worker": gpus_per_worker}
-        ray_options = {k: v for k, v in ray_options.items() if v is not None}
-        if ray_options and engine != "ray":
-            raise ConfigError(f"--{next(iter(ray_options)).replace('_', '-')} applies to --engine ray only")
-        dataset, candidates = load_dataset_and_run(data, split if split or queries else "test", run, pairs,
-                                                   queries)
-        score(teacher, dataset, candidates, cache, source=str(run or pairs), shard=shard_spec, flush_pairs=flush_pairs,
-              sanity_check=sanity_check, kind=kind, dtype=dtype, device=device, revision=revision,
-              trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
-              max_tokens_per_batch=batch_tokens, max_length=max_length, instruction=instruction,
-              engine=engine, engine_options=ray_options)
+        tasks.score_teacher(teacher, cache, data=data, split=split, queries=queries, run=run, pairs=pairs, kind=kind,
+                            max_length=max_length, dtype=dtype, device=device, batch_tokens=batch_tokens, shard=shard,
+                            flush_pairs=flush_pairs, revision=revision, instruction=instruction,
+                            allow_untrained_head=allow_untrained_head, trust_remote_code=trust_remote_code,
+                            sanity_check=sanity_check, engine=engine,
+                            ray_options={k: v for k, v in ray_options.items() if v is not None} or None)
 
     cache_app = typer.Typer(help="Inspect and combine teacher caches.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")

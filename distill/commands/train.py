@@ -2,47 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from distill.commands import positive
 from distill.errors import ConfigError
-
-log = logging.getLogger("distill")
-
-STUDENTS = ("cross-encoder", "bi-encoder", "lightgbm")
-
-# --quick: a smoke run that finishes in minutes on a laptop CPU (explicit flags still win)
-QUICK = {"epochs": 1.0, "max_length": 128, "negatives": 3, "negatives_from_top": 10, "valid_k": 10}
-TEACHER = {"epochs": 2.0, "max_length": 256, "negatives": 7, "negatives_from_top": 30, "valid_k": 30}
-
-
-def parse_loss_params(items: list[str]) -> dict[str, Any]:
-    """``["temperature=2", "margin=0.5"]`` → ``{"temperature": 2, "margin": 0.5}`` (JSON values, else strings)."""
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--loss-param must look like name=value, got {item!r}", field="loss-param")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value
-    return params
-
-
-def teacher_path(manifest: dict[str, Any], cache: Path) -> str:
-    """The teacher model recorded in a cache manifest's fingerprint (for --init-from-teacher)."""
-    teacher = manifest.get("teacher") or {}
-    for key in ("model", "model_name_or_path", "path"):
-        if isinstance(teacher.get(key), str):
-            return teacher[key]
-    raise ConfigError(f"the cache's teacher fingerprint names no model ({teacher}); pass --teacher PATH",
-                      path=cache, field="teacher")
 
 
 def _teacher_scale(text: str) -> float | str | None:
@@ -54,12 +19,6 @@ def _teacher_scale(text: str) -> float | str | None:
     except ValueError:
         raise ConfigError(f"--teacher-scale must be auto, none or a number, got {text!r}",
                           field="teacher-scale") from None
-
-
-def _pick(value, quick: bool, name: str, defaults: dict[str, Any]):
-    if value is not None:
-        return value
-    return QUICK[name] if quick else defaults[name]
 
 
 def register(app: typer.Typer) -> None:
@@ -92,22 +51,13 @@ def register(app: typer.Typer) -> None:
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     ) -> None:
         """Fine-tune a cross-encoder teacher on the split's qrels with BM25 hard negatives."""
-        from distill.data import load_beir
-        from distill.training import TrainConfig
-        from teachers.train import TeacherTrainConfig, train_teacher
+        from distill import tasks
 
-        train = TrainConfig(
-            epochs=_pick(epochs, quick, "epochs", TEACHER), lr=lr, batch_size=batch_size,
-            max_length=_pick(max_length, quick, "max_length", TEACHER), seed=seed, precision=precision,
-            valid_fraction=valid_fraction, resume_from_checkpoint=True if resume else None,
-        )
-        config = TeacherTrainConfig(
-            objective=objective, negatives=_pick(negatives, quick, "negatives", TEACHER),
-            negatives_from_top=_pick(negatives_from_top, quick, "negatives_from_top", TEACHER),
-            valid_k=_pick(valid_k, quick, "valid_k", TEACHER), weak_titles=weak_titles, patience=patience or None,
-            trust_remote_code=trust_remote_code, train=train,
-        )
-        train_teacher(load_beir(data, split), out, init=init, config=config)
+        tasks.train_teacher(data, out, init=init, split=split, objective=objective, epochs=epochs, patience=patience,
+                            lr=lr, batch_size=batch_size, max_length=max_length, negatives=negatives,
+                            negatives_from_top=negatives_from_top, valid_fraction=valid_fraction, valid_k=valid_k,
+                            weak_titles=weak_titles, quick=quick, seed=seed, precision=precision, resume=resume,
+                            trust_remote_code=trust_remote_code)
 
     @app.command("train-student")
     def train_student_command(
@@ -182,72 +132,23 @@ def register(app: typer.Typer) -> None:
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     ) -> None:
         """Distill the cached teacher scores into a student reranker."""
-        from distill.cache import TeacherCache, read_scores
-        from distill.querysets import load_training_queries
-        from students.train import RoundsConfig, train_student
-        from students.validation import Validation
+        from distill import tasks
+        from distill.rankers import parse_ranker_spec
 
-        if student not in STUDENTS:
-            raise ConfigError(f"--student must be one of {', '.join(STUDENTS)}, got {student!r}")
-        if (feature_ranker or qrels_weight) and student != "lightgbm":
-            raise ConfigError("--feature-ranker and --qrels-weight are for the lightgbm student only "
-                              "(neural students mix qrels in with --hard-label-weight)")
-        scores, manifest = read_scores(cache)
-        dataset = load_training_queries(data, split if split or queries else "train", queries)
-        unscored, registered = TeacherCache.open(cache).unscored(dataset.queries["qid"])
-        if unscored:
-            log.warning("%d of the %d candidate pairs registered in %s for these queries have no teacher score "
-                        "yet (a stopped score-teacher?): training on the scored ones only; rerun score-teacher to "
-                        "finish", unscored, registered, cache)
-        validation = Validation.load(data, valid_split, valid_run) if valid_split else None
-        common = dict(teacher_fingerprint=manifest.get("teacher"), validation=validation,
-                      allow_collapse=allow_collapse, scores_source=cache)
-        if student == "lightgbm":
-            from distill.rankers import parse_ranker_spec
-            from students.lightgbm import LightGBMConfig
-
-            config = LightGBMConfig(
-                objective=objective, n_grades=n_grades, num_leaves=num_leaves, min_data_in_leaf=min_data_in_leaf,
-                qrels_weight=qrels_weight,
-                learning_rate=0.05 if lr is None else lr, n_estimators=n_estimators,
-                valid_fraction=0.2 if valid_fraction is None else valid_fraction,
-                early_stopping_rounds=early_stopping_rounds, seed=seed,
-                feature_rankers=dict(parse_ranker_spec(item) for item in feature_ranker),
-            )
-            train_student("lightgbm", dataset, scores, out, lightgbm=config, rounds=RoundsConfig(rounds), **common)
-            return
-        from distill.groups import GroupConfig
-        from distill.training import TrainConfig
-        from students.losses import LOSSES
-
-        if loss is None:
-            raise ConfigError(f"a {student} student needs --loss, one of: {', '.join(LOSSES)}")
-        if student == "cross-encoder":
-            if init_from_teacher == (init is not None):
-                raise ConfigError("a cross-encoder student needs exactly one of --init PATH or "
-                                  "--init-from-teacher --layers N")
-            if init_from_teacher != (layers is not None):
-                raise ConfigError("--init-from-teacher and --layers N (the teacher layers to keep) go together")
-            init = (teacher or teacher_path(manifest, cache)) if init_from_teacher else init
-        elif init is None or init_from_teacher:
-            raise ConfigError("a bi-encoder student needs --init (a SentenceTransformer folder or id, e.g. "
-                              "all-MiniLM-L6-v2); --init-from-teacher is for cross-encoders")
-        groups = GroupConfig(mode=mode, n_negatives=negatives, listwise_k=listwise_k,
-                             positive_source=positive_source, false_negative_margin=fn_margin, seed=seed)
-        train = TrainConfig(epochs=epochs, lr=2e-5 if lr is None else lr, batch_size=batch_size,
-                            max_length=max_length, seed=seed, precision=precision,
-                            valid_fraction=0.0 if valid_fraction is None else valid_fraction,
-                            eval_steps=checkpoint_steps, resume_from_checkpoint=True if resume else None)
-        train_student(
-            student, dataset, scores, out, loss=loss, loss_params=parse_loss_params(loss_param),
+        tasks.train_student(
+            student, cache, data, out, split=split, queries=queries, loss=loss,
+            loss_params=tasks.parse_loss_params(loss_param) or None, teacher_scale=_teacher_scale(teacher_scale),
             hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, init=init,
-            teacher_scale=_teacher_scale(teacher_scale),
-            init_from_teacher_layers=layers if student == "cross-encoder" else None, layer_choice=layer_choice,
-            group_config=groups, train_config=train, rounds=RoundsConfig(rounds, lr_schedule),
-            bi_encoder={"similarity": similarity, "scale": scale, "learn_scale": learn_scale}
-            if student == "bi-encoder" else None,
-            trust_remote_code=trust_remote_code, **common,
-        )
+            init_from_teacher=init_from_teacher, layers=layers, layer_choice=layer_choice, teacher=teacher, mode=mode,
+            negatives=negatives, listwise_k=listwise_k, positive_source=positive_source, fn_margin=fn_margin,
+            epochs=epochs, rounds=rounds, lr_schedule=lr_schedule, lr=lr, batch_size=batch_size,
+            max_length=max_length, valid_fraction=valid_fraction, valid_split=valid_split, valid_run=valid_run,
+            allow_collapse=allow_collapse, seed=seed, precision=precision, resume=resume,
+            checkpoint_steps=checkpoint_steps, similarity=similarity, scale=scale, learn_scale=learn_scale,
+            objective=objective, n_grades=n_grades, num_leaves=num_leaves, min_data_in_leaf=min_data_in_leaf,
+            qrels_weight=qrels_weight, n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds,
+            feature_rankers=dict(parse_ranker_spec(item) for item in feature_ranker) or None,
+            trust_remote_code=trust_remote_code)
 
     @app.command("select-student")
     def select_student_command(
