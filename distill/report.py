@@ -310,8 +310,8 @@ def render_markdown(title: str, evaluation: EvaluationResult, table: pl.DataFram
         lines += ["## Pareto frontier (quality vs p50 latency)", ""]
         lines += [f"{i}. {label}" for i, label in enumerate(frontier, start=1)] + [""]
     if evaluation.depth is not None:
-        lines += ["## Rerank depth", "", _depth_caption(evaluation), "", markdown_report_table(depth_table(evaluation.depth)),
-                  ""]
+        lines += ["## Rerank depth", "", _depth_caption(evaluation), "",
+                  markdown_report_table(depth_table(evaluation.depth)), ""]
     lines += ["Figures and configurations: report.html", ""]
     return "\n".join(lines)
 

@@ -157,13 +157,14 @@ class BiEncoderGroupLoss(nn.Module):
 
 
 def precision_flags(precision: Precision) -> dict[str, bool]:
-    """The trainers' ``bf16`` / ``fp16`` flags for a precision setting on this machine."""
+    """The trainers' ``bf16`` / ``fp16`` / ``use_cpu`` flags for a precision setting on this machine."""
     cuda = torch.cuda.is_available()
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("fp16 training needs a CUDA GPU; use --precision fp32 (or auto) on CPU")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    # bf16 on a CPU is autocast there; transformers refuses it unless told the run is on the CPU
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", **({"use_cpu": True} if not cuda else {})}
 
 
 def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: TrainConfig,

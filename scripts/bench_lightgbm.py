@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import minilm_path, save_results
+from _common import minilm_path, run_distill, save_results
 
 
 def variant_name(dense: str | None, weight: float) -> str:
@@ -41,7 +41,7 @@ def main() -> None:
         dense = dense[:1]
     import polars as pl
 
-    from distill.pipeline import TITLE_SPLIT, invoke
+    from distill.pipeline import TITLE_SPLIT
 
     # the split the pipeline's students learned from
     split_train = TITLE_SPLIT if json.loads((out / "pipeline.json").read_text())["config"].get("title_queries") \
@@ -53,7 +53,7 @@ def main() -> None:
             variant = variant_name(name, weight)
             model = out / "models" / "lightgbm" if variant == "lightgbm" else out / "lightgbm_variants" / variant
             if not model.exists():
-                invoke(["train-student", "--student", "lightgbm", "--cache", str(out / "cache"),
+                run_distill(["train-student", "--student", "lightgbm", "--cache", str(out / "cache"),
                         "--data", str(out / "data"), "--split", split_train, "--seed", "42",
                         "--qrels-weight", str(weight), *(["--feature-ranker", item] if item else []),
                         "--out", str(model)])
@@ -63,8 +63,8 @@ def main() -> None:
     tables = {}
     for split in ("test",) if args.quick else ("valid", "test"):
         eval_dir = out / "lightgbm_variants" / f"eval_{split}"
-        invoke(["evaluate", "--data", str(out / "data"), "--split", split, "--run", str(out / "runs" / f"{split}.trec"),
-                "--k", "100", *rankers, "--baseline", "bm25", "--out", str(eval_dir)])
+        run_distill(["evaluate", "--data", out / "data", "--split", split, "--run", out / "runs" / f"{split}.trec",
+                     "--k", "100", *rankers, "--baseline", "bm25", "--out", eval_dir])
         summary = pl.read_parquet(eval_dir / "summary.parquet").select("ranker", "nDCG@10", "RR@10")
         significance = pl.read_parquet(eval_dir / "significance.parquet").filter(pl.col("metric") == "nDCG@10")
         tables[split] = summary.join(significance.select("ranker", "p_ttest", "p_ttest_adj"), on="ranker",

@@ -111,10 +111,9 @@ QUICK_LOSSES = {"MarginMSE", "ListNet", "ScoreBasedInBatchCE"}
 
 
 def invoke(argv: list) -> None:
-    from distill.pipeline import invoke as run_distill
+    from _common import run_distill
 
-    argv = [str(a) for a in argv]
-    log.info("distill %s", " ".join(argv))
+    log.info("distill %s", " ".join(str(a) for a in argv))
     run_distill(argv)
 
 

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import DEFAULT_DATA, save_results
+from _common import DEFAULT_DATA, quiet_logging, save_results
 
 
 def pipeline_args(description: str) -> argparse.Namespace:
@@ -53,6 +53,7 @@ def pipeline_args(description: str) -> argparse.Namespace:
 def run(args: argparse.Namespace):
     from distill.pipeline import PipelineConfig, run_pipeline
 
+    quiet_logging()
     out = args.out or Path("bench_out") / (args.data.name + ("_quick" if args.quick else ""))
     given = {"init": args.init, "teacher": args.teacher, "title_queries": args.title_queries,
              "teacher_epochs": args.teacher_epochs, "teacher_objective": args.teacher_objective,

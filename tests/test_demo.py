@@ -26,7 +26,8 @@ def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder
     spec = json.loads((out / "cascade.json").read_text())
     assert spec["format"] == "distill-cascade/1" and spec["stages"][0]["name"] == "bm25"
     steps = json.loads((out / "pipeline.json").read_text())["steps"]
-    assert {"pseudo-queries", "train-teacher", "score-test", "student-lightgbm", "cascade-build", "evaluate"} <= set(steps)
+    assert {"pseudo-queries", "train-teacher", "score-test", "student-lightgbm", "cascade-build",
+            "evaluate"} <= set(steps)
     record = json.loads((out / "pipeline.json").read_text())
     assert record["teacher_choice"]["teacher"] in ("trained", "fused")  # chosen on valid, and said
     assert set(record["teacher_choice"]["weights"]) == {"teacher", "bm25"}
