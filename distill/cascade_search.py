@@ -326,11 +326,30 @@ class CascadeBuild:
     costs: dict[str, StageCost] = field(default_factory=dict)
 
 
-def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, BaseRanker | str], budget_ms: float,
-                  config: CascadeBuildConfig | None = None, *, costs: Mapping[str, StageCost] | None = None,
+@dataclass(frozen=True)
+class BudgetShare:
+    """A cascade budget given as a share of one stage's expected latency per query at
+    ``latency_k`` candidates: "within 10% of the teacher's latency" is ``BudgetShare("teacher", 0.1)``.
+    The stage's cost is measured (or given) once, for the search and for the budget alike."""
+
+    stage: str
+    share: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 < self.share <= 1:
+            raise ConfigError(f"a budget share must be in (0, 1], got {self.share!r}", field="budget_share")
+
+    def resolve(self, costs: Mapping[str, StageCost], pairs: float) -> float:
+        """The budget in ms: the share of the stage's expected latency for ``pairs`` candidates."""
+        return self.share * costs[self.stage].expected_ms(pairs)
+
+
+def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, BaseRanker | str],
+                  budget_ms: float | BudgetShare, config: CascadeBuildConfig | None = None, *,
+                  costs: Mapping[str, StageCost] | None = None,
                   cost_from: Mapping[str, BaseRanker | str] | None = None) -> CascadeBuild:
-    """Choose the best cascade within ``budget_ms`` expected ms per query on ``dataset``'s
-    (validation) queries and their candidates ``run``.
+    """Choose the best cascade within ``budget_ms`` expected ms per query (or a :class:`BudgetShare`
+    of one stage's latency) on ``dataset``'s (validation) queries and their candidates ``run``.
 
     ``stages``: rankers or :func:`distill.rankers.load_ranker` specs by name, the first being
     the first stage (``"bm25"``: the run's own order); the search picks subsets, orders and
@@ -343,8 +362,7 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
     config = config or CascadeBuildConfig()
     if not stages:
         raise ConfigError("no stages", field="stages")
-    if not math.isfinite(budget_ms) or budget_ms <= 0:  # before any stage is loaded or scored
-        raise ConfigError(f"the budget must be > 0 ms, got {budget_ms}", field="budget_ms")
+    _check_budget(budget_ms, stages)  # before any stage is loaded or scored
     dataset, run = _validation_part(dataset, run, config.valid_fraction, config.seed)
     loaded = _load_stages(stages)
     proxies = _load_stages(cost_from or {}, known=loaded)
@@ -358,6 +376,12 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
     for name, s in loaded.items():
         if name not in costs:
             costs[name], cost_source[name] = _measure_cost(proxies.get(name, s), dataset, run, config)
+    share = budget_ms if isinstance(budget_ms, BudgetShare) else None
+    if share is not None:
+        pairs = float(run.group_by(QID).len()["len"].clip(upper_bound=config.latency_k).mean())
+        budget_ms = share.resolve(costs, pairs)
+        log.info("budget: %.0f%% of stage %s's expected latency = %.3f ms per query", 100 * share.share,
+                 share.stage, budget_ms)
     scores = {name: _score(s, dataset, run) for name, s in loaded.items()}
     first = next(iter(loaded))
     result = search_cascades(scores, costs, dataset.qrels, first, budget_ms, config.cutoffs, config.metric,
@@ -373,7 +397,7 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
         provenance={
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(dataset.path or dataset.name),
             "split": dataset.split, "queries": dataset.queries.height, **asdict(config),
-            "n_evaluated": result.n_evaluated,
+            "n_evaluated": result.n_evaluated, "budget_share": asdict(share) if share else None,
             "chosen": {"cascade": str(result.chosen), "value": result.chosen.value,
                        "expected_latency_ms": result.chosen.latency_ms},
             "validation": chosen, "first_stage_validation": baseline,
@@ -384,6 +408,15 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
         },
     )
     return CascadeBuild(cascade, result, baseline, chosen, costs)
+
+
+def _check_budget(budget: float | BudgetShare, stages: Mapping[str, Any]) -> None:
+    if isinstance(budget, BudgetShare):
+        if budget.stage not in stages:
+            raise ConfigError(f"the budget's stage {budget.stage!r} is not one of the stages {list(stages)}",
+                              field="budget_share")
+    elif not math.isfinite(budget) or budget <= 0:
+        raise ConfigError(f"the budget must be > 0 ms, got {budget}", field="budget_ms")
 
 
 def _validation_part(dataset: Dataset, run: pl.DataFrame, fraction: float, seed: int) -> tuple[Dataset, pl.DataFrame]:
@@ -420,9 +453,8 @@ def _measure_cost(s: Stage, dataset: Dataset, candidates: pl.DataFrame,
                   config: CascadeBuildConfig) -> tuple[StageCost, str]:
     """Measure a stage's cost with :func:`distill.latency.measure_latency` at ``latency_k // 10``
     and ``latency_k`` candidates per query and fit fixed + per-pair parts; also say where it
-    came from. Stored scores (a teacher cache, a run file) cost nothing to replay, so their
-    real cost must be given."""
-    from distill.cache import CachedRanker
+    came from. Stored scores cost nothing to replay: a teacher cache is timed on the model its
+    fingerprint names (as ``distill evaluate --latency`` does), a run file's cost must be given."""
     from distill.latency import measure_latency
     from distill.rankers import RunRanker
 
@@ -430,19 +462,24 @@ def _measure_cost(s: Stage, dataset: Dataset, candidates: pl.DataFrame,
         log.info("stage %s is the candidates' own order: cost 0 (give --cost %s=0+MS for the retrieval)",
                  s.name, s.name)
         return StageCost(), "candidate order: 0 unless given"
-    if isinstance(s.ranker, (CachedRanker, RunRanker)):
+    ranker = s.ranker.live()
+    if ranker is None:
         raise ConfigError(f"stage {s.name!r} replays stored scores, so its real cost is unknown: give "
                           f"--cost {s.name}=MS_PER_PAIR or --cost-from {s.name}=MODEL", field="--cost")
+    where = s.spec or s.name
+    if ranker is not s.ranker:  # a teacher cache: its model, loaded now
+        ranker.prepare(dataset)
+        where = f"the model behind {where}"
     lengths = candidates.group_by(QID).len()["len"]
     measured = []
     for size in sorted({max(1, config.latency_k // 10), config.latency_k}):
-        latency = measure_latency(s.ranker, dataset, candidates, k=size, n_queries=config.latency_queries,
+        latency = measure_latency(ranker, dataset, candidates, k=size, n_queries=config.latency_queries,
                                   prepare=False, threads=config.threads)
         measured.append((float(lengths.clip(upper_bound=size).mean()), latency.mean_ms))
     cost = StageCost.fit(measured)
     log.info("stage %s: %.3f ms per query + %.4f ms per pair (measured)", s.name, cost.per_query_ms, cost.per_pair_ms)
     points = ", ".join(f"{pairs:.1f} pairs: {ms:.3f} ms" for pairs, ms in measured)
-    return cost, f"measured on {s.spec or s.name} ({points})"
+    return cost, f"measured on {where} ({points})"
 
 
 def _score(s: Stage, dataset: Dataset, candidates: pl.DataFrame) -> pl.DataFrame:

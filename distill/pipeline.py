@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import tasks
-from distill.cascade_search import CascadeBuildConfig
+from distill.cascade_search import BudgetShare, CascadeBuild, CascadeBuildConfig
 from distill.data import load_qrels
 from distill.errors import ConfigError, InputError
 from distill.evaluation import EvaluateConfig
@@ -222,7 +222,7 @@ def student_queries(cfg: PipelineConfig) -> Path | None:
     return cfg.out / "pseudo_queries.jsonl" if cfg.pseudo_queries else None
 
 
-STUDENT_CACHE, BUDGET_MS = "{student_cache}", "{budget_ms}"  # bound when their steps run: see run_pipeline
+STUDENT_CACHE = "{student_cache}"  # bound when the students' steps run: see run_pipeline
 
 
 def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
@@ -273,17 +273,22 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     steps += _student_steps(cfg, data, teacher)
     stages = {"bm25": "bm25", "lightgbm": str(models / "lightgbm"), "bi_encoder": str(models / "bi_encoder"),
               "ce_student": str(models / "ce_student"), "teacher": teacher}
-    build = CascadeBuildConfig(latency_queries=cfg.latency_queries, threads=1)
+    # the teacher's valid scores come from its cache, its cost from the model the cache names, measured
+    # once for the search and the budget alike (budget_fraction of its expected latency at test_k)
+    build_stages = {**stages, "teacher": str(cache)}
+    build = CascadeBuildConfig(latency_queries=cfg.latency_queries, latency_k=cfg.test_k, threads=1)
+    budget = BudgetShare("teacher", cfg.budget_fraction)
     evaluation = EvaluateConfig(baseline="bm25", teacher="teacher", k=cfg.test_k, latency=True,
                                 latency_queries=cfg.latency_queries, threads=1)
     rankers = {**stages, "teacher": str(cache), "fused_teacher": str(fused), "cascade": str(out / "cascade.json")}
     steps += [
         Step("cascade-build", [
             "cascade", "build", *common, "--split", "valid", "--run", runs / "valid.trec",
-            *[a for name, spec in stages.items() for a in ("--stage", f"{name}={spec}")],
-            "--budget-ms", BUDGET_MS, "--threads", build.threads,
-            "--latency-queries", build.latency_queries, "--out", out / "cascade.json"], tasks.build_cascade,
-            {"data": data, "split": "valid", "run": runs / "valid.trec", "stages": stages, "budget_ms": BUDGET_MS,
+            *[a for name, spec in build_stages.items() for a in ("--stage", f"{name}={spec}")],
+            "--budget-share", f"teacher={budget.share:g}",
+            "--threads", build.threads, "--latency-queries", build.latency_queries, "--latency-k", build.latency_k,
+            "--out", out / "cascade.json"], tasks.build_cascade,
+            {"data": data, "split": "valid", "run": runs / "valid.trec", "stages": build_stages, "budget_ms": budget,
              "out": out / "cascade.json", "config": build}, out / "cascade.json"),
         Step("cascade-run", ["cascade", "run", out / "cascade.json", *common, "--split", "test",
                              "--run", runs / "test.trec", "--threads", 1, "--out", runs / "cascade_test.trec"],
@@ -397,19 +402,12 @@ def prepare_data(cfg: PipelineConfig) -> Path:
     return split_view(Path(source), cfg.out / "data", "train", cfg.valid_fraction, cfg.title_queries, cfg.seed)
 
 
-def teacher_budget(cfg: PipelineConfig, data: Path, teacher: str) -> dict:
-    """The cascade budget: ``budget_fraction`` of the teacher's p50 latency per query (k candidates)."""
-    from distill.data import load_beir
-    from distill.latency import measure_latency
-    from distill.runs import read_run
-    from teachers import load_teacher
-
-    dataset = load_beir(data, "valid")
-    result = measure_latency(load_teacher(teacher, max_length=cfg.max_length), dataset,
-                             read_run(cfg.out / "runs" / "valid.trec"), k=cfg.test_k,
-                             n_queries=cfg.latency_queries, threads=1)
-    return {"teacher_p50_ms": result.p50_ms, "budget_fraction": cfg.budget_fraction,
-            "budget_ms": round(cfg.budget_fraction * result.p50_ms, 3), "k": cfg.test_k, "threads": 1}
+def cascade_budget(build: CascadeBuild) -> dict[str, Any]:
+    """The cascade's budget for ``pipeline.json``: a share of the teacher's expected latency per query."""
+    share = build.cascade.provenance["budget_share"]
+    return {"budget_ms": round(build.cascade.budget_ms, 3), "share_of": share["stage"], "share": share["share"],
+            "teacher_expected_ms": round(build.cascade.budget_ms / share["share"], 3),
+            "k": build.cascade.provenance["latency_k"], "threads": build.cascade.provenance["threads"]}
 
 
 def resume_record(path: Path, record: dict) -> dict:
@@ -438,7 +436,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     record_path = cfg.out / "pipeline.json"
     record = resume_record(record_path, {"config": cfg.to_dict(), "versions": library_versions(), "steps": {}})
     data = prepare_data(cfg)
-    teacher = cfg.teacher or str(cfg.out / "models" / "teacher")
     steps = plan(cfg, data)
     for number, step in enumerate(steps, start=1):
         console.rule(f"[bold]{number}/{len(steps)} {step.name}")
@@ -449,18 +446,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             chosen = student_cache(cfg.out)
             record["teacher_choice"] = chosen
             step.bind(STUDENT_CACHE, Path(chosen["cache"]))
-        if BUDGET_MS in step.argv:
-            budget = teacher_budget(cfg, data, teacher)
-            record["budget"] = budget
-            console.print(f"cascade budget: {budget['budget_fraction']:.0%} of the teacher's "
-                          f"{budget['teacher_p50_ms']:.1f} ms per query = {budget['budget_ms']:.1f} ms")
-            step.bind(BUDGET_MS, budget["budget_ms"])
         checkpoints = step.output.with_name(f"{step.output.name}.checkpoints") if step.output else None
         if checkpoints is not None and any(checkpoints.glob("checkpoint-*")):
             step.resume()  # a model step stopped mid-epoch goes on from its last checkpoint
         console.print(f"[dim]$ {step.command()}[/]", highlight=False, soft_wrap=True)
         start, cpu = time.perf_counter(), time.process_time()
-        step.run()
+        result = step.run()
+        if step.name == "cascade-build":
+            record["budget"] = cascade_budget(result)
         record["steps"][step.name] = {"command": step.command(), "seconds": round(time.perf_counter() - start, 1),
                                       "cpu_seconds": round(time.process_time() - cpu, 1)}
         write_json_atomic(record_path, record)

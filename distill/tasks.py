@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from distill.cascade import StageCost
-    from distill.cascade_search import CascadeBuild, CascadeBuildConfig, SearchResult
+    from distill.cascade_search import BudgetShare, CascadeBuild, CascadeBuildConfig, SearchResult
     from distill.evaluation import EvaluateConfig, EvaluationResult
     from students.train import StudentResult
     from teachers.fusion import FusedWeights
@@ -263,11 +263,13 @@ def _check_init(student: str, init: str | None, init_from_teacher: bool, layers:
                           "all-MiniLM-L6-v2); --init-from-teacher is for cross-encoders")
 
 
-def build_cascade(data: Path, split: str, run: Path, stages: Mapping[str, str], budget_ms: float, out: Path,
+def build_cascade(data: Path, split: str, run: Path, stages: Mapping[str, str], budget_ms: float | BudgetShare,
+                  out: Path,
                   config: CascadeBuildConfig | None = None, *, costs: Mapping[str, StageCost] | None = None,
                   cost_from: Mapping[str, str] | None = None) -> CascadeBuild:
     """``distill cascade build``: search every cascade of ``stages`` (the first is the first stage) on
-    ``split``'s candidates ``run`` within ``budget_ms`` per query, print the frontier, write the
+    ``split``'s candidates ``run`` within ``budget_ms`` per query (or a share of one stage's latency),
+    print the frontier, write the
     best spec to ``out``."""
     from distill.cascade_search import build_cascade as build
     from distill.inputs import load_dataset_and_run

@@ -28,7 +28,7 @@ def load_torch(model: Path, role: str) -> tuple[Any, Any, dict[str, Any]]:
         if labels not in (1, 2):
             raise ConfigError(f"a reranker has 1 or 2 labels, this model {labels}", path=model)
         positions = getattr(hf.config, "max_position_embeddings", None)
-        max_length = min(n for n in (ce.max_length, positions, 512) if n)
+        max_length = min(n for n in (ce.max_seq_length, positions, 512) if n)
         spec = {"role": role, "max_length": max_length, "num_labels": labels,
                 "lowercase": bool(getattr(list(ce)[0], "do_lower_case", False))}
         return _Score(hf, labels).eval(), ce.tokenizer, spec

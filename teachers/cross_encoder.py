@@ -118,7 +118,7 @@ class CrossEncoderTeacher(Teacher):
         model = cross_encoder.model
         positions = getattr(model.config, "max_position_embeddings", None)
         if self.max_length is None:  # the model's own setting (saved by sentence-transformers), at most 512
-            self.max_length = min(n for n in (cross_encoder.max_length, positions, 512) if n)
+            self.max_length = min(n for n in (cross_encoder.max_seq_length, positions, 512) if n)
         if positions is not None and self.max_length > positions:
             raise ConfigError(f"max_length {self.max_length} exceeds the model's {positions} positions",
                               path=self.model_name_or_path, field="max_length")

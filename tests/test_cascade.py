@@ -389,6 +389,27 @@ def test_cli_build_and_run(cli, tiny_beir, tmp_path):
     assert report["latency"]["skipped"] == {s["name"]: 0 for s in body["stages"]}
 
 
+def test_budget_share_is_that_share_of_the_stages_latency(cli, tiny_beir, tmp_path):
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+
+    candidates = bm25_run(load_beir(tiny_beir, "test"), k=20)
+    write_run(candidates, tmp_path / "c.trec", tag="bm25")
+    pairs = candidates.group_by(QID).len()["len"].clip(upper_bound=100).mean()
+    argv = ["cascade", "build", "--data", str(tiny_beir), "--split", "test", "--run", str(tmp_path / "c.trec"),
+            "--stage", "bm25=bm25", "--stage", f"x={tmp_path / 'c.trec'}", "--cost", "x=2+3",
+            "--out", str(tmp_path / "s.json")]
+    result = CliRunner().invoke(cli, [*argv, "--budget-share", "x=0.25"])
+    assert result.exit_code == 0, result.output
+    body = json.loads((tmp_path / "s.json").read_text())
+    assert body["budget_ms"] == pytest.approx(0.25 * (3 + 2 * pairs))  # share x (per query + per pair x pairs)
+    assert body["provenance"]["budget_share"] == {"stage": "x", "share": 0.25}
+    for bad in (["--budget-share", "y=0.1"], ["--budget-share", "x=2"], ["--budget-share", "x=0.1", "--budget-ms", "5"],
+                []):
+        result = CliRunner().invoke(cli, [*argv, *bad])
+        assert isinstance(result.exception, ConfigError), (bad, result.output)
+
+
 def test_cli_needs_the_cost_of_stored_scores(cli, tiny_beir, tmp_path):
     from distill.bm25 import bm25_run
     from distill.data import load_beir

@@ -199,12 +199,11 @@ def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
 def test_every_step_calls_what_its_printed_command_calls(tmp_path, monkeypatch, settings):
     import inspect
 
-    from distill.pipeline import BUDGET_MS, STUDENT_CACHE
+    from distill.pipeline import STUDENT_CACHE
 
     steps = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2, **settings), tmp_path / "data")
     for step in steps:
         step.bind(STUDENT_CACHE, tmp_path / "cache_fused")
-        step.bind(BUDGET_MS, 12.5)
         if settings and "resume" in inspect.signature(step.call).parameters:
             step.resume()  # as run_pipeline does for a model step stopped mid-epoch
     _assert_steps_call_what_their_commands_call(steps, monkeypatch)

@@ -14,6 +14,7 @@ DEFAULTS = CascadeBuildConfig()
 
 if TYPE_CHECKING:
     from distill.cascade import StageCost
+    from distill.cascade_search import BudgetShare
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +32,10 @@ def register(app: typer.Typer) -> None:
                                        "otherwise (caches and run files need this or --cost-from)."),
         cost_from: list[str] = typer.Option([], help="NAME=SPEC: measure stage NAME's cost on another ranker, "
                                             "e.g. the teacher model behind a teacher cache; repeatable [none]."),
-        budget_ms: float = typer.Option(..., min=0.0, help="Expected latency allowed per query (ms)."),
+        budget_ms: float = typer.Option(None, min=0.0, help="Expected latency allowed per query (ms) [or "
+                                        "--budget-share]."),
+        budget_share: str = typer.Option(None, help="NAME=SHARE: the budget is this share of stage NAME's expected "
+                                         "latency at --latency-k candidates, e.g. teacher=0.1 [or --budget-ms]."),
         out: Path = typer.Option(..., help="Cascade spec (JSON) to write."),
         valid_fraction: float = typer.Option(DEFAULTS.valid_fraction, min=0.0, max=1.0,
                                              help="Share of the split's queries used."),
@@ -54,7 +58,8 @@ def register(app: typer.Typer) -> None:
                                     cutoffs=tuple(parse_ints(cutoffs, "--cutoffs")), max_stages=max_stages,
                                     latency_queries=latency_queries, latency_k=latency_k, threads=threads)
         stages = _named(stage, "--stage")
-        tasks.build_cascade(data, split, run, stages, budget_ms, out, config, costs=_parse_costs(cost) or None,
+        budget = _budget(budget_ms, budget_share)
+        tasks.build_cascade(data, split, run, stages, budget, out, config, costs=_parse_costs(cost) or None,
                             cost_from=_named(cost_from, "--cost-from") or None)
 
     @cascade_app.command("run")
@@ -74,6 +79,23 @@ def register(app: typer.Typer) -> None:
 
         tasks.run_cascade(spec, data, run, out, split=split, budget_ms=budget_ms, no_budget=no_budget,
                           threads=threads)
+
+
+def _budget(budget_ms: float | None, budget_share: str | None) -> float | BudgetShare:
+    """``--budget-ms`` or ``--budget-share NAME=SHARE``, exactly one."""
+    from distill.cascade_search import BudgetShare
+    from distill.errors import ConfigError
+
+    if (budget_ms is None) == (budget_share is None):
+        raise ConfigError("give exactly one of --budget-ms and --budget-share", field="--budget-ms")
+    if budget_share is None:
+        return budget_ms
+    name, _, share = budget_share.partition("=")
+    try:
+        return BudgetShare(name.strip(), float(share))
+    except ValueError:
+        raise ConfigError(f"--budget-share must look like NAME=SHARE, got {budget_share!r}",
+                          field="--budget-share") from None
 
 
 def _named(texts: list[str], option: str) -> dict[str, str]:
