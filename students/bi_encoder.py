@@ -78,13 +78,14 @@ def train_bi_encoder_student(
     model.max_seq_length = train_config.max_length
     adapter = BiEncoderGroupLoss(model, loss, similarity=similarity, scale=scale, learn_scale=learn_scale)
     model.similarity_fn_name = similarity
-    history = fit(model, adapter, train, valid, train_config, train_config.checkpoints_for(out))
+    fitted = fit(model, adapter, train, valid, train_config, train_config.checkpoints_for(out))
     config = {"init": init, "loss": adapter.get_config_dict(), "group": asdict(group_config),
               "train": asdict(train_config)}
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         write_manifest(tmp, KIND, config, teacher=teacher_fingerprint,
-                       data=scores_summary(dataset, scores, train, valid), history=history)
+                       data=scores_summary(dataset, scores, train, valid), history=fitted.history,
+                       precision=fitted.precision.to_dict())
     log.info("saved the bi-encoder student to %s", out)
     return out
 

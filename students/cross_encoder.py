@@ -135,14 +135,15 @@ def train_cross_encoder_student(
     set_seed(train_config.seed)
     model = init_cross_encoder(init, layers=init_from_teacher_layers, choice=layer_choice,
                                max_length=train_config.max_length, trust_remote_code=trust_remote_code)
-    history = fit(model, CrossEncoderGroupLoss(model, loss), train, valid, train_config,
-                  train_config.checkpoints_for(out))
+    fitted = fit(model, CrossEncoderGroupLoss(model, loss), train, valid, train_config,
+                 train_config.checkpoints_for(out))
     config = {"init": init, "init_from_teacher_layers": init_from_teacher_layers,
               "layer_choice": layer_choice if init_from_teacher_layers else None, "loss": loss.get_config_dict(),
               "group": asdict(group_config), "train": asdict(train_config)}
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         write_manifest(tmp, KIND, config, teacher=teacher_fingerprint,
-                       data=scores_summary(dataset, scores, train, valid), history=history)
+                       data=scores_summary(dataset, scores, train, valid), history=fitted.history,
+                       precision=fitted.precision.to_dict())
     log.info("saved the cross-encoder student to %s", out)
     return out

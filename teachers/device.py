@@ -1,15 +1,14 @@
-"""Where teachers run: the best available accelerator, and whether this CPU computes in bf16."""
+"""Where teachers run: the best available accelerator (and, from :mod:`distill.hardware`, whether
+this CPU computes in bf16)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from distill.hardware import cpu_supports_bf16
 
 if TYPE_CHECKING:
     import torch
-
-_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-
 
 def resolve_device(device: str | None = None) -> torch.device:
     """``device`` as a :class:`torch.device`; when None, CUDA if available, else MPS, else CPU."""
@@ -24,17 +23,4 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_supports_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether the x86 CPU has native bf16 arithmetic (AMX or AVX-512 BF16).
-
-    Without it torch emulates bf16 on CPU, which is slower than fp32, so we never pick it
-    there. Non-x86 machines and systems without ``/proc/cpuinfo`` answer False.
-    """
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return bool(_BF16_CPU_FLAGS & set(line.partition(":")[2].split()))
-    return False
+__all__ = ["cpu_supports_bf16", "resolve_device"]

@@ -185,13 +185,13 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
                          trust_remote_code=config.trust_remote_code)
     _note_new_head(model, init)
     loss = HardLabelObjective(OBJECTIVES[config.objective])
-    history = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
-                  evaluator=evaluator, patience=config.patience)
-    validation = summarize_validation(history, evaluator.baseline if evaluator else None)
+    fitted = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
+                 evaluator=evaluator, patience=config.patience)
+    validation = summarize_validation(fitted.history, evaluator.baseline if evaluator else None)
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         write_manifest(tmp, KIND, {**asdict(config), "init": init}, loss=loss.get_config_dict(),
-                       validation=validation,
+                       validation=validation, precision=fitted.precision.to_dict(),
                        data={"dataset": dataset.name, "split": dataset.split,
                              "qrels_hash": frame_hash(dataset.qrels.sort([QID, DOCID])),
                              "train_groups": len(groups), "valid_queries": len(valid_qids)})
