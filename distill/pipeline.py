@@ -150,6 +150,7 @@ class PipelineConfig:
     # targets near uniform: nDCG@10 0.265 with KLDiv T=1 against 0.755 with ListNet T=0.2 on valid)
     bi_loss_params: tuple[str, ...] = ()
     negatives: int = 7
+    bi_negatives: int | None = None  # the bi-encoder's negatives per query; None: ``negatives``
     # neural students whose scores are LightGBM features too (--feature-ranker)
     lightgbm_features: tuple[str, ...] = ("bi_encoder",)
     # shares of the LightGBM student's grades taken from the train qrels (--qrels-weight; 0: the teacher's
@@ -331,8 +332,9 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
           "lr": cfg.ce_lr or cfg.student_lr, "rounds": cfg.ce_rounds, "lr_schedule": cfg.lr_schedule,
           "checkpoint_steps": 50}
     bi_params = [a for p in cfg.bi_loss_params for a in ("--loss-param", p)]
+    bi_neural = {**neural, "negatives": cfg.bi_negatives or cfg.negatives}
     bi = {"init": cfg.init or default_init(), "loss": cfg.bi_loss,
-          "loss_params": tasks.parse_loss_params(cfg.bi_loss_params) or None, **neural,
+          "loss_params": tasks.parse_loss_params(cfg.bi_loss_params) or None, **bi_neural,
           "epochs": cfg.student_epochs, "lr": cfg.student_lr}
     return [
         Step("student-cross-encoder", [*argv, "--student", "cross-encoder", "--init-from-teacher", "--layers",
@@ -343,7 +345,7 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
              tasks.train_student, {"student": "cross-encoder", **kwargs, **ce, "out": models / "ce_student"},
              models / "ce_student"),
         Step("student-bi-encoder", [*argv, "--student", "bi-encoder", "--init", bi["init"], "--loss", cfg.bi_loss,
-                                    *bi_params, *_options(neural), "--epochs", bi["epochs"], "--lr", bi["lr"],
+                                    *bi_params, *_options(bi_neural), "--epochs", bi["epochs"], "--lr", bi["lr"],
                                     "--out", models / "bi_encoder"],
              tasks.train_student, {"student": "bi-encoder", **kwargs, **bi, "out": models / "bi_encoder"},
              models / "bi_encoder"),
@@ -387,6 +389,21 @@ def _feature_rankers(cfg: PipelineConfig, models: Path) -> dict[str, str]:
             raise ConfigError(f"LightGBM feature {name!r} is not one of the pipeline's students {known}",
                               field="lightgbm_features")
     return {name: str(models / name) for name in cfg.lightgbm_features}
+
+
+# distill demo on its built-in dataset (no --data): the settings that differ from PipelineConfig's (a BEIR
+# folder's), chosen on the built-in dataset's valid split to fit the demo in 20 minutes on 2 CPU cores
+# (docs/results/demo.md): its texts fit in 128 tokens, and 30% held out makes 93 valid queries
+BUILTIN_DEMO: dict[str, Any] = {"queries_per_topic": 10, "valid_fraction": 0.3, "max_length": 128,
+                                "teacher_epochs": 2.0, "ce_rounds": 3, "ce_epochs": 2.0, "bi_negatives": 3,
+                                "latency_queries": 10}
+
+
+def demo_config(out: Path, data: Path | None = None, **given: Any) -> PipelineConfig:
+    """``distill demo``'s settings: those ``given`` (None: unset), else :data:`BUILTIN_DEMO`'s on the
+    built-in dataset, else :class:`PipelineConfig`'s."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return PipelineConfig(out=out, data=data, **{**(BUILTIN_DEMO if data is None else {}), **chosen})
 
 
 def prepare_data(cfg: PipelineConfig) -> Path:

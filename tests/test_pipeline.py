@@ -217,3 +217,16 @@ def test_extra_replaces_a_steps_arguments_and_shows_in_its_command(tmp_path):
     step.call = lambda **kwargs: seen.append(kwargs)
     step.run()
     assert seen[0]["batch_size"] == 16 and seen[0]["loss"] == cfg.bi_loss
+
+
+def test_demo_config_takes_the_builtin_settings_only_without_data(tmp_path):
+    from distill.pipeline import BUILTIN_DEMO, demo_config
+
+    builtin = demo_config(tmp_path, None, ce_rounds=None, max_length=64)
+    assert builtin.ce_rounds == BUILTIN_DEMO["ce_rounds"] and builtin.bi_negatives == BUILTIN_DEMO["bi_negatives"]
+    assert builtin.max_length == 64  # given wins
+    beir = demo_config(tmp_path, tmp_path / "beir", ce_rounds=None)
+    assert beir.ce_rounds == PipelineConfig.ce_rounds and beir.bi_negatives is None and beir.max_length == 256
+    step = next(s for s in plan(builtin, tmp_path / "data") if s.name == "student-bi-encoder")
+    assert step.kwargs["negatives"] == BUILTIN_DEMO["bi_negatives"]
+    assert step.argv[step.argv.index("--negatives") + 1] == str(BUILTIN_DEMO["bi_negatives"])

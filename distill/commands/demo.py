@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
         max_length: int = typer.Option(None, help="Tokens per pair [built-in data 128; --data 256]."),
         teacher_epochs: float = typer.Option(None, help="Teacher epochs at most, stopping early on valid "
                                              "[built-in 2; --data 4]."),
-        student_epochs: float = typer.Option(None, help="Student epochs [built-in 2; --data 1]."),
+        student_epochs: float = typer.Option(None, help="Bi-encoder student epochs [1]."),
+        bi_negatives: int = typer.Option(None, min=1, help="Bi-encoder negatives per query [built-in 3; --data 7]."),
+        ce_epochs: float = typer.Option(None, help="Cross-encoder student epochs per round [built-in 2; --data 1]."),
         topics: int = typer.Option(40, min=2, help="Built-in dataset size (8 documents, 10 queries per topic)."),
         test_k: int = typer.Option(100, min=2, help="Candidates per test query."),
         latency_queries: int = typer.Option(None, min=1, help="Queries timed per ranker [built-in 10; --data 20]."),
@@ -28,7 +30,8 @@ def register(app: typer.Typer) -> None:
                                      "pseudo-queries]."),
         pseudo_queries: str = typer.Option("title,first-sentence", help="Pseudo-queries students learn from "
                                            "(distill pseudo-queries --kind; 'none': only the train queries)."),
-        ce_rounds: int = typer.Option(4, min=1, help="Rounds of the cross-encoder student (best on valid kept)."),
+        ce_rounds: int = typer.Option(None, min=1, help="Rounds of the cross-encoder student, the best on valid "
+                                      "kept [built-in 3; --data 4]."),
         lightgbm_feature: list[str] = typer.Option(["bi_encoder"], "--lightgbm-feature", help="bi_encoder | "
                                                    "ce_student: that student's score is also a LightGBM feature; "
                                                    "repeatable."),
@@ -45,18 +48,14 @@ def register(app: typer.Typer) -> None:
         printed as the `distill` command that runs it, and a rerun skips finished steps."""
         from rich.console import Console
 
-        from distill.pipeline import PipelineConfig, run_pipeline
+        from distill.pipeline import demo_config, run_pipeline
 
-        builtin = data is None
-        cfg = PipelineConfig(
-            out=out, data=data, init=init, teacher=teacher, test_k=test_k, seed=seed, topics=topics,
-            queries_per_topic=10 if builtin else 6, valid_fraction=valid_fraction or (0.3 if builtin else 0.1),
-            queries=queries, pseudo_queries=None if pseudo_queries == "none" else pseudo_queries,
-            ce_rounds=ce_rounds, allow_collapse=allow_collapse,
-            max_length=max_length or (128 if builtin else 256),
-            teacher_epochs=teacher_epochs or (2.0 if builtin else 4.0),
-            student_epochs=student_epochs or (2.0 if builtin else 1.0),
-            latency_queries=latency_queries or (10 if builtin else 20),
+        cfg = demo_config(
+            out, data, init=init, teacher=teacher, test_k=test_k, seed=seed, topics=topics,
+            valid_fraction=valid_fraction, queries=queries, allow_collapse=allow_collapse,
+            pseudo_queries=None if pseudo_queries == "none" else pseudo_queries, ce_rounds=ce_rounds,
+            max_length=max_length, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
+            ce_epochs=ce_epochs, bi_negatives=bi_negatives, latency_queries=latency_queries,
             title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
             lightgbm_qrels_weights=tuple(lightgbm_qrels_weight),
         )
