@@ -121,13 +121,20 @@ def _source_manifest(model: Path) -> dict[str, Any]:
 
 
 def _training_data(model: Path, source: dict[str, Any], config: ExportConfig) -> Dataset:
-    """The dataset the model was trained on (or ``config.data``/``split``), for the check."""
+    """The dataset the model was trained on (or ``config.data``/``split``), for the check: for a model
+    trained on a split plus unjudged queries, that split's judged queries."""
     data = source.get("data") or {}
     path = config.data or data.get("path")
     if not path:
         raise ConfigError("the model's distill.json records no training data; pass --data (and --split)",
                           path=model / "distill.json", field="data.path")
-    return load_beir(path, config.split or data.get("split"))
+    split = config.split or data.get("split")
+    if split and "+" in split:  # "train+pseudo_queries": the judged split, plus a queries file not recorded
+        split = split.split("+", 1)[0]
+    elif split and split.startswith("queries:"):
+        raise ConfigError(f"the model was trained on a queries file only ({split}); pass --data and --split with "
+                          "judged queries for the check", path=model / "distill.json", field="data.split")
+    return load_beir(path, split)
 
 
 def _sample_queries(dataset: Dataset, config: ExportConfig) -> tuple[list[str], list[str]]:

@@ -161,3 +161,16 @@ def test_cli_exports_and_evaluate_loads_it(cross_encoder, tiny_beir, candidates,
     ndcg = dict(zip(result.summary["ranker"], result.summary["nDCG@10"]))
     assert ndcg["onnx"] == pytest.approx(ndcg["torch"], abs=1e-6)
     assert {"torch", "onnx"} <= set(result.latency) and result.configs["onnx"]["format"] == "onnx"
+
+
+def test_the_check_of_a_student_trained_with_unjudged_queries_uses_its_judged_split(tiny_beir, tmp_path):
+    from distill.errors import ConfigError
+    from students.export import ExportConfig, _source_manifest, _training_data
+
+    folder = tmp_path / "student"
+    write_manifest(folder, "cross-encoder-student", {}, data={"split": "train+pseudo_queries", "path": str(tiny_beir)})
+    dataset = _training_data(folder, _source_manifest(folder), ExportConfig(format="onnx"))
+    assert dataset.split == "train" and dataset.qrels.height > 0
+    write_manifest(folder, "cross-encoder-student", {}, data={"split": "queries:log", "path": str(tiny_beir)})
+    with pytest.raises(ConfigError, match="--split"):
+        _training_data(folder, _source_manifest(folder), ExportConfig(format="onnx"))
