@@ -240,7 +240,9 @@ def _progress(show: bool):
 def _measure(rankers: Mapping[str, BaseRanker], specs: Mapping[str, str], dataset: Dataset,
              candidates: pl.DataFrame, config: EvaluateConfig, progress) -> dict[str, LatencyResult]:
     """Time every ranker with its ``prepare`` step: a teacher cache by the teacher model it
-    replays, and a ranker that precomputes (a bi-encoder's corpus embeddings) once more without."""
+    replays, and a ranker that precomputes (a bi-encoder's corpus embeddings) once more without.
+    Stored scores of no model (a run file, a fused teacher's cache) are not timed: replaying
+    them costs nothing, and a near-zero latency would put them on the report's Pareto frontier."""
     from distill.cache import CachedRanker
     from distill.rankers import model_folder
 
@@ -250,12 +252,15 @@ def _measure(rankers: Mapping[str, BaseRanker], specs: Mapping[str, str], datase
         progress.update(task, description=f"timing {name}")
         folder = model_folder(specs[name]) if name in specs else None
         live = ranker.live()
-        if isinstance(ranker, CachedRanker) and live is not None:  # replaying a cache costs nothing
+        if live is None:
+            log.info("%s replays stored scores of no model: not timed", name)
+            progress.advance(task)
+            continue
+        if isinstance(ranker, CachedRanker):  # replaying a cache costs nothing: time its teacher
             folder = Path(ranker.cache.manifest["teacher"]["model"])
-        timed = live if live is not None else ranker
-        timings[name] = measure_latency(timed, dataset, candidates, k=config.k, n_queries=config.latency_queries,
+        timings[name] = measure_latency(live, dataset, candidates, k=config.k, n_queries=config.latency_queries,
                                         prepare=True, threads=config.threads, model_path=folder, name=name)
-        cold = timed.without_precomputation()
+        cold = live.without_precomputation()
         if cold is not None:
             timings[f"{name} (no precompute)"] = measure_latency(
                 cold, dataset, candidates, k=config.k, n_queries=config.latency_queries, prepare=False,

@@ -261,7 +261,8 @@ def _notes(evaluation: EvaluationResult, latency: dict[str, LatencyResult]) -> l
         any_result = next(iter(latency.values()))
         notes.append(f"Latency: {any_result.n_queries} queries x top-{any_result.k} candidates, "
                      f"torch threads: {any_result.threads}, CPUs: {any_result.cpu_count}; "
-                     "'bm25' and run files time the lookup of fixed scores only.")
+                     "'bm25' times the lookup of the candidates' scores; stored scores of no model "
+                     "(run files, a fused teacher) are not timed.")
     return notes
 
 
