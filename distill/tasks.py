@@ -92,8 +92,9 @@ def train_teacher(data: Path, out: Path, *, init: str, split: str = "train", obj
 
 def score_teacher(teacher: str, cache: Path, *, data: Path | None = None, split: str | None = None,
                   queries: Path | None = None, run: Path | None = None, pairs: Path | None = None,
-                  kind: str = "auto", max_length: int | None = None, dtype: str = "auto", device: str | None = None,
-                  batch_tokens: int | None = None, shard: str | None = None, flush_pairs: int = 1024,
+                  kind: str = "auto", max_length: int | None = None, dtype: str = "auto", backend: str = "auto",
+                  device: str | None = None, batch_tokens: int | None = None, shard: str | None = None,
+                  flush_pairs: int = 1024,
                   revision: str | None = None, instruction: str | None = None, allow_untrained_head: bool = False,
                   trust_remote_code: bool = False, sanity_check: bool = True, engine: str = "local",
                   ray_options: Mapping[str, Any] | None = None) -> TeacherScoring:
@@ -111,8 +112,8 @@ def score_teacher(teacher: str, cache: Path, *, data: Path | None = None, split:
         raise ConfigError(f"--{next(iter(ray_options)).replace('_', '-')} applies to --engine ray only")
     dataset, pool = load_dataset_and_run(data, split if split or queries else "test", run, pairs, queries)
     return score(teacher, dataset, pool, cache, source=str(run or pairs), shard=shard_spec, flush_pairs=flush_pairs,
-                 sanity_check=sanity_check, kind=kind, dtype=dtype, device=device, revision=revision,
-                 trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
+                 sanity_check=sanity_check, kind=kind, dtype=dtype, backend=backend, device=device,
+                 revision=revision, trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
                  max_tokens_per_batch=batch_tokens, max_length=max_length, instruction=instruction,
                  engine=engine, engine_options=dict(ray_options or {}))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,45 +29,12 @@ from distill.errors import InputError
 from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE, require_columns
 from students.bi_encoder import BiEncoderRanker
+from teachers.graph import BACKENDS, open_session, run_graph
 
 KIND = "exported-student"
-FORMATS = ("onnx", "openvino")
-GRAPH_FILES = {"onnx": "model.onnx", "openvino": "openvino_model.xml"}
+FORMATS = BACKENDS
 # Padded tokens per batch: the same budget as torch teachers on CPU (teachers.batching).
 MAX_TOKENS = 16384
-
-Session = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-def open_session(folder: str | Path, fmt: str, *, threads: int | None = None,
-                 openvino_precision: str = "f32") -> tuple[Session, list[str]]:
-    """A function running the graph in ``folder`` (feeds by input name -> first output) and
-    the graph's input names. ``threads`` caps the intra-op threads (default: the runtime's)."""
-    path = Path(folder) / GRAPH_FILES[fmt]
-    if not path.is_file():
-        raise InputError(f"no {GRAPH_FILES[fmt]} in the exported folder", path=folder)
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        return (lambda feeds: session.run(None, {n: feeds[n] for n in names})[0]), names
-    import openvino as ov
-
-    # LATENCY: one request uses every core on one batch (the THROUGHPUT hint splits them)
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": openvino_precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-    request = compiled.create_infer_request()
-    output = compiled.output(0)
-    names = [i.get_any_name() for i in compiled.inputs]
-    return (lambda feeds: request.infer({n: feeds[n] for n in names})[output]), names
-
 
 def _torch_threads() -> int | None:
     """torch's intra-op threads where torch is loaded (None: the runtime's own default)."""
@@ -115,16 +82,9 @@ class _Exported:
 
     def _run(self, encoded: dict[str, list[list[int]]], width: int) -> np.ndarray:
         """The graph's output rows for unpadded token features, in input order, batched by tokens."""
-        from teachers.batching import pad_batch, token_batches
-
         if (self.threads or _torch_threads()) != self._session_threads:
             self._open()
-        features = {n: encoded[n] for n in self.inputs if n != "attention_mask"}
-        lengths = np.fromiter((len(row) for row in features["input_ids"]), dtype=np.int64)
-        out = np.empty((len(lengths), width), dtype=np.float32)
-        for index in token_batches(lengths, MAX_TOKENS):
-            out[index] = self.session(pad_batch(features, index, self.pad_id)).reshape(len(index), width)
-        return out
+        return run_graph(self.session, self.inputs, encoded, width, MAX_TOKENS, self.pad_id)
 
     def _lower(self, texts: Sequence[str]) -> list[str]:
         return [t.lower() for t in texts] if self.lowercase else list(texts)

@@ -37,7 +37,8 @@ from distill.errors import ConfigError, DistillError, InputError
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
 from distill.schema import DOCID, QID, RELEVANCE
-from students.backends import FORMATS, GRAPH_FILES, KIND, load_exported
+from students.backends import FORMATS, KIND, load_exported
+from teachers.graph import GRAPH_FILES
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def _candidates(dataset: Dataset, qids: list[str], k: int) -> pl.DataFrame:
 def _export_graph(model: Path, role: str, tmp: Path, scratch: Path, config: ExportConfig,
                   calibration: pl.DataFrame, dataset: Dataset) -> dict[str, Any]:
     """Write the graph and tokenizer into ``tmp``; return how to tokenize and score (``model``)."""
-    from students.backends_graph import export_onnx, load_torch
+    from students.backends_graph import load_torch
+    from teachers.graph_export import export_onnx
 
     torch_model, tokenizer, spec = load_torch(model, role)
     onnx_path = scratch / "model.onnx"

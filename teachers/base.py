@@ -1,9 +1,10 @@
 """What every teacher is: a model that scores (query, document) pairs with raw logits.
 
 The cache stores those logits next to :meth:`Teacher.fingerprint`, which names everything
-that changes them (model and weights, max_length, prompt template, precision in use). The
-precision is settled once, by measurement (:mod:`teachers.precision`), on the first pairs a
-teacher sees, or taken over from a cache that recorded it (:meth:`Teacher.resume_precision`).
+that changes them (model and weights, max_length, prompt template, precision and runtime in
+use). The compute (precision, and torch or a graph runtime) is settled once, by measurement
+(:mod:`teachers.precision`), on the first pairs a teacher sees, or taken over from a cache
+that recorded it (:meth:`Teacher.resume_precision`).
 Teachers also follow :class:`distill.ranking.Ranker`, so a teacher, or a cross-encoder
 student folder loaded as one, is evaluated and cascaded like any other reranker.
 """
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import tempfile
+import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,12 +29,16 @@ from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE, require_columns
 from teachers.batching import default_max_tokens, score_batches
 from teachers.device import resolve_device
+from teachers.graph import OPENVINO_PRECISIONS, open_session, run_graph
 from teachers.precision import (
     PrecisionChoice,
-    candidate_dtypes,
+    candidate_computes,
+    check_backend_name,
     check_dtype_name,
     choose_precision,
+    compute_name,
     device_timer,
+    parse_compute,
     torch_dtype,
 )
 
@@ -84,7 +92,8 @@ class Teacher(BaseRanker):
 
     Subclasses load ``self.model`` (a transformers model, in fp32) and ``self.pad_id`` in
     :meth:`_load`, turn pairs into token ids in :meth:`_encode` and padded batches into one
-    score per row in :meth:`_forward`.
+    score per row in :meth:`_forward`. Those that can run as an ONNX graph name the graph
+    runtimes they take in :meth:`_graph_backends` and write the graph in :meth:`_export_graph`.
     """
 
     kind: ClassVar[str]
@@ -100,6 +109,7 @@ class Teacher(BaseRanker):
         revision: str | None,
         trust_remote_code: bool,
         max_tokens_per_batch: int | None,
+        backend: str = "auto",
     ) -> None:
         check_model_reference(model_name_or_path)
         if max_length is not None and max_length < 1:
@@ -111,6 +121,7 @@ class Teacher(BaseRanker):
         self.name = Path(self.model_name_or_path).name if is_local(self.model_name_or_path) else self.model_name_or_path
         self.max_length = max_length
         self.requested_dtype = check_dtype_name(dtype)
+        self.requested_backend = check_backend_name(backend)
         self.device = resolve_device(device)
         self.revision = revision
         self.trust_remote_code = trust_remote_code
@@ -119,9 +130,12 @@ class Teacher(BaseRanker):
         self.pad_id = 0
         self._source: dict[str, str] | None = None
         self.dtype = "fp32"
-        # The precisions this teacher may end up in; with more than one, the choice waits for
-        # pairs to measure them on (see settle_precision).
-        self.dtype_candidates = candidate_dtypes(dtype, self.device)
+        self.backend = "torch"
+        self._graph: tuple[Any, list[str]] | None = None  # (session, input names) when not torch
+        self._graph_dir: Path | None = None
+        # The computes (precision and runtime) this teacher may end up in; with more than one,
+        # the choice waits for pairs to measure them on (see settle_precision).
+        self.dtype_candidates = candidate_computes(dtype, self.device, backend, self._graph_backends())
         self.precision: dict[str, Any] | None = None  # what settle_precision measured
         self._pending = len(self.dtype_candidates) > 1
         self._load_fp32()
@@ -139,6 +153,14 @@ class Teacher(BaseRanker):
     @abstractmethod
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One score per row of a padded batch (``input_ids``, ``attention_mask``, ...)."""
+
+    def _graph_backends(self) -> tuple[str, ...]:
+        """The graph runtimes (:mod:`teachers.graph`) this teacher can score through here."""
+        return ()
+
+    def _export_graph(self, folder: Path, backend: str) -> None:
+        """Write the fp32 model into ``folder`` as ``backend``'s graph (see :meth:`_graph_backends`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no graph export")
 
     def _scoring_options(self) -> dict[str, Any]:
         """Options beyond the common ones that change the scores (fingerprint and config)."""
@@ -176,8 +198,17 @@ class Teacher(BaseRanker):
     def _score(
         self, queries: Sequence[str], docs: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
+        if self._graph is not None:
+            session, inputs = self._graph
+            return run_graph(session, inputs, self._encode(queries, docs), 1, self.max_tokens_per_batch, self.pad_id,
+                             self.padding_side, progress)[:, 0]
         return score_batches(self._encode(queries, docs), self._forward, self.device, self.max_tokens_per_batch,
                              self.pad_id, self.padding_side, progress)
+
+    @property
+    def compute(self) -> str:
+        """The precision and runtime in use, as :func:`teachers.precision.compute_name` names it."""
+        return compute_name(self.backend, self.dtype)
 
     @property
     def precision_pending(self) -> bool:
@@ -185,58 +216,88 @@ class Teacher(BaseRanker):
         return self._pending
 
     def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> PrecisionChoice | None:
-        """Choose the precision on a small sample of these pairs, once; None when already settled.
+        """Choose the compute on a small sample of these pairs, once; None when already settled.
 
-        ``dtype="auto"`` times each candidate precision and keeps the fastest that ranks like
-        fp32 (never one slower than fp32); an explicit reduced dtype is only checked against
-        fp32. The returned choice holds the sample's scores in the chosen precision, for the
-        caller to keep. The first :meth:`score` calls this itself.
+        ``dtype="auto"`` (with backend "auto" or "torch") times each candidate and keeps the
+        fastest that ranks like fp32 (never one slower than fp32); an explicit dtype or
+        graph backend is only checked against fp32. The returned choice holds the sample's
+        scores in the chosen compute, for the caller to keep. The first :meth:`score` calls
+        this itself.
         """
         if not self._pending or not len(queries):
             return None
-        choice = choose_precision(self._score, self._cast, self._load_fp32, self.dtype_candidates, queries, docs,
-                                  self.name, timed=self.requested_dtype == "auto", timer=device_timer(self.device))
+        timed = self.requested_dtype == "auto" and self.requested_backend in ("auto", "torch")
+        choice = choose_precision(self._score, self._cast, self._restore, self.dtype_candidates, queries, docs,
+                                  self.name, timed=timed, timer=device_timer(self.device))
         self._settle(choice.dtype)
         self.precision = choice.to_dict()
         return choice
 
-    def use_precision(self, dtype: str) -> None:
-        """Compute in ``dtype`` from now on, without measuring or checking it.
+    def use_precision(self, compute: str) -> None:
+        """Compute in ``compute`` (``bf16``, ``openvino:fp32``, ...) from now on, without
+        measuring or checking it.
 
-        For a precision chosen before: recorded in a cache this teacher resumes, or chosen by
+        For a compute chosen before: recorded in a cache this teacher resumes, or chosen by
         the process that hands work to this one (a scale-out worker).
         """
+        backend, dtype = parse_compute(compute)
         if check_dtype_name(dtype) == "auto":
             raise ConfigError("use_precision needs a concrete dtype, not 'auto'", field="dtype")
-        if dtype != self.dtype:
-            if self.dtype != "fp32":
-                self._load_fp32()
-            if dtype != "fp32":
-                self._cast(dtype)
-        self._settle(dtype)
+        if backend != "torch" and backend not in self._graph_backends():
+            raise ConfigError(f"{self.name}: cannot compute in {compute} here (install distill[onnx]; graph "
+                              "runtimes run on a CPU)", field="backend")
+        if compute != self.compute:
+            if self.compute != "fp32":
+                self._restore()
+            if compute != "fp32":
+                self._cast(compute)
+        self._settle(compute)
 
     def resume_precision(self, recorded: dict[str, Any]) -> bool:
-        """Take over the precision in ``recorded`` (a cache's teacher fingerprint) when it names
-        this very teacher otherwise; True when taken over.
+        """Take over the compute in ``recorded`` (a cache's teacher fingerprint) when it names
+        this very teacher otherwise, and this teacher may compute so; True when taken over.
 
-        So a resumed run, and every worker of one, scores in the precision the cache was
-        started with instead of measuring again (and perhaps choosing differently).
+        So a resumed run, and every worker of one, scores in the compute the cache was started
+        with instead of measuring again (and perhaps choosing differently).
         """
-        dtype = recorded.get("dtype")
-        wanted = self.requested_dtype == "auto" or dtype in self.dtype_candidates
-        if not self._pending or dtype not in DTYPES_IN_USE or not wanted:
+        backend, dtype = recorded.get("backend", "torch"), recorded.get("dtype")
+        compute = compute_name(backend, dtype)
+        free = self.requested_dtype == "auto" and self.requested_backend == "auto"
+        runnable = backend == "torch" or backend in self._graph_backends()
+        if not self._pending or dtype not in DTYPES_IN_USE or not runnable:
             return False
-        if {k: v for k, v in recorded.items() if k != "dtype"} != self._identity():
+        if not (free or compute in self.dtype_candidates):
             return False
-        self.use_precision(dtype)
+        if {k: v for k, v in recorded.items() if k not in ("dtype", "backend")} != self._identity():
+            return False
+        self.use_precision(compute)
         return True
 
-    def _settle(self, dtype: str) -> None:
-        self.dtype = dtype
+    def _settle(self, compute: str) -> None:
+        self.backend, self.dtype = parse_compute(compute)
         self._pending = False
 
-    def _cast(self, dtype: str) -> None:
-        self.model.to(torch_dtype(dtype))
+    def _cast(self, compute: str) -> None:
+        """From torch fp32 to ``compute``: the weights cast, or the model exported to a graph runtime."""
+        backend, dtype = parse_compute(compute)
+        if backend == "torch":
+            self.model.to(torch_dtype(dtype))
+            return
+        import torch
+
+        if self._graph_dir is None:  # one export per teacher, shared by its runtimes and precisions
+            self._graph_dir = Path(tempfile.mkdtemp(prefix="distill-graph-"))
+            weakref.finalize(self, shutil.rmtree, self._graph_dir, True)
+        self._export_graph(self._graph_dir, backend)
+        self._graph = open_session(self._graph_dir, backend, threads=torch.get_num_threads(),
+                                   openvino_precision=OPENVINO_PRECISIONS[dtype])
+
+    def _restore(self) -> None:
+        """Back to torch fp32: close the graph session (the torch weights stayed fp32), or reload."""
+        if self._graph is not None:
+            self._graph = None
+        else:
+            self._load_fp32()
 
     def _load_fp32(self) -> None:
         try:
@@ -258,7 +319,8 @@ class Teacher(BaseRanker):
             raise RuntimeError(f"{self.name}: the precision ({'/'.join(self.dtype_candidates)}) is not chosen yet; "
                                "call settle_precision(queries, docs), resume_precision() or score() before "
                                "fingerprint()")
-        return {**self._identity(), "dtype": self.dtype}
+        runtime = {} if self.backend == "torch" else {"backend": self.backend}  # as caches without it recorded
+        return {**self._identity(), "dtype": self.dtype, **runtime}
 
     def _identity(self) -> dict[str, Any]:
         """The fingerprint without the precision."""
@@ -278,7 +340,8 @@ class Teacher(BaseRanker):
         """The options this teacher was built with (for manifests)."""
         return {
             "kind": self.kind, "model_name_or_path": self.model_name_or_path, "max_length": self.max_length,
-            "dtype": self.requested_dtype, "device": str(self.device), "revision": self.revision,
+            "dtype": self.requested_dtype, "backend": self.requested_backend, "device": str(self.device),
+            "revision": self.revision,
             "trust_remote_code": self.trust_remote_code, "max_tokens_per_batch": self.max_tokens_per_batch,
             **self._scoring_options(), **self._config_extra(),
         }
@@ -301,4 +364,5 @@ class Teacher(BaseRanker):
         return run.select(QID, DOCID).with_columns(pl.Series(SCORE, scores, dtype=pl.Float64))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.model_name_or_path!r}, max_length={self.max_length}, dtype={self.dtype})"
+        return (f"{type(self).__name__}({self.model_name_or_path!r}, max_length={self.max_length}, "
+                f"compute={self.compute})")

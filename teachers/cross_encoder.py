@@ -73,7 +73,8 @@ class CrossEncoderTeacher(Teacher):
 
     Loads through :class:`sentence_transformers.CrossEncoder` (hub id or local folder) and
     scores with the underlying transformers model and tokenizer, batched by token budget.
-    A model whose classification head is not in its checkpoint is refused unless
+    On a CPU it may also score through ONNX Runtime or OpenVINO (``backend``, see
+    :mod:`teachers.precision`). A model whose classification head is not in its checkpoint is refused unless
     ``allow_untrained_head``; then the head is drawn from ``head_seed``, so every process
     scores alike, and the fingerprint records it.
     """
@@ -91,12 +92,14 @@ class CrossEncoderTeacher(Teacher):
         allow_untrained_head: bool = False,
         max_tokens_per_batch: int | None = None,
         head_seed: int = 0,
+        backend: str = "auto",
     ) -> None:
         self.allow_untrained_head = allow_untrained_head
         self.head_seed = head_seed
         self.untrained: list[str] = []
         super().__init__(model_name_or_path, max_length=max_length, dtype=dtype, device=device, revision=revision,
-                         trust_remote_code=trust_remote_code, max_tokens_per_batch=max_tokens_per_batch)
+                         trust_remote_code=trust_remote_code, max_tokens_per_batch=max_tokens_per_batch,
+                         backend=backend)
 
     def _load(self) -> None:
         import torch
@@ -151,6 +154,16 @@ class CrossEncoderTeacher(Teacher):
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model(**batch).logits.float()
         return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
+
+    def _graph_backends(self) -> tuple[str, ...]:
+        from teachers.graph import available_backends
+
+        return available_backends() if self.device.type == "cpu" else ()
+
+    def _export_graph(self, folder: Path, backend: str) -> None:
+        from teachers.graph_export import export_pair_scorer
+
+        export_pair_scorer(self.model, self.num_labels, self.tokenizer, folder, backend)
 
     def _scoring_options(self) -> dict[str, Any]:
         # only an untrained head changes the scores: a trained one ignores both options

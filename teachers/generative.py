@@ -111,12 +111,14 @@ class GenerativeTeacher(Teacher):
         max_tokens_per_batch: int | None = None,
         yes_token: str = "yes",
         no_token: str = "no",
+        backend: str = "auto",
     ) -> None:
         self.template = template or QWEN3_RERANKER_TEMPLATE
         self.instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
         self.yes_token, self.no_token = yes_token, no_token
         super().__init__(model_name_or_path, max_length=max_length, dtype=dtype, device=device, revision=revision,
-                         trust_remote_code=trust_remote_code, max_tokens_per_batch=max_tokens_per_batch)
+                         trust_remote_code=trust_remote_code, max_tokens_per_batch=max_tokens_per_batch,
+                         backend=backend)
 
     def _load(self) -> None:
         import torch

@@ -10,6 +10,7 @@ from distill.errors import CacheMismatchError, ConfigError, InputError
 from teachers.base import Teacher, check_model_reference
 from teachers.cross_encoder import CrossEncoderTeacher
 from teachers.generative import GenerativeTeacher, PromptTemplate
+from teachers.precision import compute_name
 
 TEACHERS: dict[str, type[Teacher]] = {
     CrossEncoderTeacher.kind: CrossEncoderTeacher,
@@ -68,7 +69,7 @@ def teacher_from_fingerprint(fingerprint: dict[str, Any], **options: Any) -> Tea
     if fingerprint.get("allow_untrained_head"):
         named |= {"allow_untrained_head": True, "head_seed": fingerprint["head_seed"]}
     teacher = load_teacher(fingerprint["model"], kind=kind, dtype="fp32", **named, **options)
-    teacher.use_precision(fingerprint.get("dtype", "fp32"))
+    teacher.use_precision(compute_name(fingerprint.get("backend", "torch"), fingerprint.get("dtype", "fp32")))
     if teacher.fingerprint() != fingerprint:
         raise CacheMismatchError("the teacher's files changed since the cache was scored: "
                                  + _diff(fingerprint, teacher.fingerprint()), path=fingerprint["model"])

@@ -14,7 +14,6 @@ scores instead of scoring those pairs again.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from time import perf_counter, process_time
@@ -25,6 +24,7 @@ import numpy as np
 from distill.errors import ConfigError
 from distill.ranking import SETTLE_PAIRS
 from teachers.device import cpu_supports_bf16
+from teachers.graph import BACKENDS
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-MIN_SPEARMAN = 0.999
+BACKEND_CHOICES = ("auto", "torch", *BACKENDS)
+# what each graph runtime computes in on a CPU (ONNX Runtime's CPU kernels have no bf16 path)
+GRAPH_DTYPES = {"onnx": ("fp32",), "openvino": ("fp32", "bf16")}
+# Two sampled pairs whose fp32 scores differ by less than this share of the sample's score
+# standard deviation are a near-tie that a reduced precision may swap; any other swap fails it.
+TIE_SHARE = 0.02
+# Graph runtimes are tried only when torch would take this long on the whole run: their export
+# (about 10 s for MiniLM-L6 on 2 cores) then costs a few per cent of it at most.
+GRAPH_MIN_RUN_SECONDS = 300.0
 SAMPLE_PAIRS = SETTLE_PAIRS
 WARMUP_PAIRS = 8  # the untimed warm-up batch before each timing (first calls pay one-off set-up)
 # A reduced precision must be this much faster than fp32 on the sample to be kept: a tie within
@@ -59,15 +67,50 @@ def native_dtypes(device: torch.device) -> tuple[str, ...]:
     return ()
 
 
-def candidate_dtypes(dtype: str, device: torch.device) -> tuple[str, ...]:
-    """The precisions ``dtype`` may end up as on ``device``, fp32 first (the reference).
+def check_backend_name(backend: str) -> str:
+    """``backend`` itself when it is one of :data:`BACKEND_CHOICES`; :class:`ConfigError` otherwise."""
+    if backend not in BACKEND_CHOICES:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKEND_CHOICES)}", field="backend")
+    return backend
 
-    "auto": fp32 plus :func:`native_dtypes`; an explicit reduced dtype: fp32 (its fallback)
-    and itself; "fp32": fp32 alone.
+
+def compute_name(backend: str, dtype: str) -> str:
+    """``dtype`` for torch (the names caches have always recorded), else ``backend:dtype``."""
+    return dtype if backend == "torch" else f"{backend}:{dtype}"
+
+
+def parse_compute(name: str) -> tuple[str, str]:
+    """``(backend, dtype)`` of a compute name (inverse of :func:`compute_name`)."""
+    backend, _, dtype = name.rpartition(":")
+    return backend or "torch", dtype
+
+
+def candidate_computes(dtype: str, device: torch.device, backend: str = "auto",
+                       graph_backends: Sequence[str] = ()) -> tuple[str, ...]:
+    """The computes ``dtype`` and ``backend`` may end up as on ``device``, torch fp32 first
+    (the reference and fallback). ``graph_backends``: the graph runtimes this teacher and
+    device can use (:func:`teachers.graph.available_backends` on a CPU).
+
+    Both "auto": fp32, :func:`native_dtypes`, then each graph runtime in each precision it
+    and the device have; an explicit dtype (backend "auto" or "torch"): fp32 and torch in
+    it; an explicit graph backend: fp32 and that runtime in ``dtype`` (fp32 for "auto").
     """
-    if check_dtype_name(dtype) != "auto":
+    check_dtype_name(dtype)
+    if check_backend_name(backend) in BACKENDS:
+        if backend not in graph_backends:
+            raise ConfigError(f"backend {backend!r} is not available here (a cross-encoder teacher on a CPU, with "
+                              "pip install 'distill[onnx]')", field="backend")
+        wanted = "fp32" if dtype == "auto" else dtype
+        if wanted not in GRAPH_DTYPES[backend]:
+            raise ConfigError(f"backend {backend!r} computes in {', '.join(GRAPH_DTYPES[backend])}, not {wanted}",
+                              field="dtype")
+        return ("fp32", compute_name(backend, wanted))
+    if dtype != "auto":
         return ("fp32",) if dtype == "fp32" else ("fp32", dtype)
-    return ("fp32", *native_dtypes(device))
+    native = native_dtypes(device)
+    graphs = () if backend == "torch" else tuple(
+        compute_name(b, d) for b in graph_backends for d in GRAPH_DTYPES[b] if d == "fp32" or d in native)
+    return ("fp32", *native, *graphs)
 
 
 def device_timer(device: torch.device) -> Callable[[], float]:
@@ -86,19 +129,30 @@ def torch_dtype(name: str) -> torch.dtype:
 
 @dataclass(frozen=True)
 class PrecisionCheck:
-    """The outcome of comparing reduced-precision scores with fp32 scores of the same pairs."""
+    """The outcome of comparing reduced-precision scores with fp32 scores of the same pairs.
+
+    ``discordant``: sampled pairs of pairs that fp32 orders clearly (beyond a near-tie) and
+    the candidate orders the other way.
+    """
 
     dtype: str
     spearman: float
     passed: bool
+    discordant: int = 0
 
 
 def judge_precision(
-    reference: np.ndarray, candidate: np.ndarray, dtype: str, min_spearman: float = MIN_SPEARMAN
+    reference: np.ndarray, candidate: np.ndarray, dtype: str, tie_share: float = TIE_SHARE
 ) -> PrecisionCheck:
-    """Accept ``candidate`` scores (in ``dtype``) when they rank like the fp32 ``reference``.
+    """Accept ``candidate`` scores (in ``dtype``) when they rank like the fp32 ``reference``:
+    no two pairs that fp32 scores more than ``tie_share`` of its standard deviation apart
+    come out the other way round.
 
-    A NaN or infinite score, or constant scores (no defined correlation), fail.
+    A rank correlation threshold would fail a precision for swapping near-ties (bf16 swaps a
+    few of 32 pooled pairs, Spearman 0.9989, with every score within 0.013 of fp32's); a
+    tolerance relative to the scores' spread fails only real reorderings, and fails even a
+    precision whose rounding is coarse against a teacher with little spread. A NaN or
+    infinite score, or constant scores, fail. Spearman's rho is reported alongside.
     """
     from scipy.stats import spearmanr
 
@@ -106,11 +160,15 @@ def judge_precision(
     candidate = np.asarray(candidate, dtype=np.float64)
     if reference.shape != candidate.shape:
         raise ValueError(f"score arrays differ in shape: {reference.shape} vs {candidate.shape}")
-    rho = float("nan")
     finite = np.isfinite(reference).all() and np.isfinite(candidate).all()
-    if reference.size >= 2 and finite and np.ptp(reference) > 0 and np.ptp(candidate) > 0:
-        rho = float(spearmanr(reference, candidate).statistic)
-    return PrecisionCheck(dtype=dtype, spearman=rho, passed=not math.isnan(rho) and rho >= min_spearman)
+    if reference.size < 2 or not finite or np.ptp(reference) == 0 or np.ptp(candidate) == 0:
+        return PrecisionCheck(dtype=dtype, spearman=float("nan"), passed=False)
+    rho = float(spearmanr(reference, candidate).statistic)
+    gap = reference[:, None] - reference[None, :]
+    clear = np.abs(gap) > tie_share * reference.std()
+    swapped = np.sign(gap) != np.sign(candidate[:, None] - candidate[None, :])
+    discordant = int(np.triu(clear & swapped, k=1).sum())
+    return PrecisionCheck(dtype=dtype, spearman=rho, passed=discordant == 0, discordant=discordant)
 
 
 def sample_pairs(n: int, size: int = SAMPLE_PAIRS, seed: int = 0) -> np.ndarray:
@@ -122,12 +180,15 @@ def sample_pairs(n: int, size: int = SAMPLE_PAIRS, seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One precision on the sample: seconds to score it (None when not timed) and its fidelity."""
+    """One compute on the sample: seconds to score it (None when not timed), its fidelity, and
+    the seconds it took to get ready (casting the weights, or exporting a graph and opening it)."""
 
-    dtype: str
+    dtype: str  # the compute's name (see compute_name)
     seconds: float | None
     spearman: float | None  # vs fp32 (None for fp32 itself)
     passed: bool
+    discordant: int | None = None  # see PrecisionCheck
+    setup_seconds: float | None = None
 
 
 @dataclass
@@ -135,23 +196,29 @@ class PrecisionChoice:
     """What :func:`choose_precision` measured and kept.
 
     ``index`` are the sampled pairs (indices into the pairs it was given) and ``scores``
-    their scores in the chosen ``dtype``: real scores, to be kept.
+    their scores in the chosen compute ``dtype``: real scores, to be kept. ``skipped``: the
+    candidates not tried, because the run was too short for them to pay off.
     """
 
     dtype: str
     measurements: list[Measurement]
     index: np.ndarray = field(repr=False)
     scores: np.ndarray = field(repr=False)
+    skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The decision and its measurements (JSON), for manifests and logs."""
         rows = []
         for m in self.measurements:
-            row = asdict(m)
+            row = {k: v for k, v in asdict(m).items() if v is not None or k in ("seconds", "spearman")}
             if m.seconds:
                 row["pairs_per_s"] = round(len(self.index) / m.seconds, 3)
             rows.append(row)
-        return {"dtype": self.dtype, "sample_pairs": int(len(self.index)), "measured": rows}
+        record = {"dtype": self.dtype, "sample_pairs": int(len(self.index)), "measured": rows}
+        if self.skipped:
+            record["skipped"] = {"computes": self.skipped,
+                                 "why": f"the run would take torch under {GRAPH_MIN_RUN_SECONDS:.0f} s"}
+        return record
 
 
 def choose_precision(
@@ -167,15 +234,19 @@ def choose_precision(
     size: int = SAMPLE_PAIRS,
     seed: int = 0,
     timer: Callable[[], float] | None = None,
+    min_graph_run_seconds: float = GRAPH_MIN_RUN_SECONDS,
 ) -> PrecisionChoice:
-    """Score a sample of the pairs in each of ``candidates`` (fp32 first) and keep the best.
+    """Score a sample of the pairs in each of ``candidates`` (torch fp32 first) and keep the best.
 
-    ``score`` scores pairs with the model as it is; ``cast(dtype)`` converts the fp32 model
-    to ``dtype``; ``restore()`` reloads it in fp32 (casting down loses the fp32 weights).
-    The model must be in fp32 when called and is left in the chosen precision. With
-    ``timed``, each precision is timed by ``timer`` (``time.perf_counter``) after an untimed
-    warm-up batch and the fastest one that passes the fidelity check is kept, provided it is
-    :data:`MIN_SPEEDUP` times faster than fp32; without, the first reduced one that passes.
+    ``score`` scores pairs with the model as it is; ``cast(name)`` converts the fp32 model
+    to a compute (another dtype, or a graph runtime); ``restore()`` returns it to torch fp32
+    (reloading: casting down loses the fp32 weights). The model must be in fp32 when called
+    and is left in the chosen compute. With ``timed``, each compute is timed by ``timer``
+    (``time.perf_counter``) after an untimed warm-up batch and the fastest one that passes
+    the fidelity check is kept, provided it is :data:`MIN_SPEEDUP` times faster than fp32;
+    without, the first other one that passes. Timed, the graph runtimes among the candidates
+    are skipped when the fastest torch compute would score all the pairs given within
+    ``min_graph_run_seconds``.
     """
     if not candidates or candidates[0] != "fp32":
         raise ValueError(f"candidates must start with fp32, got {candidates}")
@@ -184,34 +255,48 @@ def choose_precision(
     sample_q, sample_d = [queries[i] for i in index], [docs[i] for i in index]
     measurements: list[Measurement] = []
     scores: dict[str, np.ndarray] = {}
+    skipped: list[str] = []
     current = "fp32"
-    for dtype in candidates:
-        if dtype != current:
+    for name in candidates:
+        if timed and parse_compute(name)[0] != "torch" and _too_short(measurements, len(index), len(queries),
+                                                                      min_graph_run_seconds):
+            skipped.append(name)
+            continue
+        setup = perf_counter()
+        if name != current:
             if current != "fp32":
                 restore()
-            cast(dtype)
-            current = dtype
+            cast(name)
+            current = name
+        setup = perf_counter() - setup
         seconds = None
         if timed:
             score(sample_q[:WARMUP_PAIRS], sample_d[:WARMUP_PAIRS])
             start = timer()
-        scores[dtype] = score(sample_q, sample_d)
+        scores[name] = score(sample_q, sample_d)
         if timed:
             seconds = timer() - start
-        if dtype == "fp32":
-            measurements.append(Measurement(dtype, seconds, None, True))
+        if name == "fp32":
+            measurements.append(Measurement(name, seconds, None, True))
         else:
-            check = judge_precision(scores["fp32"], scores[dtype], dtype)
-            measurements.append(Measurement(dtype, seconds, check.spearman, check.passed))
+            check = judge_precision(scores["fp32"], scores[name], name)
+            measurements.append(Measurement(name, seconds, check.spearman, check.passed, check.discordant,
+                                            round(setup, 3)))
     chosen = _pick(measurements, timed)
     if chosen != current:
         if current != "fp32":
             restore()
         if chosen != "fp32":
             cast(chosen)
-    choice = PrecisionChoice(chosen, measurements, index, scores[chosen])
+    choice = PrecisionChoice(chosen, measurements, index, scores[chosen], skipped)
     _log(choice, model)
     return choice
+
+
+def _too_short(measured: list[Measurement], sample: int, total: int, min_seconds: float) -> bool:
+    """Whether the fastest torch compute measured so far scores ``total`` pairs within ``min_seconds``."""
+    rates = [m.seconds / sample for m in measured if m.passed and m.seconds]
+    return bool(rates) and total * min(rates) < min_seconds
 
 
 def _pick(measurements: list[Measurement], timed: bool) -> str:
@@ -228,10 +313,14 @@ def _log(choice: PrecisionChoice, model: str) -> None:
     for m in choice.measurements:
         speed = f"{len(choice.index) / m.seconds:.1f} pairs/s" if m.seconds else "untimed"
         fidelity = "" if m.spearman is None else f", Spearman vs fp32 {m.spearman:.5f}"
-        parts.append(f"{m.dtype} {speed}{fidelity}")
-    logger.info("%s: precision %s (on %d sampled pairs: %s)", model, choice.dtype, len(choice.index),
+        setup = f", ready in {m.setup_seconds:.1f} s" if m.setup_seconds and m.setup_seconds >= 0.5 else ""
+        parts.append(f"{m.dtype} {speed}{fidelity}{setup}")
+    logger.info("%s: compute %s (on %d sampled pairs: %s)", model, choice.dtype, len(choice.index),
                 "; ".join(parts))
-    failed = [m for m in choice.measurements if not m.passed]
-    for m in failed:
-        logger.warning("%s: %s scores do not rank like fp32 (Spearman %.5f < %s on %d pairs); not using %s",
-                       model, m.dtype, m.spearman, MIN_SPEARMAN, len(choice.index), m.dtype)
+    if choice.skipped:
+        logger.info("%s: not tried %s: the run is too short for an export to pay off", model,
+                    ", ".join(choice.skipped))
+    for m in (m for m in choice.measurements if not m.passed):
+        logger.warning("%s: %s scores do not rank like fp32 (%s of the %d sampled pairs' clear orderings reversed, "
+                       "Spearman %.5f); not using %s", model, m.dtype, m.discordant, len(choice.index), m.spearman,
+                       m.dtype)

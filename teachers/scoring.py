@@ -113,7 +113,7 @@ def score_teacher(
     existing = TeacherCache.open(folder) if (folder / MANIFEST).is_file() else None
     reused = existing is not None and model.resume_precision(existing.manifest["teacher"])
     if reused:
-        log.info("%s: precision %s, as recorded in %s", model.name, model.dtype, folder)
+        log.info("%s: compute %s, as recorded in %s", model.name, model.compute, folder)
     pairs = select_shard(candidates.select(QID, DOCID).unique(maintain_order=True), shard_spec)
     todo = existing.missing(pairs) if existing is not None else pairs
     sample, choice = _settle(model, dataset, todo if todo.height else pairs)
@@ -131,7 +131,7 @@ def score_teacher(
     stats = ENGINES[engine]()(model, dataset, candidates, store, shard=shard_spec, flush_pairs=flush_pairs,
                               show_progress=show_progress, **(engine_options or {}))
     result = TeacherScoring(
-        cache=folder, fingerprint=model.fingerprint(), dtype=model.dtype,
+        cache=folder, fingerprint=model.fingerprint(), dtype=model.compute,
         precision=None if choice is None else choice.to_dict(),
         sample_scored=0 if choice is None else len(choice.index),
         sanity=sanity, scoring=stats, seconds=time.perf_counter() - start, reused_precision=reused,

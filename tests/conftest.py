@@ -17,12 +17,14 @@ import tiny  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def fp32_auto_precision(monkeypatch):
-    """``dtype="auto"`` (scoring and training) resolves to fp32 on every machine (AVX2, AVX-512-BF16, AMX, CUDA), so no
-    test depends on the CPU it runs on; precision tests fake the hardware they need instead."""
+    """``dtype="auto"`` (scoring and training) resolves to torch fp32 on every machine (AVX2, AVX-512-BF16, AMX, CUDA;
+    with or without the graph runtimes of the onnx extra), so no test depends on the machine it runs on; precision
+    tests fake the hardware they need instead."""
     from distill import train_precision
-    from teachers import precision
+    from teachers import graph, precision
 
     monkeypatch.setattr(precision, "native_dtypes", lambda device: ())
+    monkeypatch.setattr(graph, "available_backends", lambda: ())
     monkeypatch.setattr(train_precision, "native_precisions", lambda: ())  # training's "auto" too
 
 

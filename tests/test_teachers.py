@@ -277,6 +277,25 @@ def test_precision_decision_on_fake_scores():
     assert not precision.judge_precision(np.ones(256), np.ones(256), "fp16").passed
 
 
+def test_the_fidelity_check_lets_near_ties_swap_and_nothing_else():
+    """bf16 on a trained MiniLM teacher swapped a few near-tied pairs of a 32-pair sample (Spearman 0.9989, every score
+    within 0.013 of fp32's): not a reason to pay for fp32. One clear reordering is."""
+    reference = np.linspace(-5.0, 5.0, 32)
+    ties = [5, 15, 25]
+    reference[ties] = reference[[t + 1 for t in ties]] - 0.01  # three near-ties, 0.01 apart (the std is about 3)
+    near = reference.copy()
+    for t in ties:
+        near[[t, t + 1]] = near[[t + 1, t]]
+    check = precision.judge_precision(reference, near, "bf16")
+    assert check.spearman < 0.999 and check.passed and check.discordant == 0
+    clear = reference.copy()
+    clear[[0, 31]] = clear[[31, 0]]
+    assert precision.judge_precision(reference, clear, "bf16").discordant == 61
+    assert not precision.judge_precision(reference, clear, "bf16").passed
+    coarse = np.round(reference / 2) * 2  # rounding coarse against the scores' spread reorders real gaps too
+    assert not precision.judge_precision(reference, coarse + np.linspace(0, -0.5, 32), "bf16").passed
+
+
 def test_auto_dtype_candidates(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     flags = tmp_path / "cpuinfo"
@@ -286,21 +305,34 @@ def test_auto_dtype_candidates(tmp_path, monkeypatch):
     assert not cpu_supports_bf16(flags)
     monkeypatch.undo()  # the real native_dtypes, on a faked CPU
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
-    assert precision.candidate_dtypes("auto", cpu) == ("fp32",)
+    candidates = precision.candidate_computes
+    graphs = ("onnx", "openvino")
+    assert candidates("auto", cpu) == ("fp32",)
+    assert candidates("auto", cpu, "auto", graphs) == ("fp32", "onnx:fp32", "openvino:fp32")
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    assert precision.candidate_dtypes("auto", cpu) == ("fp32", "bf16")
-    assert precision.candidate_dtypes("fp16", cpu) == ("fp32", "fp16")
-    assert precision.candidate_dtypes("fp32", cpu) == ("fp32",)
-    assert precision.candidate_dtypes("auto", torch.device("mps")) == ("fp32",)
+    assert candidates("auto", cpu) == ("fp32", "bf16")
+    assert candidates("auto", cpu, "auto", graphs) == ("fp32", "bf16", "onnx:fp32", "openvino:fp32", "openvino:bf16")
+    assert candidates("auto", cpu, "torch", graphs) == ("fp32", "bf16")  # --backend torch: no graph runtime
+    assert candidates("fp16", cpu, "auto", graphs) == ("fp32", "fp16")  # an explicit dtype stays in torch
+    assert candidates("fp32", cpu) == ("fp32",)
+    assert candidates("auto", cpu, "openvino", graphs) == ("fp32", "openvino:fp32")
+    assert candidates("bf16", cpu, "openvino", graphs) == ("fp32", "openvino:bf16")
+    assert candidates("auto", torch.device("mps")) == ("fp32",)
     with pytest.raises(ConfigError, match="auto, fp32, bf16, fp16"):
-        precision.candidate_dtypes("int8", cpu)
+        candidates("int8", cpu)
+    with pytest.raises(ConfigError, match="auto, torch, onnx, openvino"):
+        candidates("auto", cpu, "tensorrt")
+    with pytest.raises(ConfigError, match="not available here"):
+        candidates("auto", cpu, "onnx", ())
+    with pytest.raises(ConfigError, match="computes in fp32, not bf16"):
+        candidates("bf16", cpu, "onnx", graphs)
 
 
 @pytest.mark.parametrize("passes", [True, False])
 def test_reduced_precision_is_used_only_after_the_check(tiny_cross_encoder, monkeypatch, caplog, passes):
     judged = []
 
-    def judge(reference, candidate, dtype, min_spearman=precision.MIN_SPEARMAN):
+    def judge(reference, candidate, dtype, tie_share=precision.TIE_SHARE):
         judged.append(len(reference))
         return precision.PrecisionCheck(dtype, 1.0 if passes else 0.5, passes)
 
@@ -378,10 +410,10 @@ class FakeModel:
         self.dtype = "fp32"
         self.events.append("restore")
 
-    def choose(self, candidates, timed=True):
+    def choose(self, candidates, timed=True, **options):
         queries = [f"q{i}" for i in range(100)]
         return precision.choose_precision(self.score, self.cast, self.restore, candidates, queries, queries, "fake",
-                                          timed=timed, timer=lambda: self.clock)
+                                          timed=timed, timer=lambda: self.clock, **options)
 
 
 @pytest.mark.parametrize("costs, bad, expected", [
@@ -410,6 +442,24 @@ def test_auto_keeps_the_fastest_precision_that_ranks_like_fp32(costs, bad, expec
         assert m["passed"] == (dtype not in bad)
     assert measured["fp32"]["spearman"] is None
     json.dumps(record)
+
+
+@pytest.mark.parametrize("min_run_seconds, expected", [(1e9, "bf16"), (50.0, "openvino:bf16")])
+def test_graph_runtimes_are_tried_only_on_runs_long_enough_to_pay_for_their_export(min_run_seconds, expected):
+    """100 pairs at 0.6 s each in torch bf16 take 60 s: a graph runtime (exported first) is tried only when that is at
+    least the minimum, and then kept only when it measures fastest and ranks like fp32."""
+    costs = {"fp32": 1.0, "bf16": 0.6, "onnx:fp32": 1.2, "openvino:fp32": 0.9, "openvino:bf16": 0.5}
+    model = FakeModel(costs)
+    choice = model.choose(tuple(costs), min_graph_run_seconds=min_run_seconds)
+    assert choice.dtype == expected == model.dtype
+    record = choice.to_dict()
+    tried = [m["dtype"] for m in record["measured"]]
+    if expected == "bf16":
+        assert tried == ["fp32", "bf16"] and record["skipped"]["computes"] == ["onnx:fp32", "openvino:fp32",
+                                                                                "openvino:bf16"]
+    else:
+        assert tried == list(costs) and "skipped" not in record
+        assert all("setup_seconds" in m for m in record["measured"][1:])
 
 
 def test_explicit_reduced_precision_is_checked_not_timed():

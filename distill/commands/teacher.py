@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         max_length: int = typer.Option(None, min=8, help="Tokens per pair [the model's own, at most 512]."),
         dtype: str = typer.Option("auto", help="auto (the fastest that ranks like fp32, timed on a sample) | fp32 | "
                                   "bf16 | fp16 (reduced ones are checked vs fp32)."),
+        backend: str = typer.Option("auto", help="auto (with --dtype auto: torch, or on a CPU ONNX Runtime/OpenVINO "
+                                    "when installed and faster on a run long enough to pay for the export) | torch | "
+                                    "onnx | openvino (checked vs torch fp32)."),
         device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu [the best available]."),
         batch_tokens: int = typer.Option(None, help="Padded tokens per batch [chosen for the device]."),
         shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N [all pairs]."),
@@ -49,8 +52,9 @@ def register(app: typer.Typer) -> None:
 
         ray_options = {"address": address, "num_workers": num_workers, "gpus_per_worker": gpus_per_worker}
         tasks.score_teacher(teacher, cache, data=data, split=split, queries=queries, run=run, pairs=pairs, kind=kind,
-                            max_length=max_length, dtype=dtype, device=device, batch_tokens=batch_tokens, shard=shard,
-                            flush_pairs=flush_pairs, revision=revision, instruction=instruction,
+                            max_length=max_length, dtype=dtype, backend=backend, device=device,
+                            batch_tokens=batch_tokens, shard=shard, flush_pairs=flush_pairs, revision=revision,
+                            instruction=instruction,
                             allow_untrained_head=allow_untrained_head, trust_remote_code=trust_remote_code,
                             sanity_check=sanity_check, engine=engine,
                             ray_options={k: v for k, v in ray_options.items() if v is not None} or None)
