@@ -1,4 +1,4 @@
-"""Teacher scoring throughput: distill's default path (`score_teacher`, dtype auto) vs CrossEncoder.predict.
+"""Teacher scoring throughput: distill's default path (`score_teacher`, dtype and backend auto) vs CrossEncoder.predict.
 
 Both score the same SciFact test pairs (BM25 top-k of the first --queries test queries) with
 the same model at max_length 512, twice over:
@@ -18,6 +18,7 @@ seed (throughput does not depend on the head's weights), saved once as a cross-e
 folder both sides load. A second pass over the cache must make no model calls.
 
     python scripts/bench_teacher.py --data ../shared/data/scifact [--queries 20 --k 100] [--quick]
+    python scripts/bench_teacher.py --data ../shared/data/scifact --backend openvino --dtype bf16 --no-processes
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def in_process(args, dataset, run, model: Path, tmp: Path) -> dict:
     from distill.cache import TeacherCache
     from teachers import CrossEncoderTeacher, score_teacher
 
-    teacher = CrossEncoderTeacher(model, max_length=args.max_length, dtype=args.dtype)
+    teacher = CrossEncoderTeacher(model, max_length=args.max_length, dtype=args.dtype, backend=args.backend)
     calls = {"n": 0}
     score = teacher._score
 
@@ -130,7 +131,8 @@ def whole_processes(args, run_file: Path, model: Path, tmp: Path) -> dict:
     """Wall time of `distill score-teacher` and of a predict process over the same pairs."""
     distill_cmd = [str(Path(sys.executable).parent / "distill"), "score-teacher", "--teacher", str(model),
                    "--data", str(args.data), "--split", "test", "--run", str(run_file),
-                   "--cache", str(tmp / "process_cache"), "--max-length", str(args.max_length), "--dtype", args.dtype]
+                   "--cache", str(tmp / "process_cache"), "--max-length", str(args.max_length), "--dtype", args.dtype,
+                   "--backend", args.backend]
     predict_cmd = [sys.executable, str(Path(__file__).resolve()), "--predict-worker", "--data", str(args.data),
                    "--model", str(model), "--run-file", str(run_file), "--max-length", str(args.max_length),
                    "--scores-out", str(tmp / "predict.npy")]
@@ -148,7 +150,7 @@ def whole_processes(args, run_file: Path, model: Path, tmp: Path) -> dict:
             raise SystemExit(f"{name} process failed ({done.returncode}):\n{done.stderr[-3000:]}")
         if name == "distill":
             log = done.stderr.strip().splitlines() + done.stdout.strip().splitlines()
-            times["distill_log"] = [line for line in log if "precision" in line or "scored" in line]
+            times["distill_log"] = [line for line in log if "compute" in line or "scored" in line]
     return {"distill_process_s": round(times["distill"], 2), "predict_process_s": round(times["predict"], 2),
             "process_speedup": round(times["predict"] / times["distill"], 3),
             "distill_process_cpu_s": round(cpu["distill"], 2), "predict_process_cpu_s": round(cpu["predict"], 2),
@@ -162,6 +164,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--dtype", default="auto", help="distill's --dtype: auto | fp32 | bf16 | fp16.")
+    parser.add_argument("--backend", default="auto", help="distill's --backend: auto | torch | onnx | openvino.")
     parser.add_argument("--no-processes", action="store_true", help="Skip the whole-process comparison.")
     parser.add_argument("--no-in-process", action="store_true", help="Skip the one-process comparison.")
     parser.add_argument("--quick", action="store_true", help="8 queries x top-20 (a few minutes).")
@@ -192,9 +195,11 @@ def main() -> None:
         run_file = tmp / "run.trec"
         write_run(run, run_file)
         results = {"pairs": run.height, "queries": dataset.queries.height, "k": args.k,
-                   "max_length": args.max_length, "dtype_asked": args.dtype, "cpu": cpu_description(),
+                   "max_length": args.max_length, "dtype_asked": args.dtype, "backend_asked": args.backend,
+                   "cpu": cpu_description(),
                    "torch_threads": torch.get_num_threads()}
-        name = "bench_teacher" + ("_quick" if args.quick else "")
+        backend = f"_{args.backend}" if args.backend != "auto" else ""
+        name = "bench_teacher" + ("_quick" if args.quick else "") + backend
         if not args.no_in_process:
             results["in_process"] = in_process(args, dataset, run, model, tmp)
             save_results(args.out, name, results)  # kept should the process comparison be stopped

@@ -36,8 +36,12 @@ BACKEND_CHOICES = ("auto", "torch", *BACKENDS)
 # what each graph runtime computes in on a CPU (ONNX Runtime's CPU kernels have no bf16 path)
 GRAPH_DTYPES = {"onnx": ("fp32",), "openvino": ("fp32", "bf16")}
 # Two sampled pairs whose fp32 scores differ by less than this share of the sample's score
-# standard deviation are a near-tie that a reduced precision may swap; any other swap fails it.
+# standard deviation are a near-tie that a reduced precision may swap freely.
 TIE_SHARE = 0.02
+# Of the other (clearly ordered) couples of sampled pairs, at most this share may come out
+# reversed: rounding moves a score a little, a broken compute (overflow, NaN, wrong kernels)
+# scrambles the order.
+MAX_DISCORDANT_SHARE = 0.01
 # Graph runtimes are tried only when torch would take this long on the whole run: their export
 # (about 10 s for MiniLM-L6 on 2 cores) then costs a few per cent of it at most.
 GRAPH_MIN_RUN_SECONDS = 300.0
@@ -131,8 +135,8 @@ def torch_dtype(name: str) -> torch.dtype:
 class PrecisionCheck:
     """The outcome of comparing reduced-precision scores with fp32 scores of the same pairs.
 
-    ``discordant``: sampled pairs of pairs that fp32 orders clearly (beyond a near-tie) and
-    the candidate orders the other way.
+    ``discordant``: couples of sampled pairs that fp32 orders clearly (beyond a near-tie)
+    and the candidate orders the other way.
     """
 
     dtype: str
@@ -142,17 +146,18 @@ class PrecisionCheck:
 
 
 def judge_precision(
-    reference: np.ndarray, candidate: np.ndarray, dtype: str, tie_share: float = TIE_SHARE
+    reference: np.ndarray, candidate: np.ndarray, dtype: str, tie_share: float = TIE_SHARE,
+    max_discordant_share: float = MAX_DISCORDANT_SHARE,
 ) -> PrecisionCheck:
     """Accept ``candidate`` scores (in ``dtype``) when they rank like the fp32 ``reference``:
-    no two pairs that fp32 scores more than ``tie_share`` of its standard deviation apart
-    come out the other way round.
+    of the couples of pairs that fp32 scores more than ``tie_share`` of its standard
+    deviation apart, at most ``max_discordant_share`` come out the other way round.
 
-    A rank correlation threshold would fail a precision for swapping near-ties (bf16 swaps a
-    few of 32 pooled pairs, Spearman 0.9989, with every score within 0.013 of fp32's); a
-    tolerance relative to the scores' spread fails only real reorderings, and fails even a
-    precision whose rounding is coarse against a teacher with little spread. A NaN or
-    infinite score, or constant scores, fail. Spearman's rho is reported alongside.
+    A rank correlation threshold fails a precision for swapping near-ties (bf16 swapped three
+    near-tied couples of 32 pooled pairs of a trained teacher, Spearman 0.9989, every score
+    within 0.013 of fp32's); a tolerance relative to the scores' spread discounts those and
+    still fails a compute that reorders the sample. A NaN or infinite score, or constant
+    scores, fail. Spearman's rho is reported alongside.
     """
     from scipy.stats import spearmanr
 
@@ -165,10 +170,11 @@ def judge_precision(
         return PrecisionCheck(dtype=dtype, spearman=float("nan"), passed=False)
     rho = float(spearmanr(reference, candidate).statistic)
     gap = reference[:, None] - reference[None, :]
-    clear = np.abs(gap) > tie_share * reference.std()
+    clear = np.triu(np.abs(gap) > tie_share * reference.std(), k=1)
     swapped = np.sign(gap) != np.sign(candidate[:, None] - candidate[None, :])
-    discordant = int(np.triu(clear & swapped, k=1).sum())
-    return PrecisionCheck(dtype=dtype, spearman=rho, passed=discordant == 0, discordant=discordant)
+    discordant = int((clear & swapped).sum())
+    passed = discordant <= max_discordant_share * max(1, int(clear.sum()))
+    return PrecisionCheck(dtype=dtype, spearman=rho, passed=passed, discordant=discordant)
 
 
 def sample_pairs(n: int, size: int = SAMPLE_PAIRS, seed: int = 0) -> np.ndarray:
@@ -321,6 +327,6 @@ def _log(choice: PrecisionChoice, model: str) -> None:
         logger.info("%s: not tried %s: the run is too short for an export to pay off", model,
                     ", ".join(choice.skipped))
     for m in (m for m in choice.measurements if not m.passed):
-        logger.warning("%s: %s scores do not rank like fp32 (%s of the %d sampled pairs' clear orderings reversed, "
-                       "Spearman %.5f); not using %s", model, m.dtype, m.discordant, len(choice.index), m.spearman,
-                       m.dtype)
+        logger.warning("%s: %s scores do not rank like fp32 (%s clearly ordered couples of the %d sampled pairs "
+                       "reversed, Spearman %.5f); not using %s", model, m.dtype, m.discordant, len(choice.index),
+                       m.spearman, m.dtype)
