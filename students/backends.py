@@ -29,12 +29,10 @@ from distill.errors import InputError
 from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE, require_columns
 from students.bi_encoder import BiEncoderRanker
-from teachers.graph import BACKENDS, open_session, run_graph
+from teachers.graph import BACKENDS, GRAPH_MAX_TOKENS, open_session, run_graph
 
 KIND = "exported-student"
 FORMATS = BACKENDS
-# Padded tokens per batch: the same budget as torch teachers on CPU (teachers.batching).
-MAX_TOKENS = 16384
 
 def _torch_threads() -> int | None:
     """torch's intra-op threads where torch is loaded (None: the runtime's own default)."""
@@ -84,7 +82,7 @@ class _Exported:
         """The graph's output rows for unpadded token features, in input order, batched by tokens."""
         if (self.threads or _torch_threads()) != self._session_threads:
             self._open()
-        return run_graph(self.session, self.inputs, encoded, width, MAX_TOKENS, self.pad_id)
+        return run_graph(self.session, self.inputs, encoded, width, GRAPH_MAX_TOKENS, self.pad_id)
 
     def _lower(self, texts: Sequence[str]) -> list[str]:
         return [t.lower() for t in texts] if self.lowercase else list(texts)

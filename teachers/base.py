@@ -29,7 +29,7 @@ from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE, require_columns
 from teachers.batching import default_max_tokens, score_batches
 from teachers.device import resolve_device
-from teachers.graph import OPENVINO_PRECISIONS, open_session, run_graph
+from teachers.graph import GRAPH_MAX_TOKENS, OPENVINO_PRECISIONS, open_session, run_graph
 from teachers.precision import (
     PrecisionChoice,
     candidate_computes,
@@ -126,6 +126,7 @@ class Teacher(BaseRanker):
         self.revision = revision
         self.trust_remote_code = trust_remote_code
         self.max_tokens_per_batch = max_tokens_per_batch or default_max_tokens(self.device)
+        self.graph_max_tokens_per_batch = max_tokens_per_batch or GRAPH_MAX_TOKENS  # graph runtimes batch smaller
         self.model: Any = None
         self.pad_id = 0
         self._source: dict[str, str] | None = None
@@ -200,8 +201,8 @@ class Teacher(BaseRanker):
     ) -> np.ndarray:
         if self._graph is not None:
             session, inputs = self._graph
-            return run_graph(session, inputs, self._encode(queries, docs), 1, self.max_tokens_per_batch, self.pad_id,
-                             self.padding_side, progress)[:, 0]
+            return run_graph(session, inputs, self._encode(queries, docs), 1, self.graph_max_tokens_per_batch,
+                             self.pad_id, self.padding_side, progress)[:, 0]
         return score_batches(self._encode(queries, docs), self._forward, self.device, self.max_tokens_per_batch,
                              self.pad_id, self.padding_side, progress)
 

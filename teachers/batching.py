@@ -17,10 +17,13 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# Padded tokens per batch by device type. On a 2-core CPU, MiniLM-L6 on SciFact pairs ran
-# 3.9 pairs/s at 16384 tokens, 3.7 at 8192 and 2.9 at 2048: fewer, larger batches pay
-# fewer thread synchronisations.
-DEFAULT_MAX_TOKENS = {"cuda": 32768, "mps": 8192, "cpu": 16384}
+# Padded tokens per batch by device type. On 2 idle AVX-512 cores, MiniLM-L6 reranking 100
+# SciFact candidates (max_length 512) took 6.9 s per query at 4096 tokens against 8.4 s at
+# 16384 in fp32, and 4.7 against 5.6 s in bf16 (a 2-layer student at 128 tokens: 1.33x in
+# fp32): a batch whose activations stay in cache beats fewer thread synchronisations
+# (scripts/bench_batch_tokens.py, docs/results/batch_tokens.md). An earlier 2-core
+# measurement had favoured 16384 while other jobs shared the cores.
+DEFAULT_MAX_TOKENS = {"cuda": 32768, "mps": 8192, "cpu": 4096}
 
 
 def default_max_tokens(device: torch.device) -> int:

@@ -21,6 +21,11 @@ from teachers.batching import pad_batch, token_batches
 BACKENDS = ("onnx", "openvino")  # besides torch
 GRAPH_FILES = {"onnx": "model.onnx", "openvino": "openvino_model.xml"}
 _MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
+# Padded tokens per batch for the graph runtimes on a CPU: smaller batches than torch's run faster
+# there (MiniLM-L6 at max_length 512, 2 cores: ONNX Runtime 8.0 s per 100 pairs at 2048 tokens
+# against 9.8 s at 16384; OpenVINO int8 of a 2-layer student, 141 against 156 ms;
+# docs/results/batch_tokens.md).
+GRAPH_MAX_TOKENS = 2048
 # OpenVINO's name for each precision it can compute in (INFERENCE_PRECISION_HINT)
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
