@@ -193,25 +193,17 @@ def _one_pass(
     scored.context.wait_for_min_actors_s = config.start_timeout_s
     pending: dict[int, list[pl.DataFrame]] = {}
     done: set[int] = set()
-    batches = scored.iter_batches(batch_size=None, batch_format="pyarrow")
-    try:
-        for block in batches:
-            for (number,), part in pl.from_arrow(block).partition_by(BATCH, as_dict=True).items():
-                if number in done:
-                    continue  # a retried task's second copy
-                pending.setdefault(number, []).append(part)
-                rows = pl.concat(pending[number]).unique([QID, DOCID], maintain_order=True)
-                if rows.height == sizes[number]:
-                    cache.append(rows.select(QID, DOCID, SCORE))
-                    done.add(number)
-                    del pending[number]
-                    written(rows.height)
-    finally:
-        # A failed pass's executor (and its actor pool, which holds the workers' CPUs) would
-        # otherwise live until the iterator is collected, and the next pass's pool could not start.
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+    for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for (number,), part in pl.from_arrow(block).partition_by(BATCH, as_dict=True).items():
+            if number in done:
+                continue  # a retried task's second copy
+            pending.setdefault(number, []).append(part)
+            rows = pl.concat(pending[number]).unique([QID, DOCID], maintain_order=True)
+            if rows.height == sizes[number]:
+                cache.append(rows.select(QID, DOCID, SCORE))
+                done.add(number)
+                del pending[number]
+                written(rows.height)
 
 
 def _default_cpus(config: RayConfig) -> float:
