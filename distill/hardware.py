@@ -21,3 +21,16 @@ def cpu_supports_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         if line.startswith("flags"):
             return bool(_BF16_CPU_FLAGS & set(line.partition(":")[2].split()))
     return False
+
+
+def native_precisions(device_type: str) -> tuple[str, ...]:
+    """The reduced precisions a ``device_type`` ("cpu", "cuda") computes natively: bf16 on CUDA
+    (fp16 on GPUs without bf16) and on CPUs with AMX/AVX-512 BF16; none elsewhere. Scoring and
+    training both time these against fp32 before trusting them."""
+    if device_type == "cuda":
+        import torch
+
+        return ("bf16",) if torch.cuda.is_bf16_supported() else ("fp16",)
+    if device_type == "cpu" and cpu_supports_bf16():
+        return ("bf16",)
+    return ()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distill.hardware import cpu_supports_bf16
+from distill.hardware import native_precisions
 
 if TYPE_CHECKING:
     from distill.groups import Group
@@ -46,18 +46,11 @@ class TrainPrecision:
         return asdict(self)
 
 
-def native_precisions() -> tuple[str, ...]:
-    """Reduced precisions this machine trains in natively: bf16 (or fp16) on CUDA, bf16 on CPUs with it."""
-    if torch.cuda.is_available():
-        return ("bf16",) if torch.cuda.is_bf16_supported() else ("fp16",)
-    return ("bf16",) if cpu_supports_bf16() else ()
-
-
 def choose_train_precision(requested: str, model: torch.nn.Module, sample: list[Group]) -> TrainPrecision:
     """``requested`` unless it is "auto"; then the fastest native precision (see the module docstring)."""
     if requested != "auto":
         return TrainPrecision(requested, requested, "given")
-    native = native_precisions()
+    native = native_precisions("cuda" if torch.cuda.is_available() else "cpu")
     if not native:
         return TrainPrecision("fp32", requested, "no native reduced precision on this machine")
     if torch.cuda.is_available():

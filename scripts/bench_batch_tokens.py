@@ -54,9 +54,10 @@ def main() -> None:
 
     from distill.bm25 import bm25_run
     from distill.data import load_beir
+    from distill.hardware import native_precisions
     from teachers import CrossEncoderTeacher
     from teachers.graph import available_backends
-    from teachers.precision import GRAPH_DTYPES, compute_name, native_dtypes
+    from teachers.precision import GRAPH_DTYPES, compute_name
 
     torch.set_num_threads(args.threads)
     dataset = load_beir(args.data, "test")
@@ -64,7 +65,7 @@ def main() -> None:
     run = bm25_run(dataset, args.k)
     groups = [(dataset.query_texts(g["qid"]), dataset.doc_texts(g["docid"]))
               for _, g in run.group_by("qid", maintain_order=True)]
-    native = native_dtypes(torch.device("cpu"))
+    native = native_precisions("cpu")
     computes = ["fp32", *native] + [compute_name(b, d) for b in available_backends() for d in GRAPH_DTYPES[b]
                                     if d == "fp32" or d in native]
     rows = []

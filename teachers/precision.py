@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distill.errors import ConfigError
+from distill.hardware import native_precisions
 from distill.ranking import SETTLE_PAIRS
-from teachers.device import cpu_supports_bf16
 from teachers.graph import BACKENDS
 
 if TYPE_CHECKING:
@@ -59,18 +59,6 @@ def check_dtype_name(dtype: str) -> str:
     return dtype
 
 
-def native_dtypes(device: torch.device) -> tuple[str, ...]:
-    """The reduced precisions ``device`` computes natively: bf16 on CUDA (fp16 on GPUs
-    without bf16) and on CPUs with AMX/AVX-512 BF16; none elsewhere."""
-    import torch
-
-    if device.type == "cuda":
-        return ("bf16",) if torch.cuda.is_bf16_supported() else ("fp16",)
-    if device.type == "cpu" and cpu_supports_bf16():
-        return ("bf16",)
-    return ()
-
-
 def check_backend_name(backend: str) -> str:
     """``backend`` itself when it is one of :data:`BACKEND_CHOICES`; :class:`ConfigError` otherwise."""
     if backend not in BACKEND_CHOICES:
@@ -95,7 +83,7 @@ def candidate_computes(dtype: str, device: torch.device, backend: str = "auto",
     (the reference and fallback). ``graph_backends``: the graph runtimes this teacher and
     device can use (:func:`teachers.graph.available_backends` on a CPU).
 
-    Both "auto": fp32, :func:`native_dtypes`, then each graph runtime in each precision it
+    Both "auto": fp32, :func:`~distill.hardware.native_precisions`, then each graph runtime in each precision it
     and the device have; an explicit dtype (backend "auto" or "torch"): fp32 and torch in
     it; an explicit graph backend: fp32 and that runtime in ``dtype`` (fp32 for "auto").
     """
@@ -111,7 +99,7 @@ def candidate_computes(dtype: str, device: torch.device, backend: str = "auto",
         return ("fp32", compute_name(backend, wanted))
     if dtype != "auto":
         return ("fp32",) if dtype == "fp32" else ("fp32", dtype)
-    native = native_dtypes(device)
+    native = native_precisions(device.type)
     graphs = () if backend == "torch" else tuple(
         compute_name(b, d) for b in graph_backends for d in GRAPH_DTYPES[b] if d == "fp32" or d in native)
     return ("fp32", *native, *graphs)

@@ -23,9 +23,9 @@ def fp32_auto_precision(monkeypatch):
     from distill import train_precision
     from teachers import graph, precision
 
-    monkeypatch.setattr(precision, "native_dtypes", lambda device: ())
+    monkeypatch.setattr(precision, "native_precisions", lambda device_type: ())
     monkeypatch.setattr(graph, "available_backends", lambda: ())
-    monkeypatch.setattr(train_precision, "native_precisions", lambda: ())  # training's "auto" too
+    monkeypatch.setattr(train_precision, "native_precisions", lambda device_type: ())  # training's "auto" too
 
 
 @pytest.fixture(scope="session")

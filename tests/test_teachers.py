@@ -15,6 +15,7 @@ import pytest
 import tiny
 import torch
 
+from distill import hardware
 from distill.data import load_beir
 from distill.errors import ConfigError, InputError
 from distill.ranking import Ranker
@@ -307,13 +308,13 @@ def test_auto_dtype_candidates(tmp_path, monkeypatch):
     assert cpu_supports_bf16(flags)
     flags.write_text("processor : 0\nflags : fpu sse avx2\n")
     assert not cpu_supports_bf16(flags)
-    monkeypatch.undo()  # the real native_dtypes, on a faked CPU
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    monkeypatch.undo()  # the real native_precisions, on a faked CPU
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)
     candidates = precision.candidate_computes
     graphs = ("onnx", "openvino")
     assert candidates("auto", cpu) == ("fp32",)
     assert candidates("auto", cpu, "auto", graphs) == ("fp32", "onnx:fp32", "openvino:fp32")
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
     assert candidates("auto", cpu) == ("fp32", "bf16")
     assert candidates("auto", cpu, "auto", graphs) == ("fp32", "bf16", "onnx:fp32", "openvino:fp32", "openvino:bf16")
     assert candidates("auto", cpu, "torch", graphs) == ("fp32", "bf16")  # --backend torch: no graph runtime
@@ -479,7 +480,7 @@ def test_explicit_reduced_precision_is_checked_not_timed():
 def fake_bf16(monkeypatch):
     """A CPU with native bf16 on which the tiny model runs bf16 twice as fast as fp32 and ranks
     like fp32 (both faked: the tiny model's own timings and bf16 ranks are machine noise)."""
-    monkeypatch.setattr(precision, "native_dtypes", lambda device: ("bf16",))
+    monkeypatch.setattr(precision, "native_precisions", lambda device_type: ("bf16",))
     monkeypatch.setattr(precision, "judge_precision",
                         lambda reference, candidate, dtype, **_: precision.PrecisionCheck(dtype, 1, True))
     clock = {"t": 0.0, "model": None}

@@ -25,7 +25,7 @@ def _groups(n: int = 2) -> list[Group]:
 def bf16_cpu(monkeypatch):
     """A CPU with native bf16, and fake step timings ``{precision: seconds}`` set by the test."""
     timings: dict[str, float] = {}
-    monkeypatch.setattr(train_precision, "native_precisions", lambda: ("bf16",))
+    monkeypatch.setattr(train_precision, "native_precisions", lambda device_type: ("bf16",))
     monkeypatch.setattr(train_precision.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train_precision, "step_seconds", lambda model, sample, precision: timings[precision])
     return timings
@@ -44,7 +44,7 @@ def test_an_explicit_precision_or_a_cpu_without_bf16_is_not_timed(monkeypatch):
     monkeypatch.setattr(train_precision, "step_seconds", lambda *a: pytest.fail("timed"))
     monkeypatch.setattr(train_precision.torch.cuda, "is_available", lambda: False)
     assert choose_train_precision("bf16", torch.nn.Linear(2, 1), _groups()).chosen == "bf16"
-    monkeypatch.setattr(train_precision, "native_precisions", lambda: ())
+    monkeypatch.setattr(train_precision, "native_precisions", lambda device_type: ())
     assert choose_train_precision("auto", torch.nn.Linear(2, 1), _groups()).chosen == "fp32"
 
 
