@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from _common import DEFAULT_DATA, minilm_path
@@ -48,10 +48,11 @@ class Entry:
     student: str  # "bi" or "ce"
     loss: str
     params: tuple[tuple[str, object], ...] = ()
+    budget: tuple[tuple[str, object], ...] = ()  # budget fields this run changes (a variant of its loss)
 
     @property
     def label(self) -> str:
-        suffix = "".join(f"-{k}{v}" for k, v in self.params)
+        suffix = "".join(f"-{k}{v}" for k, v in self.params) + "".join(f"-{k}={v}" for k, v in self.budget)
         return f"{self.student}_{self.loss}{suffix}"
 
 
@@ -66,6 +67,8 @@ BI_REST = ["InBatchCE", "ScoreBasedInBatchCE", "LambdaLoss", "ListMLE", "InfoNCE
 
 def default_plan(students: tuple[str, ...]) -> list[Entry]:
     plan = [Entry(s, loss) for loss in MAIN for s in ("bi", "ce") if s in students]
+    if "ce" in students:  # the learning rate across the cross-encoder's rounds, against the budget's "step"
+        plan += [Entry("ce", BASELINE, budget=(("lr_schedule", s),)) for s in ("halving", "constant")]
     if "bi" in students:
         plan += [Entry("bi", loss) for loss in BI_REST]
     return plan
@@ -245,9 +248,10 @@ def run_entry(entry: Entry, ctx: dict, budget: Budget, out: Path, keep_models: b
 
     params = loss_params(entry, ctx["temperature"])
     folder = out / "models" / entry.label
-    seconds = None if folder.exists() else train(entry, params, ctx, budget, folder)
+    seconds = None if folder.exists() else train(entry, params, ctx, replace(budget, **dict(entry.budget)), folder)
     start = time.perf_counter()
-    result = {"student": entry.student, "loss": entry.loss, "label": entry.label, "params": params,
+    result = {"student": entry.student, "loss": entry.loss, "label": entry.label,
+              "params": {**params, **dict(entry.budget)},
               "train_seconds": seconds, "load": os.getloadavg()[0], **evaluate(str(folder), ctx)}
     result["eval_seconds"] = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,7 +290,7 @@ def compare(results: list[dict], split: str) -> dict[str, dict]:
     out = {}
     for student in ("bi", "ce"):
         rows = [r for r in results if r["student"] == student]
-        base = next((r for r in rows if r["loss"] == BASELINE), None)
+        base = next((r for r in rows if r["label"] == f"{student}_{BASELINE}"), None)
         if base is None:
             continue
         others = [r for r in rows if r is not base]
@@ -352,7 +356,12 @@ def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: f
         rows = [e for e in plan if e.student == student]
         if not rows:
             continue
-        lines += [f"## {title}", "", "| loss | params | valid nDCG@10 | Δ valid | p valid | test nDCG@10 | Δ test | "
+        lines += [f"## {title}", ""]
+        if student == "ce":
+            lines += [f"{budget.ce_rounds} rounds of {budget.epochs:g} epoch (`train-student --rounds`, fresh "
+                      f"negatives each round, lr schedule `{budget.lr_schedule}` unless the row says "
+                      "otherwise), the best round on valid kept: valid figures carry that choice, test does not.", ""]
+        lines += ["| loss | params | valid nDCG@10 | Δ valid | p valid | test nDCG@10 | Δ test | "
                   "p test | train s | load |", "|---|---|---|---|---|---|---|---|---|---|"]
         done = [by_label[e.label] for e in rows if e.label in by_label]
         best = max(done, key=lambda r: mean(r["valid"]), default=None)
@@ -361,7 +370,8 @@ def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: f
         for e in rows:
             r = by_label.get(e.label)
             if r is None:
-                lines.append(f"| {e.loss} | | *not run yet* | | | | | | | |")
+                changed = ", ".join(f"{k}={v}" for k, v in e.budget)
+                lines.append(f"| {e.loss} | {changed} | *not run yet* | | | | | | | |")
                 continue
             tv, tt = tests["valid"].get(r["label"], {}), tests["test"].get(r["label"], {})
             params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())

@@ -193,17 +193,36 @@ def _one_pass(
     scored.context.wait_for_min_actors_s = config.start_timeout_s
     pending: dict[int, list[pl.DataFrame]] = {}
     done: set[int] = set()
-    for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for (number,), part in pl.from_arrow(block).partition_by(BATCH, as_dict=True).items():
-            if number in done:
-                continue  # a retried task's second copy
-            pending.setdefault(number, []).append(part)
-            rows = pl.concat(pending[number]).unique([QID, DOCID], maintain_order=True)
-            if rows.height == sizes[number]:
-                cache.append(rows.select(QID, DOCID, SCORE))
-                done.add(number)
-                del pending[number]
-                written(rows.height)
+    try:
+        for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for (number,), part in pl.from_arrow(block).partition_by(BATCH, as_dict=True).items():
+                if number in done:
+                    continue  # a retried task's second copy
+                pending.setdefault(number, []).append(part)
+                rows = pl.concat(pending[number]).unique([QID, DOCID], maintain_order=True)
+                if rows.height == sizes[number]:
+                    cache.append(rows.select(QID, DOCID, SCORE))
+                    done.add(number)
+                    del pending[number]
+                    written(rows.height)
+            if len(done) == len(sizes):
+                break  # every batch written: end the pool here, not when the stream runs dry
+    finally:
+        _release_pool(scored)
+
+
+def _release_pool(dataset: Any) -> None:
+    """End the pass's pool actors now, so the next pass (or run) in this Ray session gets their CPUs.
+
+    An exhausted (or failed) stream makes Ray Data drop the pool's actor handles and leave the
+    actors to reference counting, which frees their CPUs later, or, while a handle is still held
+    somewhere, not at all: a later pool then waits for CPUs until ``start_timeout_s``. A forced
+    executor shutdown ``ray.kill``s the pool instead; Ray Data has no public call for it (its
+    blocking APIs do the same in ``Dataset._synchronize_progress_bar``), so the private attribute
+    is read defensively and nothing happens where a Ray version lacks it."""
+    executor = getattr(dataset, "_current_executor", None)
+    if executor is not None:
+        executor.shutdown(force=True)
 
 
 def _default_cpus(config: RayConfig) -> float:

@@ -138,6 +138,16 @@ def _assert_same_cache(folder: Path, reference: pl.DataFrame) -> None:
     assert (joined["score"] - joined["score_ray"]).abs().max() < 1e-3
 
 
+def _assert_cpus_released(timeout_s: float = 20.0) -> None:
+    """Every CPU of the local Ray is free again (a pass's pool ended with it, not with garbage collection)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
+
+
 def test_ray_cache_equals_the_single_process_cache(tmp_path, local_ray, no_compaction, tiny_cross_encoder, tiny_beir,
                                                    data, reference, capsys):
     _, run = data
@@ -147,6 +157,7 @@ def test_ray_cache_equals_the_single_process_cache(tmp_path, local_ray, no_compa
                             "--flush-pairs", FLUSH, "--engine", "ray", "--num-workers", 2], capsys)
     assert code == 0, err
     _assert_same_cache(tmp_path / "cache", reference)
+    _assert_cpus_released()
 
 
 def test_ray_options_need_the_ray_engine(tmp_path, tiny_cross_encoder, tiny_beir, capsys):
@@ -156,24 +167,25 @@ def test_ray_options_need_the_ray_engine(tmp_path, tiny_cross_encoder, tiny_beir
     assert not (tmp_path / "cache").exists()
 
 
-# Known problem, under investigation: on a 2-CPU machine this test can wait forever (until its start timeout) in Ray
-# Data's actor-pool start, with an earlier pool's two actors still holding both CPUs; it passed in 4 of 4 fresh
-# worktrees and hung in 3 of 4 runs from the development checkout and in a clean-clone CI run (2026-11-29).
+# Known problem: on a 2-CPU machine this test has waited (until its start timeout) in Ray Data's actor-pool start, an
+# earlier pool's two actors still holding both CPUs. Pools are now ended with a forced shutdown after each pass
+# (teachers.ray_engine._release_pool); until repeated runs show that settles it, it runs on request only.
 @pytest.mark.skipif(not os.environ.get("DISTILL_RAY_FAULT_TESTS"),
-                    reason="can hang in Ray Data's pool start on 2 CPUs (under investigation); "
-                           "DISTILL_RAY_FAULT_TESTS=1 runs it")
+                    reason="has hung in Ray Data's pool start on 2 CPUs; DISTILL_RAY_FAULT_TESTS=1 runs it")
 @pytest.mark.parametrize("how", ["sigkill", "ray.kill"])
 def test_a_worker_killed_mid_batch_still_leaves_a_complete_cache(tmp_path, local_ray, mode, control, no_compaction,
                                                                  tiny_cross_encoder, data, reference, how):
     dataset, run = data
     mode(how)
     teacher = load_teacher(tiny_cross_encoder, dtype="fp32")
+    # the second pass (after ray.kill) needs the first pass's CPUs back: a pool left alive fails it after 60 s
     stats = score_on_ray(teacher, dataset, run, _cache(tmp_path / "cache", dataset, teacher), flush_pairs=FLUSH,
-                         show_progress=False, num_workers=2)
+                         show_progress=False, num_workers=2, start_timeout_s=60)
     assert control.with_suffix(".done").exists()  # a worker did die mid-batch
     assert stats.scored == run.height
     _assert_same_cache(tmp_path / "cache", reference)
     assert len(list((tmp_path / "cache" / "shards").glob("part-*.parquet"))) == -(-run.height // FLUSH)
+    _assert_cpus_released()
 
 
 def test_rerun_over_a_full_cache_makes_no_model_call(tmp_path, local_ray, mode, monkeypatch, tiny_cross_encoder,

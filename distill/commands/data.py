@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from distill.pipeline import VALID_FRACTION
+
 
 def register(app: typer.Typer) -> None:
     @app.command("split-view")
@@ -13,7 +15,8 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., help="BEIR folder to divide (left as it is)."),
         out: Path = typer.Option(..., help="BEIR folder to write; corpus and test qrels are linked, not copied."),
         split: str = typer.Option("train", help="Qrels to divide into qrels/train.tsv and qrels/valid.tsv."),
-        valid_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Share of its queries held out as valid."),
+        valid_fraction: float = typer.Option(VALID_FRACTION, min=0.0, max=0.9,
+                                            help="Share of its queries held out as valid."),
         title_queries: int = typer.Option(0, min=0, help="Also N documents' titles as queries for their own "
                                           "documents, with the train queries in qrels/train_titles.tsv."),
         seed: int = typer.Option(42, help="Which documents give their titles."),

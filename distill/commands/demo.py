@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
                                                           "grades taken from the train qrels; repeatable: the best "
                                                           "on valid is kept."),
         valid_fraction: float = typer.Option(None, min=0.05, max=0.5, help="Train queries held out for validation "
-                                             "[built-in 0.3; --data 0.1]."),
+                                             "[built-in 0.3; --data 0.25]."),
         allow_collapse: bool = typer.Option(False, help="Exit 0 even if a student collapses on validation."),
         seed: int = typer.Option(42, help="Seed of every step."),
     ) -> None:
