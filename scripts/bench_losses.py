@@ -48,12 +48,18 @@ class Entry:
     student: str  # "bi" or "ce"
     loss: str
     params: tuple[tuple[str, object], ...] = ()
-    budget: tuple[tuple[str, object], ...] = ()  # budget fields this run changes (a variant of its loss)
+    budget: tuple[tuple[str, object], ...] = ()  # budget fields this run sets otherwise
+    tag: str = ""  # names a variant with other budget fields, e.g. "schedule_step"
 
     @property
     def label(self) -> str:
-        suffix = "".join(f"-{k}{v}" for k, v in self.params) + "".join(f"-{k}={v}" for k, v in self.budget)
+        suffix = "".join(f"-{k}{v}" for k, v in self.params) + (f"-{self.tag}" if self.tag else "")
         return f"{self.student}_{self.loss}{suffix}"
+
+    @property
+    def table(self) -> str:
+        """The report table the entry belongs to (each compared against its own baseline)."""
+        return f"{self.student}_{self.tag.partition('_')[0]}" if self.tag else self.student
 
 
 # Bi-encoder: every registered loss (in-batch ones included); label-only losses (GradedCE,
@@ -65,10 +71,14 @@ BI_REST = ["InBatchCE", "ScoreBasedInBatchCE", "LambdaLoss", "ListMLE", "InfoNCE
            "SupervisedMarginMSE", "GradedCE"]
 
 
-def default_plan(students: tuple[str, ...]) -> list[Entry]:
+SCHEDULES = ("step", "halving", "constant")  # train-student --lr-schedule; "step" is the baseline
+
+
+def default_plan(students: tuple[str, ...], budget: Budget) -> list[Entry]:
     plan = [Entry(s, loss) for loss in MAIN for s in ("bi", "ce") if s in students]
-    if "ce" in students:  # the learning rate across the cross-encoder's rounds, against the budget's "step"
-        plan += [Entry("ce", BASELINE, budget=(("lr_schedule", s),)) for s in ("halving", "constant")]
+    if "ce" in students:  # the learning rate across rounds: more rounds over the bi-encoder's fewer groups
+        rounds = (("ce_rounds", budget.schedule_rounds), ("ce_title_queries", budget.title_queries))
+        plan += [Entry("ce", BASELINE, budget=(*rounds, ("lr_schedule", s)), tag=f"schedule_{s}") for s in SCHEDULES]
     if "bi" in students:
         plan += [Entry("bi", loss) for loss in BI_REST]
     return plan
@@ -78,7 +88,10 @@ def default_plan(students: tuple[str, ...]) -> list[Entry]:
 class Budget:
     """Everything that must be equal across the losses compared (written to budget.json)."""
 
-    title_queries: int = 500
+    title_queries: int = 500  # the bi-encoder's (and the lr-schedule comparison's) title queries
+    # the cross-encoder families learn from every SciFact title, as the recipe does: with 500 the 2-layer
+    # student stayed far below BM25 after two rounds (valid 0.39, 0.43 against 0.68), too low to compare losses
+    ce_title_queries: int = 5183
     train_k: int = 10  # BM25 candidates per training query, scored by the teacher
     eval_k: int = 20  # BM25 candidates reranked per valid/test query
     train_queries: int | None = None  # None: all of the view's train + title queries
@@ -91,10 +104,10 @@ class Budget:
     bi_lr: float = 5e-5
     ce_lr: float = 2e-4
     ce_layers: int = 2
-    # the cross-encoder student trains as the pipeline's does (train-student --rounds, the best round on
-    # valid kept): one epoch left the truncated student at the floor (valid 0.38-0.42 against BM25's 0.68)
-    ce_rounds: int = 4
+    # the cross-encoder student trains with train-student --rounds (the best round on valid kept)
+    ce_rounds: int = 1
     lr_schedule: str = "step"
+    schedule_rounds: int = 4  # rounds of the lr-schedule comparison (MarginMSE, ce_title_queries = title_queries)
     scale: float = 20.0  # bi-encoder similarity scale
     teacher_epochs: float = 1.0
     teacher_negatives: int = 7
@@ -109,9 +122,9 @@ class Budget:
 
 
 def quick_budget() -> Budget:
-    return Budget(title_queries=20, train_k=5, eval_k=10, train_queries=48, eval_queries=24, max_length=64,
-                  teacher_max_length=64, negatives=3, batch_size=8, epochs=1.0, ce_rounds=2, teacher_epochs=0.05,
-                  teacher_negatives=3)
+    return Budget(title_queries=20, ce_title_queries=40, train_k=5, eval_k=10, train_queries=48, eval_queries=24,
+                  max_length=64, teacher_max_length=64, negatives=3, batch_size=8, epochs=1.0, schedule_rounds=2,
+                  teacher_epochs=0.05, teacher_negatives=3)
 
 
 # --quick trains these only (a group loss and an in-batch one for the bi-encoder, two for the cross-encoder)
@@ -154,15 +167,13 @@ def prepare(args, budget: Budget) -> dict:
     view = split_view(args.data, out / "data", "train", 0.1, budget.title_queries, budget.seed)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    splits = {"train": (TITLE_SPLIT if budget.title_queries else "train", budget.train_k, budget.train_queries),
+    train_split = TITLE_SPLIT if budget.title_queries else "train"
+    splits = {"train": (train_split, budget.train_k, budget.train_queries),
               "valid": ("valid", budget.eval_k, budget.eval_queries),
               "test": ("test", budget.eval_k, budget.eval_queries)}
     paths = {}
     for name, (split, k, n) in splits.items():
-        full = runs / f"{name}_bm25_top{k}.trec"
-        if not full.exists():
-            invoke(["candidates", "--data", view, "--split", split, "--k", k, "--out", full])
-        paths[name] = subsample(full, runs / f"{name}.trec", n, budget.seed)
+        paths[name] = candidates(view, split, k, n, runs, name, budget.seed)
     teacher = budget.teacher or out / "teacher"
     if not Path(teacher).exists():
         invoke(["train-teacher", "--data", view, "--split", "train", "--init", minilm_path(), "--out", teacher,
@@ -171,24 +182,48 @@ def prepare(args, budget: Budget) -> dict:
                 "--valid-fraction", budget.teacher_valid_fraction, "--precision", budget.precision,
                 "--seed", budget.seed])
     cache = out / "cache"
-    if not (out / "cache.done").exists():
-        invoke(["score-teacher", "--teacher", teacher, "--data", view, "--split", splits["train"][0],
-                "--run", paths["train"], "--cache", cache, "--max-length", budget.teacher_max_length])
-        (out / "cache.done").write_text("scored\n")
-    # the scale of the training scores only (the teacher reference adds valid/test scores later)
+    views = {budget.title_queries: (view, paths["train"], "cache.done")}
+    if budget.ce_title_queries != budget.title_queries and "ce" in budget.students:
+        ce_view = split_view(args.data, out / f"data_titles{budget.ce_title_queries}", "train", 0.1,
+                             budget.ce_title_queries, budget.seed)
+        ce_run = candidates(ce_view, train_split, budget.train_k, budget.train_queries, runs,
+                            f"train_titles{budget.ce_title_queries}", budget.seed)
+        views[budget.ce_title_queries] = (ce_view, ce_run, f"cache_titles{budget.ce_title_queries}.done")
     from distill.runs import read_run
 
-    train_qids = read_run(paths["train"]).select("qid").unique()
-    scale = score_scale(read_scores(cache)[0].join(train_qids, on="qid", how="semi"))
+    scored = {}
+    for titles, (data, run, done) in views.items():  # one cache: a pair two views share is scored once
+        if not (out / done).exists():
+            invoke(["score-teacher", "--teacher", teacher, "--data", data, "--split", train_split, "--run", run,
+                    "--cache", cache, "--max-length", budget.teacher_max_length])
+            (out / done).write_text("scored\n")
+        # the scale of the training scores only (the teacher reference adds valid/test scores later)
+        scale = score_scale(read_scores(cache)[0].join(read_run(run).select("qid").unique(), on="qid", how="semi"))
+        scored[str(titles)] = {"view": data, "scale": scale.to_dict(), "temperature": scale.temperature()}
     import torch
 
-    ctx = {"view": view, "split": splits["train"][0], "runs": paths, "teacher": str(teacher), "cache": cache,
-           "scale": scale.to_dict(), "temperature": scale.temperature(),
+    ctx = {"view": view, "split": train_split, "runs": paths, "teacher": str(teacher), "cache": cache,
+           "views": scored, **{k: scored[str(budget.title_queries)][k] for k in ("scale", "temperature")},
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     from distill.io import write_json_atomic
 
     write_json_atomic(out / "context.json", json.loads(json.dumps(ctx, default=str)))
     return ctx
+
+
+def candidates(view: Path, split: str, k: int, n: int | None, runs: Path, name: str, seed: int) -> Path:
+    """BM25's top ``k`` for ``split`` of ``view`` (``runs/<name>.trec``, ``n`` of its queries), made once."""
+    full = runs / f"{name}_bm25_top{k}.trec"
+    if not full.exists():
+        invoke(["candidates", "--data", view, "--split", split, "--k", k, "--out", full])
+    return subsample(full, runs / f"{name}.trec", n, seed)
+
+
+def student_view(entry: Entry, budget: Budget, ctx: dict) -> dict:
+    """The view (and its teacher score scale) an entry's student learns from."""
+    titles = budget.title_queries if entry.student == "bi" else dict(entry.budget).get("ce_title_queries",
+                                                                                       budget.ce_title_queries)
+    return ctx["views"][str(titles)]
 
 
 def loss_params(entry: Entry, temperature: float) -> dict:
@@ -202,7 +237,8 @@ def loss_params(entry: Entry, temperature: float) -> dict:
 def train(entry: Entry, params: dict, ctx: dict, budget: Budget, folder: Path) -> float:
     """Train one student into ``folder`` (atomic: a folder that exists is complete); seconds taken."""
     start = time.perf_counter()
-    common = ["train-student", "--cache", ctx["cache"], "--data", ctx["view"], "--split", ctx["split"],
+    common = ["train-student", "--cache", ctx["cache"], "--data", student_view(entry, budget, ctx)["view"],
+              "--split", ctx["split"],
               "--loss", entry.loss, *[a for k, v in params.items() for a in ("--loss-param", f"{k}={v}")],
               "--mode", "sampled", "--negatives", budget.negatives, "--batch-size", budget.batch_size,
               "--epochs", budget.epochs, "--max-length", budget.max_length, "--seed", budget.seed,
@@ -246,19 +282,20 @@ def run_entry(entry: Entry, ctx: dict, budget: Budget, out: Path, keep_models: b
         return json.loads(path.read_text())
     from distill.io import write_json_atomic
 
-    params = loss_params(entry, ctx["temperature"])
+    params = loss_params(entry, student_view(entry, budget, ctx)["temperature"])
     folder = out / "models" / entry.label
     seconds = None if folder.exists() else train(entry, params, ctx, replace(budget, **dict(entry.budget)), folder)
     start = time.perf_counter()
-    result = {"student": entry.student, "loss": entry.loss, "label": entry.label,
-              "params": {**params, **dict(entry.budget)},
-              "train_seconds": seconds, "load": os.getloadavg()[0], **evaluate(str(folder), ctx)}
+    result = {"student": entry.student, "loss": entry.loss, "label": entry.label, "params": params,
+              "budget": dict(entry.budget), "train_seconds": seconds, "load": os.getloadavg()[0],
+              **evaluate(str(folder), ctx)}
     result["eval_seconds"] = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)
     if not keep_models:
         shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(folder.with_name(f"{folder.name}.checkpoints"), ignore_errors=True)
+        for suffix in (".checkpoints", ".rounds"):
+            shutil.rmtree(folder.with_name(folder.name + suffix), ignore_errors=True)
     log.info("%s: valid %.4f test %.4f", entry.label, mean(result["valid"]), mean(result["test"]))
     return result
 
@@ -280,28 +317,18 @@ def mean(values: dict[str, float]) -> float:
     return sum(values.values()) / len(values) if values else math.nan
 
 
-def compare(results: list[dict], split: str) -> dict[str, dict]:
-    """Per result label: paired t-test against the same student's MarginMSE on ``split``, Holm-adjusted
-    over the losses of that student."""
+def compare(rows: list[dict], base: dict, split: str) -> dict[str, dict]:
+    """Per row label: paired t-test against ``base`` on ``split``, Holm-adjusted over the rows."""
     import numpy as np
 
     from distill.evaluation import adjust_p_values, paired_tests
 
-    out = {}
-    for student in ("bi", "ce"):
-        rows = [r for r in results if r["student"] == student]
-        base = next((r for r in rows if r["label"] == f"{student}_{BASELINE}"), None)
-        if base is None:
-            continue
-        others = [r for r in rows if r is not base]
-        tests = []
-        for r in others:
-            qids = sorted(set(base[split]) & set(r[split]))
-            tests.append(paired_tests(np.array([r[split][q] for q in qids]), np.array([base[split][q] for q in qids])))
-        adjusted = adjust_p_values(np.array([t["p_ttest"] for t in tests]), "holm") if tests else []
-        for r, t, p in zip(others, tests, adjusted, strict=True):
-            out[r["label"]] = {**t, "p_holm": float(p)}
-    return out
+    tests = []
+    for r in rows:
+        qids = sorted(set(base[split]) & set(r[split]))
+        tests.append(paired_tests(np.array([r[split][q] for q in qids]), np.array([base[split][q] for q in qids])))
+    adjusted = adjust_p_values(np.array([t["p_ttest"] for t in tests]), "holm") if tests else []
+    return {r["label"]: {**t, "p_holm": float(p)} for r, t, p in zip(rows, tests, adjusted, strict=True)}
 
 
 def fmt_p(p: float) -> str:
@@ -310,81 +337,98 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+TABLES = {  # report table -> title, what it varies
+    "bi": ("Bi-encoder student (all-MiniLM-L6-v2)", "loss"),
+    "ce": ("Cross-encoder student ({layers} of the teacher's layers)", "loss"),
+    "ce_schedule": ("Learning rate across the cross-encoder's rounds", "lr_schedule"),
+}
+
+
 def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: float | None) -> str:
     """docs/results/losses.md: the tables of what finished, and the losses not yet run."""
     results_dir = args.out / "results"
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))] if results_dir.exists() else []
     by_label = {r["label"]: r for r in results}
-    tests = {split: compare(results, split) for split in ("valid", "test")}
     timing = json.loads((args.out / "timing.json").read_text()) if (args.out / "timing.json").exists() else {}
     if ctx is None and (args.out / "context.json").exists():
         ctx = json.loads((args.out / "context.json").read_text())
     lines = ["# Which distillation loss wins on SciFact", ""]
     lines += [
         f"Command: `{timing.get('command', f'nice -n 10 python scripts/bench_losses.py --out {args.out}')}` "
-        f"(wall time so far {timing.get('wall_seconds', 0) / 60:.0f} min over {timing.get('sessions', 1)} "
-        f"session(s); last update {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        f"(process time so far {timing.get('wall_seconds', 0) / 60:.0f} min over {timing.get('sessions', 1)} "
+        f"process(es); last update {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
         "Machine: 2 AMD EPYC cores (AVX-512, AVX-512-BF16, no AMX, no GPU), fp32. The first two bi-encoder "
         "runs shared the cores with about 7 other jobs; `load` is the 1-minute load average when a run "
-        "finished (2 = the two cores busy with this run alone), so train times compare only at equal load.",
+        "finished (2 = the two cores busy with this benchmark alone), so train times compare only at equal load.",
         "",
-        "**Budget (the same for every loss)**: " + ", ".join(f"{k}={v}" for k, v in asdict(budget).items()
-                                                             if k not in ("extra", "students")) + ".",
+        "**Budget (the same for every loss of a table)**: " + ", ".join(
+            f"{k}={v}" for k, v in asdict(budget).items() if k not in ("extra", "students")) + ".",
     ]
     if ctx:
         lines += ["", f"Teacher: `{ctx['teacher']}` (MiniLM-L6 cross-encoder, `distill train-teacher --objective "
                   f"{budget.teacher_objective}` on the view's train queries). Its per-query score std (median) "
                   f"is {ctx['scale']['std_median']:.3f}: the teacher-dividing temperatures "
-                  f"({', '.join(f'{k}.{v}' for k, v in TEACHER_SCALED.items())}) are set to "
-                  f"{ctx['temperature']:g}, as the pipeline's default for a listwise loss given none."]
+                  f"({', '.join(f'{k}.{v}' for k, v in TEACHER_SCALED.items())}) are set to it "
+                  f"({ctx['temperature']:g}), as the pipeline's default for a listwise loss given none."]
     stage = ("the teacher is trained and its cache scored" if (args.out / "cache.done").exists() else
              "the teacher's cache is being scored" if budget.teacher or (args.out / "teacher").exists() else
              "the teacher is being trained (no student can start before it and its cache)")
-    planned = len(plan)
     finished = sum(e.label in by_label for e in plan)
-    lines += ["", f"**Status: {finished} of {planned} (student, loss) runs finished; {stage}.** "
-              "Rerunning the command resumes where it stopped (finished losses are skipped)."]
+    lines += ["", f"**Status: {finished} of {len(plan)} runs finished; {stage}.** "
+              "Rerunning the command resumes where it stopped (finished runs are skipped)."]
     lines += ["", "Groups: 1 positive (qrels; teacher top-1 for title queries without one among the candidates) "
               f"+ {budget.negatives} BM25 negatives per query, every loss on the same groups and steps. "
-              f"nDCG@10 over BM25's top {budget.eval_k}. p: paired t-test against the same student's MarginMSE, "
-              "Holm-adjusted over that student's losses (per split). Defaults are chosen on valid; test is only "
-              "reported.", ""]
+              f"nDCG@10 over BM25's top {budget.eval_k}. p: paired t-test against the table's first row, "
+              "Holm-adjusted over the table's rows (per split). Defaults are chosen on valid; test is only reported.",
+              ""]
     refs = [r for r in results if r["student"] == "ref"]
-    for student, title in (("bi", "Bi-encoder student (all-MiniLM-L6-v2)"),
-                           ("ce", f"Cross-encoder student ({budget.ce_layers} of the teacher's layers)")):
-        rows = [e for e in plan if e.student == student]
-        if not rows:
-            continue
-        lines += [f"## {title}", ""]
-        if student == "ce":
-            lines += [f"{budget.ce_rounds} rounds of {budget.epochs:g} epoch (`train-student --rounds`, fresh "
-                      f"negatives each round, lr schedule `{budget.lr_schedule}` unless the row says "
-                      "otherwise), the best round on valid kept: valid figures carry that choice, test does not.", ""]
-        lines += ["| loss | params | valid nDCG@10 | Δ valid | p valid | test nDCG@10 | Δ test | "
-                  "p test | train s | load |", "|---|---|---|---|---|---|---|---|---|---|"]
-        done = [by_label[e.label] for e in rows if e.label in by_label]
-        best = max(done, key=lambda r: mean(r["valid"]), default=None)
-        for r in refs:
-            lines.append(f"| {r['loss']} (reference) | | {mean(r['valid']):.4f} | | | {mean(r['test']):.4f} | | | | |")
-        for e in rows:
-            r = by_label.get(e.label)
-            if r is None:
-                changed = ", ".join(f"{k}={v}" for k, v in e.budget)
-                lines.append(f"| {e.loss} | {changed} | *not run yet* | | | | | | | |")
-                continue
-            tv, tt = tests["valid"].get(r["label"], {}), tests["test"].get(r["label"], {})
-            params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
-            name = f"**{r['loss']}**" if r is best else r["loss"]
-            lines.append(
-                f"| {name} | {params} | {mean(r['valid']):.4f} | {tv.get('mean_delta', float('nan')):+.4f} | "
-                f"{fmt_p(tv.get('p_holm'))} | {mean(r['test']):.4f} | {tt.get('mean_delta', float('nan')):+.4f} | "
-                f"{fmt_p(tt.get('p_holm'))} | {r['train_seconds'] or 0:.0f} | {r.get('load', math.nan):.1f} |"
-                .replace("| +nan |", "| |").replace("| nan |", "| |"))
-        lines += ["", f"Bold: best on valid among the {len(done)} of {len(rows)} losses run so far. "
-                  f"Queries: {len(next(iter(done))['valid']) if done else 0} valid, "
-                  f"{len(next(iter(done))['test']) if done else 0} test.", ""]
+    for table, (title, varies) in TABLES.items():
+        entries = [e for e in plan if e.table == table]
+        if entries:
+            lines += table_lines(title.format(layers=budget.ce_layers), table_note(table, budget), entries,
+                                 by_label, refs, varies)
     return "\n".join(lines) + "\n"
+
+
+def table_note(table: str, budget: Budget) -> str:
+    if table == "bi":
+        return (f"{budget.title_queries} title queries with the train queries, {budget.epochs:g} epoch, "
+                f"lr {budget.bi_lr:g}, similarity scale {budget.scale:g}.")
+    rounds, titles, what = ((budget.ce_rounds, budget.ce_title_queries, f"lr schedule `{budget.lr_schedule}`")
+                            if table == "ce" else (budget.schedule_rounds, budget.title_queries, "MarginMSE"))
+    return (f"{titles} title queries with the train queries, {rounds} round(s) of {budget.epochs:g} epoch "
+            f"(`train-student --rounds`, fresh negatives each round, peak lr {budget.ce_lr:g}), {what}; the best "
+            "round on valid is kept, so valid figures carry that choice (test does not).")
+
+
+def table_lines(title: str, note: str, entries: list[Entry], by_label: dict, refs: list[dict], varies: str) -> list:
+    lines = [f"## {title}", "", note, "", f"| {varies} | params | valid nDCG@10 | Δ valid | p valid | test nDCG@10 | "
+             "Δ test | p test | train s | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+    done = [by_label[e.label] for e in entries if e.label in by_label]
+    base = by_label.get(entries[0].label)
+    others = [r for r in done if r is not base]
+    tests = {split: compare(others, base, split) if base else {} for split in ("valid", "test")}
+    best = max(done, key=lambda r: mean(r["valid"]), default=None)
+    for r in refs:
+        lines.append(f"| {r['loss']} (reference) | | {mean(r['valid']):.4f} | | | {mean(r['test']):.4f} | | | | |")
+    for e in entries:
+        name = dict(e.budget).get(varies, e.loss)
+        r = by_label.get(e.label)
+        if r is None:
+            lines.append(f"| {name} | | *not run yet* | | | | | | | |")
+            continue
+        tv, tt = tests["valid"].get(r["label"], {}), tests["test"].get(r["label"], {})
+        params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+        name = f"**{name}**" if r is best else name
+        lines.append(
+            f"| {name} | {params} | {mean(r['valid']):.4f} | {tv.get('mean_delta', math.nan):+.4f} | "
+            f"{fmt_p(tv.get('p_holm'))} | {mean(r['test']):.4f} | {tt.get('mean_delta', math.nan):+.4f} | "
+            f"{fmt_p(tt.get('p_holm'))} | {r['train_seconds'] or 0:.0f} | {r.get('load', math.nan):.1f} |"
+            .replace("| +nan |", "| |").replace("| nan |", "| |"))
+    queries = (len(done[0]["valid"]), len(done[0]["test"])) if done else (0, 0)
+    return [*lines, "", f"Bold: best on valid among the {len(done)} of {len(entries)} rows run so far. "
+            f"Queries: {queries[0]} valid, {queries[1]} test.", ""]
 
 
 def main() -> None:
@@ -394,7 +438,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Tiny budget: checks the plumbing in minutes.")
     parser.add_argument("--teacher", default=None, help="An existing teacher folder: skips train-teacher.")
     parser.add_argument("--students", default="bi,ce", help="Comma-separated: bi, ce.")
-    parser.add_argument("--losses", default=None, help="Comma-separated subset of the plan's losses.")
+    parser.add_argument("--losses", default=None,
+                        help="Comma-separated subset of the plan: losses, run labels or tables (ce_schedule).")
     parser.add_argument("--title-queries", type=int, default=None)
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--keep-models", action="store_true", help="Keep each student's folder after evaluation.")
@@ -411,10 +456,10 @@ def main() -> None:
     for name in ("title_queries", "epochs"):
         if getattr(args, name) is not None:
             setattr(budget, name, getattr(args, name))
-    plan = default_plan(budget.students)
+    plan = default_plan(budget.students, budget)
     wanted = set(args.losses.split(",")) if args.losses else QUICK_LOSSES if args.quick else None
     if wanted:
-        plan = [e for e in plan if e.loss in wanted]
+        plan = [e for e in plan if wanted & {e.loss, e.label, e.table}]
     check_budget(args.out, budget)
     if args.report_only:
         write_report(args, budget, plan, None, None)

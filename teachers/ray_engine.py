@@ -151,9 +151,14 @@ class _Scorer:
     """A Ray actor holding one teacher, loaded once on the worker's own device in the cache's
     precision (refusing other weights than the cache's); scores batches of (query, doc) pairs."""
 
-    def __init__(self, fingerprint: dict[str, Any], options: dict[str, Any], threads: int | None) -> None:
+    def __init__(self, fingerprint: dict[str, Any], options: dict[str, Any], threads: int | None,
+                 registry: Any = None) -> None:
+        import ray
+
         from teachers.loading import teacher_from_fingerprint
 
+        if registry is not None:  # first: a worker whose teacher fails to load is ended too
+            registry.add.remote(ray.get_runtime_context().current_actor)
         if threads:
             import torch
 
@@ -181,8 +186,10 @@ def _one_pass(
     blocks = [part.to_arrow(compat_level=pl.CompatLevel.oldest())
               for part in todo.partition_by(BATCH, maintain_order=True)]
     cpus = config.cpus_per_worker or _default_cpus(config)
+    registry = ray.remote(_PoolRegistry).options(num_cpus=0).remote()
     scored = ray.data.from_arrow(blocks).map_batches(
-        _Scorer, fn_constructor_kwargs={**worker, "threads": None if config.gpus_per_worker else int(cpus)},
+        _Scorer, fn_constructor_kwargs={**worker, "threads": None if config.gpus_per_worker else int(cpus),
+                                        "registry": registry},
         compute=ray.data.ActorPoolStrategy(size=config.num_workers), batch_size=None, batch_format="pyarrow",
         num_cpus=cpus, num_gpus=config.gpus_per_worker or None,
     )
@@ -205,24 +212,36 @@ def _one_pass(
                     done.add(number)
                     del pending[number]
                     written(rows.height)
-            if len(done) == len(sizes):
-                break  # every batch written: end the pool here, not when the stream runs dry
     finally:
-        _release_pool(scored)
+        _end_pool(registry)
 
 
-def _release_pool(dataset: Any) -> None:
-    """End the pass's pool actors now, so the next pass (or run) in this Ray session gets their CPUs.
+class _PoolRegistry:
+    """The actor handles of one pass's pool: each worker adds itself when it starts (again after a
+    restart), so the driver can end them all when the pass is over.
 
-    An exhausted (or failed) stream makes Ray Data drop the pool's actor handles and leave the
-    actors to reference counting, which frees their CPUs later, or, while a handle is still held
-    somewhere, not at all: a later pool then waits for CPUs until ``start_timeout_s``. A forced
-    executor shutdown ``ray.kill``s the pool instead; Ray Data has no public call for it (its
-    blocking APIs do the same in ``Dataset._synchronize_progress_bar``), so the private attribute
-    is read defensively and nothing happens where a Ray version lacks it."""
-    executor = getattr(dataset, "_current_executor", None)
-    if executor is not None:
-        executor.shutdown(force=True)
+    Ray Data leaves a finished or failed pool's actors to reference counting, and after a pass that
+    lost a worker to ``ray.kill`` the surviving worker stayed alive, holding its CPUs: on 2 CPUs the
+    next pass's pool could not start (reproduced in 2 of 3 runs of the killed-worker test). Ray Data
+    has no public handle on its pool's actors, hence this registry."""
+
+    def __init__(self) -> None:
+        self.actors: list[Any] = []
+
+    def add(self, actor: Any) -> None:
+        self.actors.append(actor)
+
+    def members(self) -> list[Any]:
+        return self.actors
+
+
+def _end_pool(registry: Any) -> None:
+    """``ray.kill`` the registered workers of a pass, then the registry itself."""
+    import ray
+
+    for actor in ray.get(registry.members.remote()):
+        ray.kill(actor)
+    ray.kill(registry)
 
 
 def _default_cpus(config: RayConfig) -> float:

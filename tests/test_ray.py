@@ -167,11 +167,6 @@ def test_ray_options_need_the_ray_engine(tmp_path, tiny_cross_encoder, tiny_beir
     assert not (tmp_path / "cache").exists()
 
 
-# Known problem: on a 2-CPU machine this test has waited (until its start timeout) in Ray Data's actor-pool start, an
-# earlier pool's two actors still holding both CPUs. Pools are now ended with a forced shutdown after each pass
-# (teachers.ray_engine._release_pool); until repeated runs show that settles it, it runs on request only.
-@pytest.mark.skipif(not os.environ.get("DISTILL_RAY_FAULT_TESTS"),
-                    reason="has hung in Ray Data's pool start on 2 CPUs; DISTILL_RAY_FAULT_TESTS=1 runs it")
 @pytest.mark.parametrize("how", ["sigkill", "ray.kill"])
 def test_a_worker_killed_mid_batch_still_leaves_a_complete_cache(tmp_path, local_ray, mode, control, no_compaction,
                                                                  tiny_cross_encoder, data, reference, how):
