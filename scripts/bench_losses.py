@@ -161,7 +161,7 @@ def subsample(run_path: Path, out: Path, n: int | None, seed: int) -> Path:
     return out
 
 
-def prepare(args, budget: Budget) -> dict:
+def prepare(args, budget: Budget, plan: list[Entry]) -> dict:
     """View, candidates, teacher and cache (each skipped when present); the teacher's score scale."""
     from distill.cache import read_scores
     from distill.pipeline import TITLE_SPLIT, split_view
@@ -187,7 +187,7 @@ def prepare(args, budget: Budget) -> dict:
                 "--seed", budget.seed])
     cache = out / "cache"
     views = {budget.title_queries: (view, paths["train"], "cache.done")}
-    if budget.ce_title_queries != budget.title_queries and "ce" in budget.students:
+    if any(student_titles(e, budget) == budget.ce_title_queries != budget.title_queries for e in plan):
         ce_view = split_view(args.data, out / f"data_titles{budget.ce_title_queries}", "train", 0.1,
                              budget.ce_title_queries, budget.seed)
         ce_run = candidates(ce_view, train_split, budget.train_k, budget.train_queries, runs,
@@ -223,11 +223,16 @@ def candidates(view: Path, split: str, k: int, n: int | None, runs: Path, name: 
     return subsample(full, runs / f"{name}.trec", n, seed)
 
 
+def student_titles(entry: Entry, budget: Budget) -> int:
+    """How many title queries the entry's student learns from (besides the train queries)."""
+    if entry.student == "bi":
+        return budget.title_queries
+    return dict(entry.budget).get("ce_title_queries", budget.ce_title_queries)
+
+
 def student_view(entry: Entry, budget: Budget, ctx: dict) -> dict:
     """The view (and its teacher score scale) an entry's student learns from."""
-    titles = budget.title_queries if entry.student == "bi" else dict(entry.budget).get("ce_title_queries",
-                                                                                       budget.ce_title_queries)
-    return ctx["views"][str(titles)]
+    return ctx["views"][str(student_titles(entry, budget))]
 
 
 def loss_params(entry: Entry, temperature: float) -> dict:
@@ -451,6 +456,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="Only rewrite the report from the results.")
     parser.add_argument("--write-doc", type=Path, default=None, help="Also write the report there (markdown).")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-teacher-reference", action="store_true",
+                        help="Leave scoring the teacher's valid/test reference to another process on this folder.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out = args.out or Path("bench_out") / ("losses_quick" if args.quick else "losses")
@@ -475,7 +482,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     record_time(args.out, started)
-    ctx = prepare(args, budget)
+    ctx = prepare(args, budget, plan)
     record_time(args.out, started)  # the teacher's training and scoring count too
     reference("BM25", "bm25", ctx, args.out)  # the candidates' own order
     for entry in plan:
@@ -483,7 +490,8 @@ def main() -> None:
         record_time(args.out, started)
         write_report(args, budget, plan, ctx, started)
     # the teacher itself, last: scoring the valid and test candidates costs about one student's time
-    if not (args.out / "results" / "ref_teacher.json").exists() and _claim(args.out / "teacher_ref.lock"):
+    if (not args.no_teacher_reference and not (args.out / "results" / "ref_teacher.json").exists()
+            and _claim(args.out / "teacher_ref.lock")):
         for split in ("valid", "test"):
             invoke(["score-teacher", "--teacher", ctx["teacher"], "--data", ctx["view"], "--split", split,
                     "--run", ctx["runs"][split], "--cache", ctx["cache"], "--max-length", budget.teacher_max_length])
