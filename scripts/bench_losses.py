@@ -364,9 +364,10 @@ def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: f
         ctx = json.loads((args.out / "context.json").read_text())
     lines = ["# Which distillation loss wins on SciFact", ""]
     lines += [
-        f"Command: `{timing.get('command', f'nice -n 10 python scripts/bench_losses.py --out {args.out}')}` "
-        f"(process time so far {timing.get('wall_seconds', 0) / 60:.0f} min over {timing.get('sessions', 1)} "
-        f"process(es); last update {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        f"Command: `python scripts/bench_losses.py --out {args.out}` (process time so far "
+        f"{timing.get('wall_seconds', 0) / 60:.0f} min over {timing.get('sessions', 1)} process(es): processes "
+        "given `--students`/`--losses` subsets and `--threads 1` may share the folder, one per core; last update "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
         "Machine: 2 AMD EPYC cores (AVX-512, AVX-512-BF16, no AMX, no GPU), fp32. The first two bi-encoder "
         "runs shared the cores with about 7 other jobs; `load` is the 1-minute load average when a run "
