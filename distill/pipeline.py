@@ -128,6 +128,7 @@ class PipelineConfig:
     # cross-encoder student from 32% to 88% of its teacher in one epoch
     queries: Path | None = None
     pseudo_queries: str | None = "auto"
+    max_pseudo_queries: int | None = None  # a seeded sample of that many; None: one per document
     train_k: int = 30
     test_k: int = 100
     max_length: int = 256
@@ -242,9 +243,12 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     extra_queries = student_queries(cfg)
     steps = []
     if cfg.queries is None and cfg.pseudo_queries:
-        steps.append(Step("pseudo-queries", ["pseudo-queries", *common, "--kind", cfg.pseudo_queries,
+        limit = ["--max-queries", cfg.max_pseudo_queries, "--seed", cfg.seed] if cfg.max_pseudo_queries else []
+        steps.append(Step("pseudo-queries", ["pseudo-queries", *common, "--kind", cfg.pseudo_queries, *limit,
                                              "--out", extra_queries], tasks.pseudo_queries,
-                          {"data": data, "out": extra_queries, "kind": cfg.pseudo_queries}, extra_queries))
+                          {"data": data, "out": extra_queries, "kind": cfg.pseudo_queries,
+                           **({"max_queries": cfg.max_pseudo_queries, "seed": cfg.seed} if limit else {})},
+                          extra_queries))
     # no --add-positives: students must not learn that documents BM25 ranks low are the relevant ones
     for name, split, k, unjudged in (("train", student_split, cfg.train_k, extra_queries),
                                      ("valid", "valid", cfg.test_k, None), ("test", "test", cfg.test_k, None)):

@@ -154,6 +154,8 @@ def test_students_learn_from_pseudo_queries_or_a_query_log_by_default(tmp_path):
     log = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, queries=Path("log.tsv")), Path("data"))
     assert "pseudo-queries" not in [s.name for s in log]
     assert _option(_argv(log, "student-cross-encoder"), "--queries") == "log.tsv"
+    few = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, max_pseudo_queries=300), Path("data"))
+    assert _option(_argv(few, "pseudo-queries"), "--max-queries") == "300"
     off = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2, pseudo_queries=None), Path("data"))
     assert "--queries" not in _argv(off, "candidates-train")
 
@@ -195,6 +197,7 @@ def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
     {},  # the defaults: pseudo-queries, train-teacher, four LightGBM students and select-student
     {"teacher": "my-teacher", "queries": Path("log.tsv"), "title_queries": 3, "lightgbm_qrels_weights": (0.5,),
      "lightgbm_features": ("bi_encoder", "ce_student"), "bi_loss_params": ("temperature=0.5",), "ce_lr": None},
+    {"max_pseudo_queries": 300, "seed": 7},
 ])
 def test_every_step_calls_what_its_printed_command_calls(tmp_path, monkeypatch, settings):
     import inspect
