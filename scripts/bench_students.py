@@ -46,7 +46,8 @@ def pipeline_args(description: str) -> argparse.Namespace:
     parser.add_argument("--lightgbm-qrels-weight", type=float, action="append", default=None,
                         help="Share of the LightGBM student's grades taken from the train qrels; repeatable (the "
                              "best on valid is kept).")
-    parser.add_argument("--quick", action="store_true", help="Smoke settings: 128 tokens, top-20, 300 title pseudo-queries, tiny epochs.")
+    parser.add_argument("--quick", action="store_true",
+                        help="Smoke settings: 128 tokens, top-20, 300 title pseudo-queries, tiny epochs.")
     return parser.parse_args()
 
 
