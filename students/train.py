@@ -55,13 +55,14 @@ LR_SCHEDULES = ("constant", "step", "halving")
 class RoundsConfig:
     """How many rounds, and the peak learning rate of each (within a round: warmup, then linear decay).
 
-    ``step`` (default): the given lr in round 1 and half of it in every later round, the schedule
-    that took the SciFact cross-encoder student from 88% to 98.6% of its teacher in six rounds
-    (2e-4, then 1e-4); ``halving``: halved again every round; ``constant``: the same every round.
+    ``constant`` (default): the same peak lr every round, best on valid in the loss comparison
+    (docs/results/losses.md, 4 rounds); ``step``: the given lr in round 1 and half of it in every
+    later round, the schedule of the hand-run recipe that took the SciFact cross-encoder student
+    from 88% to 98.6% of its teacher in six rounds; ``halving``: halved again every round.
     """
 
     rounds: int = 1
-    lr_schedule: LrSchedule = "step"
+    lr_schedule: LrSchedule = "constant"
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -279,7 +280,10 @@ class _Neural:
         return {"kind": self.kind, "init": self.init, "layers": self.layers, "layer_choice": self.layer_choice,
                 "loss": self.loss.get_config_dict(), "group": asdict(self.group_config), "train": train,
                 "bi_encoder": self.bi_encoder, "lr_schedule": rounds.lr_schedule,
-                "scores_hash": frame_hash(self.scores.sort([QID, DOCID])),
+                # the training queries' scores only: a cache that gains other splits' scores (a teacher's
+                # valid/test reference) still resumes its rounds
+                "scores_hash": frame_hash(self.scores.join(self.dataset.queries.select(QID), on=QID, how="semi")
+                                          .sort([QID, DOCID])),
                 "queries": frame_hash(self.dataset.queries.sort(QID))}
 
 

@@ -115,7 +115,10 @@ def test_rounds_resume_mid_round_and_keep_the_best_round(planted, tiny_cross_enc
     assert (work / "round-1").is_dir() and not (work / "round-2").exists()
     assert any((work / "round-2.checkpoints").glob("checkpoint-*"))
     counting = _Counting()
-    result = train_student("cross-encoder", dataset, scores, tmp_path / "s", loss=counting, **kwargs)
+    # meanwhile the cache gained another split's scores: not what the rounds were trained on, so they resume
+    elsewhere = scores.head(1).with_columns(pl.lit("another-split-query").alias(QID))
+    grown = pl.concat([scores, elsewhere])
+    result = train_student("cross-encoder", dataset, grown, tmp_path / "s", loss=counting, **kwargs)
     # round 1 was not trained again, round 2 went on from its checkpoint, round 3 ran whole
     assert counting.calls == (steps - 1) + steps
     assert result.kept_round == 2 and result.validation.value == 0.7
