@@ -298,6 +298,7 @@ def run_entry(entry: Entry, ctx: dict, budget: Budget, out: Path, keep_models: b
     start = time.perf_counter()
     result = {"student": entry.student, "loss": entry.loss, "label": entry.label, "params": params,
               "budget": dict(entry.budget), "train_seconds": seconds, "load": os.getloadavg()[0],
+              "device": ctx["device"],
               **evaluate(str(folder), ctx)}
     result["eval_seconds"] = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,20 +360,12 @@ def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: f
     results_dir = args.out / "results"
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))] if results_dir.exists() else []
     by_label = {r["label"]: r for r in results}
-    timing = json.loads((args.out / "timing.json").read_text()) if (args.out / "timing.json").exists() else {}
     if ctx is None and (args.out / "context.json").exists():
         ctx = json.loads((args.out / "context.json").read_text())
     lines = ["# Which distillation loss wins on SciFact", ""]
-    lines += [
-        f"Command: `python scripts/bench_losses.py --out {args.out}` (process time so far "
-        f"{timing.get('wall_seconds', 0) / 60:.0f} min over {timing.get('sessions', 1)} process(es): processes "
-        "given `--students`/`--losses` subsets and `--threads 1` may share the folder, one per core; last update "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
-        "",
-        "Machine: 2 AMD EPYC cores (AVX-512, AVX-512-BF16, no AMX, no GPU), fp32. The first two bi-encoder "
-        "runs shared the cores with about 7 other jobs; `load` is the 1-minute load average when a run "
-        "finished (2 = the two cores busy with this benchmark alone), so train times compare only at equal load.",
-        "",
+    lines += [f"Command: `python scripts/bench_losses.py --out {args.out}` (resumable; processes given "
+              "`--students`/`--losses` subsets may share the folder). Last update "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", machines(results), "",
         "**Budget (the same for every loss of a table)**: " + ", ".join(
             f"{k}={v}" for k, v in asdict(budget).items() if k not in ("extra", "students")) + ".",
     ]
@@ -393,13 +386,47 @@ def report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: f
               f"nDCG@10 over BM25's top {budget.eval_k}. p: paired t-test against the table's first row, "
               "Holm-adjusted over the table's rows (per split). Defaults are chosen on valid; test is only reported.",
               ""]
+    notes = args.out / "NOTES.md"  # how this folder's runs were made, when not by the command alone
+    if notes.exists():
+        lines += ["## How these runs were made", "", notes.read_text().strip(), ""]
     refs = [r for r in results if r["student"] == "ref"]
     for table, (title, varies) in TABLES.items():
         entries = [e for e in plan if e.table == table]
         if entries:
             lines += table_lines(title.format(layers=budget.ce_layers), table_note(table, budget), entries,
                                  by_label, refs, varies)
+    if getattr(args, "cross_check", None):
+        lines += cross_check(results, args.cross_check)
     return "\n".join(lines) + "\n"
+
+
+def machines(results: list[dict]) -> str:
+    """Where the student runs ran, and their process time (training + evaluation) per device."""
+    by_device: dict[str, list[dict]] = {}
+    for r in results:
+        if r["student"] != "ref":
+            by_device.setdefault(r.get("device", "cpu"), []).append(r)
+    minutes = {d: sum((r["train_seconds"] or 0) + r.get("eval_seconds", 0) for r in rs) / 60
+               for d, rs in by_device.items()}
+    parts = [f"{d}: {len(rs)} run(s), {minutes[d]:.0f} min of process time" for d, rs in sorted(by_device.items())]
+    return ("Student runs by device (`train s`: one run's training; `load`: the 1-minute load average when it "
+            "finished, so train times compare only at equal load): " + "; ".join(parts) + "." if parts else "")
+
+
+def cross_check(results: list[dict], other: Path) -> list[str]:
+    """The runs finished in both this folder and ``other`` (same budget, another device or process)."""
+    theirs = {r["label"]: r for r in (json.loads(p.read_text()) for p in sorted(other.glob("results/*.json")))}
+    rows = [(r, theirs[r["label"]]) for r in results if r["label"] in theirs and r["student"] != "ref"]
+    if not rows:
+        return []
+    lines = ["## The same runs elsewhere", "", f"Runs of this budget also finished in `{other}`: how far the "
+             "device (and its kernels' arithmetic) moves one run, to read the tables' differences against.", "",
+             "| run | device | valid | test | other device | valid | test |", "|---|---|---|---|---|---|---|"]
+    for r, o in rows:
+        lines.append(f"| {r['label']} | {r.get('device', 'cpu')} | {mean(r['valid']):.4f} | {mean(r['test']):.4f} | "
+                     f"{o.get('device', 'cpu')} | {mean(o['valid']):.4f} | {mean(o['test']):.4f} |")
+    deltas = [abs(mean(r["valid"]) - mean(o["valid"])) for r, o in rows]
+    return [*lines, "", f"Largest valid difference between the two: {max(deltas):.4f}.", ""]
 
 
 def table_note(table: str, budget: Budget) -> str:
@@ -432,10 +459,11 @@ def table_lines(title: str, note: str, entries: list[Entry], by_label: dict, ref
         tv, tt = tests["valid"].get(r["label"], {}), tests["test"].get(r["label"], {})
         params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
         name = f"**{name}**" if r is best else name
+        seconds = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"  # None: trained by another process
         lines.append(
             f"| {name} | {params} | {mean(r['valid']):.4f} | {tv.get('mean_delta', math.nan):+.4f} | "
             f"{fmt_p(tv.get('p_holm'))} | {mean(r['test']):.4f} | {tt.get('mean_delta', math.nan):+.4f} | "
-            f"{fmt_p(tt.get('p_holm'))} | {r['train_seconds'] or 0:.0f} | {r.get('load', math.nan):.1f} |"
+            f"{fmt_p(tt.get('p_holm'))} | {seconds} | {r.get('load', math.nan):.1f} |"
             .replace("| +nan |", "| |").replace("| nan |", "| |"))
     queries = (len(done[0]["valid"]), len(done[0]["test"])) if done else (0, 0)
     return [*lines, "", f"Bold: best on valid among the {len(done)} of {len(entries)} rows run so far. "
@@ -457,6 +485,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="Only rewrite the report from the results.")
     parser.add_argument("--write-doc", type=Path, default=None, help="Also write the report there (markdown).")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cross-check", type=Path, default=None,
+                        help="Another work folder of the same budget: report its runs beside this folder's.")
     parser.add_argument("--no-teacher-reference", action="store_true",
                         help="Leave scoring the teacher's valid/test reference to another process on this folder.")
     args = parser.parse_args()
@@ -472,7 +502,8 @@ def main() -> None:
     plan = default_plan(budget.students, budget)
     wanted = set(args.losses.split(",")) if args.losses else QUICK_LOSSES if args.quick else None
     if wanted:
-        plan = [e for e in plan if wanted & {e.loss, e.label, e.table}]
+        # a loss name picks that loss's own rows, not the variants (schedules) that train with it
+        plan = [e for e in plan if wanted & {e.label, e.table} or (not e.tag and e.loss in wanted)]
     check_budget(args.out, budget)
     if args.report_only:
         write_report(args, budget, plan, None, None)
