@@ -181,7 +181,7 @@ def train_student(student: str, cache: Path, data: Path, out: Path, *, split: st
                   hard_label_kind: str = "bce", init: str | None = None, init_from_teacher: bool = False,
                   layers: int | None = None, layer_choice: str = "first", teacher: str | None = None,
                   mode: str = "sampled", negatives: int = 7, listwise_k: int = 8, positive_source: str = "qrels",
-                  fn_margin: float | None = None, epochs: float = 1.0, rounds: int = 1, lr_schedule: str = "step",
+                  fn_margin: float | None = None, epochs: float = 1.0, rounds: int = 1, lr_schedule: str = "constant",
                   lr: float | None = None, batch_size: int = 8, max_length: int = 256,
                   valid_fraction: float | None = None, valid_split: str | None = None, valid_run: Path | None = None,
                   allow_collapse: bool = False, seed: int = 42, precision: str = "auto", resume: bool = False,

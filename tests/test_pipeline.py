@@ -28,7 +28,7 @@ def test_the_cross_encoder_student_gets_its_own_epochs_and_learning_rate(tmp_pat
     default = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2), Path("data"))
     ce = _argv(default, "student-cross-encoder")
     assert (_option(ce, "--epochs"), _option(ce, "--lr"), _option(ce, "--rounds")) == ("1.0", "0.0002", "4")
-    assert (_option(ce, "--valid-split"), _option(ce, "--lr-schedule")) == ("valid", "step")
+    assert (_option(ce, "--valid-split"), _option(ce, "--lr-schedule")) == ("valid", "constant")
 
 
 def test_the_teacher_objective_reaches_train_teacher(tmp_path):

@@ -96,8 +96,8 @@ def register(app: typer.Typer) -> None:
         epochs: float = typer.Option(1.0, help="Epochs (neural students; per round with --rounds)."),
         rounds: int = typer.Option(1, min=1, help="Neural students: rounds of one epoch each, every round from the "
                                    "previous one with fresh negatives; the best on validation is kept."),
-        lr_schedule: str = typer.Option("step", help="Peak lr across rounds: step (--lr, then half of it) | "
-                                        "halving (halved every round) | constant."),
+        lr_schedule: str = typer.Option("constant", help="Peak lr across rounds: constant (--lr every round) | step "
+                                        "(--lr, then half of it) | halving (halved every round)."),
         lr: float = typer.Option(None, help="Learning rate [neural 2e-5; lightgbm 0.05]."),
         batch_size: int = typer.Option(8, min=1, help="Queries per batch (neural students)."),
         max_length: int = typer.Option(256, min=8, help="Tokens per text or pair (neural students)."),
