@@ -106,7 +106,8 @@ def test_rounds_resume_mid_round_and_keep_the_best_round(planted, tiny_cross_enc
         "nDCG@10", values.get(Path(folder).name, 0.1), 0.2, 4, 0.0, 1.0))
     validation = Validation(dataset, bm25_run(dataset, 5))
     kwargs = dict(init=str(tiny_cross_encoder), group_config=GroupConfig(n_negatives=3),
-                  train_config=_tiny_train(tmp_path, eval_steps=1), rounds=RoundsConfig(3, "step"), validation=validation)
+                  train_config=_tiny_train(tmp_path, eval_steps=1), rounds=RoundsConfig(3, "step"),
+                  validation=validation)
     steps = -(-dataset.queries.height // 4)  # groups of 4 queries: steps per round
     flaky = _Counting(fail_at=steps + 2)  # stops in round 2, after its first step was saved
     with pytest.raises(KeyboardInterrupt):
