@@ -206,10 +206,10 @@ class Cascade(BaseRanker):
         for s in self.stages:
             s.ranker.prepare(dataset)
 
-    def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> None:
+    def settle_precision(self, queries: Sequence[str], docs: Sequence[str], total_pairs: int | None = None) -> None:
         """Settle every stage's pending reduced precision on these pairs (see ``Teacher.settle_precision``)."""
         for s in self.stages:
-            s.ranker.settle_precision(queries, docs)
+            s.ranker.settle_precision(queries, docs, total_pairs=total_pairs)
 
     def rerank(self, dataset: Dataset, run: pl.DataFrame, *, per_query: bool = False) -> pl.DataFrame:
         """Rank ``run`` through the stages; ``qid, docid, score`` for every row of ``run``.

@@ -44,9 +44,9 @@ class BaseRanker(ABC):
         kept out of per-query latency; nothing by default."""
         return None
 
-    def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> Any:
-        """Choose a pending reduced precision on these pairs (see :func:`settle_precision`);
-        nothing by default."""
+    def settle_precision(self, queries: Sequence[str], docs: Sequence[str], total_pairs: int | None = None) -> Any:
+        """Choose a pending reduced precision on these pairs, a sample of the ``total_pairs`` (default:
+        these) about to be scored (see :func:`settle_precision`); nothing by default."""
         return None
 
     def without_precomputation(self) -> BaseRanker | None:
@@ -85,4 +85,4 @@ def settle_precision(ranker: BaseRanker, dataset: Dataset, run: pl.DataFrame, se
     settle = ranker.settle_precision
     if run.height and getattr(settle, "__func__", settle) is not BaseRanker.settle_precision:  # the no-op default
         sample = run.sample(min(SETTLE_PAIRS, run.height), seed=seed)
-        settle(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]))
+        settle(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]), total_pairs=run.height)

@@ -216,20 +216,22 @@ class Teacher(BaseRanker):
         """Whether the precision still waits to be measured (or resumed from a cache)."""
         return self._pending
 
-    def settle_precision(self, queries: Sequence[str], docs: Sequence[str]) -> PrecisionChoice | None:
+    def settle_precision(self, queries: Sequence[str], docs: Sequence[str],
+                         total_pairs: int | None = None) -> PrecisionChoice | None:
         """Choose the compute on a small sample of these pairs, once; None when already settled.
 
         ``dtype="auto"`` (with backend "auto" or "torch") times each candidate and keeps the
         fastest that ranks like fp32 (never one slower than fp32); an explicit dtype or
-        graph backend is only checked against fp32. The returned choice holds the sample's
-        scores in the chosen compute, for the caller to keep. The first :meth:`score` calls
-        this itself.
+        graph backend is only checked against fp32. ``total_pairs``: how many pairs the run
+        will score (default: these), which decides whether a graph runtime's export can pay
+        off. The returned choice holds the sample's scores in the chosen compute, for the
+        caller to keep. The first :meth:`score` calls this itself.
         """
         if not self._pending or not len(queries):
             return None
         timed = self.requested_dtype == "auto" and self.requested_backend in ("auto", "torch")
         choice = choose_precision(self._score, self._cast, self._restore, self.dtype_candidates, queries, docs,
-                                  self.name, timed=timed, timer=device_timer(self.device))
+                                  self.name, timed=timed, timer=device_timer(self.device), total_pairs=total_pairs)
         self._settle(choice.dtype)
         self.precision = choice.to_dict()
         return choice

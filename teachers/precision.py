@@ -229,6 +229,7 @@ def choose_precision(
     seed: int = 0,
     timer: Callable[[], float] | None = None,
     min_graph_run_seconds: float = GRAPH_MIN_RUN_SECONDS,
+    total_pairs: int | None = None,
 ) -> PrecisionChoice:
     """Score a sample of the pairs in each of ``candidates`` (torch fp32 first) and keep the best.
 
@@ -239,8 +240,8 @@ def choose_precision(
     (``time.perf_counter``) after an untimed warm-up batch and the fastest one that passes
     the fidelity check is kept, provided it is :data:`MIN_SPEEDUP` times faster than fp32;
     without, the first other one that passes. Timed, the graph runtimes among the candidates
-    are skipped when the fastest torch compute would score all the pairs given within
-    ``min_graph_run_seconds``.
+    are skipped when the fastest torch compute would score the run's ``total_pairs`` (default:
+    the pairs given, when they are the whole run) within ``min_graph_run_seconds``.
     """
     if not candidates or candidates[0] != "fp32":
         raise ValueError(f"candidates must start with fp32, got {candidates}")
@@ -252,8 +253,8 @@ def choose_precision(
     skipped: list[str] = []
     current = "fp32"
     for name in candidates:
-        if timed and parse_compute(name)[0] != "torch" and _too_short(measurements, len(index), len(queries),
-                                                                      min_graph_run_seconds):
+        if timed and parse_compute(name)[0] != "torch" and _too_short(
+                measurements, len(index), total_pairs or len(queries), min_graph_run_seconds):
             skipped.append(name)
             continue
         setup = perf_counter()

@@ -160,5 +160,6 @@ def _settle(model: Teacher, dataset: Dataset,
     if not pairs.height:
         raise InputError("no candidate pairs to choose the teacher's precision on")
     sample = pairs.sample(min(SETTLE_PAIRS, pairs.height), seed=0)
-    choice = model.settle_precision(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]))
+    choice = model.settle_precision(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]),
+                                    total_pairs=pairs.height)
     return sample, choice

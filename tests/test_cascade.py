@@ -462,15 +462,17 @@ def test_query_by_query_stages_settle_their_precision_on_a_sample_first(tiny_bei
     first = Planted("first", {(q, d): 1.0 for q, d in run.iter_rows()})
     second = Planted("second", {(q, d): 1.0 for q, d in run.iter_rows()})
     settled = []
-    second.settle_precision = lambda queries, docs: settled.append((len(queries), len(second.calls)))
+    second.settle_precision = lambda queries, docs, total_pairs=None: settled.append(
+        (len(queries), total_pairs, len(second.calls)))
     cascade = stage("first", first) % 2 >> stage("second", second)
     cascade.rerank(dataset, run, per_query=True)
     from distill.ranking import SETTLE_PAIRS
 
-    assert settled == [(min(SETTLE_PAIRS, run.height), 0)] and run.height > 3  # a sample, before any query
+    # a sample, before any query, of the pairs the run will score
+    assert settled == [(min(SETTLE_PAIRS, run.height), run.height, 0)] and run.height > 3
     settled.clear()
     cascade.settle_precision(["q"], ["d"])  # measure_latency's path
-    assert settled == [(1, dataset.queries.height)]
+    assert settled == [(1, None, dataset.queries.height)]
 
 
 def test_latency_is_recorded_under_the_evaluated_name(tiny_beir):

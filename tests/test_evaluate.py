@@ -255,7 +255,8 @@ def test_latency_settles_a_reduced_precision_on_many_pairs_before_timing(tiny):
     dataset, run = tiny
     ranker = FakeRanker()
     calls = []
-    ranker.settle_precision = lambda queries, docs: calls.append((len(queries), len(docs), ranker.calls))
+    ranker.settle_precision = lambda queries, docs, total_pairs=None: calls.append(
+        (len(queries), len(docs), total_pairs, ranker.calls))
     ranker.calls = 0
     rerank = ranker.rerank
 
@@ -268,7 +269,7 @@ def test_latency_settles_a_reduced_precision_on_many_pairs_before_timing(tiny):
     from distill.ranking import SETTLE_PAIRS
 
     n = min(SETTLE_PAIRS, dataset.queries.height * 5)
-    assert calls == [(n, n, 0)] and n > 5
+    assert calls == [(n, n, dataset.queries.height * 5, 0)] and n > 5
 
 
 def test_result_round_trips(tiny, tmp_path):

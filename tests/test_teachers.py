@@ -562,6 +562,24 @@ def test_score_teacher_refuses_a_file_as_cache(tiny_cross_encoder, tiny_beir, tm
         score_teacher(tiny_cross_encoder, dataset, bm25_run(dataset, 3), tmp_path / "file", max_length=128)
 
 
+def test_score_teacher_weighs_an_export_against_every_pair_it_will_score(tiny_cross_encoder, tiny_beir, tmp_path,
+                                                                        fake_bf16, monkeypatch):
+    """Whether a graph runtime's export can pay off depends on the run's pairs, not on the sample it is timed on."""
+    from distill.bm25 import bm25_run
+    from distill.ranking import SETTLE_PAIRS
+    from teachers import base, score_teacher
+
+    totals = []
+    choose = base.choose_precision
+    monkeypatch.setattr(base, "choose_precision", lambda *a, **kw: totals.append(kw["total_pairs"]) or choose(*a, **kw))
+    dataset = load_beir(tiny_beir, "train")
+    teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=128)
+    fake_bf16["model"] = teacher.model
+    score_teacher(teacher, dataset, bm25_run(dataset, 10).head(120), tmp_path / "cache", show_progress=False,
+                  sanity_check=False)
+    assert totals == [120] and SETTLE_PAIRS < 120
+
+
 def test_first_score_call_keeps_the_measured_sample(tiny_cross_encoder, fake_bf16):
     teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=128)
     fake_bf16["model"] = teacher.model
