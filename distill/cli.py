@@ -38,6 +38,9 @@ NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "sentence_transformers", "trans
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TRANSFORMERS_VERBOSITY": "error",
              "TOKENIZERS_PARALLELISM": "false",
+             # torch sets its own loggers' levels when imported (after distill set them), from this
+             # variable: its ONNX exporter would warn "torchvision is not installed" on every export
+             "TORCH_LOGS": "-torch,-onnx",
              # tqdm bars libraries open on their own (sentence-transformers' "Computing widget examples")
              "TQDM_DISABLE": "1"}
 

@@ -174,3 +174,18 @@ def test_the_check_of_a_student_trained_with_unjudged_queries_uses_its_judged_sp
     write_manifest(folder, "cross-encoder-student", {}, data={"split": "queries:log", "path": str(tiny_beir)})
     with pytest.raises(ConfigError, match="--split"):
         _training_data(folder, _source_manifest(folder), ExportConfig(format="onnx"))
+
+
+def test_export_prints_no_torch_exporter_noise(cross_encoder, tmp_path):
+    """torch resets its own loggers when it is imported, after distill set them: the ONNX
+    exporter's warnings (e.g. "torchvision is not installed") stay off unless --verbose."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_LOGS"}  # what a user's shell has
+    argv = [sys.executable, "-m", "distill.cli", "export", str(cross_encoder), "--format", "onnx",
+            "--out", str(tmp_path / "onnx")]
+    process = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert process.returncode == 0, process.stderr
+    assert "torch/onnx" not in process.stderr and "_registration.py" not in process.stderr, process.stderr
