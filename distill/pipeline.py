@@ -455,12 +455,11 @@ def resume_record(path: Path, record: dict) -> dict:
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run every step not yet done; returns (and writes to ``out/pipeline.json``) what ran and how long."""
-    import time
-
     from rich.console import Console
 
     from distill.io import write_json_atomic
     from distill.manifest import library_versions
+    from distill.step_clock import StepClock
 
     console = Console(stderr=True)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -481,13 +480,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if checkpoints is not None and any(checkpoints.glob("checkpoint-*")):
             step.resume()  # a model step stopped mid-epoch goes on from its last checkpoint
         console.print(f"[dim]$ {step.command()}[/]", highlight=False, soft_wrap=True)
-        start, cpu = time.perf_counter(), time.process_time()
-        result = step.run()
+        with StepClock(record, record_path, step.name, step.command()):  # its time, summed over attempts
+            result = step.run()
         if step.name == "cascade-build":
             record["budget"] = cascade_budget(result)
-        record["steps"][step.name] = {"command": step.command(), "seconds": round(time.perf_counter() - start, 1),
-                                      "cpu_seconds": round(time.process_time() - cpu, 1)}
-        write_json_atomic(record_path, record)
+            write_json_atomic(record_path, record)
     record["students"] = student_validation(cfg.out / "models")
     write_json_atomic(record_path, record)
     report_students(record["students"], console, allow_collapse=cfg.allow_collapse)

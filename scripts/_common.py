@@ -48,3 +48,19 @@ def save_results(out: Path, name: str, results: dict) -> Path:
     write_json_atomic(path, body)
     print(json.dumps(results, indent=2))
     return path
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_description() -> dict[str, object]:
+    """The CPU's model name and which of :data:`CPU_FLAGS` it has (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return {"cores": os.cpu_count()}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name"), "cores": os.cpu_count(),
+            "flags": [f for f in CPU_FLAGS if f in flags]}

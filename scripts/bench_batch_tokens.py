@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, save_results
-from bench_teacher import build_model, cpu_description
+from _common import DEFAULT_DATA, cpu_description, save_results
+from bench_teacher import build_model
 
 BUDGETS = (16384, 4096, 2048, 1024)
 

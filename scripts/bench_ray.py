@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, save_results
-from bench_teacher import build_model, cpu_description
+from _common import DEFAULT_DATA, cpu_description, save_results
+from bench_teacher import build_model
 
 ENGINES = ("single", "ray_1", "ray_2")
 

@@ -9,7 +9,7 @@ Every step resumes where it stopped (score-teacher from its cache, training from
 checkpoint, rounds from the last finished round), so the run can be carried across sessions;
 ``pipeline.json`` and the results file give each step's wall and CPU seconds.
 
-    python scripts/bench_students.py --data ../shared/data/scifact [--quick]
+    python scripts/bench_students.py --data ../shared/data/scifact [--quick] [--write-doc docs/results/scifact.md]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import DEFAULT_DATA, quiet_logging, save_results
+from _common import DEFAULT_DATA, cpu_description, quiet_logging, save_results
 
 
 def pipeline_args(description: str) -> argparse.Namespace:
@@ -46,16 +46,24 @@ def pipeline_args(description: str) -> argparse.Namespace:
     parser.add_argument("--lightgbm-qrels-weight", type=float, action="append", default=None,
                         help="Share of the LightGBM student's grades taken from the train qrels; repeatable (the "
                              "best on valid is kept).")
+    parser.add_argument("--write-doc", type=Path, default=None,
+                        help="Also render the run as a markdown page (e.g. docs/results/scifact.md).")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Run nothing: render --write-doc from the work folder of a finished run.")
     parser.add_argument("--quick", action="store_true",
                         help="Smoke settings: 128 tokens, top-20, 300 title pseudo-queries, tiny epochs.")
     return parser.parse_args()
+
+
+def work_folder(args: argparse.Namespace) -> Path:
+    return args.out or Path("bench_out") / (args.data.name + ("_quick" if args.quick else ""))
 
 
 def run(args: argparse.Namespace):
     from distill.pipeline import PipelineConfig, run_pipeline
 
     quiet_logging()
-    out = args.out or Path("bench_out") / (args.data.name + ("_quick" if args.quick else ""))
+    out = work_folder(args)
     given = {"init": args.init, "teacher": args.teacher, "title_queries": args.title_queries,
              "teacher_epochs": args.teacher_epochs, "teacher_objective": args.teacher_objective,
              "student_epochs": args.student_epochs, "ce_epochs": args.ce_epochs, "ce_lr": args.ce_lr,
@@ -77,8 +85,27 @@ def run(args: argparse.Namespace):
     return cfg, record, evaluation
 
 
+def write_doc(out: Path, path: Path) -> None:
+    """The run's page; ``out/NOTES.md``, if any, says what the command alone does not (e.g. sessions)."""
+    from _students_report import render
+
+    from distill.io import write_text_atomic
+
+    cpu = cpu_description()
+    machine = f"{cpu.get('model')}, {cpu.get('cores')} cores, {', '.join(cpu.get('flags', [])) or 'no AVX'}"
+    notes = (out / "NOTES.md").read_text(encoding="utf-8") if (out / "NOTES.md").exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, render(out, machine, notes))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     args = pipeline_args(__doc__.splitlines()[0])
+    if args.report_only:
+        if args.write_doc is None:
+            raise SystemExit("--report-only renders --write-doc: give its path")
+        write_doc(work_folder(args), args.write_doc)
+        return
     cfg, record, _ = run(args)
     import polars as pl
 
@@ -92,6 +119,8 @@ def main() -> None:
                                              "teacher_choice": record.get("teacher_choice"),
                                              "students_validation": record.get("students"),
                                              "steps": record["steps"]})
+    if args.write_doc:
+        write_doc(cfg.out, args.write_doc)
 
 
 if __name__ == "__main__":

@@ -30,24 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, minilm_path, save_results
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_description() -> dict[str, object]:
-    """The CPU's model name and which of :data:`CPU_FLAGS` it has (Linux; empty elsewhere)."""
-    import os
-
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return {"cores": os.cpu_count()}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name"), "cores": os.cpu_count(),
-            "flags": [f for f in CPU_FLAGS if f in flags]}
+from _common import DEFAULT_DATA, cpu_description, minilm_path, save_results
 
 
 def build_model(folder: Path, max_length: int) -> Path:
