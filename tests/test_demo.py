@@ -28,7 +28,7 @@ def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder
     steps = json.loads((out / "pipeline.json").read_text())["steps"]
     assert {"pseudo-queries", "train-teacher", "score-test", "student-lightgbm", "cascade-build",
             "evaluate"} <= set(steps)
-    assert all(s["finished"] and s["attempts"] == 1 and s["cpu_seconds"] > 0 for s in steps.values()), steps
+    assert all(s["finished"] and s["attempts"] == 1 for s in steps.values()), steps
     record = json.loads((out / "pipeline.json").read_text())
     assert record["teacher_choice"]["teacher"] in ("trained", "fused")  # chosen on valid, and said
     assert set(record["teacher_choice"]["weights"]) == {"teacher", "bm25"}
