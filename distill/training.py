@@ -8,7 +8,8 @@ distill adds only:
 - two loss adapters that turn a batch of groups (laid out by
   :func:`distill.groups.groups_to_hf_dataset`) into ``student[B, L]`` scores and call a
   distillation loss from :mod:`students.losses` with ``teacher``, ``mask`` and ``labels``;
-- :func:`fit`, which wires them together.
+- :func:`fit`, which wires them together, with checkpoints that hold no pickle
+  (:mod:`distill.safe_checkpoints`).
 
 Import this module lazily (it imports torch).
 """
@@ -193,8 +194,11 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
         CrossEncoderTrainingArguments,
     )
 
+    from distill.safe_checkpoints import SafeCheckpoints
+
     cross = isinstance(model, CrossEncoder)
-    trainer_class = CrossEncoderTrainer if cross else SentenceTransformerTrainer
+    base = CrossEncoderTrainer if cross else SentenceTransformerTrainer
+    trainer_class = type(f"Safe{base.__name__}", (SafeCheckpoints, base), {})  # checkpoints without pickle
     arguments_class = CrossEncoderTrainingArguments if cross else SentenceTransformerTrainingArguments
     evaluating = bool(valid) or evaluator is not None
     strategy = "steps" if config.eval_steps else "epoch"
