@@ -99,9 +99,15 @@ class SafeCheckpoints:
         if checkpoint is None:
             return
         optimizer, scheduler = load_state(Path(checkpoint), OPTIMIZER), load_state(Path(checkpoint), SCHEDULER)
-        if optimizer is not None and scheduler is not None:
-            self.optimizer.load_state_dict(optimizer)
-            self.lr_scheduler.load_state_dict(scheduler)
+        if optimizer is None or scheduler is None:
+            # a checkpoint of an older distill (torch.save files) or a half-copied one: going on with a
+            # fresh optimizer would silently train differently from the run it claims to continue
+            from distill.errors import ConfigError
+
+            raise ConfigError(f"no {OPTIMIZER}/{SCHEDULER} state (.safetensors + .json) to resume from; delete "
+                              "the checkpoints folder to start afresh", path=checkpoint)
+        self.optimizer.load_state_dict(optimizer)
+        self.lr_scheduler.load_state_dict(scheduler)
 
     def _save_scaler(self, output_dir: str) -> None:
         scaler = getattr(self.accelerator, "scaler", None)

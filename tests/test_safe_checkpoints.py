@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill.errors import ConfigError
 from distill.groups import GroupConfig
 from distill.safe_checkpoints import load_state, save_state
 from distill.training import TrainConfig
@@ -88,3 +89,10 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does_and_no_pickle_is_wri
     assert not [p for p in written if p.read_bytes()[:2] in (b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05")], written
     whole, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
     assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
+
+    with pytest.raises(KeyboardInterrupt):
+        train("old", _StopAt(stop_at=4))
+    for path in (tmp_path / "old.ckpt").glob("checkpoint-*/optimizer.*"):
+        path.unlink()  # as a checkpoint written by torch.save (an older distill) looks to this one
+    with pytest.raises(ConfigError, match="optimizer"):
+        train("old", MarginMSE(), resume=True)
