@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 from test_students import planted  # noqa: F401  (fixture)
-from tiny import run_cli
+from tiny import counting_loss, run_cli
 
 from distill.bm25 import bm25_run
 from distill.data import load_beir
@@ -19,7 +19,6 @@ from distill.errors import InputError
 from distill.groups import GroupConfig
 from distill.schema import DOCID, QID, SCORE
 from distill.training import TrainConfig
-from students.losses import MarginMSE
 from students.validation import StudentCollapseError, Validation, ValidationResult, check_collapse
 
 torch.set_num_threads(1)
@@ -78,20 +77,6 @@ def test_pseudo_queries_are_deterministic_and_cover_title_less_corpora(tmp_path,
         pseudo_queries(corpus, "first-sentence", max_queries=2, seed=1))
 
 
-class _Counting(MarginMSE):
-    """MarginMSE that counts its calls and can fail at one of them (an interrupted run)."""
-
-    def __init__(self, fail_at: int | None = None) -> None:
-        super().__init__()
-        self.calls, self.fail_at = 0, fail_at
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise KeyboardInterrupt("stopped")
-        return super().forward(*args, **kwargs)
-
-
 def _digest(folder: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.glob("*.safetensors")))).hexdigest()
 
@@ -109,13 +94,13 @@ def test_rounds_resume_mid_round_and_keep_the_best_round(planted, tiny_cross_enc
                   train_config=_tiny_train(tmp_path, eval_steps=1), rounds=RoundsConfig(3, "step"),
                   validation=validation)
     steps = -(-dataset.queries.height // 4)  # groups of 4 queries: steps per round
-    flaky = _Counting(fail_at=steps + 2)  # stops in round 2, after its first step was saved
+    flaky = counting_loss(stop_at=steps + 2)  # stops in round 2, after its first step was saved
     with pytest.raises(KeyboardInterrupt):
         train_student("cross-encoder", dataset, scores, tmp_path / "s", loss=flaky, **kwargs)
     work = tmp_path / "s.rounds"
     assert (work / "round-1").is_dir() and not (work / "round-2").exists()
     assert any((work / "round-2.checkpoints").glob("checkpoint-*"))
-    counting = _Counting()
+    counting = counting_loss()
     # meanwhile the cache gained another split's scores: not what the rounds were trained on, so they resume
     elsewhere = scores.head(1).with_columns(pl.lit("another-split-query").alias(QID))
     grown = pl.concat([scores, elsewhere])

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from tiny import counting_loss
 
 from distill.errors import ConfigError
 from distill.groups import GroupConfig
@@ -38,20 +39,6 @@ def test_states_round_trip_with_their_types(tmp_path):
         save_state({"f": object()}, tmp_path, "bad")
 
 
-class _StopAt(MarginMSE):
-    """MarginMSE that stops the run (as Ctrl-C would) at its ``stop_at``-th call."""
-
-    def __init__(self, stop_at: int | None = None) -> None:
-        super().__init__()
-        self.calls, self.stop_at = 0, stop_at
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt("stopped")
-        return super().forward(*args, **kwargs)
-
-
 def _weights(folder) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -69,7 +56,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does_and_no_pickle_is_wri
     run = bm25_run(dataset, 6)
     scores = run.select("qid", "docid", SCORE)  # BM25 as the teacher: any fixed signal will do
 
-    def train(name: str, loss: MarginMSE, resume: bool = False):
+    def train(name: str, loss, resume: bool = False):
         config = TrainConfig(epochs=2, lr=1e-3, batch_size=4, max_length=48, eval_steps=1,
                              precision="fp32", warmup_ratio=0.0, checkpoints_dir=str(tmp_path / f"{name}.ckpt"),
                              resume_from_checkpoint=True if resume else None)
@@ -78,7 +65,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does_and_no_pickle_is_wri
 
     train("whole", MarginMSE())
     with pytest.raises(KeyboardInterrupt):
-        train("resumed", _StopAt(stop_at=4))
+        train("resumed", counting_loss(stop_at=4))
     checkpoints = sorted((tmp_path / "resumed.ckpt").glob("checkpoint-*"))
     assert checkpoints, "no checkpoint before the interruption"
     train("resumed", MarginMSE(), resume=True)
@@ -91,7 +78,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does_and_no_pickle_is_wri
     assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
 
     with pytest.raises(KeyboardInterrupt):
-        train("old", _StopAt(stop_at=4))
+        train("old", counting_loss(stop_at=4))
     for path in (tmp_path / "old.ckpt").glob("checkpoint-*/optimizer.*"):
         path.unlink()  # as a checkpoint written by torch.save (an older distill) looks to this one
     with pytest.raises(ConfigError, match="optimizer"):

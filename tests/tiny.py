@@ -155,3 +155,20 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file below ``folder`` with its bytes, to check that a failed command wrote nothing."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def counting_loss(stop_at: int | None = None):
+    """MarginMSE that counts its calls and raises KeyboardInterrupt at call ``stop_at``: a run
+    stopped mid-training (Ctrl-C), to resume from its checkpoints."""
+    from students.losses import MarginMSE
+
+    class Counting(MarginMSE):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == stop_at:
+                raise KeyboardInterrupt("stopped")
+            return super().forward(*args, **kwargs)
+
+    return Counting()
