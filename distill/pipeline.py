@@ -480,7 +480,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if checkpoints is not None and any(checkpoints.glob("checkpoint-*")):
             step.resume()  # a model step stopped mid-epoch goes on from its last checkpoint
         console.print(f"[dim]$ {step.command()}[/]", highlight=False, soft_wrap=True)
-        with StepClock(record, record_path, step.name, step.command()):  # its time, summed over attempts
+        # its time, summed over attempts (over every rerun for a step with no output: it resumes a cache)
+        with StepClock(record, record_path, step.name, step.command(), cumulative=step.output is None):
             result = step.run()
         if step.name == "cascade-build":
             record["budget"] = cascade_budget(result)

@@ -23,14 +23,17 @@ class StepClock:
 
     The entry holds ``seconds`` and ``cpu_seconds`` summed over every attempt (CPU time of this
     process, all its threads), ``attempts``, and ``finished``. An earlier unfinished entry is
-    continued; a finished one (the step is being redone) is replaced.
+    continued; a finished one is replaced (its output was deleted: the step is being redone),
+    unless ``cumulative``: a step with no output of its own (scoring into a shared cache) runs on
+    every rerun, finds its work done or resumes it, and every attempt adds to its cost.
     """
 
-    def __init__(self, record: dict, path: Path, name: str, command: str, every: float = HEARTBEAT_S) -> None:
+    def __init__(self, record: dict, path: Path, name: str, command: str, every: float = HEARTBEAT_S,
+                 cumulative: bool = False) -> None:
         self.record, self.path, self.name, self.every = record, path, name, every
         earlier = record.setdefault("steps", {}).get(name, {})
         # entries written before this clock existed were written only on completion: finished
-        self.base = {} if earlier.get("finished", True) else earlier
+        self.base = earlier if cumulative or not earlier.get("finished", True) else {}
         self.command = command
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,8 +59,13 @@ class StepClock:
             self.record["steps"][self.name] = {
                 "command": self.command,
                 "seconds": round(self.base.get("seconds", 0.0) + time.perf_counter() - self._start, 1),
-                "cpu_seconds": round(self.base.get("cpu_seconds", 0.0) + time.process_time() - self._cpu, 1),
+                "cpu_seconds": _add(self.base.get("cpu_seconds", 0.0), time.process_time() - self._cpu),
                 "attempts": self.base.get("attempts", 0) + 1,
                 "finished": finished,
             }
             write_json_atomic(self.path, self.record)
+
+
+def _add(earlier: float | None, seconds: float) -> float | None:
+    """A running total; None (an earlier attempt whose CPU time nobody measured) stays unknown."""
+    return None if earlier is None else round(earlier + seconds, 1)

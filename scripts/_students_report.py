@@ -116,11 +116,12 @@ def steps(ctx: dict) -> list[str]:
     for name, s in rows.items():
         # a step with no count was recorded before the pipeline summed attempts: its last one only
         attempts = s.get("attempts", "last only")
-        lines.append(f"| {name} | {s['seconds'] / 60:.1f} | {s['cpu_seconds'] / 60:.1f} | {attempts} "
-                     f"| `{s['command']}` |")
+        cpu = "not measured" if s["cpu_seconds"] is None else f"{s['cpu_seconds'] / 60:.1f}"
+        lines.append(f"| {name} | {s['seconds'] / 60:.1f} | {cpu} | {attempts} | `{s['command']}` |")
     wall = sum(s["seconds"] for s in rows.values()) / 3600
-    cpu = sum(s["cpu_seconds"] for s in rows.values()) / 3600
-    lines.append(f"| total | {wall:.2f} h | {cpu:.2f} h | | |")
+    cpu = sum(s["cpu_seconds"] or 0.0 for s in rows.values()) / 3600
+    unknown = any(s["cpu_seconds"] is None for s in rows.values())
+    lines.append(f"| total | {wall:.2f} h | {'≥ ' if unknown else ''}{cpu:.2f} h | | |")
     return lines
 
 

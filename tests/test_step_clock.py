@@ -58,3 +58,20 @@ def test_a_finished_step_done_again_starts_from_zero(tmp_path):
         pass
     entry = _entry(path, "evaluate")
     assert entry["attempts"] == 1 and entry["seconds"] < 1000.0
+
+
+def test_a_step_without_output_adds_every_rerun(tmp_path):
+    """score-teacher into the shared cache runs on every pipeline rerun (finding its pairs cached):
+    its finished entry is added to, not replaced by the few seconds of the check."""
+    path = tmp_path / "pipeline.json"
+    record = {"steps": {"score-train": {"command": "c", "seconds": 2938.4, "cpu_seconds": 5000.0, "attempts": 2,
+                                        "finished": True}}}
+    with StepClock(record, path, "score-train", "c", cumulative=True):
+        pass
+    entry = _entry(path)
+    assert entry["attempts"] == 3 and entry["seconds"] >= 2938.4 and entry["cpu_seconds"] >= 5000.0
+
+    record["steps"]["score-train"]["cpu_seconds"] = None  # an attempt whose CPU time was not measured
+    with StepClock(record, path, "score-train", "c", cumulative=True):
+        pass
+    assert _entry(path)["cpu_seconds"] is None and _entry(path)["attempts"] == 4
