@@ -20,10 +20,19 @@ ORDER = ("pseudo-queries", "candidates-train", "candidates-valid", "candidates-t
 
 
 def _load(out: Path) -> dict:
-    read = lambda p: json.loads((out / p).read_text(encoding="utf-8"))  # noqa: E731
+    def read(name: str) -> dict:
+        return json.loads((out / name).read_text(encoding="utf-8"))
+
     return {"pipeline": read("pipeline.json"), "cascade": read("cascade.json"),
             "evaluation": read("eval/evaluation.json"), "latency": read("eval/latency.json"),
             "bench": read("bench_students.json") if (out / "bench_students.json").exists() else {}}
+
+
+def _by_ranker(evaluation: dict) -> tuple[dict, dict]:
+    """Test summary rows and nDCG@10 significance rows (against BM25), by ranker name."""
+    summary = {row["ranker"]: row for row in evaluation["summary"]}
+    sig = {row["ranker"]: row for row in evaluation["significance"] if row["metric"] == "nDCG@10"}
+    return summary, sig
 
 
 def _p(p: float | None) -> str:
@@ -37,8 +46,7 @@ def _ms(x: float | None) -> str:
 def results_table(ctx: dict) -> list[str]:
     """Test nDCG@10 per ranker with its share of the teacher, wins/losses and Holm p against BM25, latency."""
     evaluation, latency = ctx["evaluation"], ctx["latency"]
-    summary = {row["ranker"]: row for row in evaluation["summary"]}
-    sig = {row["ranker"]: row for row in evaluation["significance"] if row["metric"] == "nDCG@10"}
+    summary, sig = _by_ranker(evaluation)
     teacher = summary["teacher"]["nDCG@10"]
     fused = summary.get("fused_teacher", {}).get("nDCG@10")
     k = next(iter(latency.values()))["k"]
@@ -59,8 +67,8 @@ def results_table(ctx: dict) -> list[str]:
 
 def targets(ctx: dict) -> list[str]:
     """Each of issue 23's SciFact targets, met or not, with the figures that decide it."""
-    summary = {row["ranker"]: row["nDCG@10"] for row in ctx["evaluation"]["summary"]}
-    sig = {row["ranker"]: row for row in ctx["evaluation"]["significance"] if row["metric"] == "nDCG@10"}
+    rows, sig = _by_ranker(ctx["evaluation"])
+    summary = {name: row["nDCG@10"] for name, row in rows.items()}
     teacher, bm25 = summary["teacher"], summary["bm25"]
     lines = []
     for name, share in TARGETS.items():
