@@ -94,6 +94,7 @@ def _main(
 
 
 _registered: list[bool] = []
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
 
 
 def register_commands() -> None:
@@ -117,14 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     register_commands()
     _state["debug"] = False  # set again by the callback; an earlier in-process call's --debug must not stick
     try:
-        app(args=argv, standalone_mode=False)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: finished batches are kept; rerun to resume")
-        sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.Abort:
-        sys.exit(130)
+        # outside standalone mode typer turns a Ctrl-C, and any typer.Exit, into a returned exit code
+        code = app(args=argv, standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        code = INTERRUPTED
     except Exception as err:
         if _state["debug"]:
             raise
@@ -133,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
             err.show()
             sys.exit(0)
         err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(code)
+    if code == INTERRUPTED:
+        err_console.print("[yellow]interrupted[/]: finished batches are kept; rerun to resume")
+    if isinstance(code, int) and code:  # a command's own return value (None) is no exit code
         sys.exit(code)
 
 

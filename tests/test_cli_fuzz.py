@@ -266,3 +266,18 @@ def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, tmp_path, capsy
     data = _beir(tmp_path / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
     code, _, err = invoke(["candidates", "--data", data, "--out", tmp_path / "run.trec"], capsys)
     assert code == 1 and err.strip().count("\n") == 0 and "ZeroDivisionError: planted" in err and "--debug" in err
+
+
+def test_ctrl_c_exits_130_saying_the_work_done_is_kept(monkeypatch, tmp_path, capsys):
+    """A Ctrl-C mid-command is not a success: exit 130 (a shell loop or a scheduler must see it) and one
+    line saying that a rerun resumes."""
+    import distill.bm25
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill.bm25, "bm25_run", interrupted)
+    data = _beir(tmp_path / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
+    code, _, err = invoke(["candidates", "--data", data, "--out", tmp_path / "run.trec"], capsys)
+    assert code == 130 and "interrupted" in err and "rerun to resume" in err
+    assert not (tmp_path / "run.trec").exists()
