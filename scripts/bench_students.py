@@ -104,7 +104,10 @@ def main() -> None:
     if args.report_only:
         if args.write_doc is None:
             raise SystemExit("--report-only renders --write-doc: give its path")
-        write_doc(work_folder(args), args.write_doc)
+        out = work_folder(args)
+        if not (out / "eval" / "evaluation.json").exists():
+            raise SystemExit(f"{out} holds no finished run (no eval/evaluation.json): run without --report-only")
+        write_doc(out, args.write_doc)
         return
     cfg, record, _ = run(args)
     import polars as pl
