@@ -34,6 +34,7 @@ TITLE_SPLIT = "train_titles"  # the view's train queries plus title queries: wha
 # of a mean difference falls from 0.016-0.033 on the 70 queries a tenth gave (a variant won on those and
 # lost on test, p = 3e-5) to 0.009-0.02. The 10%'s queries stay in valid (the same hash cut, higher).
 VALID_FRACTION = 0.25
+CHECKPOINT_STEPS = 50  # training steps between a neural student's checkpoints
 
 
 def split_view(source: Path, out: Path, split: str = "train", valid_fraction: float = VALID_FRACTION,
@@ -340,11 +341,12 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
             "--valid-run", runs / "valid.trec", "--allow-collapse"]
     kwargs = {"cache": STUDENT_CACHE, "data": data, "split": split, "queries": queries, "seed": cfg.seed,
               "valid_split": "valid", "valid_run": runs / "valid.trec", "allow_collapse": True}
-    neural = {"negatives": cfg.negatives, "max_length": cfg.max_length}
+    # a neural student checkpoints every CHECKPOINT_STEPS steps: a stop mid-epoch (an epoch of SciFact's
+    # 5,800 training queries is about an hour on 2 cores) loses minutes, not the epoch
+    neural = {"negatives": cfg.negatives, "max_length": cfg.max_length, "checkpoint_steps": CHECKPOINT_STEPS}
     ce = {"init_from_teacher": True, "layers": layers, "layer_choice": cfg.student_layer_choice, "teacher": teacher,
           "loss": cfg.ce_loss, **neural, "epochs": cfg.ce_epochs or cfg.student_epochs,
-          "lr": cfg.ce_lr or cfg.student_lr, "rounds": cfg.ce_rounds, "lr_schedule": cfg.lr_schedule,
-          "checkpoint_steps": 50}
+          "lr": cfg.ce_lr or cfg.student_lr, "rounds": cfg.ce_rounds, "lr_schedule": cfg.lr_schedule}
     bi_params = [a for p in cfg.bi_loss_params for a in ("--loss-param", p)]
     bi_neural = {**neural, "negatives": cfg.bi_negatives or cfg.negatives}
     bi = {"init": cfg.init or default_init(), "loss": cfg.bi_loss,
@@ -355,7 +357,7 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
                                        layers, "--layer-choice", cfg.student_layer_choice, "--teacher", teacher,
                                        "--loss", cfg.ce_loss, *_options(neural), "--epochs", ce["epochs"], "--lr",
                                        ce["lr"], "--rounds", cfg.ce_rounds, "--lr-schedule", cfg.lr_schedule,
-                                       "--checkpoint-steps", ce["checkpoint_steps"], "--out", models / "ce_student"],
+                                       "--out", models / "ce_student"],
              tasks.train_student, {"student": "cross-encoder", **kwargs, **ce, "out": models / "ce_student"},
              models / "ce_student"),
         Step("student-bi-encoder", [*argv, "--student", "bi-encoder", "--init", bi["init"], "--loss", cfg.bi_loss,

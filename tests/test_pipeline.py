@@ -233,3 +233,11 @@ def test_demo_config_takes_the_builtin_settings_only_without_data(tmp_path):
     step = next(s for s in plan(builtin, tmp_path / "data") if s.name == "student-bi-encoder")
     assert step.kwargs["negatives"] == BUILTIN_DEMO["bi_negatives"]
     assert step.argv[step.argv.index("--negatives") + 1] == str(BUILTIN_DEMO["bi_negatives"])
+
+
+def test_both_neural_students_checkpoint_within_an_epoch(tmp_path):
+    """A session's end in the middle of an hour-long epoch loses minutes: both students resume mid-epoch."""
+    steps = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2), Path("data"))
+    for name in ("student-cross-encoder", "student-bi-encoder"):
+        assert _option(_argv(steps, name), "--checkpoint-steps") == "50"
+        assert next(s for s in steps if s.name == name).kwargs["checkpoint_steps"] == 50
