@@ -297,6 +297,7 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     evaluation = EvaluateConfig(baseline="bm25", teacher="teacher", k=cfg.test_k, latency=True,
                                 latency_queries=cfg.latency_queries, threads=1)
     rankers = {**stages, "teacher": str(cache), "fused_teacher": str(fused), "cascade": str(out / "cascade.json")}
+    title = f"distill: {Path(cfg.data).name if cfg.data else 'built-in data'}"  # data is the view, named "data"
     steps += [
         Step("cascade-build", [
             "cascade", "build", *common, "--split", "valid", "--run", runs / "valid.trec",
@@ -318,8 +319,8 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
             "--latency-queries", evaluation.latency_queries, "--threads", evaluation.threads, "--out", out / "eval"],
             tasks.evaluate, {"data": data, "run": runs / "test.trec", "rankers": rankers, "out": out / "eval",
                              "split": "test", "config": evaluation}, out / "eval"),
-        Step("report", ["report", "--eval", out / "eval", "--out", out, "--title", f"distill: {data.name}"],
-             tasks.report, {"eval_dir": out / "eval", "out": out, "title": f"distill: {data.name}"},
+        Step("report", ["report", "--eval", out / "eval", "--out", out, "--title", title],
+             tasks.report, {"eval_dir": out / "eval", "out": out, "title": title},
              out / "report.html"),
     ]
     for step in steps:

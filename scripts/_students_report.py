@@ -140,14 +140,14 @@ def render(out: Path, machine: str, notes: str = "") -> str:
     bench = ctx["bench"]
     command = bench.get("command", f"python scripts/bench_students.py --data {cfg['data']}")
     versions = ctx["pipeline"].get("versions", {})
+    teacher = "the one `train-teacher` made in this run" if cfg.get("teacher") is None else f"`{cfg['teacher']}`"
     lines = [f"# Students of one teacher on {Path(cfg['data']).name}: the default recipe", "",
              f"Command: `{command}` (every step resumes where it stopped; rerun it to continue). "
              f"Finished {bench.get('finished', 'not yet')}. Machine: {machine}.", "",
-             "Test split, every ranker reranking the same BM25 top "
-             f"{cfg['test_k']} per query ({ctx['evaluation']['dataset']}); the teacher is the one "
-             "`train-teacher` made in this run, and every student learns from its cache. Significance: "
-             "paired t-test against BM25, Holm-adjusted over the rankers. Defaults come from "
-             "`PipelineConfig`; nothing here was tuned on test.", ""]
+             f"Test split, every ranker reranking the same BM25 top {cfg['test_k']} per query; the teacher is "
+             f"{teacher}, and every student learns from its cache, fused with BM25 where that was better on "
+             "validation (below). Significance: paired t-test against BM25, Holm-adjusted over the rankers. "
+             "Defaults come from `PipelineConfig`; nothing here was tuned on test.", ""]
     lines += results_table(ctx) + ["", "## Targets (issue 23)", ""] + targets(ctx)
     lines += ["", "## Chosen on validation", ""] + choices(ctx)
     lines += ["", "## Steps", ""] + steps(ctx)
