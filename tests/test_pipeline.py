@@ -31,6 +31,14 @@ def test_the_cross_encoder_student_gets_its_own_epochs_and_learning_rate(tmp_pat
     assert (_option(ce, "--valid-split"), _option(ce, "--lr-schedule")) == ("valid", "constant")
 
 
+def test_the_report_is_titled_after_the_dataset_not_the_pipelines_view(tmp_path):
+    beir = plan(PipelineConfig(out=tmp_path, data=Path("corpora/scifact"), init="b", student_layers=2),
+                tmp_path / "data")
+    assert _option(_argv(beir, "report"), "--title") == "distill: scifact"
+    builtin = plan(PipelineConfig(out=tmp_path, init="b", student_layers=2), tmp_path / "data")
+    assert _option(_argv(builtin, "report"), "--title") == "distill: built-in data"
+
+
 def test_the_teacher_objective_reaches_train_teacher(tmp_path):
     default = _argv(plan(PipelineConfig(out=tmp_path, init="b", student_layers=2), Path("data")), "train-teacher")
     assert _option(default, "--objective") == "listnet"
