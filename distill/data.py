@@ -2,14 +2,20 @@
 
 Loading is strict: a malformed line, a missing or empty field, a duplicate id or an id in
 the qrels that the corpus or queries lack is an :class:`~distill.errors.InputError`
-naming the file, the line and the field. Graded relevance labels are kept as they are.
+naming the file, the line and the field. So are text a UTF-8 file cannot hold (a lone
+surrogate, which JSON can escape as ``\\udc80``), ids with whitespace (a TREC run splits its
+columns on any whitespace, so such an id could be written but not read back) and relevance
+grades that are not integers of the qrels' Int32 column. Graded labels are kept as they are.
+A UTF-8 byte-order mark at the start of any file is ignored.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import polars as pl
@@ -22,15 +28,22 @@ from distill.schema import (
     QRELS_SCHEMA,
     QUERIES_SCHEMA,
     RELEVANCE,
+    RELEVANCE_RANGE,
     TEXT,
     TITLE,
 )
+
+BOM = "\ufeff"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_WHITESPACE = re.compile(r"\s")  # what str.split() splits on, so what a TREC run reader splits on
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` of a UTF-8 text file, without line endings.
 
-    Blank lines are skipped. Missing files and non-UTF-8 bytes raise :class:`InputError`.
+    Blank lines are skipped and a byte-order mark opening the file is dropped (as ``utf-8-sig``
+    does: Windows editors and spreadsheet exports write one). Missing files and non-UTF-8 bytes
+    raise :class:`InputError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,6 +58,8 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                     path=path, line=number,
                 ) from None
             line = line.rstrip("\r\n")
+            if number == 1 and line.startswith(BOM):
+                line = line[1:]
             if line.strip():
                 yield number, line
 
@@ -61,8 +76,33 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         yield number, obj
 
 
+def shown(value: str, limit: int = 40) -> str:
+    """``value`` quoted for a one-line error message: escaped (a lone surrogate cannot be printed) and cut."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
+def check_text(value: str, path: str | Path, line: int, field: str) -> str:
+    """``value`` unless it holds a lone surrogate: JSON can escape one, but it is no character,
+    so no tokenizer, hash or UTF-8 file could take it later."""
+    found = _SURROGATE.search(value)
+    if found:
+        raise InputError(f"lone surrogate {found.group()!r} at character {found.start()} (not valid Unicode text)",
+                         path=path, line=line, field=field)
+    return value
+
+
+def check_id(value: str, path: str | Path, line: int, field: str) -> str:
+    """``value`` unless it holds whitespace: a TREC run splits its columns on whitespace, so such an id
+    would be written into runs that no reader (``evaluate`` included) could read back."""
+    found = _WHITESPACE.search(value)
+    if found:
+        raise InputError(f"id {shown(value)} contains whitespace ({found.group()!r}), which TREC runs cannot hold",
+                         path=path, line=line, field=field)
+    return value
+
+
 def get_field(obj: dict, field: str, path: str | Path, line: int, *, allow_empty: bool = False) -> str:
-    """A field as a string: ids may be numbers in JSON; text must be a non-empty string."""
+    """A field as a string: ids may be numbers in JSON; text must be a non-empty string of characters."""
     if field not in obj or obj[field] is None:
         raise InputError("missing", path=path, line=line, field=field)
     value = obj[field]
@@ -71,7 +111,34 @@ def get_field(obj: dict, field: str, path: str | Path, line: int, *, allow_empty
     value = str(value)
     if not allow_empty and not value.strip():
         raise InputError("empty", path=path, line=line, field=field)
-    return value
+    return check_text(value, path, line, field)
+
+
+def get_id(obj: dict, field: str, path: str | Path, line: int) -> str:
+    """An id field (see :func:`get_field`) that a TREC run can hold (see :func:`check_id`)."""
+    return check_id(get_field(obj, field, path, line), path, line, field)
+
+
+def parse_grade(text: str, path: str | Path, line: int) -> int:
+    """A qrels score as the integer relevance grade it must be (BEIR and TREC grades are integers).
+
+    ``1.0`` or ``2e0`` are that integer; a fraction, a non-finite value or one outside the Int32
+    column is refused rather than truncated or overflowed. Parsed exactly (no float rounding).
+    """
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise InputError(f"not a number: {shown(text)}", path=path, line=line, field="score") from None
+    if not value.is_finite():
+        raise InputError(f"not finite: {shown(text)}", path=path, line=line, field="score")
+    low, high = RELEVANCE_RANGE
+    if not low <= value <= high:
+        raise InputError(f"out of range: {shown(text)} (grades are integers from {low} to {high})",
+                         path=path, line=line, field="score")
+    if value != value.to_integral_value():
+        raise InputError(f"not an integer grade: {shown(text)} (relevance grades are integers)",
+                         path=path, line=line, field="score")
+    return int(value)
 
 
 def _check_unique(ids: list[str], lines: list[int], path: Path, field: str) -> None:
@@ -90,7 +157,7 @@ def load_corpus(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     ids, titles, texts, lines = [], [], [], []
     for line, obj in read_jsonl(path):
-        ids.append(get_field(obj, "_id", path, line))
+        ids.append(get_id(obj, "_id", path, line))
         title = get_field(obj, "title", path, line, allow_empty=True) if obj.get("title") is not None else ""
         text = get_field(obj, "text", path, line, allow_empty=True)
         if not (title.strip() or text.strip()):
@@ -109,7 +176,7 @@ def load_queries(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     ids, texts, lines = [], [], []
     for line, obj in read_jsonl(path):
-        ids.append(get_field(obj, "_id", path, line))
+        ids.append(get_id(obj, "_id", path, line))
         texts.append(get_field(obj, "text", path, line))
         lines.append(line)
     if not ids:
@@ -122,7 +189,7 @@ def load_qrels(path: str | Path) -> pl.DataFrame:
     """A qrels file as ``qid, docid, relevance``.
 
     Accepts BEIR's TSV (``query-id corpus-id score`` with a header) and TREC's
-    ``qid 0 docid relevance`` (whitespace separated).
+    ``qid 0 docid relevance`` (whitespace separated). Scores must be integer grades (:func:`parse_grade`).
     """
     path = Path(path)
     qids, docids, rels, seen = [], [], [], {}
@@ -141,10 +208,8 @@ def load_qrels(path: str | Path) -> pl.DataFrame:
         for name, value in (("query-id", qid), ("corpus-id", docid)):
             if not value:
                 raise InputError("empty", path=path, line=line, field=name)
-        try:
-            relevance = int(float(rel))
-        except ValueError:
-            raise InputError(f"not a number: {rel!r}", path=path, line=line, field="score") from None
+            check_id(value, path, line, name)
+        relevance = parse_grade(rel, path, line)
         if (qid, docid) in seen:
             raise InputError(
                 f"duplicate pair ({qid}, {docid}) (first on line {seen[(qid, docid)]})", path=path, line=line

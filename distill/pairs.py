@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from distill.data import Dataset, get_field, read_jsonl, read_lines
+from distill.data import Dataset, check_text, get_field, read_jsonl, read_lines
 from distill.errors import InputError
 from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, TEXT, TITLE
 
@@ -68,7 +68,7 @@ def read_candidates_jsonl(path: str | Path) -> tuple[Dataset, pl.DataFrame]:
             for i, doc in enumerate(docs):
                 if not isinstance(doc, str) or not doc.strip():
                     raise InputError("empty or non-string document", path=path, line=line, field=f"{field}[{i}]")
-                builder.add(query, doc, label)
+                builder.add(query, check_text(doc, path, line, f"{field}[{i}]"), label)
         if not obj.get("positive") and not obj.get("negative"):
             raise InputError("no documents in 'positive' or 'negative'", path=path, line=line, field="positive")
     return builder.build(path)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
-from distill.data import Dataset, load_beir, load_corpus, read_lines
+from distill.data import Dataset, check_id, load_beir, load_corpus, read_lines
 from distill.errors import ConfigError, InputError
 from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, TEXT, TITLE
 
@@ -58,6 +58,7 @@ def read_queries_file(path: str | Path) -> pl.DataFrame:
         for field, value in (("qid", qid), ("text", text)):
             if not value:
                 raise InputError("empty", path=path, line=number, field=field)
+        check_id(qid, path, number, "qid")
         if qid in seen:
             raise InputError(f"duplicate id {qid!r} (first on line {seen[qid]})", path=path, line=number,
                              field="qid")

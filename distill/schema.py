@@ -27,6 +27,7 @@ TEXT = "text"
 CORPUS_SCHEMA = {DOCID: pl.String, TITLE: pl.String, TEXT: pl.String}
 QUERIES_SCHEMA = {QID: pl.String, TEXT: pl.String}
 QRELS_SCHEMA = {QID: pl.String, DOCID: pl.String, RELEVANCE: pl.Int32}
+RELEVANCE_RANGE = (-(2**31), 2**31 - 1)  # the grades QRELS_SCHEMA's Int32 column holds
 RUN_SCHEMA = {QID: pl.String, DOCID: pl.String, SCORE: pl.Float64}
 SCORES_SCHEMA = {QID: pl.String, DOCID: pl.String, SCORE: pl.Float32}
 

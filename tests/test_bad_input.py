@@ -158,6 +158,107 @@ def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(ws, kind, capsys
     assert snapshot(ws["root"]) == before
 
 
+def _set_field(path: Path, number: int, field: str, literal: str) -> None:
+    """Set ``field`` of JSONL line ``number`` to the raw JSON ``literal`` (so an escape like ``\\udc80`` stays)."""
+    obj = json.loads(path.read_text().splitlines()[number - 1])
+    obj.pop(field, None)
+    _edit_line(path, number, json.dumps(obj)[:-1] + f', "{field}": {literal}}}')
+
+
+def _file(ws, name: str, content: str) -> Path:
+    path = ws["root"] / name
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+def _pairs(ws, content: str):
+    """score-teacher on a pairs file with a teacher that does not exist: the pairs must be refused first."""
+    return ["score-teacher", "--teacher", ws["root"] / "no_model", "--pairs", _file(ws, "c.jsonl", content),
+            "--cache", ws["out"] / "cache"]
+
+
+def _qrels_score(ws, score: str):
+    _edit_line(ws["data"] / "qrels" / "test.tsv", 2, f"q0_0\td0_0\t{score}")
+    return _candidates(ws)
+
+
+# issue 32: input classes that crashed (exit 1) or were silently misread
+MORE = {
+    "qrels-inf-score": lambda ws: (_qrels_score(ws, "inf"), ["test.tsv:2", "field 'score'", "not finite"]),
+    "qrels-1e400-score": lambda ws: (_qrels_score(ws, "1e400"), ["test.tsv:2", "field 'score'", "out of range"]),
+    "qrels-int32-overflow": lambda ws: (_qrels_score(ws, "3000000000"), ["test.tsv:2", "field 'score'", "range"]),
+    "qrels-fractional-grade": lambda ws: (_qrels_score(ws, "0.5"), ["test.tsv:2", "field 'score'", "integer"]),
+    "corpus-lone-surrogate": lambda ws: (
+        _set_field(ws["data"] / "corpus.jsonl", 3, "text", r'"bad \udc80 text"') or _candidates(ws),
+        ["corpus.jsonl:3", "field 'text'", "surrogate", "\\udc80"]),
+    "queries-lone-surrogate": lambda ws: (
+        _set_field(ws["data"] / "queries.jsonl", 1, "text", r'"\ud83d what"') or _candidates(ws),
+        ["queries.jsonl:1", "field 'text'", "surrogate"]),
+    "corpus-id-surrogate": lambda ws: (
+        _set_field(ws["data"] / "corpus.jsonl", 2, "_id", r'"d\udfff"') or _candidates(ws),
+        ["corpus.jsonl:2", "field '_id'", "surrogate"]),
+    "pairs-lone-surrogate": lambda ws: (
+        _pairs(ws, '{"query": "apple", "positive": ["apple pie"]}\n{"query": "rain", "negative": ["\\udc80"]}\n'),
+        ["c.jsonl:2", "field 'negative[0]'", "surrogate"]),
+    "pairs-query-surrogate": lambda ws: (
+        _pairs(ws, '{"query": "a\\ud800b", "positive": ["apple pie"]}\n'), ["c.jsonl:1", "field 'query'"]),
+    "corpus-id-with-space": lambda ws: (
+        _set_field(ws["data"] / "corpus.jsonl", 2, "_id", '"d0 1"') or _candidates(ws),
+        ["corpus.jsonl:2", "field '_id'", "whitespace"]),
+    "queries-id-with-tab": lambda ws: (
+        _set_field(ws["data"] / "queries.jsonl", 1, "_id", r'"q0\t0"') or _candidates(ws),
+        ["queries.jsonl:1", "field '_id'", "whitespace"]),
+    "queries-id-with-newline": lambda ws: (
+        _set_field(ws["data"] / "queries.jsonl", 2, "_id", r'"q0_1\n"') or _candidates(ws),
+        ["queries.jsonl:2", "field '_id'", "whitespace"]),
+    "qrels-id-with-space": lambda ws: (
+        _edit_line(ws["data"] / "qrels" / "test.tsv", 3, "q0_0\td0 1\t1") or _candidates(ws),
+        ["test.tsv:3", "field 'corpus-id'", "whitespace"]),
+    "queries-file-id-with-space": lambda ws: (
+        _candidates(ws, "--queries", _file(ws, "log.tsv", "q 1\tapple pie\n")),
+        ["log.tsv:1", "field 'qid'", "whitespace"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MORE))
+def test_more_bad_input_is_one_clear_line_exit_2_and_nothing_written(ws, kind, capsys):
+    args, needles = MORE[kind](ws)
+    before = snapshot(ws["root"])
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, (code, out, err)
+    assert err.startswith("error:") and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    for needle in needles:
+        assert str(needle) in err, (needle, err)
+    assert snapshot(ws["root"]) == before
+
+
+def _without_clock(files: dict[str, bytes]) -> dict:
+    """An output folder's files, less the creation time in its manifest (two runs differ in it)."""
+    manifest = json.loads(files.pop("distill.json"))
+    manifest.pop("created")
+    return {**files, "distill.json": manifest}
+
+
+@pytest.mark.parametrize("target", ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "run", "log.jsonl", "log.tsv"])
+def test_a_utf8_bom_is_accepted_on_every_input(ws, target, capsys):
+    """A byte-order mark (Windows editors, Excel exports) changes nothing: the same output as without it."""
+    if target.startswith("log"):
+        log = ws["root"] / target
+        log.write_text('{"_id": "x1", "text": "apple pie"}\n' if target.endswith("jsonl") else "x1\tapple pie\n")
+        args, path = ["candidates", "--data", ws["data"], "--queries", log, "--k", "5"], log
+    else:
+        args = ["evaluate", "--data", ws["data"], "--split", "test", "--run", ws["run"], "--ranker", "bm25"]
+        path = ws["run"] if target == "run" else ws["data"] / target
+    outputs = []
+    for name in ("plain", "bom"):
+        code, _, err = run_cli([*args, "--out", ws["out"] / name], capsys)
+        assert code == 0, err
+        out = ws["out"] / name
+        outputs.append(_without_clock(snapshot(out)) if out.is_dir() else out.read_bytes())
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
 def test_debug_shows_the_traceback(ws, capsys):
     from distill.errors import DistillError
 

@@ -236,23 +236,115 @@ def test_evaluate_on_any_run_file_fails_cleanly_or_writes_its_folder(lines, tmp_
     assert snapshot(tmp) == before
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(corpus=st.lists(st.one_of(
-    st.text(max_size=30),
-    st.fixed_dictionaries({"_id": st.one_of(st.text(max_size=3), st.integers(), st.none()),
-                           "text": st.one_of(st.text(max_size=10), st.integers(), st.none())},
-                          optional={"title": st.one_of(st.text(max_size=5), st.floats())}).map(json.dumps),
-), max_size=5))
-def test_candidates_on_any_corpus_fails_cleanly_or_writes_its_run(corpus, tmp_path_factory, capsys):
-    tmp = tmp_path_factory.mktemp("corpus")
-    data = _beir(tmp / "data", "\n".join(corpus) + "\n", GOOD_QUERIES, GOOD_QRELS)
-    before = snapshot(tmp)
-    code, _, err = invoke(["candidates", "--data", data, "--k", "3", "--out", tmp / "run.trec"], capsys)
+# the input classes of issue 32, drawn often next to hypothesis' own: JSON-escaped lone surrogates (json.dumps
+# writes "\\udc80"), ids a TREC run cannot hold (whitespace), a byte-order mark, non-finite, huge and fractional grades
+SURROGATES = st.sampled_from(["\udc80", "a\ud800b", "\udbff\udfff\ud83d"])
+SPACED_IDS = st.sampled_from(["d 1", "d\t1", " d1", "d1\n", "q\u00a01", "d\u20031"])
+ANY_TEXT = st.one_of(st.text(max_size=10), st.text(st.characters(exclude_categories=()), max_size=4), SURROGATES)
+ANY_ID = st.one_of(st.text(max_size=3), SPACED_IDS, SURROGATES, st.integers())
+BOM = st.sampled_from(["", "\ufeff"])
+GRADES = st.one_of(
+    st.sampled_from(["inf", "-inf", "nan", "1e400", "3000000000", "-2147483649", "0.5", "1.0", "-0", "2e0"]),
+    st.just("9" * 5000),
+    st.integers(-2**40, 2**40).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(st.characters(exclude_characters="\t\r\n"), max_size=6),
+)
+
+
+def _clean_failure_or(check, code: int, err: str, tmp: Path, before: dict) -> None:
+    """Exit 0 with ``check()`` holding, or exit 2 with one line and nothing written."""
     if code == 0:
-        assert (tmp / "run.trec").is_file()
+        check()
         return
     _assert_one_line_error(code, err)
     assert snapshot(tmp) == before
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(corpus=st.lists(st.one_of(
+    st.text(max_size=30),
+    st.builds(lambda id_, text: json.dumps({"_id": id_, "text": text}), ANY_ID, st.sampled_from(["word0", "a b"])),
+    st.fixed_dictionaries({"_id": st.one_of(ANY_ID, st.none()), "text": st.one_of(ANY_TEXT, st.integers(), st.none())},
+                          optional={"title": st.one_of(ANY_TEXT, st.floats())}).map(json.dumps),
+), max_size=5), bom=BOM)
+def test_candidates_on_any_corpus_fails_cleanly_or_writes_a_run_that_reads_back(corpus, bom, tmp_path_factory,
+                                                                                capsys):
+    """A run ``candidates`` writes is one ``evaluate`` reads: every id in it is a corpus id as written.
+    The documents the qrels judge come first, so that a corpus is not refused for lacking them."""
+    from distill.data import load_corpus
+    from distill.runs import read_run
+
+    tmp = tmp_path_factory.mktemp("corpus")
+    data = _beir(tmp / "data", bom + GOOD_CORPUS + "\n".join(corpus) + "\n", GOOD_QUERIES, GOOD_QRELS)
+    before = snapshot(tmp)
+    code, _, err = invoke(["candidates", "--data", data, "--k", "3", "--out", tmp / "run.trec"], capsys)
+
+    def reads_back():
+        run = read_run(tmp / "run.trec")
+        assert set(run["docid"]) <= set(load_corpus(data / "corpus.jsonl")["docid"])
+
+    _clean_failure_or(reads_back, code, err, tmp, before)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(grade=GRADES, query=st.one_of(st.just("q1"), SPACED_IDS), bom=BOM)
+def test_a_qrels_score_is_an_integer_grade_or_refused(grade, query, bom, tmp_path_factory, capsys):
+    """BEIR grades are integers: a score is kept exactly as written, or refused naming file:line: field."""
+    from decimal import Decimal
+
+    from distill.data import load_qrels
+
+    tmp = tmp_path_factory.mktemp("qrels")
+    qrels = f"{bom}query-id\tcorpus-id\tscore\nq0\td0\t1\n{query}\td1\t{grade}\n"
+    data = _beir(tmp / "data", GOOD_CORPUS, GOOD_QUERIES, qrels)
+    before = snapshot(tmp)
+    code, _, err = invoke(["candidates", "--data", data, "--k", "2", "--out", tmp / "run.trec"], capsys)
+
+    def kept_exactly():
+        assert Decimal(load_qrels(data / "qrels" / "test.tsv")["relevance"][1]) == Decimal(grade.strip())
+
+    _clean_failure_or(kept_exactly, code, err, tmp, before)
+    if code == 2 and "query-id" not in err:
+        assert "test.tsv:3: field 'score'" in err, err
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries(
+    {"query": ANY_TEXT},
+    optional={"positive": st.lists(ANY_TEXT, max_size=2), "negative": st.lists(ANY_TEXT, max_size=2)},
+).map(json.dumps), min_size=1, max_size=3), bom=BOM)
+def test_a_pairs_file_is_checked_before_the_teacher_loads(rows, bom, tmp_path_factory, capsys):
+    """With a teacher that does not exist, the error names the pairs file unless the file is good."""
+    from distill.pairs import read_candidates_jsonl
+
+    tmp = tmp_path_factory.mktemp("pairs")
+    pairs = tmp / "c.jsonl"
+    pairs.write_text(bom + "\n".join(rows) + "\n", encoding="utf-8")
+    before = snapshot(tmp)
+    code, _, err = invoke(["score-teacher", "--teacher", tmp / "no_model", "--pairs", pairs, "--cache", tmp / "cache"],
+                          capsys)
+    _assert_one_line_error(code, err)
+    assert snapshot(tmp) == before
+    if "c.jsonl" not in err:
+        read_candidates_jsonl(pairs)  # the teacher is refused only after the pairs were read
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(with_bom=st.sets(st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "run.trec"]), min_size=1))
+def test_a_byte_order_mark_on_any_input_changes_nothing(with_bom, tmp_path_factory, capsys):
+    tmp = tmp_path_factory.mktemp("bom")
+    data = _beir(tmp / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
+    (data / "run.trec").write_text("q0 Q0 d0 1 2.0 t\nq0 Q0 d1 2 1.0 t\nq1 Q0 d1 1 1.0 t\n", encoding="utf-8")
+    args = ["evaluate", "--data", data, "--run", data / "run.trec", "--ranker", "bm25", "--out"]
+    assert invoke([*args, tmp / "plain"], capsys)[0] == 0
+    for name in with_bom:
+        (data / name).write_bytes(b"\xef\xbb\xbf" + (data / name).read_bytes())
+    code, _, err = invoke([*args, tmp / "bom"], capsys)
+    assert code == 0, err
+    plain, bom = snapshot(tmp / "plain"), snapshot(tmp / "bom")
+    assert {"summary.parquet", "per_query.parquet", "runs.parquet"} <= set(plain)
+    del plain["distill.json"], bom["distill.json"]  # holds the time it was written
+    assert bom == plain
 
 
 def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, tmp_path, capsys):

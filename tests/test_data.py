@@ -12,6 +12,7 @@ from distill.bm25 import bm25_run
 from distill.data import load_beir, load_corpus, load_qrels, load_queries
 from distill.errors import InputError
 from distill.pairs import read_candidates_jsonl, read_triples_tsv
+from distill.querysets import read_queries_file
 from distill.runs import read_run, write_run
 
 
@@ -58,6 +59,72 @@ def test_non_utf8_bytes_are_located(tmp_path):
     path = _write(tmp_path / "queries.jsonl", b'{"_id": "1", "text": "ok"}\n{"_id": "2", "text": "caf\xe9"}\n')
     with pytest.raises(InputError, match=r"queries.jsonl:2: not valid UTF-8"):
         load_queries(path)
+
+
+@pytest.mark.parametrize(("score", "grade"), [("2", 2), ("0", 0), ("-1", -1), ("1.0", 1), ("3e1", 30),
+                                            ("2147483647", 2**31 - 1), ("-2147483648", -(2**31))])
+def test_qrels_grades_are_integers(tmp_path, score, grade):
+    qrels = load_qrels(_write(tmp_path / "q.tsv", f"query-id\tcorpus-id\tscore\nq1\td1\t{score}\n"))
+    assert qrels["relevance"].to_list() == [grade]
+
+
+@pytest.mark.parametrize(("score", "needle"), [
+    ("inf", "not finite"), ("-inf", "not finite"), ("nan", "not finite"), ("1e400", "out of range"),
+    ("3000000000", "out of range"), ("-2147483649", "out of range"), ("1e12", "out of range"),
+    ("0.5", "not an integer"), ("2.000001", "not an integer"), ("high", "not a number"), ("9" * 5000, "out of range"),
+])
+def test_qrels_scores_that_are_no_grade_are_refused(tmp_path, score, needle):
+    path = _write(tmp_path / "q.tsv", f"query-id\tcorpus-id\tscore\nq1\td0\t1\nq1\td1\t{score}\n")
+    with pytest.raises(InputError) as err:
+        load_qrels(path)
+    assert (err.value.line, err.value.field) == (3, "score") and needle in str(err.value), str(err.value)
+
+
+def _bom(path, reader):
+    """``reader(path)`` then ``reader`` of the same file with a UTF-8 byte-order mark in front."""
+    plain = reader(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    return plain, reader(path)
+
+
+@pytest.mark.parametrize(("name", "content", "reader"), [
+    ("corpus.jsonl", '{"_id": "d1", "title": "", "text": "x"}\n', load_corpus),
+    ("queries.jsonl", '{"_id": "q1", "text": "x"}\n', load_queries),
+    ("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n", load_qrels),
+    ("qrels.txt", "q1 0 d1 1\n", load_qrels),
+    ("run.trec", "q1 Q0 d1 1 2.5 t\n", read_run),
+    ("log.jsonl", '{"_id": "q1", "text": "x"}\n', read_queries_file),
+    ("log.tsv", "q1\tx\n", read_queries_file),
+    ("log_header.tsv", "qid\ttext\nq1\tx\n", read_queries_file),
+    ("c.jsonl", '{"query": "q", "positive": ["d"]}\n', lambda p: read_candidates_jsonl(p)[1]),
+    ("t.tsv", "q\td\te\n", lambda p: read_triples_tsv(p)[1]),
+])
+def test_a_utf8_bom_changes_nothing(tmp_path, name, content, reader):
+    plain, with_bom = _bom(_write(tmp_path / name, content), reader)
+    assert with_bom.equals(plain)
+    assert not any("\ufeff" in str(v) for row in with_bom.rows() for v in row)
+
+
+@pytest.mark.parametrize(("name", "content", "field", "needle"), [
+    ("corpus.jsonl", '{"_id": "d1", "text": "a\\udc80"}\n', "text", "lone surrogate '\\udc80'"),
+    ("corpus.jsonl", '{"_id": "d1", "title": "\\ud800", "text": "a"}\n', "title", "surrogate"),
+    ("queries.jsonl", '{"_id": "q\\udfff", "text": "a"}\n', "_id", "surrogate"),
+    ("c.jsonl", '{"query": "q", "positive": ["ok", "\\udbff"]}\n', "positive[1]", "surrogate"),
+    ("corpus.jsonl", '{"_id": "d 1", "text": "a"}\n', "_id", "whitespace"),
+    ("corpus.jsonl", '{"_id": " d1", "text": "a"}\n', "_id", "whitespace"),
+    ("queries.jsonl", '{"_id": "q\\u00a01", "text": "a"}\n', "_id", "whitespace"),
+    ("queries.jsonl", '{"_id": "q\\r", "text": "a"}\n', "_id", "whitespace"),
+    ("log.tsv", "q\u20031\ttext\n", "qid", "whitespace"),
+    ("qrels.tsv", "q 1\td1\t1\n", "query-id", "whitespace"),
+])
+def test_lone_surrogates_and_ids_a_trec_run_cannot_hold_are_refused(tmp_path, name, content, field, needle):
+    """JSON can escape a lone surrogate (not text: it cannot be encoded); a TREC run splits on any whitespace."""
+    reader = {"corpus.jsonl": load_corpus, "queries.jsonl": load_queries, "c.jsonl": read_candidates_jsonl,
+              "log.tsv": read_queries_file, "qrels.tsv": load_qrels}[name]
+    with pytest.raises(InputError) as err:
+        reader(_write(tmp_path / name, "\n" + content))
+    assert (err.value.line, err.value.field) == (2, field) and needle in str(err.value), str(err.value)
+    str(err.value).encode("utf-8")  # the message itself can be printed
 
 
 def test_qrels_with_unknown_ids_name_the_line(tmp_path, tiny_beir):
