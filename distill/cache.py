@@ -1,24 +1,48 @@
 """The teacher cache: raw teacher logits as long-format Parquet shards plus a manifest.
 
-Layout of a cache folder::
+Layout of a cache folder (format 2)::
 
-    manifest.json                  kind, teacher fingerprint, corpus hash, candidate sets, versions
-    shards/part-<keys hash>.parquet    qid, docid, score (float32), written atomically one by one
-    candidates/<hash>.parquet      each candidate set asked for (qid, docid), for coverage and resume
+    manifest.json                      the cache's identity and candidate sets (schema below)
+    shards/part-<keys hash>.parquet    qid, docid, score (float32), qhash, dhash; written atomically one by one
+    candidates/<hash>.parquet          each candidate set asked for (qid, docid), for coverage and resume
+    texts.parquet                      the current text of each id: side (q/d), id, hash, adopted
+    quarantine/                        unreadable files set aside (torn by a crash, emptied)
+    .lock                              the write lock (:mod:`distill.cache_lock`)
+
+The manifest (one schema, one version number ``format``; later additions go here too)::
+
+    kind         "teacher-cache"                                              required
+    format       2 (1: shards without qhash/dhash and no texts.parquet)      required
+    teacher      the teacher's fingerprint (a dict): which scores these are  required
+    corpus_hash  hash of the corpus the scores were computed on, or null
+    candidates   [{hash, pairs, source}]: the candidate sets registered
+    precision    how the teacher's precision was chosen (teachers.precision)
+    versions, created                                                         informative
 
 A shard appears under its final name only once fully written, so a killed run loses at
 most the batch in flight and a rerun scores only the pairs no shard holds. A shard is named
 by the hash of the (qid, docid) keys it holds, so writing the same batch twice (a retried
-task, a second driver) replaces the file instead of duplicating its rows. Asking a cache
-with another teacher fingerprint (or another corpus) is a :class:`CacheMismatchError`.
+task, a second driver) replaces the file instead of duplicating its rows; its Parquet
+metadata repeats the manifest less its candidates, so a lost manifest can be rebuilt
+(``distill cache verify --repair``). Asking a cache with another teacher fingerprint (or
+another corpus) is a :class:`CacheMismatchError`, also for a second writer whose teacher
+differs (checked under the lock at its first write).
+
+A score counts only for the texts it was computed from (:mod:`distill.cache_texts`):
+registering candidates with their texts' hashes makes the rows of changed texts stale, so
+their pairs are scored again. Every write holds the folder's lock and re-reads the manifest
+first (:mod:`distill.cache_lock`); readers take no lock. Unreadable shards and candidate
+files are set aside with a warning (:mod:`distill.cache_files`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +50,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from distill.errors import CacheMismatchError, InputError
+from distill import cache_files, cache_texts
+from distill.cache_files import FORMAT, KIND, MANIFEST, REPAIR_HINT
+from distill.cache_lock import CacheLock
+from distill.cache_texts import DHASH, QHASH
+from distill.errors import InputError
 from distill.io import atomic_path, write_json_atomic
 from distill.manifest import frame_hash, library_versions
 from distill.ranking import BaseRanker
@@ -35,29 +63,8 @@ from distill.schema import DOCID, QID, SCORE, SCORES_SCHEMA
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-KIND = "teacher-cache"
-FORMAT = 1
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    import json
-
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise InputError("not a teacher cache (no manifest.json); create it with `distill score-teacher`", path=folder)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"unreadable manifest: {err}", path=path) from None
-    if manifest.get("kind") != KIND:
-        raise InputError(f"not a teacher cache (kind {manifest.get('kind')!r})", path=path, field="kind")
-    return manifest
-
-
-def _diff(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    return "; ".join(f"{k}: cache has {a.get(k)!r}, asked {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
+READ_ATTEMPTS = 20  # lists of shards a reader tries while compactions keep folding them away
+_UNSET = object()
 
 
 def shard_of(qids: list[str], docids: list[str], n: int) -> np.ndarray:
@@ -88,14 +95,16 @@ class TeacherCache:
         self.folder = Path(folder)
         self.manifest = manifest
         self._persisted = persisted
-        self._pending: list[tuple[pl.DataFrame, str]] = []
+        self._loaded = copy.deepcopy(manifest)  # as last read or written: what this object changed since
+        self._pending: list[Callable[[], None]] = []  # writes asked for before the cache was on disk
+        self._lock = CacheLock(self.folder)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, folder: str | Path) -> TeacherCache:
         """Open an existing cache for reading."""
         folder = Path(folder)
-        return cls(folder, _read_manifest(folder))
+        return cls(folder, cache_files.read_manifest(folder))
 
     @classmethod
     def create_or_open(cls, folder: str | Path, teacher: dict[str, Any], corpus_hash: str | None) -> TeacherCache:
@@ -109,122 +118,223 @@ class TeacherCache:
             cache = cls.open(folder)
             cache.check(teacher, corpus_hash)
             return cache
-        if folder.exists() and any(folder.iterdir()):
-            raise InputError("folder exists, is not empty and is not a teacher cache", path=folder)
+        cache_files.check_new_folder(folder)
         manifest = {
             "kind": KIND, "format": FORMAT, "teacher": teacher, "corpus_hash": corpus_hash,
             "candidates": [], "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return cls(folder, manifest, persisted=False)
 
-    def _persist(self) -> None:
-        if self._persisted:
-            return
-        (self.folder / "shards").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.folder / MANIFEST, self.manifest)
-        self._persisted = True
-        for pairs, source in self._pending:
-            self.register_candidates(pairs, source)
-        self._pending.clear()
-
     def check(self, teacher: dict[str, Any], corpus_hash: str | None) -> None:
-        if self.manifest["teacher"] != teacher:
-            raise CacheMismatchError(
-                f"cache holds scores of another teacher ({_diff(self.manifest['teacher'], teacher)}); "
-                "use another --cache folder", path=self.folder / MANIFEST, field="teacher",
-            )
-        have = self.manifest.get("corpus_hash")
-        if have is not None and corpus_hash is not None and have != corpus_hash:
-            raise CacheMismatchError(
-                f"cache was built on another corpus (hash {have}, asked {corpus_hash})",
-                path=self.folder / MANIFEST, field="corpus_hash",
-            )
+        cache_files.check_identity(self.manifest, teacher, corpus_hash, self.folder)
 
-    # -- reading -------------------------------------------------------------------------
-    def shard_paths(self) -> list[Path]:
-        if not self._persisted:
-            return []
-        return sorted(p for p in (self.folder / "shards").glob("part-*.parquet"))
+    # -- writing: each under the folder's lock, on the manifest as it is on disk ----------------
+    def _unborn(self) -> bool:
+        return not self._persisted and not (self.folder / MANIFEST).is_file()
 
-    def scores(self) -> pl.DataFrame:
-        """All cached ``qid, docid, score`` rows, one per pair."""
-        paths = self.shard_paths()
-        if not paths:
-            return pl.DataFrame(schema=SCORES_SCHEMA)
-        frame = pl.read_parquet(paths).select(list(SCORES_SCHEMA)).cast(SCORES_SCHEMA)
-        return frame.unique(subset=[QID, DOCID], keep="first", maintain_order=True)
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the folder's lock with ``self.manifest`` re-read from disk (this object's own changes
+        applied on top); the first write of a new cache creates it."""
+        with self._lock.held():
+            self._sync()
+            yield
 
-    def missing(self, pairs: pl.DataFrame) -> pl.DataFrame:
-        """The rows of ``pairs`` (qid, docid) that no shard holds yet."""
-        cached = self.scores().select(QID, DOCID)
-        return pairs.select(QID, DOCID).unique(maintain_order=True).join(cached, on=[QID, DOCID], how="anti")
+    def _sync(self) -> None:
+        path = self.folder / MANIFEST
+        if not path.exists():
+            if self._persisted:
+                raise InputError(f"manifest.json is gone; {REPAIR_HINT.format(folder=self.folder)}", path=self.folder)
+            cache_files.check_new_folder(self.folder)
+            write_json_atomic(path, self.manifest)
+        else:
+            disk = cache_files.validate_manifest(cache_files.parse_manifest(path), path)
+            cache_files.check_identity(disk, self.manifest["teacher"], self.manifest.get("corpus_hash"), self.folder)
+            changed = {k: v for k, v in self.manifest.items()
+                       if k != "candidates" and self._loaded.get(k, _UNSET) != v}
+            merged = {**disk, **changed, "format": FORMAT}
+            if disk["format"] < FORMAT:
+                log.warning("%s: written by an older distill (cache format %d) that did not record the texts it "
+                            "scored; its existing scores are taken as scored from the texts registered now",
+                            self.folder, disk["format"])
+            if merged != disk:
+                write_json_atomic(path, merged)
+            self.manifest = merged
+        self._persisted = True
+        self._loaded = copy.deepcopy(self.manifest)
+        pending, self._pending = self._pending, []
+        for write in pending:
+            write()
 
-    # -- writing -------------------------------------------------------------------------
-    def append(self, scored: pl.DataFrame) -> Path:
-        """Write one shard of ``qid, docid, score`` atomically; refuses non-finite scores."""
-        scored = scored.select(list(SCORES_SCHEMA)).cast(SCORES_SCHEMA)
-        bad = scored.filter(~pl.col(SCORE).is_finite())
-        if bad.height:
-            q, d, s = bad.row(0)
-            raise InputError(f"teacher returned a non-finite score {s} for ({q}, {d}); nothing was written "
-                             f"for this batch ({bad.height} bad pairs)", path=self.folder, field="score")
-        self._persist()
-        path = self.folder / "shards" / shard_name(scored)
+    def _write_shard(self, rows: pl.DataFrame) -> Path:
+        path = self.folder / "shards" / shard_name(rows)
         with atomic_path(path) as tmp:
-            scored.write_parquet(tmp, compression="zstd")
+            rows.write_parquet(tmp, compression="zstd", metadata=cache_files.shard_metadata(self.manifest))
         return path
 
+    def append(self, scored: pl.DataFrame) -> Path:
+        """Write one shard of ``qid, docid, score`` atomically; refuses non-finite scores.
+
+        With ``qhash``/``dhash`` columns (:func:`distill.cache_texts.with_text_hashes`) the rows
+        record the texts they were scored from; without, the texts registered now.
+        """
+        hashed = [c for c in (QHASH, DHASH) if c in scored.columns]
+        scored = scored.select(*SCORES_SCHEMA, *hashed).cast({**SCORES_SCHEMA, **{c: pl.String for c in hashed}})
+        bad = scored.filter(~pl.col(SCORE).is_finite())
+        if bad.height:
+            q, d, s = bad.row(0)[:3]
+            raise InputError(f"teacher returned a non-finite score {s} for ({q}, {d}); nothing was written "
+                             f"for this batch ({bad.height} bad pairs)", path=self.folder, field="score")
+        scored = scored.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (QHASH, DHASH)
+                                     if c not in hashed)
+        with self._writing():  # the first texts seen of an id are its current ones
+            registry = self._save_registry(self._registry(), cache_texts.registry_of(scored), replace=False)
+            return self._write_shard(cache_texts.fill_hashes(scored, registry))
+
+    def register_texts(self, hashed: pl.DataFrame) -> dict[str, int]:
+        """Record the texts of ``hashed`` (qid, docid, qhash, dhash; :func:`distill.cache_texts.text_hashes`)
+        as the current ones; rows scored from other texts become stale and their pairs unscored.
+        Returns how many queries (``q``) and documents (``d``) changed text."""
+        entries = cache_texts.registry_of(hashed)
+        if self._unborn():
+            self._pending.append(lambda: self._register_texts_locked(entries))
+            return {"q": 0, "d": 0}
+        with self._writing():
+            return self._register_texts_locked(entries)
+
+    def _register_texts_locked(self, entries: pl.DataFrame) -> dict[str, int]:
+        counts = {}
+        self._save_registry(self._registry(), entries, replace=True, counts=counts)
+        if counts["q"] or counts["d"]:
+            log.warning("%s: %d query text(s) and %d document text(s) differ from those their cached scores were "
+                        "computed from; those pairs are scored again", self.folder, counts["q"], counts["d"])
+        return counts
+
+    def _save_registry(self, registry: pl.DataFrame, entries: pl.DataFrame, *, replace: bool,
+                       counts: dict[str, int] | None = None) -> pl.DataFrame:
+        updated, changed = cache_texts.update_registry(registry, entries, replace=replace)
+        if counts is not None:
+            counts.update(changed)
+        if updated.height != registry.height or (replace and any(changed.values())) \
+                or not (self.folder / cache_texts.REGISTRY).exists():
+            with atomic_path(self.folder / cache_texts.REGISTRY) as tmp:
+                updated.sort("side", "id").write_parquet(tmp, compression="zstd")
+        return updated
+
     def register_candidates(self, pairs: pl.DataFrame, source: str) -> str:
-        """Remember a candidate set (for ``cache info`` coverage); returns its hash."""
+        """Remember a candidate set (for ``cache info`` coverage, and ``unscored``); returns its hash.
+        With ``qhash``/``dhash`` columns, their texts are registered as current too (:meth:`register_texts`)."""
+        if QHASH in pairs.columns and DHASH in pairs.columns:
+            self.register_texts(pairs)
         pairs = pairs.select(QID, DOCID).unique().sort([QID, DOCID])
         digest = frame_hash(pairs)
-        if not self._persisted:
-            self._pending.append((pairs, source))
+        if self._unborn():
+            self._pending.append(lambda: self._register_candidates_locked(pairs, digest, source))
             return digest
+        with self._writing():
+            self._register_candidates_locked(pairs, digest, source)
+        return digest
+
+    def _register_candidates_locked(self, pairs: pl.DataFrame, digest: str, source: str) -> None:
         path = self.folder / "candidates" / f"{digest}.parquet"
-        if not path.exists():
+        try:
+            cache_files.read_pairs(path)
+        except (FileNotFoundError, cache_files.BadFile):  # absent, or torn: (re)written whole
             with atomic_path(path) as tmp:
                 pairs.write_parquet(tmp, compression="zstd")
-        entries = [c for c in self.manifest["candidates"] if c["hash"] != digest]
+        entries = [c for c in self.manifest.get("candidates", []) if c["hash"] != digest]
         entries.append({"hash": digest, "pairs": pairs.height, "source": source})
         self.manifest["candidates"] = entries
         write_json_atomic(self.folder / MANIFEST, self.manifest)
-        return digest
+        self._loaded = copy.deepcopy(self.manifest)
 
     def compact(self) -> None:
-        """Fold all shards into one (duplicates dropped); safe to interrupt at any point."""
-        paths = self.shard_paths()
-        if len(paths) <= 1:
+        """Fold all shards into one (duplicates and rows of stale texts dropped); safe to interrupt at any point."""
+        if self._unborn():
             return
-        kept = self.append(self.scores())
-        for path in paths:
-            if path != kept:  # a shard whose keys cover all the others' is rewritten under its own name
-                path.unlink()
+        with self._writing():
+            paths = self.shard_paths()
+            if len(paths) <= 1:
+                return
+            rows = cache_texts.effective(*self._state())
+            kept = rows.filter("valid").drop("valid").unique(subset=[QID, DOCID], keep="first", maintain_order=True)
+            written = self._write_shard(kept) if kept.height else None
+            for path in paths:
+                if path != written:  # a shard whose keys cover all the others' is rewritten under its own name
+                    path.unlink(missing_ok=True)
+
+    # -- reading (no lock: every file is whole under its final name) -----------------------------
+    def shard_paths(self) -> list[Path]:
+        return cache_files.shard_files(self.folder) if self._persisted else []
+
+    def _rows(self) -> pl.DataFrame:
+        """Every shard row (with hashes), unreadable shards set aside; listed again if a compaction
+        folded a shard away while it was being read."""
+        for _ in range(READ_ATTEMPTS):
+            rows = cache_files.read_all_rows(self.folder, self.shard_paths())
+            if rows is not None:
+                return rows
+        raise InputError(f"shards kept changing while being read ({READ_ATTEMPTS} tries)", path=self.folder)
+
+    def _registry(self, rows: pl.DataFrame | None = None) -> pl.DataFrame:
+        """The text registry; rebuilt from the shards' hashes where it is missing or unreadable."""
+        registry = cache_files.read_registry(self.folder) if self._persisted else None
+        return cache_texts.rebuild_registry(self._rows() if rows is None else rows) if registry is None else registry
+
+    def _state(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        rows = self._rows()
+        return rows, self._registry(rows)
+
+    def texts(self) -> pl.DataFrame:
+        """The current text of each id: ``side`` (q/d), ``id``, ``hash``, ``adopted`` (:mod:`distill.cache_texts`)."""
+        return self._registry()
+
+    def valid_rows(self) -> pl.DataFrame:
+        """``qid, docid, score, qhash, dhash`` of every row scored from the current texts."""
+        return cache_texts.effective(*self._state()).filter("valid").drop("valid")
+
+    def scores(self, dataset: Any = None) -> pl.DataFrame:
+        """All cached ``qid, docid, score`` rows scored from the current texts, one per pair; given a
+        ``dataset`` (to train on), only those scored from its texts."""
+        rows = self.valid_rows()
+        if dataset is not None:
+            held = cache_texts.present(cache_texts.text_hashes(dataset, rows), rows)
+            rows = rows.join(held, on=[QID, DOCID], how="semi", maintain_order="left")
+        return rows.select(list(SCORES_SCHEMA)).unique(subset=[QID, DOCID], keep="first", maintain_order=True)
+
+    def missing(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        """The rows of ``pairs`` (qid, docid) that no shard holds yet; with ``qhash``/``dhash``
+        columns, also those whose cached score was computed from other texts."""
+        unique = pairs.select(QID, DOCID).unique(maintain_order=True)
+        if QHASH in pairs.columns and DHASH in pairs.columns:
+            rows = cache_texts.effective(*self._state())
+            held = cache_texts.present(pairs.unique([QID, DOCID], maintain_order=True), rows)
+        else:
+            held = self.scores().select(QID, DOCID)
+        return unique.join(held, on=[QID, DOCID], how="anti")
 
     # -- summary -------------------------------------------------------------------------
-    def unscored(self, qids: Iterable[str]) -> tuple[int, int]:
+    def unscored(self, qids: Iterable[str], dataset: Any = None) -> tuple[int, int]:
         """Of the registered candidate pairs of these queries: how many lack a score, out of how many.
+        Given the ``dataset`` to train on, a score computed from other texts than its own counts as lacking.
 
         A score-teacher run that was stopped leaves a cache that covers only part of its candidates;
         training on it quietly would train on that part alone.
         """
-        paths = [self.folder / "candidates" / f"{c['hash']}.parquet" for c in self.manifest.get("candidates", [])]
-        paths = [p for p in paths if p.exists()]
-        if not paths:
+        found = cache_files.read_candidates(self.folder, self.manifest.get("candidates", []))
+        if not found:
             return 0, 0
         wanted = pl.DataFrame({QID: list(qids)}, schema={QID: pl.String})
-        pairs = pl.concat([pl.read_parquet(p) for p in paths]).unique().join(wanted, on=QID, how="semi")
+        pairs = pl.concat([frame for _, frame in found]).unique().join(wanted, on=QID, how="semi")
+        if dataset is not None:
+            pairs = cache_texts.text_hashes(dataset, pairs)
         return self.missing(pairs).height, pairs.height
 
     def info(self) -> CacheInfo:
         scores = self.scores()
         cached = scores.select(QID, DOCID)
         coverage = []
-        for entry in self.manifest.get("candidates", []):
-            path = self.folder / "candidates" / f"{entry['hash']}.parquet"
-            if not path.exists():
-                continue
-            pairs = pl.read_parquet(path)
+        for entry, pairs in cache_files.read_candidates(self.folder, self.manifest.get("candidates", [])):
             done = pairs.join(cached, on=[QID, DOCID], how="semi").height
             coverage.append({**entry, "scored": done, "coverage": done / max(pairs.height, 1)})
         return CacheInfo(
@@ -233,36 +343,22 @@ class TeacherCache:
         )
 
 
-def read_scores(folder: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Teacher scores ``qid, docid, score`` and the manifest of a cache folder."""
+def read_scores(folder: str | Path, dataset: Any = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Teacher scores ``qid, docid, score`` and the manifest of a cache folder; given a ``dataset``,
+    only the scores computed from its texts (:meth:`TeacherCache.scores`)."""
     cache = TeacherCache.open(folder)
-    scores = cache.scores()
+    scores = cache.scores(dataset)
     if scores.height == 0:
         raise InputError("teacher cache holds no scores yet", path=folder)
     return scores, cache.manifest
 
 
 def merge_caches(out: str | Path, sources: list[str | Path]) -> TeacherCache:
-    """Join caches of the same teacher (e.g. the ``--shard i/N`` parts) into ``out``."""
-    if not sources:
-        raise InputError("nothing to merge")
-    opened = [TeacherCache.open(s) for s in sources]
-    first = opened[0].manifest
-    for cache in opened[1:]:
-        cache.check(first["teacher"], first.get("corpus_hash"))
-    target = TeacherCache.create_or_open(out, first["teacher"], first.get("corpus_hash"))
-    frames = [c.scores() for c in opened]
-    merged = pl.concat(frames).unique(subset=[QID, DOCID], keep="first", maintain_order=True)
-    fresh = merged.join(target.scores().select(QID, DOCID), on=[QID, DOCID], how="anti")
-    if fresh.height:
-        target.append(fresh)
-    for cache in opened:
-        for entry in cache.manifest.get("candidates", []):
-            path = cache.folder / "candidates" / f"{entry['hash']}.parquet"
-            if path.exists():
-                target.register_candidates(pl.read_parquet(path), entry.get("source", str(cache.folder)))
-    target.compact()
-    return target
+    """Join caches of the same teacher (e.g. the ``--shard i/N`` parts) into ``out``
+    (:func:`distill.cache_merge.merge`)."""
+    from distill.cache_merge import merge
+
+    return merge(out, sources)
 
 
 class CachedRanker(BaseRanker):

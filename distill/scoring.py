@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from distill.cache import TeacherCache, shard_of
+from distill.cache_texts import text_hashes, with_text_hashes
 from distill.data import Dataset
 from distill.errors import ConfigError
 from distill.schema import DOCID, QID, SCORE
@@ -89,10 +90,14 @@ def score_into_cache(
 ) -> ScoreStats:
     """Score the pairs of ``run`` the cache lacks, writing a shard every ``flush_pairs`` pairs.
 
+    The texts of ``dataset`` are registered first, so pairs whose cached score was computed
+    from other texts are scored again; each shard records the hashes of the texts scored.
+
     Pairs are ordered by text length before chunking, so each chunk holds pairs of similar
     length and the teacher pads little; the teacher sorts by token length within a chunk.
     """
     start = time.perf_counter()
+    cache.register_texts(text_hashes(dataset, select_shard(run.select(QID, DOCID).unique(), shard)))
     todo, stats = missing_pairs(run, cache, shard)
     if todo.height == 0:
         return stats
@@ -101,7 +106,8 @@ def score_into_cache(
         for offset in range(0, todo.height, flush_pairs):
             chunk = todo.slice(offset, flush_pairs)
             scores = teacher.score(chunk["query"].to_list(), chunk["doc"].to_list(), progress=advance)
-            cache.append(chunk.select(QID, DOCID).with_columns(pl.Series(SCORE, scores)))
+            scored = with_text_hashes(chunk.select(QID, DOCID), chunk["query"].to_list(), chunk["doc"].to_list())
+            cache.append(scored.with_columns(pl.Series(SCORE, scores)))
             stats.scored += chunk.height
     cache.compact()
     stats.seconds = time.perf_counter() - start
@@ -124,8 +130,10 @@ def score_through_cache(
     kept = pl.DataFrame(schema={QID: pl.String, DOCID: pl.String})
     if len(todo):
         fresh = cached[todo].select(QID, DOCID)
-        scores[todo] = teacher.score(dataset.query_texts(fresh[QID]), dataset.doc_texts(fresh[DOCID]))
-        scored = fresh.with_columns(pl.Series(SCORE, scores[todo])).unique([QID, DOCID], maintain_order=True)
+        queries, docs = dataset.query_texts(fresh[QID]), dataset.doc_texts(fresh[DOCID])
+        scores[todo] = teacher.score(queries, docs)
+        scored = with_text_hashes(fresh, queries, docs).with_columns(pl.Series(SCORE, scores[todo])) \
+            .unique([QID, DOCID], maintain_order=True)
         kept = scored.join(keep.select(QID, DOCID).unique(), on=[QID, DOCID], how="semi")
         if kept.height:
             cache.append(kept)

@@ -3,7 +3,8 @@
 The safe sequence, in order: settle the precision (taken over from the cache when it
 recorded one, else measured on a small sample of the pairs still to score, whose scores
 become the cache's first rows), fingerprint the teacher, open the cache for that
-fingerprint, register the candidates, check on a sample that judged positives outscore
+fingerprint, register the candidates with the hashes of their texts (pairs cached from other
+texts count as missing), check on a sample that judged positives outscore
 unjudged candidates (reading back rows already scored), then score the missing pairs.
 Scoring the missing pairs is one call to an *engine*, so another engine (several workers)
 can take its place.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from distill.cache import MANIFEST, TeacherCache
+from distill.cache_texts import text_hashes
 from distill.errors import ConfigError, InputError
 from distill.manifest import frame_hash
 from distill.ranking import SETTLE_PAIRS
@@ -114,15 +116,15 @@ def score_teacher(
     reused = existing is not None and model.resume_precision(existing.manifest["teacher"])
     if reused:
         log.info("%s: compute %s, as recorded in %s", model.name, model.compute, folder)
-    pairs = select_shard(candidates.select(QID, DOCID).unique(maintain_order=True), shard_spec)
+    hashed = text_hashes(dataset, candidates)  # a pair cached from other texts is still to score
+    pairs = select_shard(hashed, shard_spec)
     todo = existing.missing(pairs) if existing is not None else pairs
     sample, choice = _settle(model, dataset, todo if todo.height else pairs)
-
     store = TeacherCache.create_or_open(folder, model.fingerprint(), frame_hash(dataset.corpus))
+    store.register_candidates(hashed, source)  # with their texts, which are the current ones from now on
     if choice is not None:
         store.manifest["precision"] = choice.to_dict()  # written with the first shard, which follows
         store.append(sample[choice.index.tolist()].with_columns(pl.Series(SCORE, choice.scores)))
-    store.register_candidates(candidates, source)
     sanity = None
     if sanity_check and todo.height and dataset.qrels.height:
         from teachers.sanity import check_teacher

@@ -1,4 +1,4 @@
-"""``distill score-teacher`` and ``distill cache info|merge``."""
+"""``distill score-teacher`` and ``distill cache info|merge|verify``."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
                             sanity_check=sanity_check, engine=engine,
                             ray_options={k: v for k, v in ray_options.items() if v is not None} or None)
 
-    cache_app = typer.Typer(help="Inspect and combine teacher caches.", no_args_is_help=True)
+    cache_app = typer.Typer(help="Inspect, combine and check teacher caches.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")
 
     @cache_app.command("info")
@@ -94,3 +94,26 @@ def register(app: typer.Typer) -> None:
 
         merged = merge_caches(out, sources)
         log.info("merged %d cache(s) into %s: %d scores", len(sources), out, merged.scores().height)
+
+    @cache_app.command("verify")
+    def cache_verify(
+        folder: Path = typer.Argument(..., help="Cache folder."),
+        repair: bool = typer.Option(False, help="Move unreadable files into quarantine/ (their pairs are scored "
+                                    "again), rebuild a lost manifest from the shards, remove killed writers' "
+                                    "temporary files."),
+    ) -> None:
+        """Check every shard, candidate file and the manifest of a cache; --repair mends what a crash broke."""
+        from distill.cache_verify import verify_cache
+        from distill.errors import InputError
+
+        check, done = verify_cache(folder, repair=repair)
+        for line in done:
+            typer.echo(f"repaired: {line}")
+        for line in check.problems:
+            typer.echo(f"problem: {line}")
+        if check.problems:
+            raise InputError(f"{len(check.problems)} problem(s); `distill cache verify --repair {folder}` sets "
+                             "bad files aside and rebuilds the manifest", path=folder)
+        typer.echo(f"{folder}: ok: {len(check.shards)} shard(s), {check.rows} rows, "
+                   f"{len(check.candidates)} candidate set(s)"
+                   + (f", {check.temporaries} temporary file(s) of a writer" if check.temporaries else ""))
