@@ -26,7 +26,6 @@ the candidates, whose time was spent before the cascade saw the query.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -399,18 +398,17 @@ class Cascade(BaseRanker):
             raise ConfigError(err.message, path=source, field=err.field) from None
 
     def write_spec(self, path: str | Path) -> None:
-        """Write :meth:`to_spec` as JSON, atomically."""
-        write_json_atomic(path, self.to_spec())
+        """Write :meth:`to_spec` as JSON, atomically, its ranker paths relative to the spec's folder."""
+        from distill.cascade_spec import spec_for_folder
+
+        write_json_atomic(path, spec_for_folder(self.to_spec(), Path(path).parent))
 
     @classmethod
     def read_spec(cls, path: str | Path, load: Callable[..., Ranker] | None = None) -> Cascade:
-        """Read a spec written by :meth:`write_spec` and load its rankers."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError("cascade spec not found", path=path)
-        try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"unreadable JSON ({err})", path=path) from None
-        return cls.from_spec(body, load, source=path)
+        """Read a spec written by :meth:`write_spec` and load its rankers, their relative paths from the
+        spec's folder (see :mod:`distill.cascade_spec`: a spec naming itself is an InputError)."""
+        from distill.cascade_spec import read_spec_file
+
+        with read_spec_file(path) as body:
+            return cls.from_spec(body, load, source=path)
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from distill.errors import DistillError
+from distill.io import NO_ROOM
 
 app = typer.Typer(
     name="distill",
@@ -155,6 +156,8 @@ def describe_error(err: Exception) -> tuple[int, str | None]:
         return 2, escape(_one_line(err.format_message()) + where)
     if isinstance(err, OSError) and err.filename is not None:  # a path given on the command line
         return 2, escape(f"{err.filename}: {err.strerror or _one_line(str(err))}")
+    if isinstance(err, OSError) and err.errno in NO_ROOM:  # a write outside distill.io's (a library's own)
+        return 2, escape(f"{(err.strerror or 'no room').lower()} while writing an output (free some space, rerun)")
     return 1, escape(f"unexpected {type(err).__name__}: {_one_line(str(err))} (a bug: rerun with --debug "
                      "for the traceback and report it)")
 

@@ -81,14 +81,14 @@ class EvaluationResult:
     def rankers(self) -> list[str]:
         return self.summary[RANKER].to_list()
 
-    def write(self, out: str | Path, title: str = "distill evaluation") -> Path:
-        """Write everything (:meth:`save`), ``report.html``, ``report.md`` and a manifest into
-        the folder ``out``, which appears only once complete."""
+    def write(self, out: str | Path, title: str = "distill evaluation", *, overwrite: bool = False) -> Path:
+        """Write everything (:meth:`save`), ``report.html``, ``report.md`` and a manifest into the folder
+        ``out``, which appears only once complete (replacing an earlier evaluation, anything with ``overwrite``)."""
         from distill.manifest import frame_hash, write_manifest
         from distill.report import write_report
 
         candidates = pl.concat([r.select(QID, DOCID) for r in self.runs.values()]).unique()
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, kind="evaluation", overwrite=overwrite) as tmp:
             self.save(tmp)
             write_report(tmp, self, self.latency, self.configs, self.feature_importance, title=title)
             write_manifest(tmp, "evaluation", self.settings, candidates_hash=frame_hash(candidates.sort(QID, DOCID)),

@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from distill import tasks
-from distill.cascade_search import BudgetShare, CascadeBuild, CascadeBuildConfig
+from distill.cascade_search import BudgetShare, CascadeBuildConfig
 from distill.data import load_qrels
 from distill.errors import ConfigError, InputError
 from distill.evaluation import EvaluateConfig
 from distill.io import atomic_dir
+from distill.outputs import check_folder_output, check_output
+from distill.pipeline_record import cascade_budget, resume_record, student_cache, student_validation
 
 log = logging.getLogger("distill")
 
 
+VIEW, PIPELINE = "split-view", "pipeline"  # output kinds (distill.outputs.MARKERS)
 TITLE_SPLIT = "train_titles"  # the view's train queries plus title queries: what students learn from
 # Share of the train queries held out as ``valid``, where every choice of a run is made (teacher epochs,
 # fusion weights, rounds, LightGBM's qrels weight, the cascade). On SciFact a quarter is about 200 queries:
@@ -38,7 +41,7 @@ CHECKPOINT_STEPS = 50  # training steps between a neural student's checkpoints
 
 
 def split_view(source: Path, out: Path, split: str = "train", valid_fraction: float = VALID_FRACTION,
-               title_queries: int = 0, seed: int = 42) -> Path:
+               title_queries: int = 0, seed: int = 42, *, overwrite: bool = False) -> Path:
     """A BEIR folder at ``out`` whose ``split`` qrels are divided into ``train`` and ``valid``.
 
     Corpus and queries are symlinked (never copied); ``test`` qrels are linked as they are.
@@ -49,7 +52,9 @@ def split_view(source: Path, out: Path, split: str = "train", valid_fraction: fl
     relevant to their own document), written to ``queries.jsonl`` and, with ``train``'s
     queries, to ``qrels/train_titles.tsv``. Unlabelled in-domain queries cost only teacher
     time, and the teacher's scores over a title's BM25 candidates are what a student learns from.
+    ``out`` may not be, hold or lie inside ``source``; it replaces only an earlier view (or ``overwrite``).
     """
+    check_output(out, datasets=[source], folder=True)
     settings = {"source": str(Path(source).resolve()), "split": split, "valid_fraction": valid_fraction,
                 "title_queries": title_queries, "seed": seed if title_queries else None}
     if (out / "qrels" / "valid.tsv").exists():
@@ -64,7 +69,7 @@ def split_view(source: Path, out: Path, split: str = "train", valid_fraction: fl
     qrels = load_qrels(source / "qrels" / f"{split}.tsv")
     cut = int(round(valid_fraction * 1000))
     is_valid = [zlib.crc32(q.encode()) % 1000 < cut for q in qrels["qid"].to_list()]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=VIEW, overwrite=overwrite) as tmp:
         (tmp / "qrels").mkdir()
         os.symlink(source / "corpus.jsonl", tmp / "corpus.jsonl")
         for other in sorted((source / "qrels").glob("*.tsv")):
@@ -174,6 +179,7 @@ class PipelineConfig:
     topics: int = 40  # size of the built-in dataset (8 documents per topic)
     queries_per_topic: int = 6
     allow_collapse: bool = False  # a student that collapses on validation fails the run (after every step)
+    overwrite: bool = False  # work in an ``out`` holding files distill did not write (see distill.outputs)
     # step name -> keyword arguments of its call (see distill.tasks) replacing the plan's, e.g.
     # {"student-bi-encoder": {"batch_size": 16}}; the step's command line shows them as a comment
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -432,28 +438,9 @@ def prepare_data(cfg: PipelineConfig) -> Path:
         source = cfg.out / "source"
         if not (source / "corpus.jsonl").exists():
             make_synthetic_beir(source, n_topics=cfg.topics, queries_per_topic=cfg.queries_per_topic,
-                                seed=cfg.seed % 1000)
-    return split_view(Path(source), cfg.out / "data", "train", cfg.valid_fraction, cfg.title_queries, cfg.seed)
-
-
-def cascade_budget(build: CascadeBuild) -> dict[str, Any]:
-    """The cascade's budget for ``pipeline.json``: a share of the teacher's expected latency per query."""
-    share = build.cascade.provenance["budget_share"]
-    return {"budget_ms": round(build.cascade.budget_ms, 3), "share_of": share["stage"], "share": share["share"],
-            "teacher_expected_ms": round(build.cascade.budget_ms / share["share"], 3),
-            "k": build.cascade.provenance["latency_k"], "threads": build.cascade.provenance["threads"]}
-
-
-def resume_record(path: Path, record: dict) -> dict:
-    """``record`` with the steps and the cascade budget of an earlier run's ``pipeline.json``, if any:
-    a rerun skips finished steps, and its record must still say what they did."""
-    if path.exists():
-        earlier = json.loads(path.read_text())
-        record["steps"] = earlier.get("steps", {})
-        for key in ("budget", "teacher_choice"):
-            if key in earlier:
-                record[key] = earlier[key]
-    return record
+                                seed=cfg.seed % 1000, overwrite=cfg.overwrite)
+    return split_view(Path(source), cfg.out / "data", "train", cfg.valid_fraction, cfg.title_queries, cfg.seed,
+                      overwrite=cfg.overwrite)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -465,9 +452,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from distill.step_clock import StepClock
 
     console = Console(stderr=True)
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    check_folder_output(cfg.out, PIPELINE, overwrite=cfg.overwrite)  # a rerun goes on in its own folder
     record_path = cfg.out / "pipeline.json"
     record = resume_record(record_path, {"config": cfg.to_dict(), "versions": library_versions(), "steps": {}})
+    write_json_atomic(record_path, record)  # the folder's marker, before any step writes into it
     data = prepare_data(cfg)
     steps = plan(cfg, data)
     for number, step in enumerate(steps, start=1):
@@ -493,31 +481,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     write_json_atomic(record_path, record)
     report_students(record["students"], console, allow_collapse=cfg.allow_collapse)
     return record
-
-
-def student_cache(out: Path) -> dict:
-    """Which teacher the students learn from: the fused one (its cache) when its validation weights
-    give BM25 a share, else the trained teacher's own cache (the same ranking, its raw scale)."""
-    manifest = json.loads((out / "cache_fused" / "manifest.json").read_text(encoding="utf-8"))["teacher"]
-    weights, chosen_on = manifest["weights"], manifest["chosen_on"]
-    alone = weights.get("teacher", 0.0) >= 1.0
-    log.info("students learn from %s: validation %s %.4f (teacher alone %.4f, BM25 %.4f; weights %s)",
-             "the trained teacher" if alone else "the fused teacher", chosen_on["metric"], chosen_on["value"],
-             chosen_on["alone"]["teacher"], chosen_on["alone"]["bm25"], weights)
-    return {"cache": str(out / ("cache" if alone else "cache_fused")), "teacher": "trained" if alone else "fused",
-            "weights": weights, "validation": chosen_on}
-
-
-def student_validation(models: Path) -> dict[str, dict]:
-    """What each student's manifest says about its validation (and, with rounds, the round kept)."""
-    found = {}
-    for name in ("ce_student", "bi_encoder", "lightgbm"):
-        path = models / name / "distill.json"
-        manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        if "validation" in manifest:
-            found[name] = {**manifest["validation"], "kept_round": (manifest.get("rounds") or {}).get("kept"),
-                           "chosen_from": manifest.get("chosen_from")}
-    return found
 
 
 def report_students(students: dict[str, dict], console, *, allow_collapse: bool) -> None:

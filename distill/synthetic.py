@@ -29,6 +29,8 @@ from distill.errors import ConfigError
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
 
+KIND = "synthetic-beir"  # the manifest's kind: what a rerun may replace
+
 # Each tuple is one concept; its members are interchangeable names for it.
 FACTORS: tuple[tuple[str, ...], ...] = (
     ("coffee", "caffeine", "espresso"),
@@ -287,17 +289,18 @@ def _source_note(config: SyntheticConfig, n_docs: int, n_queries: int) -> str:
 
 
 def make_synthetic_beir(out: Path, *, n_topics: int = 40, docs_per_topic: int = 8,
-                        queries_per_topic: int = 6, seed: int = 0) -> Path:
+                        queries_per_topic: int = 6, seed: int = 0, overwrite: bool = False) -> Path:
     """Write the synthetic dataset as a BEIR folder at ``out`` and return ``out``.
 
     The folder holds ``corpus.jsonl``, ``queries.jsonl``, ``qrels/train.tsv``,
     ``qrels/test.tsv``, ``SOURCE.md`` and the ``distill.json`` manifest. It is assembled
-    in a temporary folder and renamed into place, replacing any previous ``out`` whole.
+    in a temporary folder and renamed into place, replacing an earlier synthetic dataset whole (any other
+    non-empty ``out`` only with ``overwrite``: see :mod:`distill.outputs`).
     """
     config = SyntheticConfig(n_topics, docs_per_topic, queries_per_topic, seed)
     docs, queries, qrels = generate(config)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
         (tmp / "corpus.jsonl").write_text(_jsonl(docs), encoding="utf-8")
         (tmp / "queries.jsonl").write_text(_jsonl(queries), encoding="utf-8")
         (tmp / "qrels").mkdir()
@@ -305,5 +308,5 @@ def make_synthetic_beir(out: Path, *, n_topics: int = 40, docs_per_topic: int = 
             lines = ["query-id\tcorpus-id\tscore", *(f"{q}\t{d}\t{r}" for q, d, r in rows)]
             (tmp / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "SOURCE.md").write_text(_source_note(config, len(docs), len(queries)), encoding="utf-8")
-        write_manifest(tmp, "synthetic-beir", config, documents=len(docs), queries=len(queries))
+        write_manifest(tmp, KIND, config, documents=len(docs), queries=len(queries))
     return out

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill.errors import ConfigError
+from distill.outputs import check_folder, check_folder_output, check_output
+from distill.summaries import print_cascade_run, print_search, print_summary
 
 if TYPE_CHECKING:
     import polars as pl
 
     from distill.cascade import StageCost
-    from distill.cascade_search import BudgetShare, CascadeBuild, CascadeBuildConfig, SearchResult
+    from distill.cascade_search import BudgetShare, CascadeBuild, CascadeBuildConfig
     from distill.evaluation import EvaluateConfig, EvaluationResult
     from students.train import StudentResult
     from teachers.fusion import FusedWeights
@@ -41,6 +43,7 @@ def pseudo_queries(data: Path, out: Path, kind: str = "auto", *, max_queries: in
     """``distill pseudo-queries``: one query per document of ``data`` from its own text, written to ``out``."""
     from distill.querysets import pseudo_queries_for, read_queries_file
 
+    check_output(out, datasets=[data])
     path = pseudo_queries_for(data, out, kind, max_queries=max_queries, seed=seed)
     log.info("wrote %d pseudo-queries to %s", read_queries_file(path).height, path)
     return path
@@ -54,6 +57,7 @@ def candidates(data: Path, out: Path, *, split: str | None = None, queries: Path
     from distill.querysets import load_training_queries
     from distill.runs import write_run
 
+    check_output(out, inputs=[queries], datasets=[data])
     dataset = load_training_queries(data, split if split or queries else "test", queries)
     run = bm25_run(dataset, k, add_positives=add_positives)
     write_run(run, out, tag="bm25")
@@ -66,16 +70,19 @@ def train_teacher(data: Path, out: Path, *, init: str, split: str = "train", obj
                   max_length: int | None = None, negatives: int | None = None, negatives_from_top: int | None = None,
                   valid_fraction: float = 0.1, valid_k: int | None = None, weak_titles: int = 0, quick: bool = False,
                   seed: int = 42, precision: str = "auto", resume: bool = False,
-                  trust_remote_code: bool = False) -> Path:
+                  trust_remote_code: bool = False, overwrite: bool = False) -> Path:
     """``distill train-teacher``: fine-tune ``init`` on ``split``'s qrels with BM25 hard negatives.
 
     A setting left None is :data:`TEACHER`'s, or :data:`QUICK`'s with ``quick``; ``patience=0``
-    trains every epoch; ``resume`` continues from the latest checkpoint in ``<out>.checkpoints``.
+    trains every epoch; ``resume`` continues from the latest checkpoint in ``<out>.checkpoints``;
+    ``overwrite`` replaces an ``out`` that is no earlier teacher (see :mod:`distill.outputs`).
     """
     from distill.data import load_beir
     from distill.training import TrainConfig
-    from teachers.train import TeacherTrainConfig
+    from teachers.train import KIND, TeacherTrainConfig
     from teachers.train import train_teacher as train
+
+    check_folder(out, KIND, overwrite=overwrite, inputs=[init], datasets=[data])
 
     def pick(value, name: str):
         return value if value is not None else (QUICK if quick else TEACHER)[name]
@@ -87,7 +94,7 @@ def train_teacher(data: Path, out: Path, *, init: str, split: str = "train", obj
                                 negatives_from_top=pick(negatives_from_top, "negatives_from_top"),
                                 valid_k=pick(valid_k, "valid_k"), weak_titles=weak_titles, patience=patience or None,
                                 trust_remote_code=trust_remote_code, train=settings)
-    return train(load_beir(data, split), out, init=init, config=config)
+    return train(load_beir(data, split), out, init=init, config=config, overwrite=overwrite)
 
 
 def score_teacher(teacher: str, cache: Path, *, data: Path | None = None, split: str | None = None,
@@ -128,6 +135,7 @@ def fuse_teacher(cache: Path, data: Path, runs: Sequence[Path], out: Path, *, va
     from distill.runs import read_run
     from teachers.fusion import fuse_teacher as fuse
 
+    check_output(out, inputs=[cache, *runs, queries], datasets=[data], folder=True)
     valid = load_beir(data, valid_split)
     others, sources = {}, {"bm25": {"kind": "first-stage", "runs": [str(r) for r in runs]}}
     if scorers:
@@ -189,35 +197,31 @@ def train_student(student: str, cache: Path, data: Path, out: Path, *, split: st
                   learn_scale: bool = False, objective: str = "lambdarank", n_grades: int = 5, num_leaves: int = 31,
                   min_data_in_leaf: int = 20, qrels_weight: float = 0.0, n_estimators: int = 500,
                   early_stopping_rounds: int = 50, feature_rankers: Mapping[str, str] | None = None,
-                  trust_remote_code: bool = False) -> StudentResult:
+                  trust_remote_code: bool = False, overwrite: bool = False) -> StudentResult:
     """``distill train-student``: distill the scores of the teacher cache ``cache`` into a ``student``
     (cross-encoder | bi-encoder | lightgbm) trained on ``split``'s and ``queries``' queries.
 
     ``valid_split`` (with its candidates ``valid_run``) validates every round and checks for a
     collapse. ``similarity``, ``scale`` and ``learn_scale`` are the bi-encoder's; ``objective`` to
     ``feature_rankers`` (other rankers' scores as features, name → spec) LightGBM's. ``lr`` and
-    ``valid_fraction`` default to 2e-5 and 0 for neural students, 0.05 and 0.2 for LightGBM.
+    ``valid_fraction`` default to 2e-5 and 0 for neural students, 0.05 and 0.2 for LightGBM. ``overwrite``
+    replaces an ``out`` that is no earlier student of this kind.
     """
-    from distill.cache import TeacherCache, read_scores
-    from distill.querysets import load_training_queries
     from students.train import RoundsConfig
     from students.train import train_student as train
     from students.validation import Validation
 
     if student not in STUDENTS:
         raise ConfigError(f"--student must be one of {', '.join(STUDENTS)}, got {student!r}")
+    check_folder(out, f"{student}-student", overwrite=overwrite, datasets=[data],
+                 inputs=[cache, queries, valid_run, init, teacher, *(feature_rankers or {}).values()])
     if (feature_rankers or qrels_weight) and student != "lightgbm":
         raise ConfigError("--feature-ranker and --qrels-weight are for the lightgbm student only "
                           "(neural students mix qrels in with --hard-label-weight)")
-    scores, manifest = read_scores(cache)
-    dataset = load_training_queries(data, split if split or queries else "train", queries)
-    unscored, registered = TeacherCache.open(cache).unscored(dataset.queries["qid"])
-    if unscored:
-        log.warning("%d of the %d candidate pairs registered in %s for these queries have no teacher score "
-                    "yet (a stopped score-teacher?): training on the scored ones only; rerun score-teacher to "
-                    "finish", unscored, registered, cache)
+    scores, manifest, dataset = _training_scores(cache, data, split, queries)
     common = dict(teacher_fingerprint=manifest.get("teacher"), allow_collapse=allow_collapse, scores_source=cache,
-                  validation=Validation.load(data, valid_split, valid_run) if valid_split else None)
+                  validation=Validation.load(data, valid_split, valid_run) if valid_split else None,
+                  overwrite=overwrite)
     if student == "lightgbm":
         from students.lightgbm import LightGBMConfig
 
@@ -251,6 +255,23 @@ def train_student(student: str, cache: Path, data: Path, out: Path, *, split: st
                  trust_remote_code=trust_remote_code, **common)
 
 
+def _training_scores(cache: Path, data: Path, split: str | None,
+                     queries: Path | None) -> tuple[pl.DataFrame, dict[str, Any], Any]:
+    """The cache's scores and manifest, and the training queries (``split``'s, else train, and ``queries``'),
+    with a warning when some of their registered pairs have no score yet."""
+    from distill.cache import TeacherCache, read_scores
+    from distill.querysets import load_training_queries
+
+    scores, manifest = read_scores(cache)
+    dataset = load_training_queries(data, split if split or queries else "train", queries)
+    unscored, registered = TeacherCache.open(cache).unscored(dataset.queries["qid"])
+    if unscored:
+        log.warning("%d of the %d candidate pairs registered in %s for these queries have no teacher score "
+                    "yet (a stopped score-teacher?): training on the scored ones only; rerun score-teacher to "
+                    "finish", unscored, registered, cache)
+    return scores, manifest, dataset
+
+
 def _check_init(student: str, init: str | None, init_from_teacher: bool, layers: int | None) -> None:
     """A neural student starts from ``init``, or (a cross-encoder) from ``layers`` of the teacher's."""
     if student == "cross-encoder":
@@ -275,13 +296,14 @@ def build_cascade(data: Path, split: str, run: Path, stages: Mapping[str, str], 
     from distill.cascade_search import build_cascade as build
     from distill.inputs import load_dataset_and_run
 
+    check_output(out, inputs=[run, *stages.values(), *(cost_from or {}).values()], datasets=[data])
     for name in costs or {}:
         if name not in stages:
             raise ConfigError(f"--cost for unknown stage {name!r}; stages: {list(stages)}", field="--cost")
     dataset, pool = load_dataset_and_run(data, split, run)
     built = build(dataset, pool, stages, budget_ms, config, costs=costs, cost_from=cost_from)
     built.cascade.provenance["run"] = str(run)
-    _print_search(built.search, built.first_stage_metrics, built.metrics, next(iter(stages)))
+    print_search(built.search, built.first_stage_metrics, built.metrics, next(iter(stages)))
     built.cascade.write_spec(out)
     log.info("wrote %s", out)
     return built
@@ -307,6 +329,8 @@ def run_cascade(spec: Path, data: Path, run: Path, out: Path, *, split: str = "t
 
         torch.set_num_threads(threads)
     cascade = Cascade.read_spec(spec)
+    for target in (out, out.with_name(out.name + ".json")):
+        check_output(target, inputs=[spec, run, *(s.spec for s in cascade.stages)], datasets=[data])
     if no_budget or budget_ms is not None:
         cascade = replace(cascade, budget_ms=budget_ms)
     dataset, pool = load_dataset_and_run(data, split, run)
@@ -317,96 +341,45 @@ def run_cascade(spec: Path, data: Path, run: Path, out: Path, *, split: str = "t
                "run": str(run), "metrics": metric_means(dataset.qrels, ranked),
                "candidate_metrics": metric_means(dataset.qrels, pool), "latency": cascade.stats.summary(),
                "versions": library_versions()}
-    _print_cascade_run(str(cascade), cascade.budget_ms, f"{dataset.name}/{split}", summary)
+    print_cascade_run(str(cascade), cascade.budget_ms, f"{dataset.name}/{split}", summary)
     write_json_atomic(out.with_name(out.name + ".json"), summary)
     return summary
 
 
 def evaluate(data: Path, run: Path, rankers: Mapping[str, str], out: Path, *, split: str = "test",
-             config: EvaluateConfig | None = None) -> EvaluationResult:
+             config: EvaluateConfig | None = None, overwrite: bool = False) -> EvaluationResult:
     """``distill evaluate``: rerank ``split``'s candidates ``run`` with every ranker (name → spec); write
-    metrics, significance, agreement and the report to ``out`` and print the summary."""
+    metrics, significance, agreement and the report to ``out`` (``overwrite``: even if it is no earlier
+    evaluation) and print the summary."""
     from distill.data import load_beir
     from distill.evaluation import EvaluateConfig, check_roles
     from distill.evaluation import evaluate as run_evaluation
     from distill.runs import read_run
 
     config = config or EvaluateConfig()
+    check_folder(out, "evaluation", overwrite=overwrite, inputs=[run, *rankers.values()], datasets=[data])
     check_roles(list(rankers), config.baseline, config.teacher, config.correction)
     result = run_evaluation(load_beir(data, split), read_run(run), dict(rankers), config)
     result.settings.update(data=str(data), run=str(run))
-    result.write(out)
-    _print_summary(result, out)
+    result.write(out, overwrite=overwrite)
+    print_summary(result, out)
     return result
 
 
-def report(eval_dir: Path, out: Path | None = None, title: str = "distill evaluation") -> tuple[Path, Path]:
-    """``distill report``: render ``report.html`` and ``report.md`` of a saved evaluation into ``out``
-    (the evaluation's folder by default)."""
+def report(eval_dir: Path, out: Path | None = None, title: str = "distill evaluation", *,
+           overwrite: bool = False) -> tuple[Path, Path]:
+    """``distill report``: render ``report.html`` and ``report.md`` of a saved evaluation into ``out`` (the
+    evaluation's folder by default; another folder must be new, empty or a report, unless ``overwrite``)."""
     from distill.evaluation import EvaluationResult
     from distill.manifest import write_manifest
     from distill.report import write_report
 
-    result = EvaluationResult.load(eval_dir)
     target = out or eval_dir
+    if target.resolve() != eval_dir.resolve():
+        check_folder_output(target, ("report", "pipeline"), overwrite=overwrite)  # files added, none removed
+    result = EvaluationResult.load(eval_dir)
     written = write_report(target, result, result.latency, result.configs, result.feature_importance, title=title)
     if target.resolve() != eval_dir.resolve():
         write_manifest(target, "report", {"eval": str(eval_dir), "title": title})
     log.info("wrote %s and %s", *written)
     return written
-
-
-def _print_search(result: SearchResult, baseline: dict[str, float], chosen: dict[str, float], first: str) -> None:
-    """The Pareto frontier (chosen row marked) and the chosen cascade's metrics (ir-measures)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table("", "cascade", result.metric, "ms / query", "fits",
-                  title=f"Pareto frontier ({result.n_evaluated} cascades evaluated, budget {result.budget_ms:g} ms)")
-    for row in result.frontier.iter_rows(named=True):
-        mark = "→" if row["cascade"] == str(result.chosen) else ""
-        table.add_row(mark, row["cascade"], f"{row[result.metric]:.4f}", f"{row['latency_ms']:.2f}",
-                      "yes" if row["within_budget"] else "no")
-    console.print(table)
-    console.print(f"chosen: [bold]{result.chosen}[/], expected {result.chosen.latency_ms:.2f} ms per query",
-                  highlight=False)
-    metrics = Table("metric", f"{first} alone", "cascade", title="validation (ir-measures)")
-    for name, value in chosen.items():
-        metrics.add_row(name, f"{baseline[name]:.4f}", f"{value:.4f}")
-    console.print(metrics)
-
-
-def _print_cascade_run(cascade: str, budget_ms: float | None, where: str, summary: dict[str, Any]) -> None:
-    """A cascade run's metrics next to its candidates', its latency and the stages it skipped."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"[bold]{cascade}[/] on {where}, budget {'none' if budget_ms is None else f'{budget_ms:g} ms'}",
-                  highlight=False)
-    table = Table("metric", "candidates", "cascade")
-    for name, value in summary["metrics"].items():
-        table.add_row(name, f"{summary['candidate_metrics'][name]:.4f}", f"{value:.4f}")
-    console.print(table)
-    stats = summary["latency"]
-    console.print(f"latency per query: p50 {stats['p50_ms']:.2f} ms, p95 {stats['p95_ms']:.2f} ms, "
-                  f"mean {stats['mean_ms']:.2f} ms over {stats['queries']} queries", highlight=False)
-    console.print("skipped (queries): " + ", ".join(f"{n} {c}" for n, c in stats["skipped"].items()),
-                  highlight=False)
-
-
-def _print_summary(result: EvaluationResult, out: Path) -> None:
-    """The metric means as a rich table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result.dataset} (baseline {result.baseline})")
-    columns = ["ranker", *result.metrics, "wins", "losses", "ties"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "ranker" else "right")
-    for row in result.summary.select(columns).iter_rows():
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {out}/ (report.html, report.md, summary.parquet, per_query.parquet, runs.parquet)")

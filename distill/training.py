@@ -261,13 +261,17 @@ def _early_stopping(patience: int | None) -> list | None:
     return [EarlyStoppingCallback(early_stopping_patience=patience)]
 
 
-def scores_summary(dataset, scores, train: list[Group], valid: list[Group]) -> dict[str, Any]:
-    """What a student was trained on, for its manifest: dataset, split, a hash of the scores."""
+def scores_summary(dataset, scores, train: list[Group], valid: list[Group],
+                   folder: Path | None = None) -> dict[str, Any]:
+    """What a student was trained on, for its manifest: dataset, split, a hash of the scores, and the dataset's
+    path, absolute and relative to the model ``folder`` (:func:`distill.recorded_paths.record_path`)."""
     from distill.manifest import frame_hash
+    from distill.recorded_paths import record_path
     from distill.schema import DOCID, QID
 
+    where = record_path(dataset.path, folder or ".") if dataset.path else {"path": None}
     return {
-        "dataset": dataset.name, "split": dataset.split, "path": str(dataset.path) if dataset.path else None,
+        "dataset": dataset.name, "split": dataset.split, **where,
         "scores_hash": frame_hash(scores.sort([QID, DOCID])), "score_rows": scores.height,
         "train_queries": len(train), "valid_queries": len(valid),
         "train_documents": sum(len(g) for g in train),

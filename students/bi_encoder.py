@@ -21,6 +21,7 @@ from distill.errors import InputError
 from distill.groups import GroupConfig, build_groups, split_groups
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
+from distill.outputs import check_folder_output
 from distill.ranking import BaseRanker
 from distill.schema import DOCID, QID, SCORE
 
@@ -52,8 +53,10 @@ def train_bi_encoder_student(
     scale: float = 20.0,
     learn_scale: bool = False,
     trust_remote_code: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Distill the teacher ``scores`` of ``dataset``'s queries into a bi-encoder saved at ``out``.
+    """Distill the teacher ``scores`` of ``dataset``'s queries into a bi-encoder saved at ``out`` (replacing
+    only an earlier such student, unless ``overwrite``).
 
     ``init`` is a SentenceTransformer folder or id (a plain transformer gets mean pooling).
     ``train_config`` is a :class:`distill.training.TrainConfig`. The saved model's
@@ -67,6 +70,7 @@ def train_bi_encoder_student(
     from students.losses import build_loss
 
     out = Path(out)
+    check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after
     # a loss object (students.train.train_student builds one) or a registered name
     loss = loss_name if not isinstance(loss_name, str) else build_loss(
         loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, **(loss_params or {}))
@@ -81,10 +85,10 @@ def train_bi_encoder_student(
     fitted = fit(model, adapter, train, valid, train_config, train_config.checkpoints_for(out))
     config = {"init": init, "loss": adapter.get_config_dict(), "group": asdict(group_config),
               "train": asdict(train_config)}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp))
         write_manifest(tmp, KIND, config, teacher=teacher_fingerprint,
-                       data=scores_summary(dataset, scores, train, valid), history=fitted.history,
+                       data=scores_summary(dataset, scores, train, valid, out), history=fitted.history,
                        precision=fitted.precision.to_dict())
     log.info("saved the bi-encoder student to %s", out)
     return out

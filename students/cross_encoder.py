@@ -24,6 +24,7 @@ from distill.errors import ConfigError
 from distill.groups import GroupConfig, build_groups, split_groups
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
+from distill.outputs import check_folder_output
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,18 +115,20 @@ def train_cross_encoder_student(
     hard_label_kind: str = "bce",
     teacher_fingerprint: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Distill the teacher ``scores`` (``qid, docid, score``) of ``dataset``'s queries into a
     cross-encoder saved at ``out`` (written atomically; checkpoints go to
     ``train_config.checkpoints_for(out)``). ``init`` is a model path or id; with
     ``init_from_teacher_layers=N`` it is the teacher, cut to N layers chosen by ``layer_choice``
-    (see :func:`teacher_layers`)."""
+    (see :func:`teacher_layers`). ``out`` replaces only an earlier such student, unless ``overwrite``."""
     from transformers import set_seed
 
     from distill.training import CrossEncoderGroupLoss, fit, scores_summary
     from students.losses import build_loss
 
     out = Path(out)
+    check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after
     # a loss object (students.train.train_student builds one) or a registered name
     loss = loss_name if not isinstance(loss_name, str) else build_loss(
         loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, **(loss_params or {}))
@@ -140,10 +143,10 @@ def train_cross_encoder_student(
     config = {"init": init, "init_from_teacher_layers": init_from_teacher_layers,
               "layer_choice": layer_choice if init_from_teacher_layers else None, "loss": loss.get_config_dict(),
               "group": asdict(group_config), "train": asdict(train_config)}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp))
         write_manifest(tmp, KIND, config, teacher=teacher_fingerprint,
-                       data=scores_summary(dataset, scores, train, valid), history=fitted.history,
+                       data=scores_summary(dataset, scores, train, valid, out), history=fitted.history,
                        precision=fitted.precision.to_dict())
     log.info("saved the cross-encoder student to %s", out)
     return out

@@ -36,7 +36,9 @@ from distill.data import Dataset, load_beir
 from distill.errors import ConfigError, DistillError, InputError
 from distill.io import atomic_dir
 from distill.manifest import write_manifest
-from distill.schema import DOCID, QID, RELEVANCE
+from distill.outputs import check_folder
+from distill.recorded_paths import rebase, resolve_recorded
+from distill.schema import DOCID, QID, RELEVANCE, SCORE
 from students.backends import FORMATS, KIND, load_exported
 from teachers.graph import GRAPH_FILES
 
@@ -81,22 +83,27 @@ class ExportConfig:
             raise ConfigError("the fidelity check needs at least 1 query and 2 candidates", field="sample_queries")
 
 
-def export_model(model: str | Path, out: str | Path, config: ExportConfig | None = None) -> dict[str, Any]:
-    """Export the student folder ``model`` to ``out`` (written atomically) and return its
-    fidelity check; raise :class:`ExportRefused` (writing nothing) when the check fails."""
+def export_model(model: str | Path, out: str | Path, config: ExportConfig | None = None, *,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Export the student folder ``model`` to ``out`` (written atomically; replacing only an earlier export,
+    unless ``overwrite``) and return its fidelity check; raise :class:`ExportRefused` (writing nothing)
+    when the check fails."""
     config = config or ExportConfig()
     model, out = Path(model), Path(out)
+    check_folder(out, KIND, overwrite=overwrite, inputs=[model], datasets=[config.data])
     source = _source_manifest(model)
     role = ROLES[source["kind"]]
     dataset = _training_data(model, source, config)
     check_qids, calibration_qids = _sample_queries(dataset, config)
     candidates = _candidates(dataset, check_qids + calibration_qids, config.candidates)
-    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="distill-export-") as scratch:
+    data = rebase(source["data"], out, model) if isinstance(source.get("data"), dict) else source.get("data")
+    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp, \
+            tempfile.TemporaryDirectory(prefix="distill-export-") as scratch:
         spec = _export_graph(model, role, tmp, Path(scratch), config,
                              candidates.filter(pl.col(QID).is_in(calibration_qids)), dataset)
         manifest = {"format": config.format, "quantize": config.quantize, "model": spec,
                     "openvino_precision": config.openvino_precision,
-                    "source": {"path": str(model.resolve()), "kind": source["kind"], "data": source.get("data")}}
+                    "source": {"path": str(model.resolve()), "kind": source["kind"], "data": data}}
         write_manifest(tmp, KIND, asdict(config), **manifest)  # so the export loads for the check
         fidelity = check_fidelity(load_exported(tmp), _reference(model, role), dataset,
                                   candidates.filter(pl.col(QID).is_in(check_qids)), config)
@@ -125,10 +132,13 @@ def _training_data(model: Path, source: dict[str, Any], config: ExportConfig) ->
     """The dataset the model was trained on (or ``config.data``/``split``), for the check: for a model
     trained on a split plus unjudged queries, that split's judged queries."""
     data = source.get("data") or {}
-    path = config.data or data.get("path")
-    if not path:
+    if not (config.data or data.get("path")):
         raise ConfigError("the model's distill.json records no training data; pass --data (and --split)",
                           path=model / "distill.json", field="data.path")
+    path = config.data or resolve_recorded(data, model)
+    if path is None:
+        raise InputError(f"the model's training data {data['path']} is not found (from here, nor from the model "
+                         "folder); pass --data (and --split)", path=model / "distill.json", field="data.path")
     split = config.split or data.get("split")
     if split and "+" in split:  # "train+pseudo_queries": the judged split, plus a queries file not recorded
         split = split.split("+", 1)[0]
@@ -232,14 +242,19 @@ def check_fidelity(exported: Any, reference: Any, dataset: Dataset, candidates: 
     from distill.agreement import teacher_agreement
     from distill.metrics import metric_means
 
-    exported_run, reference_run = exported.rerank(dataset, candidates), reference.rerank(dataset, candidates)
-    agreement = teacher_agreement(exported_run, reference_run, k=10).means
     qrels = dataset.qrels.filter(pl.col(QID).is_in(candidates[QID].unique().to_list()) & (pl.col(RELEVANCE) > 0))
     mode = config.check if config.check != "auto" else ("qrels" if qrels.height else "agreement")
     if mode == "qrels" and not qrels.height:
         raise ConfigError("the fidelity sample has no qrels; use the agreement check", field="check")
+    exported_run, reference_run = exported.rerank(dataset, candidates), reference.rerank(dataset, candidates)
+    sample = {"mode": mode, "queries": candidates[QID].n_unique(), "pairs": candidates.height}
+    non_finite = exported_run.height - exported_run.filter(pl.col(SCORE).is_finite()).height
+    if non_finite:  # an overflowing graph: no order left to compare
+        reason = f"{non_finite} of {exported_run.height} scores are NaN or infinite"
+        return {**sample, "passed": False, "reason": reason, "summary": reason}
+    agreement = teacher_agreement(exported_run, reference_run, k=10).means
     result: dict[str, Any] = {
-        "mode": mode, "queries": candidates[QID].n_unique(), "pairs": candidates.height,
+        **sample,
         "overlap@10": agreement["overlap@10"], "kendall_tau": agreement["kendall_tau"],
         "spearman_pooled": agreement["spearman_pooled"],
         "thresholds": {"min_overlap": config.min_overlap},

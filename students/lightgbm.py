@@ -197,12 +197,12 @@ def train_lightgbm_student(
     *,
     teacher_fingerprint: dict | None = None,
     scores_source: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train a LightGBM student on ``run``'s candidates (``qid, docid[, score, rank]``) scored by the
-    teacher (``scores``: ``qid, docid, score``) and write its folder to ``out`` atomically.
-
-    ``scores_source`` (the cache folder) names where the scores came from in error messages;
-    ``teacher_fingerprint`` is recorded in the manifest.
+    teacher (``scores``: ``qid, docid, score``) and write its folder to ``out`` atomically (replacing an
+    earlier LightGBM student only, unless ``overwrite``). ``scores_source`` (the cache folder) names where
+    the scores came from in error messages; ``teacher_fingerprint`` is recorded in the manifest.
     """
     import lightgbm as lgb
 
@@ -248,7 +248,7 @@ def train_lightgbm_student(
     log.info("LightGBM %s: %d rounds kept, validation %s", config.objective, best_iteration, validation)
 
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
         booster.save_model(str(tmp / MODEL_FILE), num_iteration=best_iteration)
         extractor.save(tmp)
         write_manifest(

@@ -36,6 +36,8 @@ from distill.errors import ConfigError, InputError
 from distill.groups import GroupConfig
 from distill.io import atomic_dir, write_json_atomic
 from distill.manifest import frame_hash
+from distill.outputs import check_folder, check_folder_output
+from distill.recorded_paths import rebase
 from distill.schema import DOCID, QID
 from students.validation import Validation, ValidationResult, check_collapse
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STUDENT_KINDS = ("cross-encoder", "bi-encoder", "lightgbm")
+OUTPUT_KINDS = tuple(f"{kind}-student" for kind in STUDENT_KINDS)  # their folders' manifest kinds
 LrSchedule = Literal["constant", "step", "halving"]
 LR_SCHEDULES = ("constant", "step", "halving")
 
@@ -112,6 +115,7 @@ def train_student(
     scores_source: str | Path | None = None,
     teacher_scale: float | str | None = "auto",
     trust_remote_code: bool = False,
+    overwrite: bool = False,
 ) -> StudentResult:
     """Distill the teacher ``scores`` (``qid, docid, score``) of ``dataset``'s queries into a
     ``kind`` student at ``out`` (see the module docstring).
@@ -123,19 +127,19 @@ def train_student(
     :class:`students.lightgbm.LightGBMConfig`. With ``validation``, the student is validated
     and checked for collapse. ``teacher_scale``: what a regression loss's teacher scores are
     divided by (``"auto"``: their median per-query std for MarginMSE and MSE, see
-    :func:`distill.score_scale.teacher_divisor`; None: raw scores).
+    :func:`distill.score_scale.teacher_divisor`; None: raw scores). ``out`` replaces only an earlier
+    student of the same kind, unless ``overwrite`` (see :mod:`distill.outputs`).
     """
     from distill.training import TrainConfig
 
     if kind not in STUDENT_KINDS:
         raise ConfigError(f"student must be one of {', '.join(STUDENT_KINDS)}, got {kind!r}", field="student")
     out = Path(out)
+    check_folder_output(out, f"{kind}-student", overwrite=overwrite)
     rounds = rounds or RoundsConfig()
     if kind == "lightgbm":
-        if rounds.rounds > 1:
-            raise ConfigError("rounds are for neural students; LightGBM stops early on its own validation")
-        result = StudentResult(_train_lightgbm(dataset, scores, out, lightgbm, teacher_fingerprint, scores_source),
-                               None)
+        result = StudentResult(_train_lightgbm(dataset, scores, out, lightgbm, teacher_fingerprint, scores_source,
+                                               rounds, overwrite), None)
     else:
         if loss is None or init is None:
             raise ConfigError(f"a {kind} student needs a loss and a model to start from (init)")
@@ -144,7 +148,7 @@ def train_student(
         neural = _Neural(kind, dataset, scores, _loss(loss, loss_params, hard_label_weight, hard_label_kind, scores,
                                                       dataset),
                          group_config or GroupConfig(), train_config or TrainConfig(), init, init_from_teacher_layers,
-                         layer_choice, bi_encoder or {}, teacher_fingerprint, trust_remote_code)
+                         layer_choice, bi_encoder or {}, teacher_fingerprint, trust_remote_code, overwrite)
         if rounds.rounds > 1:
             result = _train_rounds(neural, out, rounds, validation)
             _record(out, {"teacher_divisor": divisor})
@@ -258,11 +262,13 @@ class _Neural:
     bi_encoder: dict[str, Any]
     teacher_fingerprint: dict[str, Any] | None
     trust_remote_code: bool
+    overwrite: bool = False  # an ``out`` that is no earlier student of this kind is replaced
 
     def train(self, out: Path, init: str, layers: int | None, train_config: TrainConfig,
               group_config: GroupConfig) -> Path:
         common = dict(group_config=group_config, train_config=train_config, loss_name=self.loss,
-                      teacher_fingerprint=self.teacher_fingerprint, trust_remote_code=self.trust_remote_code)
+                      teacher_fingerprint=self.teacher_fingerprint, trust_remote_code=self.trust_remote_code,
+                      overwrite=self.overwrite)
         if self.kind == "cross-encoder":
             from students.cross_encoder import train_cross_encoder_student
 
@@ -326,8 +332,9 @@ def _train_rounds(neural: _Neural, out: Path, rounds: RoundsConfig, validation: 
         previous = str(folder)
     history = [record["rounds"][str(r)] for r in range(1, rounds.rounds + 1)]
     kept = max(history, key=lambda h: (h["value"], h["round"]))["round"] if validation is not None else rounds.rounds
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=f"{neural.kind}-student", overwrite=neural.overwrite) as tmp:
         shutil.copytree(work / f"round-{kept}", tmp, dirs_exist_ok=True)
+    _rebase_data(out, work / f"round-{kept}")
     best = ValidationResult(**{k: history[kept - 1][k] for k in ValidationResult.__dataclass_fields__}) \
         if validation is not None else None
     _record(out, {"rounds": {"lr_schedule": rounds.lr_schedule, "history": history, "kept": kept,
@@ -346,18 +353,31 @@ def _record(folder: Path, extra: dict[str, Any]) -> None:
     write_json_atomic(path, {**manifest, **extra})
 
 
+def _rebase_data(folder: Path, source: Path) -> None:
+    """A student copied from ``source`` to ``folder`` records its training data relative to ``folder``."""
+    path = folder / "distill.json"
+    data = json.loads(path.read_text(encoding="utf-8")).get("data") if path.exists() else None
+    if isinstance(data, dict) and data.get("path"):
+        _record(folder, {"data": rebase(data, folder, source)})
+
+
 def _train_lightgbm(dataset: Dataset, scores: pl.DataFrame, out: Path, config: LightGBMConfig | None,
-                    teacher_fingerprint, scores_source) -> Path:
+                    teacher_fingerprint, scores_source, rounds: RoundsConfig, overwrite: bool) -> Path:
     from students.lightgbm import train_lightgbm_student
+
+    if rounds.rounds > 1:
+        raise ConfigError("rounds are for neural students; LightGBM stops early on its own validation")
 
     candidates = scores.select(QID, DOCID).join(dataset.queries.select(QID), on=QID, how="semi")
     return train_lightgbm_student(dataset, candidates, scores, out, config, teacher_fingerprint=teacher_fingerprint,
-                                  scores_source=scores_source)
+                                  scores_source=scores_source, overwrite=overwrite)
 
 
-def select_student(folders: list[str | Path], out: str | Path) -> Path:
+def select_student(folders: list[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
     """Copy to ``out`` the student of ``folders`` with the best validation in its manifest (trained with
-    a validation split), and record the choice there: e.g. LightGBM students of several qrels weights."""
+    a validation split), and record the choice there: e.g. LightGBM students of several qrels weights.
+    ``out`` replaces only an earlier student, unless ``overwrite``; it may not be one of ``folders``."""
+    check_folder(out, OUTPUT_KINDS, overwrite=overwrite, inputs=folders)
     scored = {}
     for folder in map(Path, folders):
         path = folder / "distill.json"
@@ -367,8 +387,9 @@ def select_student(folders: list[str | Path], out: str | Path) -> Path:
         scored[str(folder)] = validation
     best = max(scored, key=lambda f: (scored[f]["value"], -list(scored).index(f)))
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=OUTPUT_KINDS, overwrite=overwrite) as tmp:
         shutil.copytree(best, tmp, dirs_exist_ok=True)
+    _rebase_data(out, Path(best))
     _record(out, {"chosen_from": {f: v["value"] for f, v in scored.items()}, "chosen": best})
     log.info("kept %s: validation %s %.4f (%s)", best, scored[best]["metric"], scored[best]["value"],
              ", ".join(f"{Path(f).name} {v['value']:.4f}" for f, v in scored.items()))

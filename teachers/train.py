@@ -39,6 +39,8 @@ from distill.errors import ConfigError
 from distill.groups import Group, GroupConfig, build_groups, holdout
 from distill.io import atomic_dir
 from distill.manifest import frame_hash, write_manifest
+from distill.outputs import check_folder_output
+from distill.recorded_paths import record_path
 from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, SCORE, TEXT, TITLE
 from distill.training import TrainConfig
 
@@ -152,9 +154,10 @@ class RerankEvaluator(BaseEvaluator):
 
 
 def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
-                  config: TeacherTrainConfig | None = None) -> Path:
+                  config: TeacherTrainConfig | None = None, overwrite: bool = False) -> Path:
     """Fine-tune a cross-encoder from ``init`` (any Hugging Face path or id; a fresh 1-label
-    head is expected) on ``dataset``'s qrels and save it at ``out`` with ``distill.json``."""
+    head is expected) on ``dataset``'s qrels and save it at ``out`` with ``distill.json`` (``out``
+    replaces only an earlier teacher, unless ``overwrite``: see :mod:`distill.outputs`)."""
     from sentence_transformers.cross_encoder import CrossEncoder
     from transformers import set_seed
 
@@ -165,6 +168,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     config = config or TeacherTrainConfig()
     train_cfg = config.train
     out = Path(out)
+    check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after
     valid_qids = holdout(dataset.queries[QID].to_list(), train_cfg.valid_fraction, train_cfg.seed)
     train_ds = subset(dataset, set(dataset.queries[QID]) - valid_qids)
     groups = bm25_groups(train_ds, config)
@@ -188,11 +192,12 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     fitted = fit(model, CrossEncoderGroupLoss(model, loss), groups, [], train_cfg, train_cfg.checkpoints_for(out),
                  evaluator=evaluator, patience=config.patience)
     validation = summarize_validation(fitted.history, evaluator.baseline if evaluator else None)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp))
         write_manifest(tmp, KIND, {**asdict(config), "init": init}, loss=loss.get_config_dict(),
                        validation=validation, precision=fitted.precision.to_dict(),
                        data={"dataset": dataset.name, "split": dataset.split,
+                             **(record_path(dataset.path, out) if dataset.path else {}),
                              "qrels_hash": frame_hash(dataset.qrels.sort([QID, DOCID])),
                              "train_groups": len(groups), "valid_queries": len(valid_qids)})
     log.info("saved the teacher to %s", out)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from distill.outputs import OVERWRITE_HELP
 from distill.pipeline import VALID_FRACTION
 
 
@@ -20,13 +21,14 @@ def register(app: typer.Typer) -> None:
         title_queries: int = typer.Option(0, min=0, help="Also N documents' titles as queries for their own "
                                           "documents, with the train queries in qrels/train_titles.tsv."),
         seed: int = typer.Option(42, help="Which documents give their titles."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Hold out valid queries (the same ones on every machine) and add title queries for students."""
         import logging
 
         from distill.pipeline import split_view as build
 
-        view = build(data, out, split, valid_fraction, title_queries, seed)
+        view = build(data, out, split, valid_fraction, title_queries, seed, overwrite=overwrite)
         logging.getLogger("distill").info("split view of %s at %s", data, view)
 
     @app.command()

@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
                                              "[built-in 0.3; --data 0.25]."),
         allow_collapse: bool = typer.Option(False, help="Exit 0 even if a student collapses on validation."),
         seed: int = typer.Option(42, help="Seed of every step."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Work in --out even when it holds files distill "
+                                       "did not write (files of the demo's names are replaced)."),
     ) -> None:
         """Teacher, cache, three students, evaluation, report and cascade, end to end; each step is
         printed as the `distill` command that runs it, and a rerun skips finished steps."""
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
             max_length=max_length, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
             ce_epochs=ce_epochs, bi_negatives=bi_negatives, latency_queries=latency_queries,
             title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
-            lightgbm_qrels_weights=tuple(lightgbm_qrels_weight),
+            lightgbm_qrels_weights=tuple(lightgbm_qrels_weight), overwrite=overwrite,
         )
         run_pipeline(cfg)
         console = Console()

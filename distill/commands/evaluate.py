@@ -9,6 +9,7 @@ import typer
 
 from distill.commands import MAX_THREADS, parse_ints
 from distill.evaluation import EvaluateConfig
+from distill.outputs import OVERWRITE_HELP
 
 DEFAULTS = EvaluateConfig()
 
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(DEFAULTS.threads, min=1, max=MAX_THREADS,
                                     help="Torch threads while timing."),
         out: Path = typer.Option(..., help="Evaluation folder to write (tables, runs, report.html)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Rerank one candidate run with every ranker; write metrics, significance, agreement and a report."""
         from distill import tasks
@@ -44,18 +46,19 @@ def register(app: typer.Typer) -> None:
                                 metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
                                 depths=tuple(parse_ints(depths, "--depths")), latency_queries=latency_queries,
                                 threads=threads)
-        tasks.evaluate(data, run, dict(_parse_specs(ranker)), out, split=split, config=config)
+        tasks.evaluate(data, run, dict(_parse_specs(ranker)), out, split=split, config=config, overwrite=overwrite)
 
     @app.command()
     def report(
         eval_dir: Path = typer.Option(..., "--eval", help="Folder written by 'distill evaluate'."),
         out: Path = typer.Option(None, help="Folder for report.html and report.md [the --eval folder]."),
         title: str = typer.Option("distill evaluation", help="Report title."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Render report.html and report.md from a saved evaluation."""
         from distill import tasks
 
-        tasks.report(eval_dir, out, title)
+        tasks.report(eval_dir, out, title, overwrite=overwrite)
 
 
 def _parse_specs(options: list[str]) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from distill.outputs import OVERWRITE_HELP
 from students.export import ExportConfig
 
 DEFAULTS = ExportConfig()
@@ -32,6 +33,7 @@ def register(app: typer.Typer) -> None:
         min_overlap: float = typer.Option(DEFAULTS.min_overlap, help="Least top-10 overlap with the fp32 model."),
         min_kendall: float = typer.Option(DEFAULTS.min_kendall, help="Least Kendall tau (agreement check)."),
         seed: int = typer.Option(DEFAULTS.seed, help="Seed of the query samples."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Export a student to ONNX/OpenVINO (int8 if asked); refuse if it ranks unlike the fp32 model."""
         from rich import print as rprint
@@ -42,5 +44,5 @@ def register(app: typer.Typer) -> None:
                               split=split, sample_queries=sample_queries, candidates=candidates, check=check,
                               min_ndcg_ratio=min_ndcg_ratio, min_overlap=min_overlap, min_kendall=min_kendall,
                               seed=seed)
-        fidelity = export_model(model, out, config)
+        fidelity = export_model(model, out, config, overwrite=overwrite)
         rprint(f"wrote {out}: {fidelity['summary']} ({fidelity['mode']} check on {fidelity['queries']} queries)")

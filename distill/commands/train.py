@@ -8,6 +8,7 @@ import typer
 
 from distill.commands import positive
 from distill.errors import ConfigError
+from distill.outputs import OVERWRITE_HELP
 
 
 def _teacher_scale(text: str) -> float | str | None:
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
                                      ">= 1.2x faster than fp32, else fp32) | fp32 | bf16 | fp16."),
         resume: bool = typer.Option(False, help="Continue from the latest checkpoint in `<out>.checkpoints`."),
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Fine-tune a cross-encoder teacher on the split's qrels with BM25 hard negatives."""
         from distill import tasks
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
                             lr=lr, batch_size=batch_size, max_length=max_length, negatives=negatives,
                             negatives_from_top=negatives_from_top, valid_fraction=valid_fraction, valid_k=valid_k,
                             weak_titles=weak_titles, quick=quick, seed=seed, precision=precision, resume=resume,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code, overwrite=overwrite)
 
     @app.command("train-student")
     def train_student_command(
@@ -132,6 +134,7 @@ def register(app: typer.Typer) -> None:
                                                  "ranker's score as a feature (e.g. a bi-encoder folder); repeatable "
                                                  "[none]."),
         trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Distill the cached teacher scores into a student reranker."""
         from distill import tasks
@@ -150,14 +153,15 @@ def register(app: typer.Typer) -> None:
             objective=objective, n_grades=n_grades, num_leaves=num_leaves, min_data_in_leaf=min_data_in_leaf,
             qrels_weight=qrels_weight, n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds,
             feature_rankers=dict(parse_ranker_spec(item) for item in feature_ranker) or None,
-            trust_remote_code=trust_remote_code)
+            trust_remote_code=trust_remote_code, overwrite=overwrite)
 
     @app.command("select-student")
     def select_student_command(
         students: list[Path] = typer.Argument(..., help="Student folders trained with --valid-split."),
         out: Path = typer.Option(..., help="Folder to copy the best of them to."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Keep the student with the best validation nDCG@10 (e.g. LightGBM at several --qrels-weight)."""
         from students.train import select_student
 
-        select_student(students, out)
+        select_student(students, out, overwrite=overwrite)
