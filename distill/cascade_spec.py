@@ -12,7 +12,6 @@ A spec that names itself as a stage, directly or through other specs, is an
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
+from distill.io import read_json
 from distill.recorded_paths import resolve_recorded
 
 FIRST_STAGE = "bm25"  # distill.rankers.FIRST_STAGE: the run's own scores, no path
@@ -39,10 +39,7 @@ def read_spec_file(path: str | Path) -> Iterator[dict[str, Any]]:
     if key in open_:
         chain = " -> ".join(p.name for p in (*open_[open_.index(key):], key))
         raise InputError(f"the cascade spec names itself as a stage (cycle: {chain})", path=path)
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"unreadable JSON ({err})", path=path) from None
+    body = read_json(path)
     token = _OPEN.set((*open_, key))
     try:
         yield _with_stages(body, lambda entry: _resolved(entry, path.parent))

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError
+from distill.errors import DistillError, InputError
 from distill.outputs import check_folder_output
 
 # errors that mean "no room for this output", whichever call meets them (a write inside a writer's body)
@@ -118,6 +118,7 @@ def atomic_dir(path: str | Path, *, kind: str | Sequence[str] | None = None,
     output); anything else is refused unless ``overwrite`` (see :mod:`distill.outputs`).
     """
     path = Path(path)
+    restore_swapped(path)
     check_folder_output(path, kind, overwrite=overwrite)
     tmp = None
     try:
@@ -144,6 +145,31 @@ def _fsync_tree(folder: Path) -> None:
             if not os.path.islink(os.path.join(root, name)):
                 fsync_path(os.path.join(root, name))
         fsync_path(root)
+
+
+def restore_swapped(path: str | Path) -> bool:
+    """Put back the earlier output that a crash between :func:`_swap`'s two renames left as ``.NAME.old``
+    (``path`` itself then missing); True when it did."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not (path.exists() or path.is_symlink()):
+        os.replace(old, path)
+        return True
+    return False
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file a user may have written by hand: a UTF-8 BOM is accepted, and a syntax error is an
+    :class:`InputError` at ``file:line``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"unreadable JSON: {err.msg} (column {err.colno})", path=path, line=err.lineno) from None
 
 
 def _swap(tmp: Path, path: Path) -> None:

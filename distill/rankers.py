@@ -18,7 +18,6 @@ a kind's libraries are imported only when a folder of that kind is loaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from distill.cache import MANIFEST as CACHE_MANIFEST
 from distill.cache import CachedRanker
 from distill.data import Dataset
 from distill.errors import InputError
+from distill.io import read_json
 from distill.ranking import BaseRanker
 from distill.registry import RANKERS
 from distill.runs import read_run
@@ -74,9 +74,9 @@ class RunRanker(BaseRanker):
 
 def _read_json(path: Path) -> dict:
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"unreadable JSON ({err})", path=path) from None
+        body = read_json(path)
+    except OSError as err:
+        raise InputError(f"unreadable ({err.strerror})", path=path) from None
     if not isinstance(body, dict):
         raise InputError("expected a JSON object", path=path)
     return body

@@ -257,18 +257,19 @@ def train_student(student: str, cache: Path, data: Path, out: Path, *, split: st
 
 def _training_scores(cache: Path, data: Path, split: str | None,
                      queries: Path | None) -> tuple[pl.DataFrame, dict[str, Any], Any]:
-    """The cache's scores and manifest, and the training queries (``split``'s, else train, and ``queries``'),
-    with a warning when some of their registered pairs have no score yet."""
+    """The cache's scores of the training queries (``split``'s, else train, and ``queries``') computed from
+    their current texts, the manifest and those queries, with a warning when some of their registered pairs
+    have no such score (a stopped score-teacher, or texts edited since it ran)."""
     from distill.cache import TeacherCache, read_scores
     from distill.querysets import load_training_queries
 
-    scores, manifest = read_scores(cache)
     dataset = load_training_queries(data, split if split or queries else "train", queries)
-    unscored, registered = TeacherCache.open(cache).unscored(dataset.queries["qid"])
+    scores, manifest = read_scores(cache, dataset=dataset)
+    unscored, registered = TeacherCache.open(cache).unscored(dataset.queries["qid"], dataset=dataset)
     if unscored:
         log.warning("%d of the %d candidate pairs registered in %s for these queries have no teacher score "
-                    "yet (a stopped score-teacher?): training on the scored ones only; rerun score-teacher to "
-                    "finish", unscored, registered, cache)
+                    "yet from their current texts (a stopped score-teacher, or texts edited since): training on the "
+                    "scored ones only; rerun score-teacher to finish", unscored, registered, cache)
     return scores, manifest, dataset
 
 

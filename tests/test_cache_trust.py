@@ -266,6 +266,22 @@ def test_edited_pseudo_queries_are_scored_again_by_score_teacher(tiny_beir, tiny
     assert set(changed["qid"]) == {"title:d0_0"} and after.height == before.height
 
 
+def test_train_student_does_not_learn_scores_of_edited_queries(tiny_beir, tiny_cross_encoder, tmp_path, capsys):
+    """`train-student` after a query's text changed (no rescoring): its old scores are left out, with a warning."""
+    queries = tmp_path / "pseudo.tsv"
+    queries.write_text("qid\ttext\ntitle:d0_0\talpha beta\ntitle:d1_0\tgamma delta\n")
+    run, cache = tmp_path / "u.trec", tmp_path / "cache"
+    assert run_cli(["candidates", "--data", tiny_beir, "--queries", queries, "--k", 5, "--out", run], capsys)[0] == 0
+    code, _, err = run_cli(["score-teacher", "--teacher", tiny_cross_encoder, "--data", tiny_beir, "--queries",
+                            queries, "--run", run, "--cache", cache, "--dtype", "fp32", "--no-sanity-check"], capsys)
+    assert code == 0, err
+    queries.write_text("qid\ttext\ntitle:d0_0\tsomething else entirely\ntitle:d1_0\tgamma delta\n")
+    code, _, err = run_cli(["train-student", "--student", "lightgbm", "--cache", cache, "--data", tiny_beir,
+                            "--queries", queries, "--out", tmp_path / "lgbm"], capsys)
+    assert code == 0, err
+    assert "5 of the 10 candidate pairs" in err and "edited" in err
+
+
 def _format_1(folder, dataset, run):
     """A cache as distill wrote it before it recorded texts: FORMAT 1, shards of qid, docid, score."""
     (folder / "shards").mkdir(parents=True)

@@ -1,0 +1,40 @@
+"""distill.io: hand-written JSON read leniently but located, and an output a crash left half-swapped put back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.errors import InputError
+from distill.io import atomic_dir, read_json, restore_swapped
+from distill.rankers import model_kind
+
+
+def test_a_byte_order_mark_on_hand_written_json_is_accepted(tmp_path):
+    spec = tmp_path / "cascade.json"
+    spec.write_text("\ufeff" + json.dumps({"stages": []}), encoding="utf-8")
+    assert read_json(spec) == {"stages": []}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "distill.json").write_text("\ufeff" + json.dumps({"kind": "lightgbm-student"}))
+    assert model_kind(tmp_path / "m") == "lightgbm-student"
+
+
+def test_a_json_syntax_error_names_file_and_line(tmp_path):
+    spec = tmp_path / "cascade.json"
+    spec.write_text('{\n  "stages": [\n    {"ranker": "a",}\n  ]\n}\n')
+    with pytest.raises(InputError, match=r"cascade\.json:3: unreadable JSON"):
+        read_json(spec)
+
+
+def test_an_output_left_as_old_by_a_crash_between_renames_is_put_back(tmp_path):
+    """A kill between moving the earlier output aside and renaming the new one in leaves only ``.out.old``:
+    the next write (even one that then fails) restores it instead of losing it."""
+    out = tmp_path / "out"
+    old = tmp_path / ".out.old"
+    old.mkdir()
+    (old / "distill.json").write_text(json.dumps({"kind": "evaluation"}))
+    with pytest.raises(RuntimeError), atomic_dir(out, kind="evaluation"):
+        raise RuntimeError("the new run fails")
+    assert (out / "distill.json").is_file() and not old.exists()
+    assert restore_swapped(out) is False  # nothing left to restore
