@@ -24,10 +24,13 @@ or, failing that, through ``rerank`` on a one-query :class:`~distill.data.Datase
 
 Deadline: ``deadline_ms`` counts from ``started`` (a ``time.perf_counter()`` value; default:
 the call). Before each stage after the first, the time spent plus the stage's expected cost
-(the spec's :class:`~distill.cascade.StageCost` for its number of candidates, see
-:meth:`Runtime.estimate_ms`) is compared with the deadline; a stage that would miss it is
-skipped with every stage after it, and the documents keep the order they have. The first
-stage always runs: it is the cheapest answer.
+(the spec's :class:`~distill.cascade.StageCost` for its candidates, each counted by its length
+in reference pairs, :func:`distill.lengths.pair_weights`; see :meth:`Runtime.estimate_ms`) is
+compared with the deadline; a stage that would miss it is skipped with every stage after it,
+and the documents keep the order they have. The first stage always runs: it is the cheapest answer.
+
+A stage that returns NaN or a wrong number of scores is a fault of its model, not of the
+request: :class:`ModelFault` (the server answers 500).
 
 Thread safety: after load a runtime holds no state that requests change, except a teacher's
 pending reduced precision, settled once under a lock; any number of threads may call ``rank``.
@@ -49,6 +52,7 @@ import polars as pl
 
 from distill.data import Dataset, load_corpus
 from distill.errors import ConfigError, InputError
+from distill.lengths import pair_weights, token_cap
 from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, SCORE, TEXT, TITLE
 
 if TYPE_CHECKING:
@@ -58,6 +62,10 @@ log = logging.getLogger(__name__)
 
 _DOC_FIELDS = frozenset({"id", "text", "title", "score"})
 _QUERY_ID = "q"
+
+
+class ModelFault(RuntimeError):
+    """A stage's model returned unusable scores (NaN, or not one per document): a server error."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,10 @@ class Documents:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def chars(self) -> np.ndarray:
+        """Each document's length in characters (title and text), what its cost scales with."""
+        return np.fromiter((len(t) + len(x) for t, x in zip(self.titles, self.texts)), np.float64, len(self.ids))
 
     def joined(self) -> list[str]:
         """``"title text"`` per document, as :meth:`distill.data.Dataset.doc_texts` forms it."""
@@ -257,22 +269,27 @@ class DocumentScorer:
 
 class _RuntimeStage:
     """One stage of a runtime cascade: its scorer (None: the first stage, replaying the given
-    scores or the input order), cutoff and cost."""
+    scores or the input order), cutoff, cost and the tokens its model truncates to."""
 
     def __init__(self, name: str, scorer: DocumentScorer | None, cutoff: int | None,
                  cost: StageCost | None) -> None:
         self.name, self.scorer, self.cutoff, self.cost = name, scorer, cutoff, cost
+        self.max_tokens = None if scorer is None else token_cap(scorer.ranker)
 
     @property
     def replays_first_stage(self) -> bool:
         return self.scorer is None
 
-    def expected_ms(self, n_docs: int) -> float:
-        """The spec's cost for ``n_docs`` candidates; 0 for the replayed first stage (its cost
+    def expected_ms(self, pairs: float) -> float:
+        """The spec's cost for ``pairs`` reference pairs; 0 for the replayed first stage (its cost
         is the retrieval's, spent before the request) and for a stage without a cost."""
         if self.scorer is None or self.cost is None:
             return 0.0
-        return self.cost.expected_ms(n_docs)
+        return self.cost.expected_ms(pairs)
+
+    def pairs(self, pair_chars: np.ndarray) -> float:
+        """Pairs of these lengths (characters) as reference pairs of this stage (:func:`pair_weights`)."""
+        return float(pair_weights(pair_chars, self.max_tokens).sum())
 
     def score(self, query: str, docs: Documents) -> np.ndarray:
         if self.scorer is not None:
@@ -314,14 +331,24 @@ class Runtime:
         if lacking:
             log.warning("stage(s) %s have no cost in the spec: deadlines cannot skip them", lacking)
 
-    def estimate_ms(self, n_docs: int) -> list[float]:
-        """Expected milliseconds of each stage for ``n_docs`` candidates (each stage sees the
-        survivors of the cutoffs before it)."""
-        if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs < 0:
-            raise InputError(f"expected an integer >= 0, got {n_docs!r}", field="n_docs")
-        out, n = [], int(n_docs)
+    def estimate_ms(self, n_docs: int | Sequence[int]) -> list[float]:
+        """Expected milliseconds of each stage for ``n_docs`` candidates of the reference length, or
+        for pairs of these lengths in characters (query plus document: what the server plans with);
+        each stage sees the survivors of the cutoffs before it, planned at the pairs' mean weight."""
+        if isinstance(n_docs, (int, np.integer)) and not isinstance(n_docs, bool) and n_docs >= 0:
+            return self._estimate(int(n_docs), None)
+        if isinstance(n_docs, (str, bytes, Mapping)) or not isinstance(n_docs, (Sequence, np.ndarray)):
+            raise InputError(f"expected an integer >= 0 or a list of lengths, got {n_docs!r}", field="n_docs")
+        chars = np.asarray(n_docs, dtype=np.float64)
+        if chars.ndim != 1 or not np.isfinite(chars).all() or (chars < 0).any():
+            raise InputError("expected document lengths >= 0", field="n_docs")
+        return self._estimate(len(chars), chars)
+
+    def _estimate(self, n: int, chars: np.ndarray | None) -> list[float]:
+        out = []
         for st in self.stages:
-            out.append(st.expected_ms(n))
+            mean = 1.0 if chars is None or not n else st.pairs(chars) / len(chars)
+            out.append(st.expected_ms(n * mean))
             n = n if st.cutoff is None else min(n, st.cutoff)
         return out
 
@@ -332,6 +359,7 @@ class Runtime:
         check_request(query, deadline_ms, top_k)
         docs = parse_documents(documents, self.corpus)
         ids = np.asarray(docs.ids, dtype=object)
+        pair_chars = docs.chars() + len(query)
         survivors = np.arange(len(docs))
         cut_away: list[np.ndarray] = []
         reports: list[StageReport] = []
@@ -340,7 +368,7 @@ class Runtime:
             n_in = len(survivors)
             if skip_reason is None and i > 0 and deadline_ms is not None:
                 spent = (time.perf_counter() - started) * 1000.0
-                expected = st.expected_ms(n_in)
+                expected = st.expected_ms(st.pairs(pair_chars[survivors]))
                 if spent + expected > deadline_ms:
                     skip_reason = (f"deadline: {spent:.2f} ms spent + {expected:.2f} ms expected "
                                    f"> {deadline_ms:g} ms")
@@ -353,7 +381,7 @@ class Runtime:
             start = time.perf_counter()
             scores = st.score(query, docs.take(survivors)) if n_in else np.zeros(0)
             if scores.shape != (n_in,) or np.isnan(scores).any():
-                raise InputError(f"stage {st.name!r} returned {scores.shape} scores for {n_in} documents "
+                raise ModelFault(f"stage {st.name!r} returned {scores.shape} scores for {n_in} documents "
                                  "(or NaN)")
             # score descending, then id: the offline cascade's order
             order = survivors[np.lexsort((ids[survivors].astype(str), -scores))]

@@ -16,7 +16,13 @@ Deadline: ``--deadline-ms``, or 3x the client-measured p50 of unloaded, sequenti
 Sustainable rate: the highest rate (found by growing the rate by 1.5x, then bisecting) at
 which no stage is skipped, nothing is shed or fails and the p99 stays within the deadline.
 
-    python scripts/bench_serve.py --spec demo_out/cascade.json --data demo_out/data [--quick]
+    python scripts/bench_serve.py --spec demo_out/cascade.json --data demo_out/data [--quick] [--mixed]
+
+``--mixed`` adds two runs with hostile clients beside (``scripts/_serve_adversaries.py``, a process
+of its own): honest load at 2x the sustainable rate while ``--slow-clients`` slowloris connections
+(more than the server's ``--max-connections``) and ``--big-clients`` clients posting ~8 MB bodies
+run; then the big-body clients alone, while ``/healthz`` is probed every 50 ms (its latency is the
+event loop's: parsing a big body there delays it).
 
 ``--build-with-ce MODEL`` first builds ``OUT/cascade.json`` from ``--data`` instead:
 ``bm25 % k >> lightgbm % 10 >> ce``, a LightGBM ranker trained on the train split's qrels
@@ -71,6 +77,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out/serve"))
     p.add_argument("--quick", action="store_true", help="Short trials (a smoke run, not a measurement).")
+    p.add_argument("--mixed", action="store_true", help="Also the runs with slow and big-body clients.")
+    p.add_argument("--max-connections", type=int, default=64, help="`distill serve --max-connections`.")
+    p.add_argument("--slow-clients", type=int, default=96, help="Slowloris connections in the mixed run.")
+    p.add_argument("--big-clients", type=int, default=4, help="Clients posting ~8 MB bodies in the mixed run.")
     args = p.parse_args()
     if (args.spec is None) == (args.build_with_ce is None):
         p.error("give --spec or --build-with-ce")
@@ -144,7 +154,8 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
     corpus = args.corpus or args.data / "corpus.jsonl"
     cmd = [sys.executable, "-m", "distill.cli", "serve", str(args.spec), "--port", str(port),
-           "--workers", str(args.workers), "--queue-size", str(args.queue_size)]
+           "--workers", str(args.workers), "--queue-size", str(args.queue_size),
+           "--max-connections", str(args.max_connections)]
     if str(corpus) != "none":
         cmd += ["--corpus", str(corpus)]
     if args.threads is not None:
@@ -323,6 +334,78 @@ async def find_sustainable(base: str, bodies: list[bytes], start_rate: float, de
     return good, tried
 
 
+async def probe_healthz(base: str, stop: asyncio.Event, interval_s: float = 0.05) -> list[float]:
+    """Client-measured latency (ms) of ``GET /healthz`` every ``interval_s`` until ``stop``; a failed probe is inf."""
+    import httpx
+
+    ms = []
+    async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                ok = (await client.get("/healthz")).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            ms.append((time.perf_counter() - start) * 1000.0 if ok else math.inf)
+            await asyncio.sleep(interval_s)
+    return ms
+
+
+async def hostile(base: str, port: int, args: argparse.Namespace, slow: int, big: int, seconds: float,
+                  honest=None) -> dict:
+    """Adversaries (a subprocess) for ``seconds``, ``/healthz`` probed meanwhile, and the ``honest`` load
+    (a coroutine, started 2 s after them); what each saw."""
+    out = args.out / f"adversaries_{slow}_{big}.json"
+    adversaries = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("_serve_adversaries.py")), "--port", str(port), "--slow",
+        str(slow), "--big", str(big), "--seconds", str(seconds + 4.0), "--data", str(args.data), "--out", str(out))
+    stop = asyncio.Event()
+    probe = asyncio.create_task(probe_healthz(base, stop))
+    await asyncio.sleep(2.0)
+    trial = await honest if honest is not None else await asyncio.sleep(seconds)
+    stop.set()
+    health = np.asarray(await probe)
+    await adversaries.wait()
+    pct = {f"healthz_p{q}_ms": round(float(np.percentile(health, q)), 2) for q in (50, 90, 99)}
+    return {**pct, "healthz_probes": int(health.size), "adversaries": json.loads(out.read_text()),
+            **({"honest": trial.summary()} if honest is not None else {})}
+
+
+async def mixed_runs(base: str, port: int, bodies: list[bytes], sustainable: float, deadline: float,
+                     args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
+    """Honest load at 2x the sustainable rate alone and beside slow and big-body clients; then big bodies
+    alone, and no load at all (``/healthz``'s own latency on this machine, for reference)."""
+    seconds = max(args.trial_s, args.min_requests / (2.0 * sustainable))
+    runs = []
+    for name, slow, big in (("2x alone", 0, 0), ("2x + slow + big", args.slow_clients, args.big_clients)):
+        honest = load(base, bodies, 2.0 * sustainable, args.trial_s, deadline, args, rng)
+        runs.append({"run": name, **await hostile(base, port, args, slow, big, seconds, honest)})
+        print(runs[-1], flush=True)
+        await asyncio.sleep(3.0)
+    runs.append({"run": "no load", **await hostile(base, port, args, 0, 0, args.trial_s)})
+    print(runs[-1], flush=True)
+    await asyncio.sleep(3.0)
+    runs.append({"run": "big bodies", **await hostile(base, port, args, 0, args.big_clients, args.trial_s)})
+    print(runs[-1], flush=True)
+    return runs
+
+
+def mixed_table(runs: list[dict]) -> str:
+    head = ("| run | honest requests | within deadline | 200 | 503 shed | errors | slow connections (opened / "
+            "dropped 408 / reset) | big bodies answered (by status) | /healthz p50 / p90 / p99 ms |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in runs:
+        h, adv = r.get("honest"), r["adversaries"]
+        slow = adv["slow"]
+        big = ", ".join(f"{k.removeprefix('http_')}: {v}" for k, v in sorted(adv["big"].items())) or "-"
+        honest = (f"{h['requests']} at {h['rate']:.1f}/s | {h['within_deadline']:.1%} | {h['ok'] + h['degraded']} | "
+                  f"{h['shed']} | {h['errors']}" if h else "- | - | - | - | -")
+        lines.append(f"| {r['run']} | {honest} | {slow.get('opened', 0)} / {slow.get('answered_408', 0)} / "
+                     f"{slow.get('reset', 0)} | {big} | {r['healthz_p50_ms']} / {r['healthz_p90_ms']} / "
+                     f"{r['healthz_p99_ms']} |")
+    return "\n".join(lines)
+
+
 def cpu_flags() -> dict:
     flags = set()
     try:
@@ -373,6 +456,7 @@ async def bench(args: argparse.Namespace) -> dict:
             rows.append({"load": factor, **trial.summary()})
             print(rows[-1], flush=True)
             await asyncio.sleep(3.0)
+        hostile_runs = await mixed_runs(base, port, bodies, sustainable, deadline, args, rng) if args.mixed else []
     finally:
         server.terminate()
         try:
@@ -383,7 +467,8 @@ async def bench(args: argparse.Namespace) -> dict:
             "k": args.k, "workers": args.workers, "threads": args.threads, "queue_size": args.queue_size,
             "unloaded_p50_ms": round(p50, 2),
             "deadline_ms": deadline, "sustainable_rate": round(sustainable, 2), "search": search, "rows": rows,
-            "machine": cpu_flags(), "quick": args.quick}
+            "max_connections": args.max_connections, "hostile": hostile_runs, "machine": cpu_flags(),
+            "quick": args.quick}
 
 
 def main() -> None:
@@ -394,6 +479,9 @@ def main() -> None:
     save_results(args.out, "bench_serve", results)
     print()
     print(table(results["rows"]))
+    if results["hostile"]:
+        print()
+        print(mixed_table(results["hostile"]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,11 @@ def read_export_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 class _Exported:
-    """Tokenizer and session of an exported folder, tokenizing as the torch model did."""
+    """Tokenizer and session of an exported folder, tokenizing as the torch model did.
+
+    Thread-safe: a Hugging Face fast tokenizer refuses concurrent calls ("Already borrowed"),
+    so tokenizing (and reopening the session) takes a lock; the session itself runs concurrently.
+    """
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         from transformers import AutoTokenizer
@@ -67,6 +72,7 @@ class _Exported:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.threads = threads
         self._session_threads: int | None = None
+        self._lock = threading.Lock()
         self._open()
 
     def _open(self) -> None:
@@ -80,12 +86,19 @@ class _Exported:
 
     def _run(self, encoded: dict[str, list[list[int]]], width: int) -> np.ndarray:
         """The graph's output rows for unpadded token features, in input order, batched by tokens."""
-        if (self.threads or _torch_threads()) != self._session_threads:
-            self._open()
+        with self._lock:
+            if (self.threads or _torch_threads()) != self._session_threads:
+                self._open()
         return run_graph(self.session, self.inputs, encoded, width, GRAPH_MAX_TOKENS, self.pad_id)
 
     def _lower(self, texts: Sequence[str]) -> list[str]:
         return [t.lower() for t in texts] if self.lowercase else list(texts)
+
+    def _tokenize(self, *texts: Sequence[str], **options: Any) -> Any:
+        """The tokenizer's features of ``texts`` (lower-cased where the model was), one call at a time."""
+        lowered = [self._lower(t) for t in texts]
+        with self._lock:
+            return self.tokenizer(*lowered, return_attention_mask=False, max_length=self.max_length, **options)
 
 
 class ExportedCrossEncoder(_Exported, BaseRanker):
@@ -102,8 +115,7 @@ class ExportedCrossEncoder(_Exported, BaseRanker):
             raise ValueError(f"{len(queries)} queries but {len(docs)} documents")
         if not len(queries):
             return np.empty(0, dtype=np.float32)
-        encoded = self.tokenizer(self._lower(queries), self._lower(docs), truncation="longest_first",
-                                 max_length=self.max_length, return_attention_mask=False)
+        encoded = self._tokenize(queries, docs, truncation="longest_first")
         return self._run(encoded, 1)[:, 0]
 
     def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame:
@@ -140,8 +152,7 @@ class ExportedSentenceEncoder(_Exported):
         """Sentence embeddings of ``texts`` (batched by tokens; ``batch_size`` is ignored)."""
         import torch
 
-        encoded = self.tokenizer(self._lower(texts), truncation=True, max_length=self.max_length,
-                                 return_attention_mask=False)
+        encoded = self._tokenize(texts, truncation=True)
         embeddings = self._run(encoded, self.dimension) if len(texts) else np.empty((0, self.dimension), np.float32)
         return torch.from_numpy(embeddings) if convert_to_tensor else embeddings
 

@@ -15,6 +15,7 @@ import hashlib
 import re
 import shutil
 import tempfile
+import threading
 import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -94,6 +95,8 @@ class Teacher(BaseRanker):
     :meth:`_load`, turn pairs into token ids in :meth:`_encode` and padded batches into one
     score per row in :meth:`_forward`. Those that can run as an ONNX graph name the graph
     runtimes they take in :meth:`_graph_backends` and write the graph in :meth:`_export_graph`.
+    Thread-safe: :meth:`_encode` runs one call at a time (a Hugging Face fast tokenizer refuses
+    concurrent calls, "Already borrowed") and the precision is settled once, under a lock.
     """
 
     kind: ClassVar[str]
@@ -139,6 +142,7 @@ class Teacher(BaseRanker):
         self.dtype_candidates = candidate_computes(dtype, self.device, backend, self._graph_backends())
         self.precision: dict[str, Any] | None = None  # what settle_precision measured
         self._pending = len(self.dtype_candidates) > 1
+        self._encode_lock, self._settle_lock = threading.Lock(), threading.Lock()
         self._load_fp32()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -199,11 +203,13 @@ class Teacher(BaseRanker):
     def _score(
         self, queries: Sequence[str], docs: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
+        with self._encode_lock:
+            encoded = self._encode(queries, docs)
         if self._graph is not None:
             session, inputs = self._graph
-            return run_graph(session, inputs, self._encode(queries, docs), 1, self.graph_max_tokens_per_batch,
+            return run_graph(session, inputs, encoded, 1, self.graph_max_tokens_per_batch,
                              self.pad_id, self.padding_side, progress)[:, 0]
-        return score_batches(self._encode(queries, docs), self._forward, self.device, self.max_tokens_per_batch,
+        return score_batches(encoded, self._forward, self.device, self.max_tokens_per_batch,
                              self.pad_id, self.padding_side, progress)
 
     @property
@@ -229,11 +235,15 @@ class Teacher(BaseRanker):
         """
         if not self._pending or not len(queries):
             return None
-        timed = self.requested_dtype == "auto" and self.requested_backend in ("auto", "torch")
-        choice = choose_precision(self._score, self._cast, self._restore, self.dtype_candidates, queries, docs,
-                                  self.name, timed=timed, timer=device_timer(self.device), total_pairs=total_pairs)
-        self._settle(choice.dtype)
-        self.precision = choice.to_dict()
+        with self._settle_lock:
+            if not self._pending:  # another thread settled it meanwhile
+                return None
+            timed = self.requested_dtype == "auto" and self.requested_backend in ("auto", "torch")
+            choice = choose_precision(self._score, self._cast, self._restore, self.dtype_candidates, queries, docs,
+                                      self.name, timed=timed, timer=device_timer(self.device),
+                                      total_pairs=total_pairs)
+            self._settle(choice.dtype)
+            self.precision = choice.to_dict()
         return choice
 
     def use_precision(self, compute: str) -> None:

@@ -308,3 +308,48 @@ def test_a_restart_reads_the_stored_embeddings(tiny_beir, models, monkeypatch):
     monkeypatch.setattr(store, "encode", encode_few)
     again = Cascade.load(models["spec"], corpus=tiny_beir)
     assert again.rank("cats", request).ids == expected.ids
+
+
+# -- costs by length, model faults ---------------------------------------------------------------
+
+def test_stages_are_costed_by_the_length_of_their_documents():
+    """``b`` costs 1 s per reference pair and reads documents whole: three short documents (3 s)
+    fit a 10 s deadline, three of 20,000 characters (~20 reference pairs each, ~59 s) do not.
+    Counted per document, both were 3 s."""
+    from distill.lengths import pair_weights
+
+    cascade = stage("bm25", RunRanker(), "bm25") >> stage("b", ByText("b", 2))
+    cascade.costs = {"bm25": StageCost(), "b": StageCost(0.0, 1000.0)}
+    short, long = ["cats and dogs"] * 3, ["cats " * 4000] * 3
+    assert cascade.estimate_ms(3) == [0.0, 3000.0]
+    assert cascade.estimate_ms([len("cats") + len(t) for t in short]) == [0.0, 3000.0]
+    expected = 1000.0 * float(pair_weights([len("cats") + 20_000] * 3).sum())
+    assert cascade.estimate_ms([len("cats") + len(t) for t in long]) == [0.0, pytest.approx(expected)]
+    assert expected > 50_000
+    assert all(s.ran for s in cascade.rank("cats", short, deadline_ms=10_000).stages)
+    skipped = cascade.rank("cats", long, deadline_ms=10_000).stages[1]
+    assert not skipped.ran and "deadline" in skipped.skipped and f"{expected:.2f} ms expected" in skipped.skipped
+
+
+def test_a_token_capped_stage_costs_no_more_beyond_its_cap():
+    from distill.lengths import REFERENCE_TOKENS, pair_weights, token_cap
+
+    class Capped(ByText):
+        max_length = 512
+
+    assert token_cap(Capped("c", 1)) == 512 and token_cap(ByText("b", 2)) is None
+    weights = pair_weights([100, 4 * 512, 20_000], max_tokens=512)
+    assert weights.tolist() == [1.0, 512 / REFERENCE_TOKENS, 512 / REFERENCE_TOKENS]
+
+
+def test_a_stage_returning_nan_is_a_model_fault_not_bad_input():
+    from distill.runtime import ModelFault
+
+    class Broken(ByText):
+        def score_documents(self, query, docs):
+            return np.full(len(docs), np.nan)
+
+    cascade = stage("bm25", RunRanker(), "bm25") >> stage("broken", Broken("broken", 1))
+    with pytest.raises(ModelFault, match="'broken'") as err:
+        cascade.rank("cats", ["cats and dogs", "dogs"])
+    assert not isinstance(err.value, InputError)

@@ -279,7 +279,7 @@ def test_a_request_whose_wait_outgrew_its_deadline_is_shed_by_the_worker():
 
 BAD = [
     ("malformed JSON", b'{"query": "x", "documents": [', "body: invalid JSON"),
-    ("not an object", b'["x"]', "body: Input should be a valid dictionary"),
+    ("not an object", b'["x"]', "body: Input should be an object"),
     ("empty body", b"", "body: Field required"),
     ("missing query", {"documents": DOCS}, "query: Field required"),
     ("missing documents", {"query": "x"}, "documents: Field required"),
