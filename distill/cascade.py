@@ -329,9 +329,10 @@ class Cascade(BaseRanker):
         (a ``time.perf_counter()`` value, default now). See :mod:`distill.runtime`."""
         return self._require_runtime().rank(query, documents, deadline_ms, top_k, started)
 
-    def estimate_ms(self, n_docs: int) -> list[float]:
-        """Each stage's expected milliseconds for ``n_docs`` candidates, from the spec's costs
-        (0 for a first stage that replays the given scores)."""
+    def estimate_ms(self, n_docs: int | Sequence[int]) -> list[float]:
+        """Each stage's expected milliseconds for ``n_docs`` candidates, or for documents of these lengths
+        in characters (costed by length, :mod:`distill.lengths`), from the spec's costs (0 for a first
+        stage that replays the given scores)."""
         return self._require_runtime().estimate_ms(n_docs)
 
     def _require_runtime(self) -> Runtime:

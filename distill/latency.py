@@ -8,7 +8,6 @@ before timing when ``prepare`` is true, and its duration is recorded apart.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import polars as pl
 
 from distill.data import Dataset
 from distill.errors import ConfigError, InputError
-from distill.io import write_json_atomic
+from distill.io import read_json, write_json_atomic
 from distill.ranking import Ranker, settle_precision
 from distill.schema import QID, SCORE, cut, require_columns
 
@@ -180,5 +179,5 @@ def load_latency(path: str | Path) -> dict[str, LatencyResult]:
     path = Path(path)
     if not path.is_file():
         return {}
-    body = json.loads(path.read_text(encoding="utf-8"))
+    body = read_json(path)
     return {label: LatencyResult(**fields) for label, fields in body.items()}

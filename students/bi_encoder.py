@@ -9,6 +9,7 @@ to the teacher's scores through a distillation loss (see :mod:`distill.training`
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,8 @@ class BiEncoderRanker(BaseRanker):
         self._index: dict[str, int] = {}
         self._doc_embeddings = None
         self._stored: np.ndarray | None = None  # the runtime's corpus embeddings (prepare_runtime)
+        # Hugging Face fast tokenizers refuse concurrent calls ("Already borrowed"): one encode at a time
+        self._encode_lock = threading.Lock()
 
     def prepare(self, dataset: Dataset) -> None:
         """Embed every document of ``dataset``'s corpus (a no-op without ``precompute``)."""
@@ -167,8 +170,9 @@ class BiEncoderRanker(BaseRanker):
     def _encode(self, texts: list[str]):
         if any(t is None for t in texts):
             raise InputError("the run names queries or documents that the dataset lacks")
-        return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
-                                 show_progress_bar=False)
+        with self._encode_lock:
+            return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+                                     show_progress_bar=False)
 
     def prepare_runtime(self, corpus: Dataset | None) -> None:
         """Embeddings of ``corpus``'s documents for :meth:`score_documents`, kept next to the

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_DIR = "embeddings"
-# Hugging Face fast tokenizers refuse concurrent calls ("Already borrowed"): encode one call at a time
-_ENCODE_LOCK = threading.Lock()
 
 
 def weights_record(folder: Path) -> list[list[Any]]:
@@ -47,11 +44,8 @@ def weights_record(folder: Path) -> list[list[Any]]:
 
 
 def encode(ranker: BiEncoderRanker, texts: list[str]) -> np.ndarray:
-    """float32 embeddings of ``texts`` (as ``BiEncoderRanker._encode``, moved to the CPU)."""
-    with _ENCODE_LOCK:
-        tensor = ranker.model.encode(texts, batch_size=ranker.batch_size, convert_to_tensor=True,
-                                     show_progress_bar=False)
-    return tensor.float().cpu().numpy()
+    """float32 embeddings of ``texts`` on the CPU (``BiEncoderRanker._encode``, one call at a time)."""
+    return ranker._encode(texts).float().cpu().numpy()
 
 
 def corpus_embeddings(ranker: BiEncoderRanker, corpus: Dataset) -> np.ndarray:

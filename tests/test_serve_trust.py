@@ -478,3 +478,23 @@ def test_a_big_body_whose_deadline_passed_while_it_arrived_is_shed_before_valida
     assert late_bad.status_code == 503  # not even validated
     assert in_time.status_code == 200
     assert len(fake.calls) == 1
+
+
+def test_a_bi_encoder_encodes_one_call_at_a_time(tiny_bi_encoder, tiny_beir):
+    """`rerank` from several threads (an evaluation beside a server): SentenceTransformer.encode
+    tokenizes with the fast tokenizer, which refuses concurrent calls."""
+    import polars as pl
+
+    from distill.data import load_beir
+    from students.bi_encoder import BiEncoderRanker
+
+    dataset = load_beir(tiny_beir, "test")
+    run = dataset.corpus.select("docid").head(6).with_columns(qid=pl.lit(dataset.queries["qid"][0]),
+                                                              score=pl.lit(0.0))
+    ranker = BiEncoderRanker(tiny_bi_encoder, precompute=False)
+    expected = ranker.rerank(dataset, run)
+    ranker.model.preprocess = probe = Probe(ranker.model.preprocess)  # where encode tokenizes
+    results = at_once(lambda i: ranker.rerank(dataset, run))
+    assert probe.overlaps == 0
+    assert all(isinstance(r, pl.DataFrame) and np.allclose(r["score"], expected["score"], atol=1e-5)
+               for r in results), results
