@@ -176,6 +176,7 @@ class ExportedBiEncoderRanker(BiEncoderRanker):
         self._index = {}
         self._doc_embeddings = None
         self._stored = None
+        self._encode_lock = threading.Lock()
 
     def _model_key(self) -> str:
         stamps = sorted(f"{p.name}:{p.stat().st_mtime_ns}" for p in self.path.iterdir() if p.is_file())

@@ -14,7 +14,14 @@ pytest.importorskip("onnxscript")
 
 from distill.manifest import write_manifest  # noqa: E402
 
-INT8_AGREEMENT = dict(min_overlap=0.7, min_kendall=0.7)  # int8 is looser than fp32 on a random model
+# int8 with 7-bit weights (students/export.py) is exact integer arithmetic in ONNX Runtime on every CPU: the same
+# order on AVX-512-VNNI and on qemu's Haswell (Kendall tau 0.954 on the gate's sample, pooled Spearman 0.996 on
+# the test pairs, both). OpenVINO's int8 kernels differ by CPU (without VNNI, 8-bit sums saturate: an AVX2 EPYC
+# kept tau 0.64 of an earlier export where AVX-512-VNNI kept 0.90; qemu's Haswell, whose AVX2 emulation is itself
+# wrong in places, 0.20 against 0.957 here; docs/cpus.md), so its test checks the int8 graph with the gate open,
+# and the gate's decision is tested on injected scores below.
+GATE_OPEN = dict(min_overlap=0.0, min_kendall=-1.0, min_ndcg_ratio=0.0)
+QUANTIZED_OPS = {"onnx": "MatMulInteger", "openvino": "FakeQuantize"}  # what each runtime's int8 graph is made of
 
 
 def _student(folder: Path, kind: str, beir: Path) -> Path:
@@ -24,8 +31,13 @@ def _student(folder: Path, kind: str, beir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cross_encoder(tmp_path_factory, tiny_beir) -> Path:
-    """The tiny cross-encoder with weights drawn wide: at the default initialisation (std 0.02)
-    its scores differ by ~1e-5 between documents, below int8's resolution, so no order survives."""
+    """The tiny cross-encoder as a bag of words whose score spread dominates int8 rounding.
+
+    At the default initialisation (std 0.02) its scores differ by ~1e-5 between documents, below int8's
+    resolution. With attention values and outputs drawn wide (std 0.3) and queries and keys left small, attention
+    stays uniform: [CLS] reads the mean of the pair's token values, which differs by document well beyond int8's
+    rounding of well-scaled activations (all weights wide instead gave outliers that int8 reorders).
+    """
     import tiny
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -35,7 +47,7 @@ def cross_encoder(tmp_path_factory, tiny_beir) -> Path:
     torch.manual_seed(0)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.dim() == 2 and "embeddings" not in name:
+            if param.dim() == 2 and ("attention.self.value" in name or "attention.output.dense" in name):
                 param.normal_(0.0, 0.3)
     model.save_pretrained(folder)
     return _student(folder, "cross-encoder-student", tiny_beir)
@@ -70,6 +82,21 @@ def _scores(spec: Path, candidates, **kwargs) -> np.ndarray:
     return ranker.rerank(dataset, run).sort(["qid", "docid"])["score"].to_numpy()
 
 
+def _op_types(folder: Path, fmt: str) -> set[str]:
+    """The operation types of the exported graph in ``folder``."""
+    if fmt == "onnx":
+        import onnx
+
+        return {node.op_type for node in onnx.load(folder / "model.onnx").graph.node}
+    import openvino as ov
+
+    return {op.get_type_name() for op in ov.Core().read_model(folder / "openvino_model.xml").get_ops()}
+
+
+# fp32 graphs differ from torch by rounding only (at most 4e-6 of the scores' standard deviation here), a thousand
+# times below the gap between the fixture's closest candidates (4e-3 of it): the order, and so nDCG and the top-10,
+# come out identical on every CPU.
+@pytest.mark.isa
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_cross_encoder_round_trip_in_fp32(cross_encoder, candidates, tmp_path, fmt):
     out = tmp_path / fmt
@@ -83,26 +110,97 @@ def test_cross_encoder_round_trip_in_fp32(cross_encoder, candidates, tmp_path, f
     assert not list(tmp_path.glob(".*.tmp")), "no temporary folder left behind"
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_cross_encoder_int8_keeps_the_order(cross_encoder, candidates, tmp_path, fmt):
+@pytest.mark.isa
+def test_an_onnx_int8_export_keeps_the_order_on_every_cpu(cross_encoder, candidates, tmp_path):
     from scipy import stats
 
-    out = tmp_path / fmt
-    fidelity = _export(cross_encoder, out, format=fmt, quantize="int8", check="agreement", **INT8_AGREEMENT)
+    out = tmp_path / "onnx"
+    fidelity = _export(cross_encoder, out, format="onnx", quantize="int8", check="agreement")  # default gate: 0.9
     assert fidelity["passed"] and fidelity["mode"] == "agreement"
     assert json.loads((out / "distill.json").read_text())["quantize"] == "int8"
+    assert QUANTIZED_OPS["onnx"] in _op_types(out, "onnx")
     exported, reference = _scores(out, candidates), _scores(cross_encoder, candidates, dtype="fp32")
     assert not np.allclose(exported, reference, rtol=1e-6, atol=0), "int8 should not be bit-exact"
-    assert stats.spearmanr(exported, reference).statistic > 0.9
+    assert stats.spearmanr(exported, reference).statistic > 0.98
 
 
+@pytest.mark.isa
+def test_an_openvino_int8_export_is_an_int8_graph_that_loads(cross_encoder, candidates, tmp_path):
+    out = tmp_path / "openvino"
+    fidelity = _export(cross_encoder, out, format="openvino", quantize="int8", check="agreement", **GATE_OPEN)
+    assert fidelity["passed"] and fidelity["mode"] == "agreement" and -1 <= fidelity["kendall_tau"] <= 1
+    assert json.loads((out / "distill.json").read_text())["fidelity"] == fidelity
+    assert QUANTIZED_OPS["openvino"] in _op_types(out, "openvino")
+    exported, reference = _scores(out, candidates), _scores(cross_encoder, candidates, dtype="fp32")
+    assert np.isfinite(exported).all() and exported.shape == reference.shape
+    assert not np.allclose(exported, reference, rtol=1e-6, atol=0), "int8 should not be bit-exact"
+
+
+class _Scores:
+    """A ranker scoring each candidate by ``score(qid, docid)``: the fidelity gate decides on scores the test
+    chose, the same on every CPU."""
+
+    def __init__(self, score) -> None:
+        self.score = score
+
+    def rerank(self, dataset, candidates):
+        import polars as pl
+
+        scores = [self.score(q, d) for q, d in zip(candidates["qid"], candidates["docid"])]
+        return candidates.with_columns(pl.Series("score", scores, dtype=pl.Float64))
+
+
+@pytest.fixture(scope="module")
+def gate_sample(tiny_beir):
+    """The train split, 30 BM25 candidates a query, and fp32-like scores: judged documents on top, the rest
+    spread on a 1e-3 grid by a hash of the pair."""
+    import zlib
+
+    from distill.bm25 import bm25_run
+    from distill.data import load_beir
+
+    dataset = load_beir(tiny_beir, "train")
+    judged = {(q, d) for q, d, r in dataset.qrels.select("qid", "docid", "relevance").iter_rows() if r > 0}
+
+    def fp32(qid: str, docid: str) -> float:
+        return 10.0 * ((qid, docid) in judged) + zlib.crc32(f"{qid}|{docid}".encode()) % 10_000 / 1_000
+
+    return dataset, bm25_run(dataset, 30).select("qid", "docid"), fp32
+
+
+@pytest.mark.parametrize("check", ["qrels", "agreement"])
+@pytest.mark.parametrize(("case", "passes"), [("rounding", True), ("reversed", False), ("nan", False)])
+def test_the_fidelity_gate_keeps_a_rounded_export_and_refuses_a_reordered_one(gate_sample, check, case, passes):
+    """Rounding (scores moved by 1e-4, a tenth of the grid) keeps every order and passes; an export that
+    reverses the order, or scores NaN, fails: on qrels by nDCG@10, on agreement by Kendall's tau."""
+    import math
+    import zlib
+
+    from students.export import ExportConfig, check_fidelity
+
+    dataset, candidates, fp32 = gate_sample
+    exported = {
+        "rounding": lambda q, d: fp32(q, d) + 1e-4 * math.sin(zlib.crc32(d.encode())),
+        "reversed": lambda q, d: -fp32(q, d),
+        "nan": lambda q, d: math.nan,
+    }[case]
+    result = check_fidelity(_Scores(exported), _Scores(fp32), dataset, candidates, ExportConfig(check=check))
+    assert result["mode"] == check and result["passed"] == passes, result
+    if passes:
+        assert result["overlap@10"] == 1.0 and result["kendall_tau"] == pytest.approx(1.0)
+    else:
+        expected = "NaN or infinite" if case == "nan" else "nDCG@10" if check == "qrels" else "Kendall tau"
+        assert expected in result["reason"], result
+
+
+@pytest.mark.isa
 @pytest.mark.parametrize(("fmt", "quantize"), [("onnx", "int8"), ("openvino", None)])
 def test_bi_encoder_round_trip(bi_encoder, candidates, tmp_path, fmt, quantize):
     from distill.rankers import load_ranker
     from students.backends import ExportedBiEncoderRanker
 
     out = tmp_path / fmt
-    options = INT8_AGREEMENT if quantize else {}
+    options = GATE_OPEN if quantize else {}
     assert _export(bi_encoder, out, format=fmt, quantize=quantize, **options)["passed"]
     ranker = load_ranker(str(out), name="x")
     assert isinstance(ranker, ExportedBiEncoderRanker)
@@ -110,6 +208,8 @@ def test_bi_encoder_round_trip(bi_encoder, candidates, tmp_path, fmt, quantize):
     ranker.prepare(dataset)  # corpus embeddings, as a cascade stage uses them
     exported = ranker.rerank(dataset, run).sort(["qid", "docid"])["score"].to_numpy()
     reference = _scores(bi_encoder, candidates)
+    # cosine scores: int8 (exact integer sums on every CPU) moved them by about 1e-3 (6e-4 with 8-bit weights),
+    # fp32 by 1e-6; 0.05, 5% of their [-1, 1] range, still fails a broken graph
     tolerance = 0.05 if quantize else 1e-4
     np.testing.assert_allclose(exported, reference, atol=tolerance)
 
@@ -123,13 +223,15 @@ def test_a_failing_check_refuses_and_writes_nothing(cross_encoder, tmp_path):
     assert not out.exists()
     assert not list(tmp_path.iterdir()), "no temporary folder left behind"
 
-    out.mkdir()
+    write_manifest(out, "exported-student", {})  # an earlier export
     (out / "keep.txt").write_text("an earlier export")
     with pytest.raises(ExportRefused):
         _export(cross_encoder, out, min_ndcg_ratio=1.01)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"], "a refused export leaves the old folder alone"
+    assert sorted(p.name for p in out.iterdir()) == ["distill.json", "keep.txt"], \
+        "a refused export leaves the old folder alone"
 
 
+@pytest.mark.isa  # an fp32 ONNX graph against torch (see test_cross_encoder_round_trip_in_fp32)
 def test_cli_exports_and_evaluate_loads_it(cross_encoder, tiny_beir, candidates, tmp_path):
     from typer.testing import CliRunner
 

@@ -301,6 +301,7 @@ def test_the_fidelity_check_lets_near_ties_swap_and_nothing_else():
     assert not precision.judge_precision(reference, coarse, "bf16").passed
 
 
+@pytest.mark.isa
 def test_auto_dtype_candidates(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     flags = tmp_path / "cpuinfo"
@@ -310,6 +311,8 @@ def test_auto_dtype_candidates(tmp_path, monkeypatch):
     assert not cpu_supports_bf16(flags)
     monkeypatch.undo()  # the real native_precisions, on a faked CPU
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # the faked flags decide, in a capped run too
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     candidates = precision.candidate_computes
     graphs = ("onnx", "openvino")
     assert candidates("auto", cpu) == ("fp32",)
@@ -333,6 +336,24 @@ def test_auto_dtype_candidates(tmp_path, monkeypatch):
         candidates("bf16", cpu, "onnx", graphs)
 
 
+@pytest.mark.parametrize(("cap", "native"), [(None, ("bf16",)), ("AVX2", ()), ("avx512_core_vnni", ()),
+                                              ("AVX512_CORE_AMX", ("bf16",)), ("ALL", ("bf16",))])
+def test_a_process_capped_below_bf16_has_no_native_bf16(monkeypatch, cap, native):
+    """A run capped as an AVX2 machine (ONEDNN_MAX_CPU_ISA, docs/cpus.md) on a bf16 CPU chooses as that machine
+    would: bf16 is not native there, so "auto" does not time it."""
+    monkeypatch.undo()  # the real native_precisions, on a faked CPU
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert hardware.native_precisions("cpu") == native
+    assert precision.candidate_computes("auto", torch.device("cpu")) == ("fp32", *native)
+    assert hardware.isa_capped_below_bf16({"DNNL_MAX_CPU_ISA": "AVX2"}) and not hardware.isa_capped_below_bf16({})
+
+
+@pytest.mark.isa
 @pytest.mark.parametrize("passes", [True, False])
 def test_reduced_precision_is_used_only_after_the_check(tiny_cross_encoder, monkeypatch, caplog, passes):
     judged = []
@@ -508,6 +529,7 @@ def counting(teacher: Teacher) -> list[int]:
     return calls
 
 
+@pytest.mark.isa
 def test_score_teacher_measures_once_keeps_the_sample_and_resumes_in_that_precision(
         tiny_cross_encoder, tiny_beir, tmp_path, fake_bf16, monkeypatch):
     from distill.bm25 import bm25_run
@@ -562,6 +584,7 @@ def test_score_teacher_refuses_a_file_as_cache(tiny_cross_encoder, tiny_beir, tm
         score_teacher(tiny_cross_encoder, dataset, bm25_run(dataset, 3), tmp_path / "file", max_length=128)
 
 
+@pytest.mark.isa
 def test_score_teacher_weighs_an_export_against_every_pair_it_will_score(tiny_cross_encoder, tiny_beir, tmp_path,
                                                                         fake_bf16, monkeypatch):
     """Whether a graph runtime's export can pay off depends on the run's pairs, not on the sample it is timed on."""
@@ -580,6 +603,7 @@ def test_score_teacher_weighs_an_export_against_every_pair_it_will_score(tiny_cr
     assert totals == [120] and SETTLE_PAIRS < 120
 
 
+@pytest.mark.isa
 def test_first_score_call_keeps_the_measured_sample(tiny_cross_encoder, fake_bf16):
     teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=128)
     fake_bf16["model"] = teacher.model
@@ -614,6 +638,7 @@ def test_untrained_head_is_drawn_from_its_seed(headless_bert, tiny_cross_encoder
     assert trained.fingerprint() == CrossEncoderTeacher(tiny_cross_encoder, max_length=128).fingerprint()
 
 
+@pytest.mark.isa
 def test_a_cache_fingerprint_rebuilds_its_teacher_in_its_precision(headless_bert, causal_lm, tmp_path):
     from distill.errors import CacheMismatchError
     from teachers import teacher_from_fingerprint

@@ -48,6 +48,7 @@ def test_an_explicit_precision_or_a_cpu_without_bf16_is_not_timed(monkeypatch):
     assert choose_train_precision("auto", torch.nn.Linear(2, 1), _groups()).chosen == "fp32"
 
 
+@pytest.mark.isa  # real fp32 and bf16 steps: bf16 is native on AVX-512-BF16/AMX, emulated on AVX2
 @pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder"])
 def test_a_timed_step_leaves_model_gradients_and_rng_as_they_were(kind, tiny_cross_encoder, tiny_bi_encoder):
     from sentence_transformers import SentenceTransformer
@@ -67,8 +68,11 @@ def test_a_timed_step_leaves_model_gradients_and_rng_as_they_were(kind, tiny_cro
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_a_student_trained_in_bf16_on_cpu_records_it(tiny_beir, tiny_cross_encoder, tmp_path):
-    """``--precision bf16`` works on a CPU (transformers needs ``use_cpu`` there) and is recorded."""
+@pytest.mark.isa
+def test_a_student_trained_in_bf16_on_cpu_records_it(tiny_beir, tiny_cross_encoder, tmp_path, monkeypatch):
+    """``--precision bf16`` works on a CPU (transformers needs ``use_cpu`` there) and is recorded: on every CPU,
+    natively or emulated, and on a CUDA machine too, which is made to train on its CPU here."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     from distill.bm25 import bm25_run
     from distill.data import load_beir
     from distill.schema import DOCID, QID, SCORE
