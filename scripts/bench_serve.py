@@ -81,6 +81,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-connections", type=int, default=64, help="`distill serve --max-connections`.")
     p.add_argument("--slow-clients", type=int, default=96, help="Slowloris connections in the mixed run.")
     p.add_argument("--big-clients", type=int, default=4, help="Clients posting ~8 MB bodies in the mixed run.")
+    p.add_argument("--adversary-nice", type=int, default=0, help="Run the slow and big-body clients at this nice "
+                   "level: in production they run on other machines, so on a small machine 19 keeps their own CPU "
+                   "from counting against the server (their connections and bytes still do) [0: as they come].")
     args = p.parse_args()
     if (args.spec is None) == (args.build_with_ce is None):
         p.error("give --spec or --build-with-ce")
@@ -358,7 +361,8 @@ async def hostile(base: str, port: int, args: argparse.Namespace, slow: int, big
     out = args.out / f"adversaries_{slow}_{big}.json"
     adversaries = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("_serve_adversaries.py")), "--port", str(port), "--slow",
-        str(slow), "--big", str(big), "--seconds", str(seconds + 4.0), "--data", str(args.data), "--out", str(out))
+        str(slow), "--big", str(big), "--seconds", str(seconds + 4.0), "--data", str(args.data), "--out", str(out),
+        preexec_fn=(lambda: os.nice(args.adversary_nice)) if args.adversary_nice else None)
     stop = asyncio.Event()
     probe = asyncio.create_task(probe_healthz(base, stop))
     await asyncio.sleep(2.0)
@@ -468,7 +472,7 @@ async def bench(args: argparse.Namespace) -> dict:
             "unloaded_p50_ms": round(p50, 2),
             "deadline_ms": deadline, "sustainable_rate": round(sustainable, 2), "search": search, "rows": rows,
             "max_connections": args.max_connections, "hostile": hostile_runs, "machine": cpu_flags(),
-            "quick": args.quick}
+            "quick": args.quick, "adversary_nice": args.adversary_nice}
 
 
 def main() -> None:
