@@ -44,7 +44,8 @@ def data(tiny_beir):
     return dataset, bm25_run(dataset, 10)
 
 
-def _cache(path, dataset, teacher):
+def new_cache(path, dataset, teacher):
+    """A new (or the existing) cache at ``path`` for ``teacher`` over ``dataset``'s corpus."""
     return TeacherCache.create_or_open(path, teacher.fingerprint(), frame_hash(dataset.corpus))
 
 
@@ -55,11 +56,11 @@ def _sorted(frame):
 def test_scores_every_pair_once_and_rerun_makes_no_model_calls(tmp_path, data):
     dataset, run = data
     teacher = FakeTeacher()
-    stats = score_into_cache(teacher, dataset, run, _cache(tmp_path / "c", dataset, teacher),
+    stats = score_into_cache(teacher, dataset, run, new_cache(tmp_path / "c", dataset, teacher),
                              flush_pairs=16, show_progress=False)
     assert stats.scored == run.height == teacher.pairs
     again = FakeTeacher()
-    stats2 = score_into_cache(again, dataset, run, _cache(tmp_path / "c", dataset, again), show_progress=False)
+    stats2 = score_into_cache(again, dataset, run, new_cache(tmp_path / "c", dataset, again), show_progress=False)
     assert again.calls == 0 and stats2.scored == 0 and stats2.already_cached == run.height
     scores, manifest = read_scores(tmp_path / "c")
     assert scores.height == run.height
@@ -70,18 +71,18 @@ def test_scores_every_pair_once_and_rerun_makes_no_model_calls(tmp_path, data):
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, data):
     dataset, run = data
     full = FakeTeacher()
-    score_into_cache(full, dataset, run, _cache(tmp_path / "full", dataset, full), flush_pairs=16,
+    score_into_cache(full, dataset, run, new_cache(tmp_path / "full", dataset, full), flush_pairs=16,
                      show_progress=False)
 
     crashing = FakeTeacher(fail_after_calls=3)
-    cache = _cache(tmp_path / "resumed", dataset, crashing)
+    cache = new_cache(tmp_path / "resumed", dataset, crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         score_into_cache(crashing, dataset, run, cache, flush_pairs=16, show_progress=False)
     partial = cache.scores().height
     assert partial == 3 * 16  # three finished batches kept, the one in flight lost
 
     resumed = FakeTeacher()
-    stats = score_into_cache(resumed, dataset, run, _cache(tmp_path / "resumed", dataset, resumed),
+    stats = score_into_cache(resumed, dataset, run, new_cache(tmp_path / "resumed", dataset, resumed),
                              flush_pairs=16, show_progress=False)
     assert resumed.pairs == run.height - partial == stats.scored
     a, _ = read_scores(tmp_path / "full")
@@ -93,9 +94,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, data):
 def test_other_teacher_is_refused(tmp_path, data):
     dataset, run = data
     teacher = FakeTeacher("a")
-    score_into_cache(teacher, dataset, run.head(5), _cache(tmp_path / "c", dataset, teacher), show_progress=False)
+    score_into_cache(teacher, dataset, run.head(5), new_cache(tmp_path / "c", dataset, teacher), show_progress=False)
     with pytest.raises(CacheMismatchError, match="another teacher"):
-        _cache(tmp_path / "c", dataset, FakeTeacher("b"))
+        new_cache(tmp_path / "c", dataset, FakeTeacher("b"))
     with pytest.raises(CacheMismatchError, match="another corpus"):
         TeacherCache.create_or_open(tmp_path / "c", teacher.fingerprint(), "0000")
 
@@ -103,11 +104,11 @@ def test_other_teacher_is_refused(tmp_path, data):
 def test_shards_then_merge_equal_a_single_run(tmp_path, data):
     dataset, run = data
     single = FakeTeacher()
-    score_into_cache(single, dataset, run, _cache(tmp_path / "single", dataset, single), show_progress=False)
+    score_into_cache(single, dataset, run, new_cache(tmp_path / "single", dataset, single), show_progress=False)
     parts, total = [], 0
     for i in range(3):
         teacher = FakeTeacher()
-        stats = score_into_cache(teacher, dataset, run, _cache(tmp_path / f"part{i}", dataset, teacher),
+        stats = score_into_cache(teacher, dataset, run, new_cache(tmp_path / f"part{i}", dataset, teacher),
                                  shard=(i, 3), show_progress=False)
         total += stats.scored
         assert 0 < stats.scored < run.height
@@ -123,7 +124,7 @@ def test_merge_refuses_mixed_teachers(tmp_path, data):
     dataset, run = data
     for name in ("a", "b"):
         t = FakeTeacher(name)
-        score_into_cache(t, dataset, run.head(4), _cache(tmp_path / name, dataset, t), show_progress=False)
+        score_into_cache(t, dataset, run.head(4), new_cache(tmp_path / name, dataset, t), show_progress=False)
     with pytest.raises(CacheMismatchError):
         merge_caches(tmp_path / "m", [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "m").exists()
@@ -139,7 +140,7 @@ def test_non_finite_scores_are_refused_and_nothing_written(tmp_path, data):
             return out
 
     teacher = NaNTeacher()
-    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache = new_cache(tmp_path / "c", dataset, teacher)
     with pytest.raises(InputError, match="non-finite"):
         score_into_cache(teacher, dataset, run, cache, show_progress=False)
     assert cache.scores().height == 0
@@ -149,7 +150,7 @@ def test_non_finite_scores_are_refused_and_nothing_written(tmp_path, data):
 def test_info_reports_coverage(tmp_path, data):
     dataset, run = data
     teacher = FakeTeacher()
-    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache = new_cache(tmp_path / "c", dataset, teacher)
     cache.register_candidates(run, "bm25")
     score_into_cache(teacher, dataset, run, cache, shard=(0, 2), show_progress=False)
     info = TeacherCache.open(tmp_path / "c").info()
@@ -161,7 +162,7 @@ def test_info_reports_coverage(tmp_path, data):
 def test_unscored_counts_the_registered_pairs_a_stopped_run_left(tmp_path, data):
     dataset, run = data
     teacher = FakeTeacher()
-    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache = new_cache(tmp_path / "c", dataset, teacher)
     cache.register_candidates(run, "bm25")
     first, second = sorted(run["qid"].unique())[:2]
     score_into_cache(teacher, dataset, run.filter(run["qid"] == first), cache, show_progress=False)
@@ -188,7 +189,7 @@ def test_open_non_cache_folder(tmp_path):
 def test_shards_are_named_by_their_keys_so_a_repeated_batch_is_not_duplicated(tmp_path, data):
     dataset, run = data
     teacher = FakeTeacher()
-    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache = new_cache(tmp_path / "c", dataset, teacher)
     batch = run.head(8).select("qid", "docid").with_columns(score=np.arange(8, dtype=np.float32))
     first = cache.append(batch)
     assert cache.append(batch.reverse()) == first  # same keys in another order: same shard

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import polars as pl
 import pytest
-from test_cache import FakeTeacher
+from test_cache import FakeTeacher, new_cache
 from tiny import run_cli
 
 from distill.bm25 import bm25_run
@@ -27,14 +27,10 @@ def data(tiny_beir):
     return dataset, bm25_run(dataset, 10)
 
 
-def _cache(path, dataset, teacher):
-    return TeacherCache.create_or_open(path, teacher.fingerprint(), frame_hash(dataset.corpus))
-
-
 def _scored(path, dataset, run, flush_pairs=1024):
     """A cache of ``run`` scored by a FakeTeacher, compacted into one shard."""
     teacher = FakeTeacher()
-    score_into_cache(teacher, dataset, run, _cache(path, dataset, teacher), flush_pairs=flush_pairs,
+    score_into_cache(teacher, dataset, run, new_cache(path, dataset, teacher), flush_pairs=flush_pairs,
                      show_progress=False)
     return teacher
 
@@ -121,7 +117,7 @@ def test_two_compactions_at_once_both_succeed(tmp_path, data):
     dataset, run = data
     crashing = FakeTeacher(fail_after_calls=20)
     with pytest.raises(RuntimeError):
-        score_into_cache(crashing, dataset, run, _cache(tmp_path / "c", dataset, crashing), flush_pairs=4,
+        score_into_cache(crashing, dataset, run, new_cache(tmp_path / "c", dataset, crashing), flush_pairs=4,
                          show_progress=False)
     before = TeacherCache.open(tmp_path / "c")
     assert len(before.shard_paths()) == 20
@@ -157,7 +153,7 @@ def test_merge_refuses_caches_scored_from_other_texts(tmp_path, data):
     _scored(tmp_path / "a", dataset, run)
     edited = _edit_query(dataset, run["qid"][0], "another text")
     teacher = FakeTeacher()
-    score_into_cache(teacher, edited, run, _cache(tmp_path / "b", edited, teacher), show_progress=False)
+    score_into_cache(teacher, edited, run, new_cache(tmp_path / "b", edited, teacher), show_progress=False)
     with pytest.raises(CacheMismatchError, match="other texts"):
         merge_caches(tmp_path / "m", [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "m").exists()
@@ -178,7 +174,7 @@ def test_stale_temporary_files_of_a_killed_writer_go_with_the_next_write(tmp_pat
 
 def test_a_refused_run_leaves_no_folder_and_no_lock(tmp_path, data):
     dataset, run = data
-    cache = _cache(tmp_path / "c", dataset, FakeTeacher())
+    cache = new_cache(tmp_path / "c", dataset, FakeTeacher())
     cache.register_candidates(run, "bm25")
     assert not (tmp_path / "c").exists()
 
@@ -198,7 +194,7 @@ def test_an_edited_query_is_scored_again(tmp_path, data, caplog):
     edited = _edit_query(dataset, qid, "an entirely different question")
     teacher = FakeTeacher()
     with caplog.at_level(logging.WARNING):
-        stats = score_into_cache(teacher, edited, run, _cache(tmp_path / "c", edited, teacher), show_progress=False)
+        stats = score_into_cache(teacher, edited, run, new_cache(tmp_path / "c", edited, teacher), show_progress=False)
     n = run.filter(pl.col("qid") == qid).height
     assert stats.scored == teacher.pairs == n
     assert "1 query" in caplog.text and "scored again" in caplog.text
@@ -228,13 +224,13 @@ def test_an_edited_corpus_is_refused_where_the_corpus_hash_pins_it(tmp_path, dat
     _scored(tmp_path / "c", dataset, run.head(4))
     corpus = dataset.corpus.with_columns(pl.lit("rewritten").alias("text"))
     with pytest.raises(CacheMismatchError, match="another corpus"):
-        _cache(tmp_path / "c", replace(dataset, corpus=corpus), FakeTeacher())
+        new_cache(tmp_path / "c", replace(dataset, corpus=corpus), FakeTeacher())
 
 
 def test_train_student_sees_pairs_with_edited_texts_as_unscored(tmp_path, data):
     dataset, run = data
     teacher = FakeTeacher()
-    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache = new_cache(tmp_path / "c", dataset, teacher)
     cache.register_candidates(run, "bm25")
     score_into_cache(teacher, dataset, run, cache, show_progress=False)
     qid = run["qid"][0]
@@ -298,7 +294,7 @@ def test_a_format_1_cache_opens_and_gains_the_texts_with_one_notice(tmp_path, da
     assert read_scores(tmp_path / "c")[0].height == run.height
     teacher = FakeTeacher()
     with caplog.at_level(logging.INFO):
-        score_into_cache(teacher, dataset, run, _cache(tmp_path / "c", dataset, teacher), show_progress=False)
+        score_into_cache(teacher, dataset, run, new_cache(tmp_path / "c", dataset, teacher), show_progress=False)
     assert teacher.pairs == 0  # its texts are taken as current
     notices = [r.getMessage() for r in caplog.records if "format 1" in r.getMessage()]
     assert len(notices) == 1 and "taken as" in notices[0]
@@ -306,7 +302,7 @@ def test_a_format_1_cache_opens_and_gains_the_texts_with_one_notice(tmp_path, da
     qid = run["qid"][0]
     edited = _edit_query(dataset, qid, "changed")
     again = FakeTeacher()
-    score_into_cache(again, edited, run, _cache(tmp_path / "c", edited, again), show_progress=False)
+    score_into_cache(again, edited, run, new_cache(tmp_path / "c", edited, again), show_progress=False)
     assert again.pairs == run.filter(pl.col("qid") == qid).height
 
 
@@ -325,7 +321,7 @@ def _shards(tmp_path, dataset, run):
     """A cache of three 16-pair shards (a run killed after its third batch)."""
     crashing = FakeTeacher(fail_after_calls=3)
     with pytest.raises(RuntimeError):
-        score_into_cache(crashing, dataset, run, _cache(tmp_path / "c", dataset, crashing), flush_pairs=16,
+        score_into_cache(crashing, dataset, run, new_cache(tmp_path / "c", dataset, crashing), flush_pairs=16,
                          show_progress=False)
     return TeacherCache.open(tmp_path / "c").shard_paths()
 
@@ -346,7 +342,7 @@ def test_a_torn_shard_is_named_moved_aside_and_its_pairs_scored_again(tmp_path, 
     code, out, err = run_cli(["cache", "info", tmp_path / "c"], capsys)
     assert code == 0 and "16 scores" in out and "unreadable shard" in err, err
     resumed = FakeTeacher()
-    score_into_cache(resumed, dataset, run, _cache(tmp_path / "c", dataset, resumed), show_progress=False)
+    score_into_cache(resumed, dataset, run, new_cache(tmp_path / "c", dataset, resumed), show_progress=False)
     assert resumed.pairs == run.height - 16
     assert read_scores(tmp_path / "c")[0].sort("qid", "docid").equals(read_scores(full)[0].sort("qid", "docid"))
 
@@ -354,7 +350,7 @@ def test_a_torn_shard_is_named_moved_aside_and_its_pairs_scored_again(tmp_path, 
 def test_a_torn_candidate_file_is_set_aside_and_rewritten(tmp_path, data, caplog):
     dataset, run = data
     teacher = FakeTeacher()
-    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache = new_cache(tmp_path / "c", dataset, teacher)
     cache.register_candidates(run, "bm25")
     score_into_cache(teacher, dataset, run, cache, show_progress=False)
     (candidates,) = (tmp_path / "c" / "candidates").glob("*.parquet")
@@ -382,7 +378,7 @@ def test_a_manifest_missing_a_field_is_exit_2_naming_it(tmp_path, data, capsys, 
 def test_verify_repair_rebuilds_a_lost_manifest_from_the_shards(tmp_path, data, capsys, damage):
     dataset, run = data
     teacher = FakeTeacher()
-    cache = _cache(tmp_path / "c", dataset, teacher)
+    cache = new_cache(tmp_path / "c", dataset, teacher)
     cache.register_candidates(run, "bm25")
     score_into_cache(teacher, dataset, run, cache, show_progress=False)
     scores, manifest = read_scores(tmp_path / "c")
@@ -403,7 +399,7 @@ def test_verify_repair_rebuilds_a_lost_manifest_from_the_shards(tmp_path, data, 
     assert rebuilt_scores.sort("qid", "docid").equals(scores.sort("qid", "docid"))
     assert run_cli(["cache", "verify", tmp_path / "c"], capsys)[0] == 0
     resumed = FakeTeacher()
-    score_into_cache(resumed, dataset, run, _cache(tmp_path / "c", dataset, resumed), show_progress=False)
+    score_into_cache(resumed, dataset, run, new_cache(tmp_path / "c", dataset, resumed), show_progress=False)
     assert resumed.pairs == 0
 
 
@@ -426,4 +422,4 @@ def test_a_folder_with_shards_but_no_manifest_is_not_overwritten(tmp_path, data)
     _scored(tmp_path / "c", dataset, run.head(4))
     (tmp_path / "c" / "manifest.json").unlink()
     with pytest.raises(InputError, match="verify --repair"):
-        _cache(tmp_path / "c", dataset, FakeTeacher())
+        new_cache(tmp_path / "c", dataset, FakeTeacher())
