@@ -2,7 +2,7 @@
 
 The public API, imported on first use (module ``__getattr__``), so ``import distill`` stays
 light (no torch, no model library) and each name means one thing: none is also the name of
-a submodule (``distill.evaluate`` is the function; its module is :mod:`distill.evaluation`).
+a submodule (``distill.evaluate`` is the function; its module is :mod:`distill.evaluation.runner`).
 
 - data: :func:`load_beir`, :func:`bm25_run`, :func:`read_run`, :func:`write_run`
 - teacher: :func:`score_teacher` into a :class:`TeacherCache`
@@ -16,29 +16,33 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from distill import _moved
+
 __version__ = "0.1.0"
+_moved.install()  # old module paths (distill.cache_files, teachers.graph, ...) stay importable
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "bm25_run": "distill.bm25",
-    "CachedRanker": "distill.cache", "TeacherCache": "distill.cache", "merge_caches": "distill.cache",
-    "read_scores": "distill.cache",
-    "Cascade": "distill.cascade", "Stage": "distill.cascade", "StageCost": "distill.cascade",
-    "stage": "distill.cascade",
-    "BudgetShare": "distill.cascade_search", "CascadeBuild": "distill.cascade_search",
-    "CascadeBuildConfig": "distill.cascade_search",
-    "build_cascade": "distill.cascade_search",
-    "Dataset": "distill.data", "load_beir": "distill.data", "load_corpus": "distill.data",
-    "load_qrels": "distill.data", "load_queries": "distill.data",
-    "CacheMismatchError": "distill.errors", "ConfigError": "distill.errors", "DistillError": "distill.errors",
-    "InputError": "distill.errors",
-    "EvaluateConfig": "distill.evaluation", "EvaluationResult": "distill.evaluation", "evaluate": "distill.evaluation",
-    "metric_means": "distill.metrics", "per_query": "distill.metrics",
-    "load_ranker": "distill.rankers",
-    "BaseRanker": "distill.ranking",
-    "RANKERS": "distill.registry", "TEACHERS": "distill.registry",
-    "read_run": "distill.runs", "write_run": "distill.runs",
-    "score_into_cache": "distill.scoring",
+    "bm25_run": "distill.data.bm25",
+    "CachedRanker": "distill.cache.store", "TeacherCache": "distill.cache.store", "merge_caches": "distill.cache.store",
+    "read_scores": "distill.cache.store",
+    "Cascade": "distill.cascade.model", "Stage": "distill.cascade.model", "StageCost": "distill.cascade.model",
+    "stage": "distill.cascade.model",
+    "BudgetShare": "distill.cascade.search", "CascadeBuild": "distill.cascade.search",
+    "CascadeBuildConfig": "distill.cascade.search",
+    "build_cascade": "distill.cascade.search",
+    "Dataset": "distill.data.beir", "load_beir": "distill.data.beir", "load_corpus": "distill.data.beir",
+    "load_qrels": "distill.data.beir", "load_queries": "distill.data.beir",
+    "CacheMismatchError": "distill.core.errors", "ConfigError": "distill.core.errors",
+    "DistillError": "distill.core.errors", "InputError": "distill.core.errors",
+    "EvaluateConfig": "distill.evaluation.runner", "EvaluationResult": "distill.evaluation.runner",
+    "evaluate": "distill.evaluation.runner",
+    "metric_means": "distill.evaluation.metrics", "per_query": "distill.evaluation.metrics",
+    "load_ranker": "distill.rankers.loading",
+    "BaseRanker": "distill.rankers.base",
+    "RANKERS": "distill.core.registry", "TEACHERS": "distill.core.registry",
+    "read_run": "distill.data.runs", "write_run": "distill.data.runs",
+    "score_into_cache": "distill.cache.scoring",
     "score_teacher": "teachers.scoring",
     "train_student": "students.train",
 }

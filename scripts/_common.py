@@ -23,7 +23,7 @@ def minilm_path() -> str:
 
 def run_distill(argv: list) -> None:
     """Run one ``distill`` command line in this process, as a user would type it (errors raise)."""
-    from distill.cli import app, register_commands
+    from distill.app.cli import app, register_commands
 
     register_commands()
     app([str(a) for a in argv], standalone_mode=False)
@@ -31,15 +31,15 @@ def run_distill(argv: list) -> None:
 
 def quiet_logging() -> None:
     """distill's own messages through rich, third-party logs and bars off: what the CLI sets up."""
-    from distill.cli import configure_logging
+    from distill.app.cli import configure_logging
 
     configure_logging()
 
 
 def save_results(out: Path, name: str, results: dict) -> Path:
     """Write ``<out>/<name>.json`` with the command line that produced it."""
-    from distill.io import write_json_atomic
-    from distill.manifest import library_versions
+    from distill.core.io import write_json_atomic
+    from distill.core.manifest import library_versions
 
     out.mkdir(parents=True, exist_ok=True)
     body = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "results": results,

@@ -1,7 +1,7 @@
 """Padded tokens per batch on this machine: which CPU budget scores (query, document) pairs fastest.
 
-distill batches pairs by a budget of padded tokens (:mod:`teachers.batching`), one default
-per device type, and a smaller one for the graph runtimes (:mod:`teachers.graph`). This
+distill batches pairs by a budget of padded tokens (:mod:`distill.inference.batching`), one default
+per device type, and a smaller one for the graph runtimes (:mod:`distill.inference.graph`). This
 times each budget for every compute the machine has (torch fp32, bf16 where the CPU has
 it, ONNX Runtime and OpenVINO with the ``onnx`` extra) on the same pairs: SciFact test
 queries' BM25 top-k, one query's candidates per call (a reranking request), p50 over the
@@ -52,11 +52,11 @@ def main() -> None:
 
     import torch
 
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.hardware import native_precisions
+    from distill.core.hardware import native_precisions
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.inference.graph import available_backends
     from teachers import CrossEncoderTeacher
-    from teachers.graph import available_backends
     from teachers.precision import GRAPH_DTYPES, compute_name
 
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 Exports a cross-encoder student (``distill export``: ONNX Runtime and OpenVINO, fp32 and
 int8, each through its fidelity check on the student's own training queries), then runs
-:func:`distill.evaluation.evaluate` with ``latency`` on the test queries' BM25 candidates,
+:func:`distill.evaluation.runner.evaluate` with ``latency`` on the test queries' BM25 candidates,
 the same code as ``distill evaluate --latency`` (the command is printed), so every
 ratio compares rankers timed in one process on the same threads:
 
@@ -55,11 +55,11 @@ def main() -> None:
     variants = args.variant or list(QUICK if args.quick else VARIANTS)
     latency_queries = 10 if args.quick else args.latency_queries
 
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.evaluation import EvaluateConfig, evaluate
-    from distill.rankers import load_ranker
-    from distill.runs import write_run
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.data.runs import write_run
+    from distill.evaluation.runner import EvaluateConfig, evaluate
+    from distill.rankers.loading import load_ranker
     from students.export import ExportConfig, ExportRefused, export_model
 
     exports: dict[str, dict] = {}

@@ -12,7 +12,7 @@ share whatever else runs on the machine:
   ``FeatureExtractor.transform`` on the query's run, then ``booster.predict``;
 - ``rerank``: ``LightGBMRanker.rerank`` on the query's run (what ``distill evaluate --latency``
   and ``distill cascade run`` time);
-- ``score_documents``: the runtime's call (:mod:`distill.runtime`), documents by corpus row;
+- ``score_documents``: the runtime's call (:mod:`distill.cascade.runtime`), documents by corpus row;
 - ``score_documents, new texts``: the same documents sent as texts, analysed on the fly;
 - ``cascade.rank``: ``bm25 % k >> lightgbm`` through :meth:`Cascade.rank`, documents as
   ``{"id", "score"}`` objects (input checks and the final ranking included);
@@ -65,8 +65,8 @@ def train_student(data: Path, k: int, out: Path, quick: bool, n_estimators: int 
         return out
     import polars as pl
 
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
     from students.lightgbm import LightGBMConfig, train_lightgbm_student
 
     train = load_beir(data, "train")
@@ -106,11 +106,11 @@ def main() -> None:
     import numpy as np
     import polars as pl
 
-    from distill.bm25 import bm25_run
-    from distill.cascade import stage
-    from distill.data import load_beir
-    from distill.rankers import RunRanker
-    from distill.runtime import RuntimeCorpus, parse_documents
+    from distill.cascade.model import stage
+    from distill.cascade.runtime import RuntimeCorpus, parse_documents
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.rankers.loading import RunRanker
     from students.lightgbm import LightGBMRanker
 
     start = time.perf_counter()

@@ -41,7 +41,7 @@ def main() -> None:
         dense = dense[:1]
     import polars as pl
 
-    from distill.pipeline import TITLE_SPLIT
+    from distill.app.pipeline import TITLE_SPLIT
 
     # the split the pipeline's students learned from
     split_train = TITLE_SPLIT if json.loads((out / "pipeline.json").read_text())["config"].get("title_queries") \

@@ -35,7 +35,7 @@ log = logging.getLogger("bench_losses")
 
 METRIC = "nDCG@10"
 BASELINE = "MarginMSE"
-# Parameters a loss gets from the teacher's score scale (distill.score_scale: the median per-query
+# Parameters a loss gets from the teacher's score scale (distill.cache.score_scale: the median per-query
 # std of the teacher's scores), so teacher-dividing temperatures put every loss on the same footing.
 TEACHER_SCALED = {"KLDiv": "temperature", "ListNet": "temperature", "LambdaLoss": "temperature",
                   "ApproxNDCG": "gain_temperature", "ScoreBasedInBatchCE": "min_target_diff"}
@@ -153,7 +153,7 @@ def subsample(run_path: Path, out: Path, n: int | None, seed: int) -> Path:
 
     import polars as pl
 
-    from distill.runs import read_run, write_run
+    from distill.data.runs import read_run, write_run
 
     run = read_run(run_path)
     qids = sorted(run["qid"].unique().to_list(), key=lambda q: zlib.crc32(f"{seed}:{q}".encode()))[:n]
@@ -163,9 +163,9 @@ def subsample(run_path: Path, out: Path, n: int | None, seed: int) -> Path:
 
 def prepare(args, budget: Budget, plan: list[Entry]) -> dict:
     """View, candidates, teacher and cache (each skipped when present); the teacher's score scale."""
-    from distill.cache import read_scores
-    from distill.pipeline import TITLE_SPLIT, split_view
-    from distill.score_scale import score_scale
+    from distill.app.pipeline import TITLE_SPLIT, split_view
+    from distill.cache.score_scale import score_scale
+    from distill.cache.store import read_scores
 
     out = args.out
     view = split_view(args.data, out / "data", "train", 0.1, budget.title_queries, budget.seed)
@@ -193,7 +193,7 @@ def prepare(args, budget: Budget, plan: list[Entry]) -> dict:
         ce_run = candidates(ce_view, train_split, budget.train_k, budget.train_queries, runs,
                             f"train_titles{budget.ce_title_queries}", budget.seed)
         views[budget.ce_title_queries] = (ce_view, ce_run, f"cache_titles{budget.ce_title_queries}.done")
-    from distill.runs import read_run
+    from distill.data.runs import read_run
 
     scored = {}
     for titles, (data, run, done) in views.items():  # one cache: a pair two views share is scored once
@@ -209,7 +209,7 @@ def prepare(args, budget: Budget, plan: list[Entry]) -> dict:
     ctx = {"view": view, "split": train_split, "runs": paths, "teacher": str(teacher), "cache": cache,
            "views": scored, **{k: scored[str(budget.title_queries)][k] for k in ("scale", "temperature")},
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    from distill.io import write_json_atomic
+    from distill.core.io import write_json_atomic
 
     write_json_atomic(out / "context.json", json.loads(json.dumps(ctx, default=str)))
     return ctx
@@ -268,9 +268,9 @@ def per_query_ndcg(ranker, ctx: dict, split: str) -> dict[str, float]:
     """nDCG@10 of every query of ``split`` when ``ranker`` reranks its candidates.
 
     ``rerank`` without ``prepare``: a bi-encoder embeds only the candidates, not the whole corpus."""
-    from distill.data import load_beir
-    from distill.metrics import per_query
-    from distill.runs import read_run
+    from distill.data.beir import load_beir
+    from distill.data.runs import read_run
+    from distill.evaluation.metrics import per_query
 
     dataset = load_beir(ctx["view"], split)
     run = read_run(ctx["runs"][split])
@@ -280,7 +280,7 @@ def per_query_ndcg(ranker, ctx: dict, split: str) -> dict[str, float]:
 
 
 def evaluate(spec: str, ctx: dict) -> dict[str, dict[str, float]]:
-    from distill.rankers import load_ranker
+    from distill.rankers.loading import load_ranker
 
     ranker = load_ranker(spec, name="r")
     return {split: per_query_ndcg(ranker, ctx, split) for split in ("valid", "test")}
@@ -290,7 +290,7 @@ def run_entry(entry: Entry, ctx: dict, budget: Budget, out: Path, keep_models: b
     path = out / "results" / f"{entry.label}.json"
     if path.exists():
         return json.loads(path.read_text())
-    from distill.io import write_json_atomic
+    from distill.core.io import write_json_atomic
 
     params = loss_params(entry, student_view(entry, budget, ctx)["temperature"])
     folder = out / "models" / entry.label
@@ -316,7 +316,7 @@ def reference(name: str, spec: str, ctx: dict, out: Path) -> dict:
     path = out / "results" / f"ref_{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    from distill.io import write_json_atomic
+    from distill.core.io import write_json_atomic
 
     result = {"student": "ref", "loss": name, "label": f"ref_{name}", "params": {}, **evaluate(spec, ctx)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +332,7 @@ def compare(rows: list[dict], base: dict, split: str) -> dict[str, dict]:
     """Per row label: paired t-test against ``base`` on ``split``, Holm-adjusted over the rows."""
     import numpy as np
 
-    from distill.evaluation import adjust_p_values, paired_tests
+    from distill.evaluation.runner import adjust_p_values, paired_tests
 
     tests = []
     for r in rows:
@@ -547,8 +547,8 @@ def _claim(path: Path):
 
 def check_budget(out: Path, budget: Budget) -> None:
     """Refuse to mix results of different budgets in one folder."""
-    from distill.errors import ConfigError
-    from distill.io import write_json_atomic
+    from distill.core.errors import ConfigError
+    from distill.core.io import write_json_atomic
 
     path = out / "budget.json"
     # which students a process trains is not part of the budget: two processes (--students bi / ce,
@@ -569,7 +569,7 @@ def record_time(out: Path, started: float, finished: bool = False) -> None:
     import fcntl
     import sys
 
-    from distill.io import write_json_atomic
+    from distill.core.io import write_json_atomic
 
     path = out / "timing.json"
     with open(out / "timing.lock", "w") as lock:  # two processes may share the folder
@@ -600,7 +600,7 @@ def _alive(pid: int) -> bool:
 
 
 def write_report(args, budget: Budget, plan: list[Entry], ctx: dict | None, started: float | None) -> None:
-    from distill.io import write_text_atomic
+    from distill.core.io import write_text_atomic
 
     text = report(args, budget, plan, ctx, started)
     write_text_atomic(args.out / "losses.md", text)

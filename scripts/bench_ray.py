@@ -38,7 +38,7 @@ class ShardClock:
     leaving out the final compaction's."""
 
     def __init__(self) -> None:
-        from distill.cache import TeacherCache
+        from distill.cache.store import TeacherCache
 
         self.stamps: list[tuple[float, int]] = []
         self.compacting = False
@@ -111,9 +111,9 @@ class CpuClock:
 
 
 def run_engine(engine: str, teacher, dataset, run, folder: Path, flush_pairs: int, clock: ShardClock) -> dict:
-    from distill.cache import TeacherCache
-    from distill.manifest import frame_hash
-    from distill.scoring import score_into_cache
+    from distill.cache.scoring import score_into_cache
+    from distill.cache.store import TeacherCache
+    from distill.core.manifest import frame_hash
     from teachers.ray_engine import score_on_ray
 
     cache = TeacherCache.create_or_open(folder, teacher.fingerprint(), frame_hash(dataset.corpus))
@@ -174,8 +174,8 @@ def main() -> None:
     import ray
     import torch
 
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
     from teachers import CrossEncoderTeacher
 
     dataset = load_beir(args.data, "test")

@@ -99,8 +99,8 @@ def payloads(data: Path, split: str, k: int) -> list[dict]:
     """One request body per query: its BM25 top k as ``{id, title, text, score}``."""
     import polars as pl
 
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     dataset = load_beir(data, split)
     run = bm25_run(dataset, k)
@@ -117,10 +117,10 @@ def payloads(data: Path, split: str, k: int) -> list[dict]:
 
 def build_cascade(data: Path, split: str, ce: Path, k: int, out: Path) -> Path:
     """``bm25 % k >> lightgbm % 10 >> ce`` (see the module docstring), written to ``out/cascade.json``."""
-    from distill.bm25 import bm25_run
-    from distill.cascade import StageCost, stage
-    from distill.data import load_beir
-    from distill.rankers import RunRanker, load_ranker
+    from distill.cascade.model import StageCost, stage
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.rankers.loading import RunRanker, load_ranker
     from students.lightgbm import LightGBMConfig, LightGBMRanker, train_lightgbm_student
 
     folder = out / "lightgbm"
@@ -156,7 +156,7 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
     corpus = args.corpus or args.data / "corpus.jsonl"
-    cmd = [sys.executable, "-m", "distill.cli", "serve", str(args.spec), "--port", str(port),
+    cmd = [sys.executable, "-m", "distill.app.cli", "serve", str(args.spec), "--port", str(port),
            "--workers", str(args.workers), "--queue-size", str(args.queue_size),
            "--max-connections", str(args.max_connections)]
     if str(corpus) != "none":

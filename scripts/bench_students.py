@@ -60,7 +60,7 @@ def work_folder(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace):
-    from distill.pipeline import PipelineConfig, run_pipeline
+    from distill.app.pipeline import PipelineConfig, run_pipeline
 
     quiet_logging()
     out = work_folder(args)
@@ -89,7 +89,7 @@ def write_doc(out: Path, path: Path) -> None:
     """The run's page; ``out/NOTES.md``, if any, says what the command alone does not (e.g. sessions)."""
     from _students_report import render
 
-    from distill.io import write_text_atomic
+    from distill.core.io import write_text_atomic
 
     cpu = cpu_description()
     machine = f"{cpu.get('model')}, {cpu.get('cores')} cores, {', '.join(cpu.get('flags', [])) or 'no AVX'}"

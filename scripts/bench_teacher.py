@@ -49,8 +49,8 @@ def predict_worker(args: argparse.Namespace) -> None:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from distill.data import load_beir
-    from distill.runs import read_run
+    from distill.data.beir import load_beir
+    from distill.data.runs import read_run
 
     dataset = load_beir(args.data, "test")
     run = read_run(args.run_file)
@@ -66,7 +66,7 @@ def in_process(args, dataset, run, model: Path, tmp: Path) -> dict:
     from scipy.stats import spearmanr
     from sentence_transformers import CrossEncoder
 
-    from distill.cache import TeacherCache
+    from distill.cache.store import TeacherCache
     from teachers import CrossEncoderTeacher, score_teacher
 
     teacher = CrossEncoderTeacher(model, max_length=args.max_length, dtype=args.dtype, backend=args.backend)
@@ -164,9 +164,9 @@ def main() -> None:
 
     import torch
 
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.runs import write_run
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.data.runs import write_run
 
     dataset = load_beir(args.data, "test")
     if args.queries:

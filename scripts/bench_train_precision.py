@@ -2,7 +2,7 @@
 
 On a finished `distill demo` folder (its teacher, cross-encoder student and bi-encoder):
 
-1. the step timings `auto` makes for each model (`distill.train_precision.choose_train_precision`:
+1. the step timings `auto` makes for each model (`distill.training.precision.choose_train_precision`:
    one forward and backward pass over 4 training groups in fp32 and under bf16 autocast, CPU
    seconds, after a warm-up), and what it keeps;
 2. with `--train`, the demo's cross-encoder student trained again for `--rounds` rounds from
@@ -38,9 +38,9 @@ def parse_args() -> argparse.Namespace:
 
 def sample_groups(demo: Path, n: int = 4) -> list:
     """The first ``n`` training queries of the demo's split, each with 8 of its BM25 candidates."""
-    from distill.data import load_beir
-    from distill.groups import Group
-    from distill.runs import read_run
+    from distill.data.beir import load_beir
+    from distill.data.runs import read_run
+    from distill.training.groups import Group
 
     dataset = load_beir(demo / "data", "train")
     run = read_run(demo / "runs" / "train.trec")
@@ -56,7 +56,7 @@ def step_timings(demo: Path, quick: bool) -> dict[str, dict]:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    from distill.train_precision import choose_train_precision
+    from distill.training.precision import choose_train_precision
 
     models = {"ce_student": lambda: CrossEncoder(str(demo / "models" / "ce_student")),
               "teacher": lambda: CrossEncoder(str(demo / "models" / "teacher")),
@@ -91,7 +91,7 @@ def train_both(demo: Path, out: Path, rounds: int) -> dict[str, dict]:
 def main() -> None:
     args = parse_args()
     quiet_logging()
-    from distill.hardware import cpu_supports_bf16
+    from distill.core.hardware import cpu_supports_bf16
 
     results = {"cpu_native_bf16": cpu_supports_bf16(), "steps": step_timings(args.demo_out, args.quick)}
     if args.train and not args.quick:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+import distill  # noqa: F401  (installs the old module paths, e.g. teachers.graph, students.losses)
+
 # public name -> the module that defines it
 _EXPORTS = {
     "BiEncoderRanker": "students.bi_encoder", "train_bi_encoder_student": "students.bi_encoder",
@@ -16,7 +18,7 @@ _EXPORTS = {
     "teacher_grades": "students.grades",
     "LightGBMConfig": "students.lightgbm", "LightGBMRanker": "students.lightgbm",
     "train_lightgbm_student": "students.lightgbm",
-    "LOSSES": "students.losses", "build_loss": "students.losses",
+    "LOSSES": "distill.training.losses", "build_loss": "distill.training.losses",
     "RankerFeatures": "students.ranker_features",
 }
 

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import InputError
-from distill.ranking import BaseRanker
-from distill.schema import DOCID, QID, SCORE, require_columns
+from distill.core.errors import InputError
+from distill.core.schema import DOCID, QID, SCORE, require_columns
+from distill.data.beir import Dataset
+from distill.inference.graph import BACKENDS, GRAPH_MAX_TOKENS, open_session, run_graph
+from distill.rankers.base import BaseRanker
 from students.bi_encoder import BiEncoderRanker
-from teachers.graph import BACKENDS, GRAPH_MAX_TOKENS, open_session, run_graph
 
 KIND = "exported-student"
 FORMATS = BACKENDS
@@ -126,7 +126,7 @@ class ExportedCrossEncoder(_Exported, BaseRanker):
         return run.select(QID, DOCID).with_columns(pl.Series(SCORE, self.score(queries, docs), dtype=pl.Float64))
 
     def score_documents(self, query: str, docs: Any) -> np.ndarray:
-        """Scores of one query's documents (:class:`distill.runtime.Documents`, for serving)."""
+        """Scores of one query's documents (:class:`distill.cascade.runtime.Documents`, for serving)."""
         return self.score([query] * len(docs.texts), docs.texts)
 
     def get_config_dict(self) -> dict[str, Any]:
@@ -191,7 +191,7 @@ class ExportedBiEncoderRanker(BiEncoderRanker):
 
 
 def load_exported(folder: str | Path, threads: int | None = None, **kwargs: Any) -> BaseRanker:
-    """The ranker of an exported folder (the ``exported-student`` loader of :data:`distill.registry.RANKERS`).
+    """The ranker of an exported folder (the ``exported-student`` loader of :data:`distill.core.registry.RANKERS`).
 
     ``kwargs`` are the usual ranker-loading options; those that only torch models take
     (device, dtype, ...) do not apply and are ignored.

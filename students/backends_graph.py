@@ -2,7 +2,7 @@
 
 A cross-encoder's score per pair (the logit, or ``logit(1) - logit(0)``), a bi-encoder's
 sentence embedding per text (every SentenceTransformer module: transformer, pooling,
-normalization). :func:`teachers.graph_export.export_onnx` turns it into the graph.
+normalization). :func:`distill.inference.graph_export.export_onnx` turns it into the graph.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from distill.errors import ConfigError
-from teachers.graph_export import PairScore
+from distill.core.errors import ConfigError
+from distill.inference.graph_export import PairScore
 
 
 def load_torch(model: Path, role: str) -> tuple[Any, Any, dict[str, Any]]:

@@ -3,7 +3,7 @@
 A bi-encoder is much cheaper than a cross-encoder at query time once the corpus is
 embedded (:meth:`BiEncoderRanker.prepare`), which is what makes it a first- or
 second-stage candidate in a latency-bound cascade. Training fits ``scale * similarity``
-to the teacher's scores through a distillation loss (see :mod:`distill.training`).
+to the teacher's scores through a distillation loss (see :mod:`distill.training.trainer`).
 """
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import InputError
-from distill.groups import GroupConfig, build_groups, split_groups
-from distill.io import atomic_dir
-from distill.manifest import write_manifest
-from distill.outputs import check_folder_output
-from distill.ranking import BaseRanker
-from distill.schema import DOCID, QID, SCORE
+from distill.core.errors import InputError
+from distill.core.io import atomic_dir
+from distill.core.manifest import write_manifest
+from distill.core.outputs import check_folder_output
+from distill.core.schema import DOCID, QID, SCORE
+from distill.data.beir import Dataset
+from distill.rankers.base import BaseRanker
+from distill.training.groups import GroupConfig, build_groups, split_groups
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from distill.runtime import Documents
-    from distill.training import TrainConfig
+    from distill.cascade.runtime import Documents
+    from distill.training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,15 @@ def train_bi_encoder_student(
     only an earlier such student, unless ``overwrite``).
 
     ``init`` is a SentenceTransformer folder or id (a plain transformer gets mean pooling).
-    ``train_config`` is a :class:`distill.training.TrainConfig`. The saved model's
+    ``train_config`` is a :class:`distill.training.trainer.TrainConfig`. The saved model's
     ``similarity_fn_name`` is the trained ``similarity``, so ``SentenceTransformer(out).similarity``
     scores as in training.
     """
     from sentence_transformers import SentenceTransformer
     from transformers import set_seed
 
-    from distill.training import BiEncoderGroupLoss, fit, scores_summary
-    from students.losses import build_loss
+    from distill.training.losses import build_loss
+    from distill.training.trainer import BiEncoderGroupLoss, fit, scores_summary
 
     out = Path(out)
     check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after
@@ -100,7 +100,7 @@ _CORPUS_EMBEDDINGS: dict[tuple[str, str], tuple[dict[str, int], Any]] = {}
 
 
 class BiEncoderRanker(BaseRanker):
-    """A :class:`~distill.ranking.BaseRanker` scoring candidates with a bi-encoder.
+    """A :class:`~distill.rankers.base.BaseRanker` scoring candidates with a bi-encoder.
 
     With ``precompute`` (default), :meth:`prepare` embeds the whole corpus once, and
     :meth:`rerank` then embeds only the queries. Without it (or before ``prepare``, or for
@@ -132,7 +132,7 @@ class BiEncoderRanker(BaseRanker):
         """Embed every document of ``dataset``'s corpus (a no-op without ``precompute``)."""
         if not self.precompute:
             return
-        from distill.manifest import frame_hash
+        from distill.core.manifest import frame_hash
 
         key = (self._model_key(), frame_hash(dataset.corpus))
         if key not in _CORPUS_EMBEDDINGS:
@@ -182,7 +182,7 @@ class BiEncoderRanker(BaseRanker):
         self._stored = None if corpus is None or not self.precompute else corpus_embeddings(self, corpus)
 
     def score_documents(self, query: str, docs: Documents) -> np.ndarray:
-        """Scores of one query's documents (:class:`distill.runtime.Documents`): stored
+        """Scores of one query's documents (:class:`distill.cascade.runtime.Documents`): stored
         embeddings for corpus documents, the others embedded now."""
         from students.embedding_store import score_documents
 

@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import ConfigError
-from distill.groups import GroupConfig, build_groups, split_groups
-from distill.io import atomic_dir
-from distill.manifest import write_manifest
-from distill.outputs import check_folder_output
+from distill.core.errors import ConfigError
+from distill.core.io import atomic_dir
+from distill.core.manifest import write_manifest
+from distill.core.outputs import check_folder_output
+from distill.data.beir import Dataset
+from distill.training.groups import GroupConfig, build_groups, split_groups
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from distill.training import TrainConfig
+    from distill.training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ def train_cross_encoder_student(
     (see :func:`teacher_layers`). ``out`` replaces only an earlier such student, unless ``overwrite``."""
     from transformers import set_seed
 
-    from distill.training import CrossEncoderGroupLoss, fit, scores_summary
-    from students.losses import build_loss
+    from distill.training.losses import build_loss
+    from distill.training.trainer import CrossEncoderGroupLoss, fit, scores_summary
 
     out = Path(out)
     check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distill.io import atomic_path, write_json_atomic
-from distill.manifest import frame_hash
-from distill.schema import DOCID
+from distill.core.io import atomic_path, write_json_atomic
+from distill.core.manifest import frame_hash
+from distill.core.schema import DOCID
 
 if TYPE_CHECKING:
-    from distill.data import Dataset
-    from distill.runtime import Documents
+    from distill.cascade.runtime import Documents
+    from distill.data.beir import Dataset
     from students.bi_encoder import BiEncoderRanker
 
 log = logging.getLogger(__name__)

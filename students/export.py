@@ -32,15 +32,15 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from distill.data import Dataset, load_beir
-from distill.errors import ConfigError, DistillError, InputError
-from distill.io import atomic_dir
-from distill.manifest import write_manifest
-from distill.outputs import check_folder
-from distill.recorded_paths import rebase, resolve_recorded
-from distill.schema import DOCID, QID, RELEVANCE, SCORE
+from distill.core.errors import ConfigError, DistillError, InputError
+from distill.core.io import atomic_dir
+from distill.core.manifest import write_manifest
+from distill.core.outputs import check_folder
+from distill.core.recorded_paths import rebase, resolve_recorded
+from distill.core.schema import DOCID, QID, RELEVANCE, SCORE
+from distill.data.beir import Dataset, load_beir
+from distill.inference.graph import GRAPH_FILES
 from students.backends import FORMATS, KIND, load_exported
-from teachers.graph import GRAPH_FILES
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _sample_queries(dataset: Dataset, config: ExportConfig) -> tuple[list[str], 
 
 
 def _candidates(dataset: Dataset, qids: list[str], k: int) -> pl.DataFrame:
-    from distill.bm25 import bm25_run
+    from distill.data.bm25 import bm25_run
 
     queries = dataset.queries.filter(pl.col(QID).is_in(qids))
     subset = Dataset(corpus=dataset.corpus, queries=queries, qrels=dataset.qrels, name=dataset.name,
@@ -173,8 +173,8 @@ def _candidates(dataset: Dataset, qids: list[str], k: int) -> pl.DataFrame:
 def _export_graph(model: Path, role: str, tmp: Path, scratch: Path, config: ExportConfig,
                   calibration: pl.DataFrame, dataset: Dataset) -> dict[str, Any]:
     """Write the graph and tokenizer into ``tmp``; return how to tokenize and score (``model``)."""
+    from distill.inference.graph_export import export_onnx
     from students.backends_graph import load_torch
-    from teachers.graph_export import export_onnx
 
     torch_model, tokenizer, spec = load_torch(model, role)
     onnx_path = scratch / "model.onnx"
@@ -228,7 +228,7 @@ def _calibration_feeds(tokenizer: Any, spec: dict[str, Any], role: str, pairs: p
 
 def _reference(model: Path, role: str):
     """The fp32 torch model as distill loads it (a cross-encoder pinned to fp32, not auto)."""
-    from distill.rankers import load_ranker
+    from distill.rankers.loading import load_ranker
 
     return load_ranker(str(model), name="fp32", **({"dtype": "fp32"} if role == "cross-encoder" else {}))
 
@@ -243,8 +243,8 @@ def check_fidelity(exported: Any, reference: Any, dataset: Dataset, candidates: 
     Returns the measurements, the thresholds, ``mode`` (``qrels`` or ``agreement``),
     ``passed``, a one-line ``summary`` and, when it failed, the ``reason``.
     """
-    from distill.agreement import teacher_agreement
-    from distill.metrics import metric_means
+    from distill.evaluation.agreement import teacher_agreement
+    from distill.evaluation.metrics import metric_means
 
     qrels = dataset.qrels.filter(pl.col(QID).is_in(candidates[QID].unique().to_list()) & (pl.col(RELEVANCE) > 0))
     mode = config.check if config.check != "auto" else ("qrels" if qrels.height else "agreement")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from distill.errors import ConfigError
-from distill.schema import DOCID, QID, RELEVANCE, SCORE, require_columns
+from distill.core.errors import ConfigError
+from distill.core.schema import DOCID, QID, RELEVANCE, SCORE, require_columns
 
 GRADE = "grade"
 

@@ -1,7 +1,7 @@
 """The LightGBM student: LambdaMART over lexical features, trained on cached teacher scores.
 
 :func:`train_lightgbm_student` joins the candidates with the teacher's scores, computes
-:mod:`distill.features` for every pair and fits a LightGBM booster with one of three
+:mod:`students.features` for every pair and fits a LightGBM booster with one of three
 objectives:
 
 - ``lambdarank`` (LambdaMART) and ``rank_xendcg``: labels are per-query teacher grades
@@ -25,7 +25,7 @@ Other rankers' scores can be features too (``feature_rankers``, see
 
 The model folder holds ``model.txt`` (LightGBM's text format), the feature extractor's
 state (``features.json`` + ``.npz``/Parquet) and ``distill.json``; no pickle.
-:class:`LightGBMRanker` loads such a folder as a :class:`~distill.ranking.Ranker`.
+:class:`LightGBMRanker` loads such a folder as a :class:`~distill.rankers.base.Ranker`.
 """
 
 from __future__ import annotations
@@ -40,19 +40,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import ConfigError, InputError
-from distill.features import FeatureConfig, FeatureExtractor
-from distill.groups import holdout
-from distill.io import atomic_dir
-from distill.manifest import frame_hash, write_manifest
-from distill.ranking import BaseRanker
-from distill.schema import DOCID, QID, RANK, SCORE, TEXT, require_columns
+from distill.core.errors import ConfigError, InputError
+from distill.core.io import atomic_dir
+from distill.core.manifest import frame_hash, write_manifest
+from distill.core.schema import DOCID, QID, RANK, SCORE, TEXT, require_columns
+from distill.data.beir import Dataset
+from distill.rankers.base import BaseRanker
+from distill.training.groups import holdout
+from students.features import FeatureConfig, FeatureExtractor
 from students.grades import GRADINGS, mix_qrels, teacher_grades
 from students.ranker_features import RankerFeatures, check_feature_rankers, resolve_feature_rankers
 
 if TYPE_CHECKING:
-    from distill.runtime import Documents
+    from distill.cascade.runtime import Documents
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def train_lightgbm_student(
 
 
 class LightGBMRanker(BaseRanker):
-    """A trained LightGBM student as a :class:`~distill.ranking.BaseRanker`.
+    """A trained LightGBM student as a :class:`~distill.rankers.base.BaseRanker`.
 
     Features use the corpus statistics saved with the model when the dataset's corpus is the
     one it was trained on, and statistics fitted on the new corpus otherwise (as BM25 would).
@@ -269,9 +269,9 @@ class LightGBMRanker(BaseRanker):
 
     Per query the work is small: the documents' side of the features was computed at fit
     time, the query is analysed once, every row's features come from one vectorized pass
-    (:meth:`distill.features.FeatureExtractor.features`) and the trees score a contiguous
+    (:meth:`students.features.FeatureExtractor.features`) and the trees score a contiguous
     float32 array on ``num_threads`` threads (default 1: a hundred rows are too few to share).
-    :meth:`prepare_runtime` and :meth:`score_documents` serve :mod:`distill.runtime`.
+    :meth:`prepare_runtime` and :meth:`score_documents` serve :mod:`distill.cascade.runtime`.
     """
 
     def __init__(self, path: str | Path, num_threads: int = 1) -> None:
@@ -368,7 +368,7 @@ class LightGBMRanker(BaseRanker):
         return self.booster.predict(np.ascontiguousarray(features), num_threads=self.num_threads)
 
     def prepare_runtime(self, corpus: Dataset | None) -> None:
-        """Ready :meth:`score_documents` (:mod:`distill.runtime`): with ``corpus``, its documents'
+        """Ready :meth:`score_documents` (:mod:`distill.cascade.runtime`): with ``corpus``, its documents'
         features come from the saved index (or, for another corpus, from statistics fitted on it,
         as :meth:`prepare` does); documents outside it are scored with those statistics."""
         if corpus is None:
@@ -379,7 +379,7 @@ class LightGBMRanker(BaseRanker):
         self._stacked.prepare_runtime(corpus)
 
     def score_documents(self, query: str, docs: Documents) -> np.ndarray:
-        """Scores of one query's documents (:class:`distill.runtime.Documents`), in their order."""
+        """Scores of one query's documents (:class:`distill.cascade.runtime.Documents`), in their order."""
         if self._extractor is None:
             raise InputError("call prepare_runtime before score_documents")
         rows = np.full(len(docs), -1, dtype=np.int64)

@@ -4,7 +4,7 @@ Lexical features alone barely move past BM25 on SciFact: LambdaMART on them reac
 nDCG@10 against BM25's 0.679 even with the gold qrels as labels. A dense model sees what word
 matching misses, and LambdaMART can learn when to trust which, so a ranker's score (e.g. the
 bi-encoder student's similarity) can be one more column. LightGBM knows nothing of models
-that score pairs, hence this module: any ranker that :func:`distill.rankers.load_ranker` can
+that score pairs, hence this module: any ranker that :func:`distill.rankers.loading.load_ranker` can
 load (a model folder, a teacher cache, a TREC run file) names a feature ``ranker_<name>``.
 """
 
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import ConfigError, InputError
-from distill.schema import DOCID, QID, SCORE
+from distill.core.errors import ConfigError, InputError
+from distill.core.schema import DOCID, QID, SCORE
+from distill.data.beir import Dataset
 
 if TYPE_CHECKING:
-    from distill.runtime import Documents
+    from distill.cascade.runtime import Documents
 
 FEATURE_PREFIX = "ranker_"
 # LightGBM refuses feature names with JSON's special characters; keep names plain
@@ -62,7 +62,7 @@ class RankerFeatures:
 
     def prepare(self, dataset: Dataset) -> None:
         """Load the rankers once and let each precompute what it can for ``dataset``'s corpus."""
-        from distill.rankers import load_ranker
+        from distill.rankers.loading import load_ranker
 
         if self._rankers is None:
             self._rankers = {name: load_ranker(spec, name=name, **self.ranker_kwargs)
@@ -72,9 +72,9 @@ class RankerFeatures:
         self._corpus = dataset.corpus
 
     def prepare_runtime(self, corpus: Dataset | None) -> None:
-        """Load the rankers as :mod:`distill.runtime` scorers (a teacher cache becomes its model)."""
-        from distill.rankers import load_ranker
-        from distill.runtime import DocumentScorer, runtime_ranker
+        """Load the rankers as :mod:`distill.cascade.runtime` scorers (a teacher cache becomes its model)."""
+        from distill.cascade.runtime import DocumentScorer, runtime_ranker
+        from distill.rankers.loading import load_ranker
 
         self._scorers = {name: DocumentScorer(runtime_ranker(name, load_ranker(spec, name=name, **self.ranker_kwargs)),
                                               corpus)

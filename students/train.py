@@ -1,11 +1,11 @@
 """``train_student``: one public function that distills cached teacher scores into any student.
 
-It takes Python objects (a :class:`~distill.data.Dataset`, a scores frame, configs, a loss
+It takes Python objects (a :class:`~distill.data.beir.Dataset`, a scores frame, configs, a loss
 name or a loss object) and adds to the per-kind trainers (:mod:`students.cross_encoder`,
 :mod:`students.bi_encoder`, :mod:`students.lightgbm`) what a user should get by default:
 
 - **a temperature from the teacher's scale** for a listwise loss given none
-  (:func:`distill.score_scale.default_loss_params`);
+  (:func:`distill.cache.score_scale.default_loss_params`);
 - **rounds** (:class:`RoundsConfig`): round ``r`` is one more epoch starting from round
   ``r - 1``'s model, over negatives sampled afresh (group seed ``seed + r - 1``), at the
   round's learning rate. Each finished round is a folder in ``<out>.rounds/``, validated as
@@ -31,20 +31,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import ConfigError, InputError
-from distill.groups import GroupConfig
-from distill.io import atomic_dir, write_json_atomic
-from distill.manifest import frame_hash
-from distill.outputs import check_folder, check_folder_output
-from distill.recorded_paths import rebase
-from distill.schema import DOCID, QID
+from distill.core.errors import ConfigError, InputError
+from distill.core.io import atomic_dir, write_json_atomic
+from distill.core.manifest import frame_hash
+from distill.core.outputs import check_folder, check_folder_output
+from distill.core.recorded_paths import rebase
+from distill.core.schema import DOCID, QID
+from distill.data.beir import Dataset
+from distill.training.groups import GroupConfig
 from students.validation import Validation, ValidationResult, check_collapse
 
 if TYPE_CHECKING:
-    from distill.training import TrainConfig
+    from distill.training.losses import DistillLoss
+    from distill.training.trainer import TrainConfig
     from students.lightgbm import LightGBMConfig
-    from students.losses import DistillLoss
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +121,16 @@ def train_student(
     ``kind`` student at ``out`` (see the module docstring).
 
     Neural students (``cross-encoder``, ``bi-encoder``) need ``loss`` (a registered name, e.g.
-    ``"MarginMSE"``, or a :class:`students.losses.DistillLoss`) and ``init`` (a model path or id;
+    ``"MarginMSE"``, or a :class:`distill.training.losses.DistillLoss`) and ``init`` (a model path or id;
     for a cross-encoder with ``init_from_teacher_layers=N``, the teacher to cut to N layers).
     ``bi_encoder`` holds ``similarity``, ``scale``, ``learn_scale``; ``lightgbm`` the
     :class:`students.lightgbm.LightGBMConfig`. With ``validation``, the student is validated
     and checked for collapse. ``teacher_scale``: what a regression loss's teacher scores are
     divided by (``"auto"``: their median per-query std for MarginMSE and MSE, see
-    :func:`distill.score_scale.teacher_divisor`; None: raw scores). ``out`` replaces only an earlier
-    student of the same kind, unless ``overwrite`` (see :mod:`distill.outputs`).
+    :func:`distill.cache.score_scale.teacher_divisor`; None: raw scores). ``out`` replaces only an earlier
+    student of the same kind, unless ``overwrite`` (see :mod:`distill.core.outputs`).
     """
-    from distill.training import TrainConfig
+    from distill.training.trainer import TrainConfig
 
     if kind not in STUDENT_KINDS:
         raise ConfigError(f"student must be one of {', '.join(STUDENT_KINDS)}, got {kind!r}", field="student")
@@ -207,10 +207,10 @@ def _finish(result: StudentResult, kind: str, allow_collapse: bool) -> StudentRe
 
 def _scaled(scores: pl.DataFrame, dataset: Dataset, loss,
             teacher_scale: float | str | None) -> tuple[pl.DataFrame, float | None]:
-    """The teacher scores divided by ``teacher_scale`` (``"auto"``: see :func:`distill.score_scale.teacher_divisor`),
-    and the divisor (None: left raw)."""
-    from distill.schema import SCORE
-    from distill.score_scale import score_scale, teacher_divisor
+    """The teacher scores divided by ``teacher_scale`` (``"auto"``: see
+    :func:`~distill.cache.score_scale.teacher_divisor`), and the divisor (None: left raw)."""
+    from distill.cache.score_scale import score_scale, teacher_divisor
+    from distill.core.schema import SCORE
 
     if teacher_scale == "auto":
         if not isinstance(loss, str):
@@ -229,13 +229,13 @@ def _scaled(scores: pl.DataFrame, dataset: Dataset, loss,
 def _loss(loss, params, hard_label_weight, hard_label_kind, scores, dataset):
     """A loss object: ``loss`` itself, or the registered ``loss`` built with ``params`` (a listwise
     loss given no temperature gets one from the teacher's scale over ``dataset``'s queries)."""
-    from students.losses import build_loss
+    from distill.training.losses import build_loss
 
     if not isinstance(loss, str):
         if params or hard_label_weight:
             raise ConfigError("loss parameters and a hard-label weight go with a loss name, not a loss object")
         return loss
-    from distill.score_scale import default_loss_params, score_scale
+    from distill.cache.score_scale import default_loss_params, score_scale
 
     params = params or {}
     chosen = default_loss_params(loss, params, score_scale(scores.join(dataset.queries.select(QID), on=QID,

@@ -1,7 +1,7 @@
 """Validating a trained student: its nDCG@10 on held-out judged queries, and collapse detection.
 
 A student is scored the way it will be used: loaded from its folder as a ranker
-(:func:`distill.rankers.load_ranker`) and reranking the validation queries' first-stage
+(:func:`distill.rankers.loading.load_ranker`) and reranking the validation queries' first-stage
 candidates. Two failures are called a *collapse*, because a user should never get such a
 student silently:
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import DistillError
-from distill.schema import QID, SCORE, require_columns
+from distill.core.errors import DistillError
+from distill.core.schema import QID, SCORE, require_columns
+from distill.data.beir import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ class Validation:
     def load(cls, data: str | Path, split: str, run: str | Path | None = None, k: int = 100) -> Validation:
         """Split ``split`` of the BEIR folder ``data``, with the candidates of the TREC run ``run``
         (default: BM25's top ``k``, retrieved now)."""
-        from distill.data import load_beir
+        from distill.data.beir import load_beir
 
         dataset = load_beir(data, split)
         if run is None:
-            from distill.bm25 import bm25_run
+            from distill.data.bm25 import bm25_run
 
             return cls(dataset, bm25_run(dataset, k))
-        from distill.runs import read_run
+        from distill.data.runs import read_run
 
         return cls(dataset, read_run(run))
 
@@ -105,13 +105,13 @@ class Validation:
 
     def evaluate(self, scored: pl.DataFrame) -> float:
         """The mean of the metric over the validation queries (a query without candidates counts 0)."""
-        from distill.metrics import per_query
+        from distill.evaluation.metrics import per_query
 
         return float(per_query(self.dataset.qrels, scored, [self.metric])["value"].mean())
 
     def score_folder(self, folder: str | Path) -> ValidationResult:
         """Load the ranker at ``folder`` and validate it."""
-        from distill.rankers import load_ranker
+        from distill.rankers.loading import load_ranker
 
         ranker = load_ranker(str(folder), name="student")
         ranker.prepare(self.dataset)

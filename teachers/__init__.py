@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+import distill  # noqa: F401  (installs the old module paths, e.g. teachers.graph, students.losses)
+
 # public name -> the module that defines it
 _EXPORTS = {
     "Teacher": "teachers.base",

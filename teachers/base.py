@@ -5,7 +5,7 @@ that changes them (model and weights, max_length, prompt template, precision and
 use). The compute (precision, and torch or a graph runtime) is settled once, by measurement
 (:mod:`teachers.precision`), on the first pairs a teacher sees, or taken over from a cache
 that recorded it (:meth:`Teacher.resume_precision`).
-Teachers also follow :class:`distill.ranking.Ranker`, so a teacher, or a cross-encoder
+Teachers also follow :class:`distill.rankers.base.Ranker`, so a teacher, or a cross-encoder
 student folder loaded as one, is evaluated and cascaded like any other reranker.
 """
 
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import polars as pl
 
-from distill.errors import ConfigError, InputError
-from distill.ranking import BaseRanker
-from distill.schema import DOCID, QID, SCORE, require_columns
-from teachers.batching import default_max_tokens, score_batches
-from teachers.device import resolve_device
-from teachers.graph import GRAPH_MAX_TOKENS, OPENVINO_PRECISIONS, open_session, run_graph
+from distill.core.errors import ConfigError, InputError
+from distill.core.schema import DOCID, QID, SCORE, require_columns
+from distill.inference.batching import default_max_tokens, score_batches
+from distill.inference.device import resolve_device
+from distill.inference.graph import GRAPH_MAX_TOKENS, OPENVINO_PRECISIONS, open_session, run_graph
+from distill.rankers.base import BaseRanker
 from teachers.precision import (
     PrecisionChoice,
     candidate_computes,
@@ -46,7 +46,7 @@ from teachers.precision import (
 if TYPE_CHECKING:
     import torch
 
-    from distill.data import Dataset
+    from distill.data.beir import Dataset
 
 DTYPES_IN_USE = ("fp32", "bf16", "fp16")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
@@ -160,7 +160,7 @@ class Teacher(BaseRanker):
         """One score per row of a padded batch (``input_ids``, ``attention_mask``, ...)."""
 
     def _graph_backends(self) -> tuple[str, ...]:
-        """The graph runtimes (:mod:`teachers.graph`) this teacher can score through here."""
+        """The graph runtimes (:mod:`distill.inference.graph`) this teacher can score through here."""
         return ()
 
     def _export_graph(self, folder: Path, backend: str) -> None:

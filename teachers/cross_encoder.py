@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 from teachers.base import Teacher, local_model_folder
 
 if TYPE_CHECKING:
@@ -156,12 +156,12 @@ class CrossEncoderTeacher(Teacher):
         return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
 
     def _graph_backends(self) -> tuple[str, ...]:
-        from teachers.graph import available_backends
+        from distill.inference.graph import available_backends
 
         return available_backends() if self.device.type == "cpu" else ()
 
     def _export_graph(self, folder: Path, backend: str) -> None:
-        from teachers.graph_export import export_pair_scorer
+        from distill.inference.graph_export import export_pair_scorer
 
         export_pair_scorer(self.model, self.num_labels, self.tokenizer, folder, backend)
 

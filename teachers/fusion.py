@@ -25,8 +25,8 @@ from typing import Any
 
 import polars as pl
 
-from distill.errors import ConfigError, InputError
-from distill.schema import DOCID, QID, SCORE
+from distill.core.errors import ConfigError, InputError
+from distill.core.schema import DOCID, QID, SCORE
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def choose_weights(components: dict[str, pl.DataFrame], qrels: pl.DataFrame, *, 
                    metric: str = "nDCG@10") -> FusedWeights:
     """The weighting of ``components`` (scores of the validation candidates) with the best mean
     ``metric`` over ``qrels``' queries; ties go to more weight on the first component (the teacher)."""
-    from distill.metrics import per_query
+    from distill.evaluation.metrics import per_query
 
     names = list(components)
     if len(names) < 2:
@@ -108,7 +108,7 @@ def fuse_teacher(out: str | Path, teacher_cache: str | Path, first_stage: list[p
     covering the cached pairs) and ``others`` (scores of the same pairs) on the validation queries
     (``valid_qrels``; their candidates must be in the cache), and write the fused scores of every
     pair to the cache ``out``, its fingerprint naming the components, weights and validation."""
-    from distill.cache import TeacherCache, read_scores
+    from distill.cache.store import TeacherCache, read_scores
 
     teacher, manifest = read_scores(teacher_cache)
     bm25 = pl.concat([r.select(QID, DOCID, pl.col(SCORE).cast(pl.Float64)) for r in first_stage]).unique(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 from teachers.base import Teacher
 
 if TYPE_CHECKING:

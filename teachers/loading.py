@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from distill.errors import CacheMismatchError, ConfigError, InputError
+from distill.core.errors import CacheMismatchError, ConfigError, InputError
 from teachers.base import Teacher, check_model_reference
 from teachers.cross_encoder import CrossEncoderTeacher
 from teachers.generative import GenerativeTeacher, PromptTemplate

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distill.errors import ConfigError
-from distill.hardware import native_precisions
-from distill.ranking import SETTLE_PAIRS
-from teachers.graph import BACKENDS
+from distill.core.errors import ConfigError
+from distill.core.hardware import native_precisions
+from distill.inference.graph import BACKENDS
+from distill.rankers.base import SETTLE_PAIRS
 
 if TYPE_CHECKING:
     import torch
@@ -81,9 +81,9 @@ def candidate_computes(dtype: str, device: torch.device, backend: str = "auto",
                        graph_backends: Sequence[str] = ()) -> tuple[str, ...]:
     """The computes ``dtype`` and ``backend`` may end up as on ``device``, torch fp32 first
     (the reference and fallback). ``graph_backends``: the graph runtimes this teacher and
-    device can use (:func:`teachers.graph.available_backends` on a CPU).
+    device can use (:func:`distill.inference.graph.available_backends` on a CPU).
 
-    Both "auto": fp32, :func:`~distill.hardware.native_precisions`, then each graph runtime in each precision it
+    Both "auto": fp32, :func:`~distill.core.hardware.native_precisions`, then each graph runtime in each precision it
     and the device have; an explicit dtype (backend "auto" or "torch"): fp32 and torch in
     it; an explicit graph backend: fp32 and that runtime in ``dtype`` (fp32 for "auto").
     """

@@ -8,7 +8,7 @@ actor that loads the teacher once (same class and options as the driver's, in th
 the cache recorded: :meth:`~teachers.base.Teacher.use_precision`, never measured again) and
 refuses to score if its fingerprint differs from the cache's (other weights on that node).
 Scored batches stream back to the driver, the only process that writes the cache: one shard
-per batch, named by its keys (:func:`distill.cache.shard_name`).
+per batch, named by its keys (:func:`distill.cache.store.shard_name`).
 
 Exactly once: Ray restarts a worker that dies and retries its batch; a batch that arrives
 twice is written once (the driver remembers the batches it wrote, and a shard's name is its
@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from distill.cache import TeacherCache
-from distill.errors import CacheMismatchError, ConfigError
-from distill.schema import DOCID, QID, SCORE
-from distill.scoring import ScoreStats, _progress, missing_pairs, with_texts_by_length
+from distill.cache.scoring import ScoreStats, _progress, missing_pairs, with_texts_by_length
+from distill.cache.store import TeacherCache
+from distill.core.errors import CacheMismatchError, ConfigError
+from distill.core.schema import DOCID, QID, SCORE
+from distill.inference.batching import default_max_tokens
 from teachers.base import Teacher
-from teachers.batching import default_max_tokens
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from distill.data import Dataset
+    from distill.data.beir import Dataset
 
 log = logging.getLogger(__name__)
 

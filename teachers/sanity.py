@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from distill.data import Dataset
-from distill.errors import InputError
-from distill.schema import DOCID, QID, RELEVANCE
+from distill.core.errors import InputError
+from distill.core.schema import DOCID, QID, RELEVANCE
+from distill.data.beir import Dataset
 from teachers.base import Teacher
 
 if TYPE_CHECKING:
-    from distill.cache import TeacherCache
+    from distill.cache.store import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def check_teacher(
     if cache is None:
         scores, reused, kept = teacher.score(dataset.query_texts(qids), dataset.doc_texts(docids)), 0, 0
     else:
-        from distill.scoring import score_through_cache
+        from distill.cache.scoring import score_through_cache
 
         scores, reused, kept = score_through_cache(teacher, dataset, pairs, cache, keep=run)
     frame = pl.DataFrame({QID: qids, "label": labels, "score": scores.astype(np.float64)})

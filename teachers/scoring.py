@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from distill.cache import MANIFEST, TeacherCache
-from distill.cache_texts import text_hashes
-from distill.errors import ConfigError, InputError
-from distill.manifest import frame_hash
-from distill.ranking import SETTLE_PAIRS
-from distill.schema import DOCID, QID, SCORE, require_columns
-from distill.scoring import ScoreStats, parse_shard, select_shard
+from distill.cache.scoring import ScoreStats, parse_shard, select_shard
+from distill.cache.store import MANIFEST, TeacherCache
+from distill.cache.texts import text_hashes
+from distill.core.errors import ConfigError, InputError
+from distill.core.manifest import frame_hash
+from distill.core.schema import DOCID, QID, SCORE, require_columns
+from distill.rankers.base import SETTLE_PAIRS
 from teachers.base import Teacher
 
 if TYPE_CHECKING:
-    from distill.data import Dataset
+    from distill.data.beir import Dataset
     from teachers.precision import PrecisionChoice
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ Engine = Callable[..., ScoreStats]
 
 
 def _local_engine() -> Engine:
-    from distill.scoring import score_into_cache
+    from distill.cache.scoring import score_into_cache
 
     return score_into_cache
 

@@ -5,14 +5,14 @@ split's judgements with BM25 hard negatives, then its scores are cached and dist
 
 - Groups: each training query's best judged document plus ``negatives`` documents drawn
   at random from BM25's top ``negatives_from_top`` (judged-relevant ones excluded); see
-  :mod:`distill.groups`.
+  :mod:`distill.training.groups`.
 - Objective: ``listnet`` (default) is sentence-transformers' ``ListNetLoss`` on the labels,
   the issue's reference recipe: cross-entropy over the group against ``softmax(labels)``, a
   softened one-hot that asks for a finite margin (on SciFact: test nDCG@10 0.699 over BM25's
   top 100, BM25 0.679); ``listwise`` is the same against the one-hot positive (localized
   contrastive estimation); ``pointwise`` is per-document binary cross-entropy, kept for
   comparison: on SciFact it collapsed to the base rate. All are
-  :mod:`distill.objectives` (the students' ``HardLabels``).
+  :mod:`distill.training.objectives` (the students' ``HardLabels``).
 - Validation: a seeded ``valid_fraction`` of the training queries is held out; after
   every epoch the model reranks their BM25 top ``valid_k`` and its nDCG@10 is reported
   next to BM25's own. Training stops when ``patience`` epochs in a row did not improve on
@@ -34,21 +34,21 @@ from typing import Any, Literal
 import polars as pl
 from sentence_transformers.base.evaluation import BaseEvaluator
 
-from distill.data import Dataset
-from distill.errors import ConfigError
-from distill.groups import Group, GroupConfig, build_groups, holdout
-from distill.io import atomic_dir
-from distill.manifest import frame_hash, write_manifest
-from distill.outputs import check_folder_output
-from distill.recorded_paths import record_path
-from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, SCORE, TEXT, TITLE
-from distill.training import TrainConfig
+from distill.core.errors import ConfigError
+from distill.core.io import atomic_dir
+from distill.core.manifest import frame_hash, write_manifest
+from distill.core.outputs import check_folder_output
+from distill.core.recorded_paths import record_path
+from distill.core.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, SCORE, TEXT, TITLE
+from distill.data.beir import Dataset
+from distill.training.groups import Group, GroupConfig, build_groups, holdout
+from distill.training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
 KIND = "teacher"
 METRIC = "nDCG@10"
-# train-teacher's objectives, as distill.objectives kinds
+# train-teacher's objectives, as distill.training.objectives kinds
 OBJECTIVES = {"listnet": "listnet", "listwise": "listwise_ce", "pointwise": "bce"}
 
 
@@ -95,7 +95,7 @@ def subset(dataset: Dataset, qids: set[str]) -> Dataset:
 
 def bm25_groups(dataset: Dataset, config: TeacherTrainConfig) -> list[Group]:
     """One group per query with a judged positive: the positive and BM25 negatives."""
-    from distill.bm25 import bm25_run
+    from distill.data.bm25 import bm25_run
 
     run = bm25_run(dataset, config.negatives_from_top, add_positives=True)
     groups = build_groups(dataset, run.select(QID, DOCID, SCORE),
@@ -132,7 +132,7 @@ class RerankEvaluator(BaseEvaluator):
     """
 
     def __init__(self, dataset: Dataset, run: pl.DataFrame, metric: str = METRIC, batch_size: int = 64) -> None:
-        from distill.metrics import metric_means
+        from distill.evaluation.metrics import metric_means
 
         super().__init__()
         self.dataset, self.run, self.primary_metric, self.batch_size = dataset, run, metric, batch_size
@@ -140,7 +140,7 @@ class RerankEvaluator(BaseEvaluator):
         self.baseline = metric_means(dataset.qrels, run, [metric])[metric]
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
-        from distill.metrics import metric_means
+        from distill.evaluation.metrics import metric_means
 
         scores = model.predict(self.pairs, batch_size=self.batch_size, show_progress_bar=False)
         value = metric_means(self.dataset.qrels, self.run.with_columns(pl.Series(SCORE, scores, dtype=pl.Float64)),
@@ -157,13 +157,13 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
                   config: TeacherTrainConfig | None = None, overwrite: bool = False) -> Path:
     """Fine-tune a cross-encoder from ``init`` (any Hugging Face path or id; a fresh 1-label
     head is expected) on ``dataset``'s qrels and save it at ``out`` with ``distill.json`` (``out``
-    replaces only an earlier teacher, unless ``overwrite``: see :mod:`distill.outputs`)."""
+    replaces only an earlier teacher, unless ``overwrite``: see :mod:`distill.core.outputs`)."""
     from sentence_transformers.cross_encoder import CrossEncoder
     from transformers import set_seed
 
-    from distill.bm25 import bm25_run
-    from distill.objectives import HardLabelObjective
-    from distill.training import CrossEncoderGroupLoss, fit
+    from distill.data.bm25 import bm25_run
+    from distill.training.objectives import HardLabelObjective
+    from distill.training.trainer import CrossEncoderGroupLoss, fit
 
     config = config or TeacherTrainConfig()
     train_cfg = config.train

@@ -16,9 +16,9 @@ def ws(tmp_path, tiny_beir, tiny_cross_encoder):
     """A workspace: a copy of the tiny BEIR folder, a valid run, the tiny teacher and an out/ folder."""
     data = tmp_path / "data"
     shutil.copytree(tiny_beir, data)
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.runs import write_run
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.data.runs import write_run
 
     write_run(bm25_run(load_beir(data, "test"), 5), tmp_path / "run.trec")
     (tmp_path / "out").mkdir()
@@ -260,7 +260,7 @@ def test_a_utf8_bom_is_accepted_on_every_input(ws, target, capsys):
 
 
 def test_debug_shows_the_traceback(ws, capsys):
-    from distill.errors import DistillError
+    from distill.core.errors import DistillError
 
     args, _ = _break("corpus-bad-json")(ws)
     with pytest.raises(DistillError):
@@ -298,9 +298,9 @@ def test_untrained_head_is_refused_unless_allowed(ws, tmp_path, capsys):
 
 def _scored_cache(ws, capsys, k: int = 5):
     """Score the test run into out/cache (k candidates per query) and return its path."""
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.runs import write_run
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.data.runs import write_run
 
     write_run(bm25_run(load_beir(ws["data"], "train"), k), ws["root"] / f"train{k}.trec")
     cache = ws["out"] / f"cache{k}"

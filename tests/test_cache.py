@@ -7,12 +7,12 @@ import zlib
 import numpy as np
 import pytest
 
-from distill.bm25 import bm25_run
-from distill.cache import TeacherCache, merge_caches, read_scores
-from distill.data import load_beir
-from distill.errors import CacheMismatchError, InputError
-from distill.manifest import frame_hash
-from distill.scoring import parse_shard, score_into_cache
+from distill.cache.scoring import parse_shard, score_into_cache
+from distill.cache.store import TeacherCache, merge_caches, read_scores
+from distill.core.errors import CacheMismatchError, InputError
+from distill.core.manifest import frame_hash
+from distill.data.beir import load_beir
+from distill.data.bm25 import bm25_run
 
 
 class FakeTeacher:
@@ -175,7 +175,7 @@ def test_unscored_counts_the_registered_pairs_a_stopped_run_left(tmp_path, data)
 
 @pytest.mark.parametrize("text", ["2", "3/3", "-1/2", "a/b"])
 def test_bad_shard_spec(text):
-    from distill.errors import ConfigError
+    from distill.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
         parse_shard(text)

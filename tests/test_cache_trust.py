@@ -13,12 +13,12 @@ import pytest
 from test_cache import FakeTeacher, new_cache
 from tiny import run_cli
 
-from distill.bm25 import bm25_run
-from distill.cache import TeacherCache, merge_caches, read_scores
-from distill.data import load_beir
-from distill.errors import CacheMismatchError, InputError
-from distill.manifest import frame_hash
-from distill.scoring import score_into_cache
+from distill.cache.scoring import score_into_cache
+from distill.cache.store import TeacherCache, merge_caches, read_scores
+from distill.core.errors import CacheMismatchError, InputError
+from distill.core.manifest import frame_hash
+from distill.data.beir import load_beir
+from distill.data.bm25 import bm25_run
 
 
 @pytest.fixture(scope="module")

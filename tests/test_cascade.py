@@ -14,14 +14,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from distill.cascade import Cascade, CascadeStats, Stage, StageCost, stage
-from distill.cascade_search import CascadeConfig, quick_evaluate, replay, search_cascades
-from distill.data import Dataset
-from distill.errors import ConfigError, InputError
-from distill.metrics import metric_means
-from distill.ranking import BaseRanker
-from distill.runs import read_run, write_run
-from distill.schema import CORPUS_SCHEMA, DOCID, QID, QUERIES_SCHEMA, RELEVANCE, SCORE
+from distill.cascade.model import Cascade, CascadeStats, Stage, StageCost, stage
+from distill.cascade.search import CascadeConfig, quick_evaluate, replay, search_cascades
+from distill.core.errors import ConfigError, InputError
+from distill.core.schema import CORPUS_SCHEMA, DOCID, QID, QUERIES_SCHEMA, RELEVANCE, SCORE
+from distill.data.beir import Dataset
+from distill.data.runs import read_run, write_run
+from distill.evaluation.metrics import metric_means
+from distill.rankers.base import BaseRanker
 
 
 class Planted(BaseRanker):
@@ -170,13 +170,13 @@ def test_spec_round_trip_gives_the_same_rankings(tmp_path):
 
 
 def test_spec_round_trip_through_load_ranker(tmp_path):
-    """Specs are what distill.rankers.load_ranker accepts: 'bm25' and TREC run files here."""
+    """Specs are what distill.rankers.loading.load_ranker accepts: 'bm25' and TREC run files here."""
     specs = {}
     for name in ("a", "b"):
         specs[name] = str(tmp_path / f"{name}.trec")
         write_run(Planted(name, HAND[name]).table, specs[name], tag=name)
     run = hand_run()
-    from distill.rankers import load_ranker
+    from distill.rankers.loading import load_ranker
 
     cascade = (stage("bm25", load_ranker("bm25", name="bm25"), "bm25") % 4
                >> stage("a", load_ranker(specs["a"], name="a"), specs["a"]) % 2
@@ -340,7 +340,7 @@ def test_search_input_errors(synthetic):
 
 @pytest.fixture(scope="module")
 def cli() -> typer.Typer:
-    from distill.commands.cascade import register
+    from distill.app.commands.cascade import register
 
     app = typer.Typer()
     app.command("noop")(lambda: None)  # a second command keeps `cascade` a sub-command
@@ -349,8 +349,8 @@ def cli() -> typer.Typer:
 
 
 def test_cli_build_and_run(cli, tiny_beir, tmp_path):
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     dataset = load_beir(tiny_beir, "test")
     candidates = bm25_run(dataset, k=20)
@@ -390,8 +390,8 @@ def test_cli_build_and_run(cli, tiny_beir, tmp_path):
 
 
 def test_budget_share_is_that_share_of_the_stages_latency(cli, tiny_beir, tmp_path):
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     candidates = bm25_run(load_beir(tiny_beir, "test"), k=20)
     write_run(candidates, tmp_path / "c.trec", tag="bm25")
@@ -411,8 +411,8 @@ def test_budget_share_is_that_share_of_the_stages_latency(cli, tiny_beir, tmp_pa
 
 
 def test_cli_needs_the_cost_of_stored_scores(cli, tiny_beir, tmp_path):
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     write_run(bm25_run(load_beir(tiny_beir, "test"), k=10), tmp_path / "c.trec", tag="bm25")
     result = CliRunner().invoke(cli, [
@@ -432,10 +432,10 @@ def test_cli_needs_the_cost_of_stored_scores(cli, tiny_beir, tmp_path):
 
 
 def test_measured_cost(tiny_beir):
-    """Costs of a model stage come from distill.latency.measure_latency at k/10 and k pairs."""
-    from distill.bm25 import bm25_run
-    from distill.cascade_search import CascadeBuildConfig, _measure_cost
-    from distill.data import load_beir
+    """Costs of a model stage come from distill.evaluation.latency.measure_latency at k/10 and k pairs."""
+    from distill.cascade.search import CascadeBuildConfig, _measure_cost
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     dataset = load_beir(tiny_beir, "test")
     candidates = bm25_run(dataset, k=20)
@@ -454,7 +454,7 @@ def test_stage_is_a_frozen_record():
 
 def test_query_by_query_stages_settle_their_precision_on_a_sample_first(tiny_beir):
     """Left to a stage's first call, a reduced precision would be checked on one query's survivors."""
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
 
     dataset = load_beir(tiny_beir)
     run = pl.DataFrame({QID: [q for q in dataset.queries[QID] for _ in range(3)],
@@ -466,7 +466,7 @@ def test_query_by_query_stages_settle_their_precision_on_a_sample_first(tiny_bei
         (len(queries), total_pairs, len(second.calls)))
     cascade = stage("first", first) % 2 >> stage("second", second)
     cascade.rerank(dataset, run, per_query=True)
-    from distill.ranking import SETTLE_PAIRS
+    from distill.rankers.base import SETTLE_PAIRS
 
     # a sample, before any query, of the pairs the run will score
     assert settled == [(min(SETTLE_PAIRS, run.height), run.height, 0)] and run.height > 3
@@ -477,8 +477,8 @@ def test_query_by_query_stages_settle_their_precision_on_a_sample_first(tiny_bei
 
 def test_latency_is_recorded_under_the_evaluated_name(tiny_beir):
     """A cascade's own name is its stages; reports join latency to metrics by the evaluated label."""
-    from distill.data import load_beir
-    from distill.latency import measure_latency
+    from distill.data.beir import load_beir
+    from distill.evaluation.latency import measure_latency
 
     dataset = load_beir(tiny_beir, "test")
     run = pl.DataFrame({QID: [q for q in dataset.queries[QID] for _ in range(3)],
@@ -493,11 +493,11 @@ def test_latency_is_recorded_under_the_evaluated_name(tiny_beir):
 def test_an_evaluated_cascade_has_its_latency_in_the_report(tiny_beir):
     """The report joins latency to metrics by the evaluated name: a cascade's row and Pareto point
     carry its own p50, and the first stage keeps its own (not the cascade's, whose stages it names)."""
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.evaluation import EvaluateConfig, evaluate
-    from distill.rankers import RunRanker
-    from distill.report import comparison_table, quality_latency_points
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.evaluation.report import comparison_table, quality_latency_points
+    from distill.evaluation.runner import EvaluateConfig, evaluate
+    from distill.rankers.loading import RunRanker
 
     dataset = load_beir(tiny_beir, "test")
     run = bm25_run(dataset, 5)

@@ -1,6 +1,6 @@
 """No traceback from any command, whatever the input: every rejected option value and every
 malformed input file ends in exit 2, one line on stderr naming what is wrong, and nothing
-written. Commands run in-process (distill.cli.main with argv) to stay within CI time."""
+written. Commands run in-process (distill.app.cli.main with argv) to stay within CI time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny import snapshot
 
-from distill.cli import app, main, register_commands
+from distill.app.cli import app, main, register_commands
 
 # commands whose bodies need no input file, so a value that parses would run them for real
 # (the whole pipeline, a server): only rejected values are tried on them
@@ -271,8 +271,8 @@ def test_candidates_on_any_corpus_fails_cleanly_or_writes_a_run_that_reads_back(
                                                                                 capsys):
     """A run ``candidates`` writes is one ``evaluate`` reads: every id in it is a corpus id as written.
     The documents the qrels judge come first, so that a corpus is not refused for lacking them."""
-    from distill.data import load_corpus
-    from distill.runs import read_run
+    from distill.data.beir import load_corpus
+    from distill.data.runs import read_run
 
     tmp = tmp_path_factory.mktemp("corpus")
     data = _beir(tmp / "data", bom + GOOD_CORPUS + "\n".join(corpus) + "\n", GOOD_QUERIES, GOOD_QRELS)
@@ -292,7 +292,7 @@ def test_a_qrels_score_is_an_integer_grade_or_refused(grade, query, bom, tmp_pat
     """BEIR grades are integers: a score is kept exactly as written, or refused naming file:line: field."""
     from decimal import Decimal
 
-    from distill.data import load_qrels
+    from distill.data.beir import load_qrels
 
     tmp = tmp_path_factory.mktemp("qrels")
     qrels = f"{bom}query-id\tcorpus-id\tscore\nq0\td0\t1\n{query}\td1\t{grade}\n"
@@ -315,7 +315,7 @@ def test_a_qrels_score_is_an_integer_grade_or_refused(grade, query, bom, tmp_pat
 ).map(json.dumps), min_size=1, max_size=3), bom=BOM)
 def test_a_pairs_file_is_checked_before_the_teacher_loads(rows, bom, tmp_path_factory, capsys):
     """With a teacher that does not exist, the error names the pairs file unless the file is good."""
-    from distill.pairs import read_candidates_jsonl
+    from distill.data.pairs import read_candidates_jsonl
 
     tmp = tmp_path_factory.mktemp("pairs")
     pairs = tmp / "c.jsonl"
@@ -349,12 +349,12 @@ def test_a_byte_order_mark_on_any_input_changes_nothing(with_bom, tmp_path_facto
 
 def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, tmp_path, capsys):
     """A bug still ends in one line (exit 1, pointing at --debug), not a traceback."""
-    import distill.bm25
+    import distill.data.bm25
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(distill.bm25, "bm25_run", broken)
+    monkeypatch.setattr(distill.data.bm25, "bm25_run", broken)
     data = _beir(tmp_path / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
     code, _, err = invoke(["candidates", "--data", data, "--out", tmp_path / "run.trec"], capsys)
     assert code == 1 and err.strip().count("\n") == 0 and "ZeroDivisionError: planted" in err and "--debug" in err
@@ -363,12 +363,12 @@ def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, tmp_path, capsy
 def test_ctrl_c_exits_130_saying_the_work_done_is_kept(monkeypatch, tmp_path, capsys):
     """A Ctrl-C mid-command is not a success: exit 130 (a shell loop or a scheduler must see it) and one
     line saying that a rerun resumes."""
-    import distill.bm25
+    import distill.data.bm25
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(distill.bm25, "bm25_run", interrupted)
+    monkeypatch.setattr(distill.data.bm25, "bm25_run", interrupted)
     data = _beir(tmp_path / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
     code, _, err = invoke(["candidates", "--data", data, "--out", tmp_path / "run.trec"], capsys)
     assert code == 130 and "interrupted" in err and "rerun to resume" in err

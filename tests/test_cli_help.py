@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from distill.cli import app, main, register_commands
+from distill.app.cli import app, main, register_commands
 
 
 def commands() -> Iterator[tuple[tuple[str, ...], object]]:
@@ -96,11 +96,11 @@ def test_an_out_of_range_value_is_refused(path, option, value, tmp_path, capsys,
 
 def _tiny_cache(folder, data):
     """A teacher cache of BM25's scores on the tiny train split (its scores do not matter here)."""
-    from distill.bm25 import bm25_run
-    from distill.cache import TeacherCache
-    from distill.data import load_beir
-    from distill.manifest import frame_hash
-    from distill.schema import DOCID, QID, SCORE
+    from distill.cache.store import TeacherCache
+    from distill.core.manifest import frame_hash
+    from distill.core.schema import DOCID, QID, SCORE
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     dataset = load_beir(data, "train")
     cache = TeacherCache.create_or_open(folder, {"kind": "planted", "model": "bm25"}, frame_hash(dataset.corpus))
@@ -127,8 +127,8 @@ def test_train_student_init_that_is_not_a_model_is_one_line_naming_it(init, tiny
 
 
 def test_distill_help_does_not_import_torch():
-    code = ("import sys, distill.cli\n"
-            "distill.cli.register_commands()\n"
+    code = ("import sys, distill.app.cli\n"
+            "distill.app.cli.register_commands()\n"
             "heavy = ('torch', 'transformers', 'sentence_transformers', 'lightgbm')\n"
             "heavy = sorted(m for m in heavy if m in sys.modules)\n"
             "assert not heavy, heavy\n")

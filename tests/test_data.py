@@ -8,12 +8,12 @@ import shutil
 import polars as pl
 import pytest
 
-from distill.bm25 import bm25_run
-from distill.data import load_beir, load_corpus, load_qrels, load_queries
-from distill.errors import InputError
-from distill.pairs import read_candidates_jsonl, read_triples_tsv
-from distill.querysets import read_queries_file
-from distill.runs import read_run, write_run
+from distill.core.errors import InputError
+from distill.data.beir import load_beir, load_corpus, load_qrels, load_queries
+from distill.data.bm25 import bm25_run
+from distill.data.pairs import read_candidates_jsonl, read_triples_tsv
+from distill.data.querysets import read_queries_file
+from distill.data.runs import read_run, write_run
 
 
 def _write(path, text: str | bytes):

@@ -13,18 +13,18 @@ import pytest
 from scipy import stats
 from tiny import run_cli
 
-from distill.agreement import teacher_agreement
-from distill.bm25 import bm25_run
-from distill.cache import TeacherCache
-from distill.data import Dataset, load_beir
-from distill.errors import ConfigError, InputError
-from distill.evaluation import EvaluationResult, adjust_p_values, evaluate_rankers, evaluate_runs, paired_tests
-from distill.latency import measure_latency, parameter_count, size_on_disk
-from distill.rankers import RunRanker, load_ranker, model_folder, parse_ranker_spec
-from distill.ranking import BaseRanker
-from distill.registry import RANKERS
-from distill.runs import read_run, write_run
-from distill.schema import DOCID, QID, SCORE
+from distill.cache.store import TeacherCache
+from distill.core.errors import ConfigError, InputError
+from distill.core.registry import RANKERS
+from distill.core.schema import DOCID, QID, SCORE
+from distill.data.beir import Dataset, load_beir
+from distill.data.bm25 import bm25_run
+from distill.data.runs import read_run, write_run
+from distill.evaluation.agreement import teacher_agreement
+from distill.evaluation.latency import measure_latency, parameter_count, size_on_disk
+from distill.evaluation.runner import EvaluationResult, adjust_p_values, evaluate_rankers, evaluate_runs, paired_tests
+from distill.rankers.base import BaseRanker
+from distill.rankers.loading import RunRanker, load_ranker, model_folder, parse_ranker_spec
 
 LOG2_3 = math.log2(3)
 
@@ -244,7 +244,7 @@ def test_latency_fields(tiny, tmp_path):
     cold = measure_latency(ranker, dataset, run, k=5, n_queries=3, prepare=False)
     assert not cold.prepared and cold.prepare_s == 0.0 and cold.n_queries == 3
     assert parameter_count(RunRanker()) == 0
-    from distill.cascade import stage
+    from distill.cascade.model import stage
 
     cascade = stage("run", RunRanker()) % 4 >> stage("fake", ranker)
     assert parameter_count(cascade) == 3 * 2 + 2  # a cascade counts its stages' models
@@ -266,7 +266,7 @@ def test_latency_settles_a_reduced_precision_on_many_pairs_before_timing(tiny):
 
     ranker.rerank = counting
     measure_latency(ranker, dataset, run, k=5, n_queries=3)
-    from distill.ranking import SETTLE_PAIRS
+    from distill.rankers.base import SETTLE_PAIRS
 
     n = min(SETTLE_PAIRS, dataset.queries.height * 5)
     assert calls == [(n, n, dataset.queries.height * 5, 0)] and n > 5
@@ -325,7 +325,7 @@ def test_cli_evaluate_then_report(tiny, tiny_beir, tmp_path, capsys):
 
 
 def test_rankers_are_prepared_before_they_rerank(tiny):
-    from distill.evaluation import rerank_all
+    from distill.evaluation.runner import rerank_all
 
     class NeedsPreparing(FakeRanker):
         def rerank(self, dataset, run):
@@ -338,8 +338,8 @@ def test_rankers_are_prepared_before_they_rerank(tiny):
 
 
 def test_cli_evaluate_counts_the_stages_a_cascade_skipped(tiny, tiny_beir, tmp_path, capsys):
-    from distill.cascade import Cascade, StageCost, stage
-    from distill.rankers import RunRanker
+    from distill.cascade.model import Cascade, StageCost, stage
+    from distill.rankers.loading import RunRanker
 
     dataset, run = tiny
     write_run(run, tmp_path / "bm25.trec")

@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 pytest.importorskip("onnxscript")
 
-from distill.manifest import write_manifest  # noqa: E402
+from distill.core.manifest import write_manifest  # noqa: E402
 
 # int8 with 7-bit weights (students/export.py) is exact integer arithmetic in ONNX Runtime on every CPU: the same
 # order on AVX-512-VNNI and on qemu's Haswell (Kendall tau 0.954 on the gate's sample, pooled Spearman 0.996 on
@@ -60,8 +60,8 @@ def bi_encoder(tiny_bi_encoder, tiny_beir) -> Path:
 
 @pytest.fixture(scope="module")
 def candidates(tiny_beir):
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     dataset = load_beir(tiny_beir, "test")
     return dataset, bm25_run(dataset, k=10)
@@ -75,7 +75,7 @@ def _export(model: Path, out: Path, **options):
 
 
 def _scores(spec: Path, candidates, **kwargs) -> np.ndarray:
-    from distill.rankers import load_ranker
+    from distill.rankers.loading import load_ranker
 
     dataset, run = candidates
     ranker = load_ranker(str(spec), name="x", **kwargs)
@@ -156,8 +156,8 @@ def gate_sample(tiny_beir):
     spread on a 1e-3 grid by a hash of the pair."""
     import zlib
 
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
 
     dataset = load_beir(tiny_beir, "train")
     judged = {(q, d) for q, d, r in dataset.qrels.select("qid", "docid", "relevance").iter_rows() if r > 0}
@@ -196,7 +196,7 @@ def test_the_fidelity_gate_keeps_a_rounded_export_and_refuses_a_reordered_one(ga
 @pytest.mark.isa
 @pytest.mark.parametrize(("fmt", "quantize"), [("onnx", "int8"), ("openvino", None)])
 def test_bi_encoder_round_trip(bi_encoder, candidates, tmp_path, fmt, quantize):
-    from distill.rankers import load_ranker
+    from distill.rankers.loading import load_ranker
     from students.backends import ExportedBiEncoderRanker
 
     out = tmp_path / fmt
@@ -235,15 +235,15 @@ def test_a_failing_check_refuses_and_writes_nothing(cross_encoder, tmp_path):
 def test_cli_exports_and_evaluate_loads_it(cross_encoder, tiny_beir, candidates, tmp_path):
     from typer.testing import CliRunner
 
-    from distill.cli import app, register_commands
-    from distill.runs import write_run
+    from distill.app.cli import app, register_commands
+    from distill.data.runs import write_run
     from students.export import ExportRefused
 
     register_commands()
     runner = CliRunner()
     out = tmp_path / "onnx"
     refused = runner.invoke(app, ["export", str(cross_encoder), "--out", str(out), "--min-overlap", "1.01"])
-    # distill.cli.main turns this DistillError into one line and exit code 2
+    # distill.app.cli.main turns this DistillError into one line and exit code 2
     assert isinstance(refused.exception, ExportRefused) and "nothing was written" in str(refused.exception)
     assert not out.exists()
 
@@ -257,7 +257,7 @@ def test_cli_exports_and_evaluate_loads_it(cross_encoder, tiny_beir, candidates,
         "--latency", "--latency-queries", "2", "--out", str(tmp_path / "eval"),
     ])
     assert evaluated.exit_code == 0, evaluated.output
-    from distill.evaluation import EvaluationResult
+    from distill.evaluation.runner import EvaluationResult
 
     result = EvaluationResult.load(tmp_path / "eval")
     ndcg = dict(zip(result.summary["ranker"], result.summary["nDCG@10"]))
@@ -266,7 +266,7 @@ def test_cli_exports_and_evaluate_loads_it(cross_encoder, tiny_beir, candidates,
 
 
 def test_the_check_of_a_student_trained_with_unjudged_queries_uses_its_judged_split(tiny_beir, tmp_path):
-    from distill.errors import ConfigError
+    from distill.core.errors import ConfigError
     from students.export import ExportConfig, _source_manifest, _training_data
 
     folder = tmp_path / "student"
@@ -286,7 +286,7 @@ def test_export_prints_no_torch_exporter_noise(cross_encoder, tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TORCH_LOGS"}  # what a user's shell has
-    argv = [sys.executable, "-m", "distill.cli", "export", str(cross_encoder), "--format", "onnx",
+    argv = [sys.executable, "-m", "distill.app.cli", "export", str(cross_encoder), "--format", "onnx",
             "--out", str(tmp_path / "onnx")]
     process = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert process.returncode == 0, process.stderr

@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from distill.bm25 import bm25_run
-from distill.data import Dataset, load_beir
-from distill.errors import InputError
-from distill.features import FeatureConfig, FeatureExtractor, analyze
-from distill.schema import CORPUS_SCHEMA, QRELS_SCHEMA, QUERIES_SCHEMA
+from distill.core.errors import InputError
+from distill.core.schema import CORPUS_SCHEMA, QRELS_SCHEMA, QUERIES_SCHEMA
+from distill.data.beir import Dataset, load_beir
+from distill.data.bm25 import bm25_run
+from students.features import FeatureConfig, FeatureExtractor, analyze
 
 
 @pytest.fixture(scope="module")

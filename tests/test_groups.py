@@ -7,10 +7,10 @@ import logging
 import polars as pl
 import pytest
 
-from distill.data import Dataset
-from distill.errors import ConfigError, InputError
-from distill.groups import GroupConfig, build_groups, groups_to_hf_dataset, holdout, split_groups
-from distill.schema import CORPUS_SCHEMA, QRELS_SCHEMA, QUERIES_SCHEMA, SCORES_SCHEMA
+from distill.core.errors import ConfigError, InputError
+from distill.core.schema import CORPUS_SCHEMA, QRELS_SCHEMA, QUERIES_SCHEMA, SCORES_SCHEMA
+from distill.data.beir import Dataset
+from distill.training.groups import GroupConfig, build_groups, groups_to_hf_dataset, holdout, split_groups
 
 
 def make_dataset(n_docs: int = 20) -> Dataset:
@@ -87,14 +87,14 @@ def test_sampling_is_deterministic_per_seed_and_independent_of_row_order():
 
 
 def test_groups_too_small_for_the_loss_are_dropped_then_refused(caplog):
-    from students.losses import build_loss
+    from distill.training.losses import build_loss
 
     check = build_loss("MarginMSE").check_group_size
     one_each = scores_frame({"q1": {"d2": 1.0}, "q2": {"d3": 1.0}})
     with pytest.raises(ConfigError, match=r"MarginMSE.*has 1 candidate\(s\) per query"):
         build_groups(make_dataset(), one_each, GroupConfig(), check_group_size=check)
     mixed = scores_frame({"q1": {"d2": 1.0, "d3": 0.0}, "q2": {"d3": 1.0}})
-    with caplog.at_level(logging.WARNING, logger="distill.groups"):
+    with caplog.at_level(logging.WARNING, logger="distill.training.groups"):
         groups = build_groups(make_dataset(), mixed, GroupConfig(), check_group_size=check)
     assert [g.qid for g in groups] == ["q1"]
     assert "dropped 1 of 2 queries" in caplog.text

@@ -1,4 +1,4 @@
-"""distill.io: hand-written JSON read leniently but located, and an output a crash left half-swapped put back."""
+"""distill.core.io: hand-written JSON read leniently but located, and an output a crash left half-swapped put back."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from distill.errors import InputError
-from distill.io import atomic_dir, read_json, restore_swapped
-from distill.rankers import model_kind
+from distill.core.errors import InputError
+from distill.core.io import atomic_dir, read_json, restore_swapped
+from distill.rankers.loading import model_kind
 
 
 def test_a_byte_order_mark_on_hand_written_json_is_accepted(tmp_path):

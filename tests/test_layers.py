@@ -1,5 +1,6 @@
-"""The package's layers: distill's core never imports teachers/ or students/, loading a
-LightGBM-only ranker or cascade does not import torch, and the public API is one name, one thing."""
+"""The package's layers: each folder imports only the folders below it (docs/architecture.md),
+no code uses a module's old flat path, loading a LightGBM-only ranker or cascade does not
+import torch, and the public API is one name, one thing."""
 
 from __future__ import annotations
 
@@ -13,16 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "distill"
-# The top layer, which may reach teachers/ and students/ (the CLI, the commands' work in distill.tasks,
-# the pipeline, servers; the lazy re-exports of distill/__init__.py name modules as strings, not imports).
-TOP = {"cli.py", "tasks.py", "pipeline.py"}
-CLI = ("distill.cli", "distill.commands")
-UPPER_PACKAGES = ("teachers", "students")
-
-
-def _top_layer(path: Path) -> bool:
-    relative = path.relative_to(CORE)
-    return relative.parts[0] == "commands" or relative.name in TOP or relative.name.startswith("serve")
+# bottom to top: a module may import its own folder's modules and those of the folders before it
+LAYERS = ("core", "data", "inference", "training", "rankers", "cache", "evaluation", "cascade", "serve",
+          "teachers", "students", "app")
+CLI = ("distill.app.cli", "distill.app.commands", "distill.cli")
 
 
 def _imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -36,19 +31,72 @@ def _imported_modules(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def test_the_core_never_imports_teachers_or_students():
-    core = [p for p in sorted(CORE.rglob("*.py")) if not _top_layer(p)]
-    assert CORE / "rankers.py" in core and CORE / "cache.py" in core and CORE / "training.py" in core
-    upward = [f"{p.relative_to(ROOT)}:{line} imports {module}" for p in core for line, module in _imported_modules(p)
-              if module.split(".")[0] in UPPER_PACKAGES]
+def _layer(module: str) -> str | None:
+    """The layer a dotted module name belongs to (None: not distill's, or the package root)."""
+    parts = module.split(".")
+    if parts[0] in ("teachers", "students"):
+        return parts[0]
+    if parts[0] == "distill" and len(parts) > 1:
+        return "app" if parts[1] == "cli" else parts[1] if parts[1] in LAYERS else None
+    return None
+
+
+def _layered_files() -> list[tuple[Path, str]]:
+    files = [(p, p.relative_to(CORE).parts[0]) for p in sorted(CORE.rglob("*.py"))
+             if len(p.relative_to(CORE).parts) > 1]
+    return files + [(p, top) for top in ("teachers", "students") for p in sorted((ROOT / top).rglob("*.py"))]
+
+
+def test_every_module_sits_in_a_layer_folder():
+    loose = sorted(p.name for p in CORE.glob("*.py"))
+    assert loose == ["__init__.py", "_moved.py", "cli.py"], loose  # the package root, the old paths, python -m
+    assert {folder for _, folder in _layered_files()} == set(LAYERS)
+
+
+def test_no_import_runs_upward():
+    upward = [f"{p.relative_to(ROOT)}:{line} ({folder}) imports {module} ({_layer(module)})"
+              for p, folder in _layered_files() for line, module in _imported_modules(p)
+              if _layer(module) is not None and LAYERS.index(_layer(module)) > LAYERS.index(folder)]
     assert not upward, "\n".join(upward)
 
 
+def test_no_code_uses_an_old_module_path():
+    from distill._moved import MOVED
+
+    old = [f"{p.relative_to(ROOT)}:{line} imports {module}" for p, _ in _layered_files()
+           for line, module in _imported_modules(p) if module in MOVED or module == "distill.cli"]
+    assert not old, "\n".join(old)
+
+
+def test_the_layer_scan_sees_an_upward_import(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from students.lightgbm import LightGBMRanker\n    import distill.serve.app\n")
+    modules = [m for _, m in _imported_modules(planted)]
+    assert modules == ["students.lightgbm", "distill.serve.app"]
+    assert [_layer(m) for m in modules] == ["students", "serve"]
+    assert LAYERS.index("students") > LAYERS.index("teachers") > LAYERS.index("cache")
+
+
+def test_old_module_paths_are_the_moved_modules():
+    from distill._moved import MOVED
+
+    script = ("import importlib, sys\n"
+              f"moved = {MOVED!r}\n"
+              "bad = [old for old, new in moved.items()\n"
+              "       if importlib.import_module(old) is not importlib.import_module(new)]\n"
+              "print(bad)\n")
+    assert _python(script) == "[]"
+    assert _python("from distill.cache import TeacherCache, read_scores; from distill.serve import ServeConfig, "
+                   "create_app; from distill.cascade import Cascade; from distill.evaluation import evaluate; "
+                   "import distill; print(distill.evaluate is evaluate, TeacherCache.__module__)") \
+        == "True distill.cache.store"
+
+
 def test_only_the_cli_imports_the_cli():
-    """The library owns the work: the pipeline and distill.tasks call functions, never commands."""
-    library = [p for root in (CORE, ROOT / "teachers", ROOT / "students") for p in sorted(root.rglob("*.py"))
+    """The library owns the work: the pipeline and distill.app.tasks call functions, never commands."""
+    library = [p for p, _ in _layered_files()
                if p.name != "cli.py" and "commands" not in p.relative_to(ROOT).parts]
-    assert CORE / "pipeline.py" in library and CORE / "tasks.py" in library
+    assert CORE / "app" / "pipeline.py" in library and CORE / "app" / "tasks.py" in library
     found = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in library for line, name in _imported_names(p)
              if name.startswith(CLI)]
     assert not found, "\n".join(found)
@@ -63,18 +111,6 @@ def _imported_names(path: Path) -> list[tuple[int, str]]:
     return names
 
 
-def test_teachers_do_not_import_students():
-    upward = [f"{p.relative_to(ROOT)}:{line} imports {module}" for p in sorted((ROOT / "teachers").rglob("*.py"))
-              for line, module in _imported_modules(p) if module.split(".")[0] == "students"]
-    assert not upward, "\n".join(upward)
-
-
-def test_the_scan_sees_an_upward_import(tmp_path):
-    planted = tmp_path / "planted.py"
-    planted.write_text("def f():\n    from students.lightgbm import LightGBMRanker\n    import teachers\n")
-    assert [m for _, m in _imported_modules(planted)] == ["students.lightgbm", "teachers"]
-
-
 def _python(code: str) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -84,10 +120,10 @@ def _python(code: str) -> str:
 @pytest.fixture(scope="module")
 def lightgbm_cascade(tmp_path_factory, tiny_beir) -> Path:
     """A LightGBM student trained on BM25's scores and a spec ``bm25 % 10 >> lightgbm``."""
-    from distill.bm25 import bm25_run
-    from distill.cascade import Cascade, StageCost, stage
-    from distill.data import load_beir
-    from distill.rankers import load_ranker
+    from distill.cascade.model import Cascade, StageCost, stage
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.rankers.loading import load_ranker
     from students.lightgbm import LightGBMConfig, train_lightgbm_student
 
     folder = tmp_path_factory.mktemp("layers")
@@ -105,14 +141,14 @@ def test_loading_a_lightgbm_ranker_or_cascade_does_not_import_torch(lightgbm_cas
     model = json.loads(lightgbm_cascade.read_text())["stages"][1]["ranker"]
     loaded = _python(
         "import sys\n"
-        "from distill.rankers import load_ranker\n"
+        "from distill.rankers.loading import load_ranker\n"
         f"ranker = load_ranker({model!r})\n"
         f"cascade = load_ranker({str(lightgbm_cascade)!r})\n"
         "print(type(ranker).__name__, type(cascade).__name__, 'torch' in sys.modules)\n"
     )
     assert loaded == "LightGBMRanker Cascade False"
     # the check can fail: the training plumbing does bring torch in
-    assert _python("import sys, distill.training; print('torch' in sys.modules)") == "True"
+    assert _python("import sys, distill.training.trainer; print('torch' in sys.modules)") == "True"
 
 
 def test_import_distill_is_light():
@@ -128,23 +164,24 @@ def test_no_public_name_shadows_a_submodule():
     assert not submodules & set(distill.__all__), "a public name is also a submodule's name"
     for name in distill.__all__:
         assert getattr(distill, name) is not None, name
-    import distill.evaluation  # importing the module does not replace the function
+    import distill.evaluation.runner  # importing the modules does not replace the function
 
-    assert callable(distill.evaluate) and distill.evaluate is distill.evaluation.evaluate
+    assert callable(distill.evaluate) and distill.evaluate is distill.evaluation.runner.evaluate
+    assert distill.evaluation.evaluate is distill.evaluate  # the package re-exports its old module's names
 
 
 def test_ranker_kinds_come_from_the_entry_points():
-    from distill.registry import RANKERS, TEACHERS
+    from distill.core.registry import RANKERS, TEACHERS
 
-    assert {"teacher", "cross-encoder-student", "bi-encoder-student", "lightgbm-student", "cascade",
+    assert {"teacher", "cross-encoder-student", "bi-encoder-student", "lightgbm-student", "cascade", "teacher-cache",
             "cross-encoder", "sentence-transformer"} <= set(RANKERS.kinds())
     assert {"cross-encoder", "generative"} <= set(TEACHERS.kinds())
 
 
 def test_a_registered_loader_is_used_and_unknown_kinds_name_the_known(tmp_path):
-    from distill.errors import InputError
-    from distill.rankers import RunRanker, load_ranker
-    from distill.registry import RANKERS
+    from distill.core.errors import InputError
+    from distill.core.registry import RANKERS
+    from distill.rankers.loading import RunRanker, load_ranker
 
     folder = tmp_path / "custom"
     folder.mkdir()

@@ -11,11 +11,11 @@ import pytest
 import tiny
 from scipy.stats import kendalltau
 
-from distill.bm25 import bm25_run
-from distill.data import Dataset, load_beir
-from distill.errors import ConfigError, InputError
-from distill.features import FeatureConfig, FeatureExtractor
-from distill.ranking import Ranker
+from distill.core.errors import ConfigError, InputError
+from distill.data.beir import Dataset, load_beir
+from distill.data.bm25 import bm25_run
+from distill.rankers.base import Ranker
+from students.features import FeatureConfig, FeatureExtractor
 from students.grades import mix_qrels, teacher_grades
 from students.lightgbm import OBJECTIVES, LightGBMConfig, LightGBMRanker, train_lightgbm_student
 
@@ -198,7 +198,7 @@ def test_not_a_lightgbm_folder(tmp_path):
 
 def test_another_rankers_scores_are_features(splits, runs, teacher, tmp_path, monkeypatch):
     """A run file holding the teacher's own scores is the one feature the student should need."""
-    from distill.runs import write_run
+    from distill.data.runs import write_run
 
     (train, test), (train_run, test_run), (train_scores, test_scores) = splits, runs, teacher
     write_run(pl.concat([train_scores, test_scores]), tmp_path / "oracle.trec")
@@ -230,7 +230,7 @@ def test_feature_ranker_names_must_suit_lightgbm(splits, runs, teacher, tmp_path
 
 def test_feature_rankers_prepare_once_per_corpus(splits, runs, monkeypatch):
     """A dense ranker precomputes per corpus; another split's corpus must be prepared, not skipped."""
-    import distill.rankers
+    import distill.rankers.loading
     from students.ranker_features import RankerFeatures
 
     prepared = []
@@ -244,7 +244,7 @@ def test_feature_rankers_prepare_once_per_corpus(splits, runs, monkeypatch):
         def rerank(self, dataset, run):
             return run.select("qid", "docid").with_columns(pl.lit(1.0).alias("score"))
 
-    monkeypatch.setattr(distill.rankers, "load_ranker", lambda spec, **kwargs: Counting())
+    monkeypatch.setattr(distill.rankers.loading, "load_ranker", lambda spec, **kwargs: Counting())
     features = RankerFeatures({"dense": "anything"})
     (train, test), (train_run, test_run) = splits, runs
     for dataset, run in ((train, train_run), (train, train_run), (test, test_run)):
@@ -254,7 +254,7 @@ def test_feature_rankers_prepare_once_per_corpus(splits, runs, monkeypatch):
 
 def test_qrels_weight_teaches_the_judgements_a_noisy_teacher_lacks(splits, runs, tmp_path):
     """With a teacher of pure noise, only the qrels can lift the student on held-out queries."""
-    from distill.metrics import metric_means
+    from distill.evaluation.metrics import metric_means
 
     (train, test), (train_run, test_run) = splits, runs
     noise = train_run.select("qid", "docid").with_columns(

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from distill.errors import ConfigError
-from students.losses import (
+from distill.core.errors import ConfigError
+from distill.training.losses import (
     BCE,
     IN_BATCH,
     LOSSES,
@@ -445,8 +445,8 @@ def test_describe_losses_covers_every_loss():
 
 
 def test_docs_loss_table_is_generated_from_the_registry():
-    """docs/losses.md is what `python -m students.losses.describe` writes; regenerate it when this fails."""
-    from students.losses.describe import DOC, main, render_markdown
+    """docs/losses.md is what `python -m distill.training.losses.describe` writes; regenerate it when this fails."""
+    from distill.training.losses.describe import DOC, main, render_markdown
 
     assert DOC.read_text(encoding="utf-8") == render_markdown()
     assert main(["--check"]) == 0
@@ -455,7 +455,7 @@ def test_docs_loss_table_is_generated_from_the_registry():
 
 
 def test_describe_check_fails_on_drift(tmp_path):
-    from students.losses.describe import main
+    from distill.training.losses.describe import main
 
     out = tmp_path / "losses.md"
     assert main(["--check", "--out", str(out)]) == 1
@@ -468,7 +468,7 @@ def test_describe_check_fails_on_drift(tmp_path):
 def test_train_student_help_lists_the_registry():
     from typer.testing import CliRunner
 
-    from distill.cli import app, register_commands
+    from distill.app.cli import app, register_commands
 
     register_commands()
     result = CliRunner().invoke(app, ["train-student", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
@@ -830,7 +830,7 @@ def test_in_batch_shapes_and_mixtures():
 
 
 def test_cross_encoder_adapter_refuses_in_batch_losses():
-    from distill.training import CrossEncoderGroupLoss
+    from distill.training.trainer import CrossEncoderGroupLoss
 
     with pytest.raises(ConfigError, match="in-batch"):
         CrossEncoderGroupLoss(model=None, loss=InBatchCE())
@@ -840,8 +840,8 @@ def test_bi_encoder_adapter_scores_every_query_against_every_document(tiny_bi_en
     """The bi-encoder adapter hands in-batch losses the [B, B*L] matrix of its own embeddings."""
     from sentence_transformers import SentenceTransformer
 
-    from distill.groups import MASK_ROW, RELEVANCE_ROW, TEACHER_ROW
-    from distill.training import BiEncoderGroupLoss
+    from distill.training.groups import MASK_ROW, RELEVANCE_ROW, TEACHER_ROW
+    from distill.training.trainer import BiEncoderGroupLoss
 
     model = SentenceTransformer(str(tiny_bi_encoder), device="cpu")
     queries = ["alpha beta", "gamma delta"]

@@ -65,7 +65,7 @@ def test_evaluate_refuses_a_folder_of_the_users_files(tmp_path, tiny_beir, capsy
 
 
 def test_a_folder_output_replaces_its_own_kind_or_an_empty_folder_only(tmp_path, tiny_beir, capsys):
-    from distill.manifest import write_manifest
+    from distill.core.manifest import write_manifest
 
     beir = _beir(tmp_path, tiny_beir)
     run = _run(beir, tmp_path, capsys)
@@ -123,7 +123,7 @@ def test_every_folder_writing_command_refuses_before_it_works(tmp_path, tiny_bei
     """train-teacher, train-student, select-student, export, demo and report stop at once, before any training."""
     import students.train
     import teachers.train
-    from distill.manifest import write_manifest
+    from distill.core.manifest import write_manifest
 
     def trainer(*args, **kwargs):
         raise AssertionError(NO_TRAINING)
@@ -152,9 +152,9 @@ def test_every_folder_writing_command_refuses_before_it_works(tmp_path, tiny_bei
 
 
 def test_the_library_functions_protect_the_same_way(tmp_path, tiny_beir):
-    from distill.errors import InputError
-    from distill.pipeline import split_view
-    from distill.synthetic import make_synthetic_beir
+    from distill.app.pipeline import split_view
+    from distill.core.errors import InputError
+    from distill.data.synthetic import make_synthetic_beir
 
     mine = _users_folder(tmp_path / "mine")
     with pytest.raises(InputError, match="overwrite"):
@@ -171,8 +171,8 @@ def test_the_library_functions_protect_the_same_way(tmp_path, tiny_beir):
 def test_a_model_folder_finds_its_training_data_from_any_directory(tmp_path, tiny_beir, tiny_cross_encoder,
                                                                     capsys, monkeypatch):
     """`distill export demo_out/models/ce_student` run from elsewhere found no "demo_out/data" before."""
-    from distill.cache import TeacherCache
-    from distill.runs import read_run
+    from distill.cache.store import TeacherCache
+    from distill.data.runs import read_run
     from students.export import ExportConfig, _source_manifest, _training_data
 
     work = tmp_path / "work"
@@ -203,7 +203,7 @@ def test_a_model_folder_finds_its_training_data_from_any_directory(tmp_path, tin
 
 
 def test_an_older_manifests_cwd_relative_path_still_resolves_from_elsewhere(tmp_path, tiny_beir, monkeypatch):
-    from distill.manifest import write_manifest
+    from distill.core.manifest import write_manifest
     from students.export import ExportConfig, _source_manifest, _training_data
 
     demo = tmp_path / "demo_out"
@@ -222,7 +222,7 @@ def _spec(path: Path, stages: list[tuple[str, str]]) -> Path:
 
 
 def test_a_cascade_spec_resolves_its_rankers_against_its_own_folder(tmp_path, monkeypatch, tiny_beir, capsys):
-    from distill.cascade import Cascade
+    from distill.cascade.model import Cascade
 
     folder = tmp_path / "specs"
     folder.mkdir()
@@ -244,7 +244,7 @@ def test_a_cascade_spec_resolves_its_rankers_against_its_own_folder(tmp_path, mo
 
 
 def test_an_older_spec_with_paths_from_its_runs_directory_still_loads(tmp_path, monkeypatch, tiny_beir, capsys):
-    from distill.cascade import Cascade
+    from distill.cascade.model import Cascade
 
     beir = _beir(tmp_path, tiny_beir)
     (tmp_path / "demo_out" / "runs").mkdir(parents=True)
@@ -307,8 +307,8 @@ def test_disk_full_while_writing_a_folder_leaves_nothing(tmp_path, tiny_beir, ca
 
 
 def test_quota_and_file_size_errors_name_the_path_too(tmp_path):
-    from distill.errors import DistillError
-    from distill.io import write_text_atomic
+    from distill.core.errors import DistillError
+    from distill.core.io import write_text_atomic
 
     for number in (errno.EDQUOT, errno.EFBIG):
         def fail(self, *args, _number=number, **kwargs):
@@ -323,7 +323,7 @@ def test_quota_and_file_size_errors_name_the_path_too(tmp_path):
 
 
 def test_files_and_folders_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
-    import distill.io as io
+    import distill.core.io as io
 
     synced: list[tuple[str, bool]] = []
     real_fsync, real_replace = os.fsync, os.replace

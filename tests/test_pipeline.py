@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.errors import ConfigError
-from distill.pipeline import PipelineConfig, plan
+from distill.app.pipeline import PipelineConfig, plan
+from distill.core.errors import ConfigError
 
 
 def _argv(steps, name: str) -> list[str]:
@@ -47,9 +47,9 @@ def test_the_teacher_objective_reaches_train_teacher(tmp_path):
 
 
 def test_title_queries_join_the_students_split_but_not_the_teachers(tmp_path):
-    from distill.data import load_beir
-    from distill.pipeline import TITLE_SPLIT, split_view
-    from distill.synthetic import make_synthetic_beir
+    from distill.app.pipeline import TITLE_SPLIT, split_view
+    from distill.data.beir import load_beir
+    from distill.data.synthetic import make_synthetic_beir
 
     source = make_synthetic_beir(tmp_path / "source", n_topics=4)
     view = split_view(source, tmp_path / "view", valid_fraction=0.3, title_queries=5, seed=1)
@@ -70,9 +70,9 @@ def test_title_queries_join_the_students_split_but_not_the_teachers(tmp_path):
 def test_split_view_command_builds_the_pipelines_view(tmp_path):
     from typer.testing import CliRunner
 
-    from distill.cli import app, register_commands
-    from distill.pipeline import split_view
-    from distill.synthetic import make_synthetic_beir
+    from distill.app.cli import app, register_commands
+    from distill.app.pipeline import split_view
+    from distill.data.synthetic import make_synthetic_beir
 
     source = make_synthetic_beir(tmp_path / "source", n_topics=4)
     expected = split_view(source, tmp_path / "expected", valid_fraction=0.3, title_queries=5, seed=1)
@@ -89,7 +89,7 @@ def test_split_view_command_builds_the_pipelines_view(tmp_path):
 
 
 def test_students_learn_from_the_title_split_when_asked(tmp_path):
-    from distill.pipeline import TITLE_SPLIT
+    from distill.app.pipeline import TITLE_SPLIT
 
     steps = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2, title_queries=10), Path("data"))
     for name in ("candidates-train", "score-train", "student-cross-encoder", "student-bi-encoder",
@@ -104,7 +104,7 @@ def test_students_learn_from_the_title_split_when_asked(tmp_path):
 def test_a_rerun_keeps_the_earlier_runs_steps_and_budget(tmp_path):
     import json
 
-    from distill.pipeline import resume_record
+    from distill.app.pipeline import resume_record
 
     fresh = {"config": {"seed": 1}, "steps": {}}
     assert resume_record(tmp_path / "pipeline.json", dict(fresh)) == fresh
@@ -138,11 +138,11 @@ def test_lightgbm_can_take_a_neural_students_score_as_a_feature(tmp_path):
 def test_demo_passes_title_queries_and_lightgbm_features_on(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import distill.pipeline
-    from distill.cli import app, register_commands
+    import distill.app.pipeline
+    from distill.app.cli import app, register_commands
 
     seen = []
-    monkeypatch.setattr(distill.pipeline, "run_pipeline", seen.append)
+    monkeypatch.setattr(distill.app.pipeline, "run_pipeline", seen.append)
     register_commands()
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--title-queries", "7",
                                       "--lightgbm-feature", "bi_encoder", "--lightgbm-qrels-weight", "0.5"])
@@ -184,7 +184,7 @@ def _bound(func, args: tuple, kwargs: dict) -> dict:
 def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
     import sys
 
-    from distill.cli import app, register_commands
+    from distill.app.cli import app, register_commands
 
     register_commands()
     for step in steps:
@@ -210,7 +210,7 @@ def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
 def test_every_step_calls_what_its_printed_command_calls(tmp_path, monkeypatch, settings):
     import inspect
 
-    from distill.pipeline import STUDENT_CACHE
+    from distill.app.pipeline import STUDENT_CACHE
 
     steps = plan(PipelineConfig(out=tmp_path, init="backbone", student_layers=2, **settings), tmp_path / "data")
     for step in steps:
@@ -231,7 +231,7 @@ def test_extra_replaces_a_steps_arguments_and_shows_in_its_command(tmp_path):
 
 
 def test_demo_config_takes_the_builtin_settings_only_without_data(tmp_path):
-    from distill.pipeline import BUILTIN_DEMO, demo_config
+    from distill.app.pipeline import BUILTIN_DEMO, demo_config
 
     builtin = demo_config(tmp_path, None, ce_rounds=None, max_length=64)
     assert builtin.ce_rounds == BUILTIN_DEMO["ce_rounds"] and builtin.bi_negatives == BUILTIN_DEMO["bi_negatives"]

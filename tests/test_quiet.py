@@ -19,7 +19,7 @@ def _distill(*args: str, verbose: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY"):
         env.pop(name, None)  # what a user's shell has: nothing
-    argv = [sys.executable, "-m", "distill.cli", *(["--verbose"] if verbose else []), *args]
+    argv = [sys.executable, "-m", "distill.app.cli", *(["--verbose"] if verbose else []), *args]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -17,13 +17,13 @@ ray = pytest.importorskip("ray")
 
 from tiny import run_cli, snapshot  # noqa: E402
 
-from distill.bm25 import bm25_run  # noqa: E402
-from distill.cache import TeacherCache  # noqa: E402
-from distill.data import load_beir  # noqa: E402
-from distill.errors import CacheMismatchError, ConfigError  # noqa: E402
-from distill.manifest import frame_hash  # noqa: E402
-from distill.runs import write_run  # noqa: E402
-from distill.scoring import score_into_cache  # noqa: E402
+from distill.cache.scoring import score_into_cache  # noqa: E402
+from distill.cache.store import TeacherCache  # noqa: E402
+from distill.core.errors import CacheMismatchError, ConfigError  # noqa: E402
+from distill.core.manifest import frame_hash  # noqa: E402
+from distill.data.beir import load_beir  # noqa: E402
+from distill.data.bm25 import bm25_run  # noqa: E402
+from distill.data.runs import write_run  # noqa: E402
 from teachers import load_teacher, score_teacher  # noqa: E402
 from teachers.ray_engine import score_on_ray  # noqa: E402
 

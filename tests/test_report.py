@@ -10,12 +10,12 @@ from html.parser import HTMLParser
 import polars as pl
 import pytest
 
-from distill.bm25 import bm25_run
-from distill.data import load_beir
-from distill.evaluation import evaluate_runs
-from distill.latency import LatencyResult
-from distill.report import pareto_frontier, write_report
-from distill.schema import DOCID, QID, RELEVANCE, SCORE
+from distill.core.schema import DOCID, QID, RELEVANCE, SCORE
+from distill.data.beir import load_beir
+from distill.data.bm25 import bm25_run
+from distill.evaluation.latency import LatencyResult
+from distill.evaluation.report import pareto_frontier, write_report
+from distill.evaluation.runner import evaluate_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_URI = "data:image/png;base64,"
@@ -141,7 +141,7 @@ def test_report_without_latency_or_teacher(runs, tmp_path):
 
 
 def test_cells_are_formatted_for_reading():
-    from distill.report import display_frame, format_p
+    from distill.evaluation.report import display_frame, format_p
 
     assert format_p(3.784e-18) == "< 0.001" and format_p(0.0123) == "0.012"
     frame = pl.DataFrame({"ranker": ["bm25", "ce"], "wins": [None, 12], "nDCG@10": [0.53612, 0.7],

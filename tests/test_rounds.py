@@ -13,12 +13,12 @@ import torch
 from test_students import planted  # noqa: F401  (fixture)
 from tiny import counting_loss, run_cli
 
-from distill.bm25 import bm25_run
-from distill.data import load_beir
-from distill.errors import InputError
-from distill.groups import GroupConfig
-from distill.schema import DOCID, QID, SCORE
-from distill.training import TrainConfig
+from distill.core.errors import InputError
+from distill.core.schema import DOCID, QID, SCORE
+from distill.data.beir import load_beir
+from distill.data.bm25 import bm25_run
+from distill.training.groups import GroupConfig
+from distill.training.trainer import TrainConfig
 from students.validation import StudentCollapseError, Validation, ValidationResult, check_collapse
 
 torch.set_num_threads(1)
@@ -48,7 +48,7 @@ def test_a_queries_file_without_qrels_goes_through_candidates_scoring_and_traini
 
 
 def test_a_queries_file_joins_a_split_and_bad_lines_are_named(tiny_beir, tmp_path):
-    from distill.querysets import load_training_queries
+    from distill.data.querysets import load_training_queries
 
     path = tmp_path / "q.jsonl"
     path.write_text('{"_id": "u1", "text": "alpha"}\n')
@@ -62,8 +62,8 @@ def test_a_queries_file_joins_a_split_and_bad_lines_are_named(tiny_beir, tmp_pat
 
 
 def test_pseudo_queries_are_deterministic_and_cover_title_less_corpora(tmp_path, capsys):
-    from distill.querysets import pseudo_queries
-    from distill.schema import CORPUS_SCHEMA
+    from distill.core.schema import CORPUS_SCHEMA
+    from distill.data.querysets import pseudo_queries
 
     corpus = pl.DataFrame({"docid": ["b", "a", "c", "d"], "title": ["Coffee and sleep", "", "coffee AND sleep", ""],
                            "text": ["Coffee keeps you up. More.", "Tea calms the nerves! Then sleep.",
@@ -166,7 +166,7 @@ def test_train_student_exits_non_zero_on_collapse_unless_allowed(planted, tiny_b
 
 
 def test_a_listwise_loss_takes_its_temperature_from_the_teachers_score_spread(planted):  # noqa: F811
-    from distill.score_scale import default_loss_params, score_scale
+    from distill.cache.score_scale import default_loss_params, score_scale
 
     _, scores = planted
     scale = score_scale(scores)
@@ -182,7 +182,7 @@ def test_cache_info_reports_the_teachers_per_query_spread_and_margins(planted, t
                                                                       tmp_path, capsys):
     from test_students import _cache
 
-    from distill.score_scale import score_scale
+    from distill.cache.score_scale import score_scale
 
     dataset, scores = planted
     cache = _cache(tmp_path / "cache", dataset, scores, tiny_cross_encoder)
@@ -194,10 +194,10 @@ def test_cache_info_reports_the_teachers_per_query_spread_and_margins(planted, t
 
 
 def test_a_fused_teachers_weights_come_from_validation_and_are_in_its_fingerprint(tiny_beir, tmp_path, capsys):
-    from distill.cache import TeacherCache, read_scores
-    from distill.manifest import frame_hash
-    from distill.metrics import per_query
-    from distill.runs import write_run
+    from distill.cache.store import TeacherCache, read_scores
+    from distill.core.manifest import frame_hash
+    from distill.data.runs import write_run
+    from distill.evaluation.metrics import per_query
     from teachers.fusion import fuse, zscores
 
     dataset = load_beir(tiny_beir, "test")
@@ -261,7 +261,7 @@ def test_a_student_below_its_starting_point_is_reported(planted, tiny_cross_enco
 
 
 def test_marginmse_learns_from_teacher_scores_in_units_of_their_spread(planted, tiny_cross_encoder, tmp_path):  # noqa: F811
-    from distill.score_scale import score_scale
+    from distill.cache.score_scale import score_scale
     from students.train import _scaled
 
     dataset, scores = planted

@@ -10,13 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from distill.cascade import Cascade, StageCost, stage
-from distill.data import Dataset
-from distill.errors import ConfigError, InputError
-from distill.rankers import RunRanker
-from distill.ranking import BaseRanker
-from distill.runtime import RankResult, StageReport
-from distill.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, SCORE, TEXT
+from distill.cascade.model import Cascade, StageCost, stage
+from distill.cascade.runtime import RankResult, StageReport
+from distill.core.errors import ConfigError, InputError
+from distill.core.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, SCORE, TEXT
+from distill.data.beir import Dataset
+from distill.rankers.base import BaseRanker
+from distill.rankers.loading import RunRanker
 
 
 class ByText(BaseRanker):
@@ -182,7 +182,8 @@ def test_a_run_file_stage_cannot_serve(tmp_path):
 
 
 def test_the_contract_is_importable_from_where_the_server_takes_it():
-    assert Path(Cascade.load.__code__.co_filename).name == "cascade.py"
+    assert Path(Cascade.load.__code__.co_filename).relative_to(Path(__file__).parents[1]).as_posix() \
+        == "distill/cascade/model.py"
     assert {f for f in StageReport.__dataclass_fields__} == {"name", "ran", "ms", "n_in", "n_out", "skipped"}
 
 
@@ -192,9 +193,9 @@ def test_the_contract_is_importable_from_where_the_server_takes_it():
 def models(tiny_beir, tiny_bi_encoder, tmp_path_factory) -> dict[str, Path]:
     """A LightGBM student (with first-stage features) trained on BM25's order, the tiny bi-encoder,
     the test split's BM25 candidates as a run file and a spec ``bm25 % 15 >> lightgbm % 8 >> bi``."""
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.runs import write_run
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.data.runs import write_run
     from students.lightgbm import LightGBMConfig, train_lightgbm_student
 
     folder = tmp_path_factory.mktemp("runtime")
@@ -216,7 +217,7 @@ def offline_rankings(tiny_beir, models, tmp_path, capsys) -> dict[str, list[str]
     """Each query's ranking as `distill cascade run --no-budget` writes it."""
     import tiny
 
-    from distill.runs import read_run
+    from distill.data.runs import read_run
 
     out = tmp_path / "cascade.trec"
     code, _, err = tiny.run_cli(["cascade", "run", models["spec"], "--data", tiny_beir, "--split", "test",
@@ -227,8 +228,8 @@ def offline_rankings(tiny_beir, models, tmp_path, capsys) -> dict[str, list[str]
 
 
 def test_runtime_ranks_as_distill_cascade_run(tiny_beir, models, tmp_path, capsys):
-    from distill.data import load_beir
-    from distill.runs import read_run
+    from distill.data.beir import load_beir
+    from distill.data.runs import read_run
     from students.embedding_store import STORE_DIR
 
     expected = offline_rankings(tiny_beir, models, tmp_path, capsys)
@@ -260,7 +261,7 @@ def test_lightgbm_cascade_loads_without_torch(models, tmp_path):
     spec.write_text(json.dumps({"format": "distill-cascade/1", "stages": [
         {"name": "bm25", "ranker": "bm25", "cutoff": 10}, {"name": "lightgbm", "ranker": str(models["lightgbm"]),
                                                             "cutoff": None}]}))
-    code = ("import sys; from distill.cascade import Cascade; c = Cascade.load(sys.argv[1]); "
+    code = ("import sys; from distill.cascade.model import Cascade; c = Cascade.load(sys.argv[1]); "
             "r = c.rank('cats and dogs', [{'id': 'a', 'text': 'cats', 'score': 1.0}, "
             "{'id': 'b', 'text': 'dogs and cats', 'score': 0.5}]); "
             "assert sorted(r.ids) == ['a', 'b']; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
@@ -270,7 +271,7 @@ def test_lightgbm_cascade_loads_without_torch(models, tmp_path):
 
 
 def test_real_stages_rank_alike_from_many_threads(tiny_beir, models):
-    from distill.runs import read_run
+    from distill.data.runs import read_run
 
     cascade = Cascade.load(models["spec"], corpus=tiny_beir)
     requests = [[{"id": d, "score": s} for d, s in zip(part[DOCID], part[SCORE], strict=True)]
@@ -316,7 +317,7 @@ def test_stages_are_costed_by_the_length_of_their_documents():
     """``b`` costs 1 s per reference pair and reads documents whole: three short documents (3 s)
     fit a 10 s deadline, three of 20,000 characters (~20 reference pairs each, ~59 s) do not.
     Counted per document, both were 3 s."""
-    from distill.lengths import pair_weights
+    from distill.inference.lengths import pair_weights
 
     cascade = stage("bm25", RunRanker(), "bm25") >> stage("b", ByText("b", 2))
     cascade.costs = {"bm25": StageCost(), "b": StageCost(0.0, 1000.0)}
@@ -332,7 +333,7 @@ def test_stages_are_costed_by_the_length_of_their_documents():
 
 
 def test_a_token_capped_stage_costs_no_more_beyond_its_cap():
-    from distill.lengths import REFERENCE_TOKENS, pair_weights, token_cap
+    from distill.inference.lengths import REFERENCE_TOKENS, pair_weights, token_cap
 
     class Capped(ByText):
         max_length = 512
@@ -343,7 +344,7 @@ def test_a_token_capped_stage_costs_no_more_beyond_its_cap():
 
 
 def test_a_stage_returning_nan_is_a_model_fault_not_bad_input():
-    from distill.runtime import ModelFault
+    from distill.cascade.runtime import ModelFault
 
     class Broken(ByText):
         def score_documents(self, query, docs):

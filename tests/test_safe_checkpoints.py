@@ -9,11 +9,11 @@ import pytest
 import torch
 from tiny import counting_loss
 
-from distill.errors import ConfigError
-from distill.groups import GroupConfig
-from distill.safe_checkpoints import load_state, save_state
-from distill.training import TrainConfig
-from students.losses import MarginMSE
+from distill.core.errors import ConfigError
+from distill.training.checkpoints import load_state, save_state
+from distill.training.groups import GroupConfig
+from distill.training.losses import MarginMSE
+from distill.training.trainer import TrainConfig
 
 torch.set_num_threads(1)
 
@@ -47,9 +47,9 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does_and_no_pickle_is_written(tiny_beir, tiny_cross_encoder,
                                                                                       tmp_path):
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.schema import SCORE
+    from distill.core.schema import SCORE
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
     from students.train import train_student
 
     dataset = load_beir(tiny_beir, "train")

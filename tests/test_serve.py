@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from distill.errors import ConfigError, InputError  # noqa: E402
-from distill.serve import Calibration, ServeConfig, create_app, steer_deadline  # noqa: E402
+from distill.core.errors import ConfigError, InputError  # noqa: E402
+from distill.serve.app import Calibration, ServeConfig, create_app, steer_deadline  # noqa: E402
 
 
 @dataclass
@@ -386,10 +386,10 @@ def test_serves_a_real_tiny_cascade(tiny_beir, tmp_path):
     import numpy as np
     import polars as pl
 
-    from distill.bm25 import bm25_run
-    from distill.cascade import Cascade, StageCost, stage
-    from distill.data import load_beir
-    from distill.rankers import RunRanker
+    from distill.cascade.model import Cascade, StageCost, stage
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.rankers.loading import RunRanker
     from students.lightgbm import LightGBMConfig, LightGBMRanker, train_lightgbm_student
 
     train = load_beir(tiny_beir, "train")

@@ -24,19 +24,19 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from test_serve import DOCS, FROZEN, Fake, wait_for  # noqa: E402
 
-from distill.errors import ConfigError, InputError  # noqa: E402
-from distill.lengths import REFERENCE_TOKENS, pair_weights  # noqa: E402
-from distill.serve import ServeConfig, create_app  # noqa: E402
+from distill.core.errors import ConfigError, InputError  # noqa: E402
+from distill.inference.lengths import REFERENCE_TOKENS, pair_weights  # noqa: E402
+from distill.serve.app import ServeConfig, create_app  # noqa: E402
 
 # -- slow clients ---------------------------------------------------------------------------------
 
 
 @contextmanager
 def live(app, config: ServeConfig, **protocol) -> Iterator[tuple[int, object]]:
-    """``app`` served by uvicorn as :func:`distill.serve.run_server` serves it; yields the port and server."""
+    """``app`` served by uvicorn as :func:`distill.serve.app.run_server` serves it; yields the port and server."""
     import uvicorn
 
-    from distill.serve_http import uvicorn_config
+    from distill.serve.edge import uvicorn_config
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -185,11 +185,11 @@ def test_the_api_key_is_not_shown_and_not_empty():
 def test_the_cli_takes_the_key_from_the_environment(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import distill.serve
-    from distill.cli import app, register_commands
+    import distill.serve.app
+    from distill.app.cli import app, register_commands
 
     seen: list[ServeConfig] = []
-    monkeypatch.setattr(distill.serve, "run_server", lambda spec, config, **_: seen.append(config))
+    monkeypatch.setattr(distill.serve.app, "run_server", lambda spec, config, **_: seen.append(config))
     register_commands()
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "cascade.json"), "--docs"],
                                 env={"DISTILL_API_KEY": "from-env"})
@@ -208,9 +208,9 @@ def test_docs_are_off_unless_asked():
 
 
 def test_a_bind_beyond_loopback_is_warned_about(monkeypatch, caplog):
-    from distill.cascade import Cascade
-    from distill.serve import run_server
-    from distill.serve_auth import bind_warning, is_loopback
+    from distill.cascade.model import Cascade
+    from distill.serve.app import run_server
+    from distill.serve.auth import bind_warning, is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
@@ -221,7 +221,7 @@ def test_a_bind_beyond_loopback_is_warned_about(monkeypatch, caplog):
         raise InputError("stop here")
 
     monkeypatch.setattr(Cascade, "load", classmethod(refuse))
-    with caplog.at_level(logging.WARNING, logger="distill.serve"), pytest.raises(InputError):
+    with caplog.at_level(logging.WARNING, logger="distill.serve.app"), pytest.raises(InputError):
         run_server("cascade.json", ServeConfig(host="0.0.0.0"))
     assert "reachable from other machines" in caplog.text
 
@@ -231,7 +231,7 @@ def test_a_bind_beyond_loopback_is_warned_about(monkeypatch, caplog):
 
 class ByLength(Fake):
     """The Fake whose second stage costs ``per_pair`` ms per reference pair
-    (:func:`distill.lengths.pair_weights`), planned and measured alike."""
+    (:func:`distill.inference.lengths.pair_weights`), planned and measured alike."""
 
     def __init__(self, per_pair: float = 1.0) -> None:
         super().__init__(costs=(0.0, 0.0))
@@ -270,9 +270,9 @@ def test_a_request_of_long_documents_is_degraded_and_does_not_skew_later_ones():
 
 def nan_cascade(tmp_path):
     """``bm25 >> broken``: the second stage's model returns NaN for every document."""
-    from distill.cascade import stage
-    from distill.rankers import RunRanker
-    from distill.ranking import BaseRanker
+    from distill.cascade.model import stage
+    from distill.rankers.base import BaseRanker
+    from distill.rankers.loading import RunRanker
 
     class Broken(BaseRanker):
         name = "broken"
@@ -362,7 +362,7 @@ def exported_cross_encoder(tiny_cross_encoder, tmp_path, monkeypatch):
 
 
 def test_an_exported_cross_encoder_tokenizes_one_call_at_a_time(tiny_cross_encoder, tmp_path, monkeypatch):
-    from distill.runtime import Documents
+    from distill.cascade.runtime import Documents
 
     ranker = exported_cross_encoder(tiny_cross_encoder, tmp_path, monkeypatch)
     texts = [f"the river and the rain {'lake ' * i}" for i in range(6)]
@@ -392,7 +392,7 @@ def test_a_teacher_tokenizes_one_call_at_a_time(tiny_cross_encoder):
 def test_a_big_body_is_decoded_in_steps_as_json_loads_decodes_it():
     import asyncio
 
-    from distill.serve_json import STEP_CHARS, decode_in_steps
+    from distill.serve.stepwise_json import STEP_CHARS, decode_in_steps
 
     docs = [{"id": f"d{i}", "text": f"doc {i} " * 300, "score": i / 7} for i in range(400)]
     body = json.dumps({"query": "q", "documents": docs, "top_k": 3, "nested": {"documents": [1]}}, indent=1).encode()
@@ -430,7 +430,7 @@ def test_invalid_json_is_located_when_decoded_in_steps(body, where):
     """At the character json.loads names (NaN and bytes that are not UTF-8: where they start)."""
     import asyncio
 
-    from distill.serve_json import decode_in_steps
+    from distill.serve.stepwise_json import decode_in_steps
 
     with pytest.raises(json.JSONDecodeError) as err:
         asyncio.run(decode_in_steps(body))
@@ -485,7 +485,7 @@ def test_a_bi_encoder_encodes_one_call_at_a_time(tiny_bi_encoder, tiny_beir):
     tokenizes with the fast tokenizer, which refuses concurrent calls."""
     import polars as pl
 
-    from distill.data import load_beir
+    from distill.data.beir import load_beir
     from students.bi_encoder import BiEncoderRanker
 
     dataset = load_beir(tiny_beir, "test")

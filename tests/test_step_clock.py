@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from distill.step_clock import StepClock
+from distill.app.step_clock import StepClock
 
 
 def _entry(path, name="score-train") -> dict:

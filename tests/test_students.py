@@ -14,12 +14,12 @@ import torch
 from scipy.stats import kendalltau
 from tiny import run_cli
 
-from distill.bm25 import bm25_run
-from distill.data import Dataset, load_beir
-from distill.errors import ConfigError
-from distill.groups import GroupConfig
-from distill.schema import DOCID, QID, SCORE
-from distill.training import TrainConfig
+from distill.core.errors import ConfigError
+from distill.core.schema import DOCID, QID, SCORE
+from distill.data.beir import Dataset, load_beir
+from distill.data.bm25 import bm25_run
+from distill.training.groups import GroupConfig
+from distill.training.trainer import TrainConfig
 
 torch.set_num_threads(1)
 
@@ -178,8 +178,8 @@ def test_spread_init_copies_evenly_spaced_layers_ending_with_the_last(tiny_cross
 
 
 def _cache(folder: Path, dataset: Dataset, scores: pl.DataFrame, model: Path) -> Path:
-    from distill.cache import TeacherCache
-    from distill.manifest import frame_hash
+    from distill.cache.store import TeacherCache
+    from distill.core.manifest import frame_hash
 
     cache = TeacherCache.create_or_open(folder, {"kind": "planted", "model": str(model)},
                                         frame_hash(dataset.corpus))

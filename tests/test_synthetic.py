@@ -6,10 +6,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import distill.synthetic as synthetic
-from distill.data import load_beir
-from distill.errors import ConfigError
-from distill.synthetic import make_synthetic_beir
+import distill.data.synthetic as synthetic
+from distill.core.errors import ConfigError
+from distill.data.beir import load_beir
+from distill.data.synthetic import make_synthetic_beir
 
 SMALL = {"n_topics": 6, "docs_per_topic": 4, "queries_per_topic": 3}
 DATA_FILES = ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv", "SOURCE.md")
@@ -90,8 +90,8 @@ def test_texts_are_short_and_source_is_documented(tmp_path):
 
 
 def test_bm25_is_useful_but_imperfect(tmp_path):
-    from distill.bm25 import bm25_run
-    from distill.metrics import metric_means
+    from distill.data.bm25 import bm25_run
+    from distill.evaluation.metrics import metric_means
 
     dataset = load_beir(make_synthetic_beir(tmp_path / "syn"), "test")
     ndcg = metric_means(dataset.qrels, bm25_run(dataset, 100), ["nDCG@10"])["nDCG@10"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill.data import load_beir
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.data.beir import load_beir
+from distill.inference.graph import available_backends as installed_backends
 from teachers import CrossEncoderTeacher, graph
-from teachers.graph import available_backends as installed_backends
 from teachers.loading import teacher_from_fingerprint
 
 INSTALLED = installed_backends()
@@ -51,8 +51,8 @@ def test_a_graph_backend_scores_like_torch_fp32_and_says_so_in_the_fingerprint(
 def test_a_cache_scored_through_a_graph_runtime_resumes_in_it(tiny_cross_encoder, tiny_beir, tmp_path, graph_runtimes):
     if "onnx" not in INSTALLED:
         pytest.skip("onnxruntime is not installed")
-    from distill.bm25 import bm25_run
-    from distill.cache import read_scores
+    from distill.cache.store import read_scores
+    from distill.data.bm25 import bm25_run
     from teachers import score_teacher
 
     dataset = load_beir(tiny_beir, "train")

@@ -16,9 +16,11 @@ import tiny
 import torch
 
 from distill import hardware
-from distill.data import load_beir
-from distill.errors import ConfigError, InputError
-from distill.ranking import Ranker
+from distill.core.errors import ConfigError, InputError
+from distill.data.beir import load_beir
+from distill.inference.batching import token_batches
+from distill.inference.device import cpu_supports_bf16
+from distill.rankers.base import Ranker
 from teachers import (
     CrossEncoderTeacher,
     GenerativeTeacher,
@@ -28,8 +30,6 @@ from teachers import (
     load_teacher,
     precision,
 )
-from teachers.batching import token_batches
-from teachers.device import cpu_supports_bf16
 from teachers.generative import fit_body
 
 
@@ -532,9 +532,9 @@ def counting(teacher: Teacher) -> list[int]:
 @pytest.mark.isa
 def test_score_teacher_measures_once_keeps_the_sample_and_resumes_in_that_precision(
         tiny_cross_encoder, tiny_beir, tmp_path, fake_bf16, monkeypatch):
-    from distill.bm25 import bm25_run
-    from distill.cache import TeacherCache, read_scores
-    from distill.errors import CacheMismatchError
+    from distill.cache.store import TeacherCache, read_scores
+    from distill.core.errors import CacheMismatchError
+    from distill.data.bm25 import bm25_run
     from teachers import score_teacher
 
     dataset = load_beir(tiny_beir, "train")
@@ -575,7 +575,7 @@ def test_score_teacher_measures_once_keeps_the_sample_and_resumes_in_that_precis
 
 
 def test_score_teacher_refuses_a_file_as_cache(tiny_cross_encoder, tiny_beir, tmp_path):
-    from distill.bm25 import bm25_run
+    from distill.data.bm25 import bm25_run
     from teachers import score_teacher
 
     dataset = load_beir(tiny_beir, "train")
@@ -588,8 +588,8 @@ def test_score_teacher_refuses_a_file_as_cache(tiny_cross_encoder, tiny_beir, tm
 def test_score_teacher_weighs_an_export_against_every_pair_it_will_score(tiny_cross_encoder, tiny_beir, tmp_path,
                                                                         fake_bf16, monkeypatch):
     """Whether a graph runtime's export can pay off depends on the run's pairs, not on the sample it is timed on."""
-    from distill.bm25 import bm25_run
-    from distill.ranking import SETTLE_PAIRS
+    from distill.data.bm25 import bm25_run
+    from distill.rankers.base import SETTLE_PAIRS
     from teachers import base, score_teacher
 
     totals = []
@@ -640,7 +640,7 @@ def test_untrained_head_is_drawn_from_its_seed(headless_bert, tiny_cross_encoder
 
 @pytest.mark.isa
 def test_a_cache_fingerprint_rebuilds_its_teacher_in_its_precision(headless_bert, causal_lm, tmp_path):
-    from distill.errors import CacheMismatchError
+    from distill.core.errors import CacheMismatchError
     from teachers import teacher_from_fingerprint
 
     queries, docs = mixed_pairs(6)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from distill import train_precision
-from distill.groups import Group, GroupConfig
-from distill.train_precision import MIN_SPEEDUP, choose_train_precision, step_seconds
+from distill.training.groups import Group, GroupConfig
+from distill.training.precision import MIN_SPEEDUP, choose_train_precision, step_seconds
 
 
 def _groups(n: int = 2) -> list[Group]:
@@ -73,10 +73,10 @@ def test_a_student_trained_in_bf16_on_cpu_records_it(tiny_beir, tiny_cross_encod
     """``--precision bf16`` works on a CPU (transformers needs ``use_cpu`` there) and is recorded: on every CPU,
     natively or emulated, and on a CUDA machine too, which is made to train on its CPU here."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    from distill.bm25 import bm25_run
-    from distill.data import load_beir
-    from distill.schema import DOCID, QID, SCORE
-    from distill.training import TrainConfig
+    from distill.core.schema import DOCID, QID, SCORE
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from distill.training.trainer import TrainConfig
     from students.cross_encoder import train_cross_encoder_student
 
     dataset = load_beir(tiny_beir, "train")

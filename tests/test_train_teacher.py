@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny import run_cli
 
-from distill.data import load_beir
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.data.beir import load_beir
 from teachers.train import TeacherTrainConfig, bm25_groups, summarize_validation, weak_title_dataset
 
 torch.set_num_threads(1)
@@ -100,7 +100,7 @@ def test_train_teacher_stops_once_validation_stops_improving(tiny_beir, tiny_cro
 
     values = iter([0.5, 0.4, 0.3, 0.2])  # validation only falls after the first epoch
     monkeypatch.setattr(RerankEvaluator, "__call__", lambda self, model, *a, **k: {"nDCG@10": next(values)})
-    from distill.training import TrainConfig
+    from distill.training.trainer import TrainConfig
 
     config = TeacherTrainConfig(negatives=3, negatives_from_top=10, valid_k=10, patience=1,
                                 train=TrainConfig(epochs=4, lr=1e-4, batch_size=4, max_length=48, valid_fraction=0.25))

@@ -137,7 +137,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """Run ``distill ARGS`` in-process as the console script does; returns (exit code, stdout, stderr)."""
     import sys
 
-    from distill.cli import main
+    from distill.app.cli import main
 
     argv = sys.argv
     sys.argv = ["distill", *map(str, args)]
@@ -160,7 +160,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def counting_loss(stop_at: int | None = None):
     """MarginMSE that counts its calls and raises KeyboardInterrupt at call ``stop_at``: a run
     stopped mid-training (Ctrl-C), to resume from its checkpoints."""
-    from students.losses import MarginMSE
+    from distill.training.losses import MarginMSE
 
     class Counting(MarginMSE):
         calls = 0

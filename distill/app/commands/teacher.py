@@ -1,0 +1,119 @@
+"""``distill score-teacher`` and ``distill cache info|merge|verify``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger("distill")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score-teacher")
+    def score_teacher(
+        teacher: str = typer.Option(..., help="Teacher model: local folder or hub id."),
+        cache: Path = typer.Option(..., help="Cache folder (created, or resumed)."),
+        data: Path = typer.Option(None, help="BEIR folder [needed unless --pairs]."),
+        split: str = typer.Option(None, help="Queries of `qrels/<split>.tsv` [test, unless --queries]."),
+        queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV `qid<TAB>text`), added "
+                                     "to --split's when both are given [none]."),
+        run: Path = typer.Option(None, help="Candidates as a TREC run (e.g. from `distill candidates`) [needed with "
+                                            "--data]."),
+        pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV [none: "
+                                              "--data and --run]."),
+        kind: str = typer.Option("auto", help="auto | cross-encoder | generative."),
+        max_length: int = typer.Option(None, min=8, help="Tokens per pair [the model's own, at most 512]."),
+        dtype: str = typer.Option("auto", help="auto (the fastest that ranks like fp32, timed on a sample) | fp32 | "
+                                  "bf16 | fp16 (reduced ones are checked vs fp32)."),
+        backend: str = typer.Option("auto", help="auto (with --dtype auto: torch, or on a CPU ONNX Runtime/OpenVINO "
+                                    "when installed and faster on a run long enough to pay for the export) | torch | "
+                                    "onnx | openvino (checked vs torch fp32)."),
+        device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu [the best available]."),
+        batch_tokens: int = typer.Option(None, help="Padded tokens per batch [chosen for the device]."),
+        shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N [all pairs]."),
+        flush_pairs: int = typer.Option(1024, min=1,
+                                        help="Pairs per cache shard and per Ray batch (lost at most on a crash)."),
+        revision: str = typer.Option(None, help="Hub revision of the teacher [the latest]."),
+        instruction: str = typer.Option(None, help="Generative teachers: the task instruction [a generic relevance "
+                                                   "instruction]."),
+        allow_untrained_head: bool = typer.Option(False, help="Accept a freshly initialised classification head."),
+        trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
+        sanity_check: bool = typer.Option(True, help="Check that positives outscore negatives on a sample."),
+        engine: str = typer.Option("local", help="local (this process) | ray (Ray workers; see docs/ray.md)."),
+        address: str = typer.Option(None, help="--engine ray: the cluster, auto or HOST:PORT of its head [a new local "
+                                    "Ray on this machine's CPUs and GPUs]."),
+        num_workers: int = typer.Option(None, min=1, help="--engine ray: workers, one teacher each [1]."),
+        gpus_per_worker: float = typer.Option(None, min=0, help="--engine ray: GPUs per worker [0]."),
+    ) -> None:
+        """Score candidate pairs with a teacher into a resumable cache of raw logits."""
+        from distill.app import tasks
+
+        ray_options = {"address": address, "num_workers": num_workers, "gpus_per_worker": gpus_per_worker}
+        tasks.score_teacher(teacher, cache, data=data, split=split, queries=queries, run=run, pairs=pairs, kind=kind,
+                            max_length=max_length, dtype=dtype, backend=backend, device=device,
+                            batch_tokens=batch_tokens, shard=shard, flush_pairs=flush_pairs, revision=revision,
+                            instruction=instruction,
+                            allow_untrained_head=allow_untrained_head, trust_remote_code=trust_remote_code,
+                            sanity_check=sanity_check, engine=engine,
+                            ray_options={k: v for k, v in ray_options.items() if v is not None} or None)
+
+    cache_app = typer.Typer(help="Inspect, combine and check teacher caches.", no_args_is_help=True)
+    app.add_typer(cache_app, name="cache")
+
+    @cache_app.command("info")
+    def cache_info(folder: Path = typer.Argument(..., help="Cache folder.")) -> None:
+        """Rows, queries, teacher, coverage of each candidate set, and the scale of the teacher's scores."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from distill.cache.score_scale import describe_scale, score_scale
+        from distill.cache.store import TeacherCache
+
+        store = TeacherCache.open(folder)
+        info = store.info()
+        console = Console()
+        console.print(f"[bold]{folder}[/]: {info.rows} scores, {info.queries} queries, {info.shards} shard(s)")
+        console.print("teacher: " + json.dumps(info.teacher, sort_keys=True), highlight=False, soft_wrap=True)
+        table = Table("candidates", "source", "pairs", "scored", "coverage")
+        for c in info.coverage:
+            table.add_row(c["hash"], c["source"], str(c["pairs"]), str(c["scored"]), f"{c['coverage']:.1%}")
+        console.print(table)
+        console.print(describe_scale(score_scale(store.scores())), highlight=False)
+
+    @cache_app.command("merge")
+    def cache_merge(
+        out: Path = typer.Option(..., help="Merged cache folder (created, or added to)."),
+        sources: list[Path] = typer.Argument(..., help="Cache folders of the same teacher."),
+    ) -> None:
+        """Join caches of one teacher, e.g. the parts scored with --shard i/N."""
+        from distill.cache.store import merge_caches
+
+        merged = merge_caches(out, sources)
+        log.info("merged %d cache(s) into %s: %d scores", len(sources), out, merged.scores().height)
+
+    @cache_app.command("verify")
+    def cache_verify(
+        folder: Path = typer.Argument(..., help="Cache folder."),
+        repair: bool = typer.Option(False, help="Move unreadable files into quarantine/ (their pairs are scored "
+                                    "again), rebuild a lost manifest from the shards, remove killed writers' "
+                                    "temporary files."),
+    ) -> None:
+        """Check every shard, candidate file and the manifest of a cache; --repair mends what a crash broke."""
+        from distill.cache.verify import verify_cache
+        from distill.core.errors import InputError
+
+        check, done = verify_cache(folder, repair=repair)
+        for line in done:
+            typer.echo(f"repaired: {line}")
+        for line in check.problems:
+            typer.echo(f"problem: {line}")
+        if check.problems:
+            raise InputError(f"{len(check.problems)} problem(s); `distill cache verify --repair {folder}` sets "
+                             "bad files aside and rebuilds the manifest", path=folder)
+        typer.echo(f"{folder}: ok: {len(check.shards)} shard(s), {check.rows} rows, "
+                   f"{len(check.candidates)} candidate set(s)"
+                   + (f", {check.temporaries} temporary file(s) of a writer" if check.temporaries else ""))

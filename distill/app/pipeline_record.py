@@ -1,0 +1,59 @@
+"""What ``pipeline.json`` records across reruns: finished steps, the cascade's budget, the teacher
+the students learn from and each student's validation (read from the outputs the steps wrote)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distill.cascade.search import CascadeBuild
+
+log = logging.getLogger("distill")
+
+
+def cascade_budget(build: CascadeBuild) -> dict[str, Any]:
+    """The cascade's budget for ``pipeline.json``: a share of the teacher's expected latency per query."""
+    share = build.cascade.provenance["budget_share"]
+    return {"budget_ms": round(build.cascade.budget_ms, 3), "share_of": share["stage"], "share": share["share"],
+            "teacher_expected_ms": round(build.cascade.budget_ms / share["share"], 3),
+            "k": build.cascade.provenance["latency_k"], "threads": build.cascade.provenance["threads"]}
+
+
+def resume_record(path: Path, record: dict) -> dict:
+    """``record`` with the steps and the cascade budget of an earlier run's ``pipeline.json``, if any:
+    a rerun skips finished steps, and its record must still say what they did."""
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        record["steps"] = earlier.get("steps", {})
+        for key in ("budget", "teacher_choice"):
+            if key in earlier:
+                record[key] = earlier[key]
+    return record
+
+
+def student_cache(out: Path) -> dict:
+    """Which teacher the students learn from: the fused one (its cache) when its validation weights
+    give BM25 a share, else the trained teacher's own cache (the same ranking, its raw scale)."""
+    manifest = json.loads((out / "cache_fused" / "manifest.json").read_text(encoding="utf-8"))["teacher"]
+    weights, chosen_on = manifest["weights"], manifest["chosen_on"]
+    alone = weights.get("teacher", 0.0) >= 1.0
+    log.info("students learn from %s: validation %s %.4f (teacher alone %.4f, BM25 %.4f; weights %s)",
+             "the trained teacher" if alone else "the fused teacher", chosen_on["metric"], chosen_on["value"],
+             chosen_on["alone"]["teacher"], chosen_on["alone"]["bm25"], weights)
+    return {"cache": str(out / ("cache" if alone else "cache_fused")), "teacher": "trained" if alone else "fused",
+            "weights": weights, "validation": chosen_on}
+
+
+def student_validation(models: Path) -> dict[str, dict]:
+    """What each student's manifest says about its validation (and, with rounds, the round kept)."""
+    found = {}
+    for name in ("ce_student", "bi_encoder", "lightgbm"):
+        path = models / name / "distill.json"
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        if "validation" in manifest:
+            found[name] = {**manifest["validation"], "kept_round": (manifest.get("rounds") or {}).get("kept"),
+                           "chosen_from": manifest.get("chosen_from")}
+    return found

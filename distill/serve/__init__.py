@@ -1,0 +1,8 @@
+"""``distill serve``: the HTTP edge, request parsing, admission control and the app.
+
+``distill.serve.app``'s names are importable from here too, as when this package was one module.
+"""
+
+from distill._moved import reexport
+
+__getattr__, __dir__ = reexport(__name__, "distill.serve.app")

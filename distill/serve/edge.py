@@ -1,0 +1,186 @@
+"""The HTTP edge of ``distill serve``: a bounded time to receive each request, and bounded bodies.
+
+uvicorn bounds neither the time a client may take to send a request (its keep-alive timeout
+restarts on every byte, and a connection that sends nothing is never timed out) nor, under
+its connection limit, who gets a slot: a few clients sending half a request and waiting
+("slowloris") hold every slot, and uvicorn answers everyone else 503. ASGI middleware cannot
+help, since it sees a request only once its headers are complete. :class:`TimedH11Protocol`
+is uvicorn's h11 protocol with
+
+- a **request timeout**: from the connection's first moment, or the first byte of a next
+  request on a kept-alive one, until the request's last body byte; on expiry the client gets
+  ``408 Request Timeout`` and the connection is closed;
+- **eviction at the limit**: a connection opened when the server is at ``limit_concurrency``
+  closes, with the same 408, the connection whose request is arriving slowest (fewest bytes per
+  second since it began, a request younger than ``GRACE_S`` last; a connection being answered,
+  or idle between requests, is never evicted). Honest clients send a request in milliseconds, so
+  they keep being served however many slow ones hold or retake slots; the slow ones are dropped.
+
+It is the h11 protocol on purpose (uvicorn's "auto" picks httptools where installed): h11
+states whether a request is complete (``their_state``), which the timer needs. This module
+imports uvicorn: :mod:`distill.serve.app` imports it only where it serves.
+:class:`BodyReader` (ASGI middleware) stamps each request's arrival and reads its body up to
+a size (413 beyond, on the declared length before a byte is read).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:
+    from distill.serve.app import ServeConfig
+
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                   b"connection: close\r\ncontent-length: 39\r\n\r\nrequest not received within the timeout")
+LINGER_S = 0.5  # a dropped connection's input is read and discarded this long before it closes
+GRACE_S = 0.05  # a request arriving for less long has shown no rate yet: evicted last
+RECEIVING = (h11.IDLE, h11.SEND_BODY)  # the client's side of a request not yet complete
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a request timeout and eviction at the limit (module docstring)."""
+
+    def __init__(self, *args: Any, request_timeout_s: float, on_drop: Callable[[str], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_timeout_s = request_timeout_s
+        self.on_drop = on_drop
+        self.timer: Any = None  # armed while a request is arriving
+        self.since = 0.0  # when it started arriving (loop time)
+        self.received = 0  # bytes of it so far
+        self.dropped = False  # 408 sent: what the client still sends is discarded until the close
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+        self._make_room()
+
+    def data_received(self, data: bytes) -> None:
+        if self.dropped:
+            return
+        if self.timer is None and self.conn.their_state in RECEIVING:
+            self._arm()
+        self.received += len(data)
+        super().data_received(data)
+        if self.timer is not None and self.conn.their_state not in RECEIVING:
+            self._disarm()  # complete (or refused with 400): the request's own handling begins
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self.since, self.received = self.loop.time(), 0
+        self.timer = self.loop.call_later(self.request_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        if not self.transport.is_closing() and self.conn.their_state in RECEIVING:
+            self.drop("request_timeout")
+
+    def rate(self, now: float) -> float:
+        """Bytes per second of the request arriving (the lowest rate is evicted first); infinite
+        within ``GRACE_S`` of its start, before which its first bytes may not have been read."""
+        age = now - self.since
+        return float("inf") if age < GRACE_S else self.received / age
+
+    def _make_room(self) -> None:
+        """At the connection limit (uvicorn answers 503 from ``limit_concurrency`` connections on, this
+        one included), close the connections whose requests arrive slowest until below it."""
+        limit = self.limit_concurrency
+        if limit is None or len(self.connections) < limit:
+            return
+        now = self.loop.time()
+        arriving = sorted((c for c in self.connections if c is not self and getattr(c, "timer", None) is not None),
+                          key=lambda c: c.rate(now))
+        for slowest in arriving[: len(self.connections) - limit + 1]:
+            slowest.drop("evicted")
+
+    def drop(self, reason: str) -> None:
+        """Free the connection's slot now: answer 408 where no response has begun, end the request
+        the app may be waiting on, and close gracefully: the end of output, then the client's bytes
+        read and discarded for ``LINGER_S`` before the socket closes (closed with unread input, it
+        would reset, and the client would lose the 408)."""
+        self._disarm()
+        self.connections.discard(self)
+        self.dropped = True
+        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+            self.transport.write(REQUEST_TIMEOUT)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's receive() now returns http.disconnect
+            self.cycle.message_event.set()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+        if self.on_drop is not None:
+            self.on_drop(reason)
+
+
+def uvicorn_config(app: Any, config: ServeConfig, access_log: bool = False, **options: Any) -> Any:
+    """The ``uvicorn.Config`` that serves ``app`` (from :func:`distill.serve.app.create_app`) with ``config``'s
+    limits over :class:`TimedH11Protocol`, counting dropped connections in the app's metrics;
+    ``options`` go to ``uvicorn.Config``."""
+    import uvicorn
+
+    dropped = app.state.metrics.dropped
+    http = functools.partial(TimedH11Protocol, request_timeout_s=config.request_timeout_s,
+                             on_drop=lambda reason: dropped.labels(reason).inc())
+    return uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=access_log,
+                          limit_concurrency=config.max_connections, timeout_graceful_shutdown=5, http=http,
+                          **options)
+
+
+class BodyReader:
+    """ASGI middleware: stamps each request's arrival (``request.state.arrival``, the start of its
+    deadline) and reads its body up to ``max_bytes`` (413 beyond, ``on_reject("too_large")``), so
+    no body is held unbounded."""
+
+    def __init__(self, app: Any, max_bytes: int, clock: Callable[[], float],
+                 on_reject: Callable[[str], None] | None = None) -> None:
+        self.app, self.max_bytes, self.clock, self.on_reject = app, max_bytes, clock, on_reject
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["arrival"] = self.clock()
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            more = message.get("more_body", False)
+        body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> dict:
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Callable) -> None:
+        from starlette.responses import JSONResponse
+
+        if self.on_reject is not None:
+            self.on_reject("too_large")
+        error = f"body: larger than {self.max_bytes} bytes"
+        response = JSONResponse({"error": error, "detail": [{"loc": ["body"], "msg": error}]}, status_code=413)
+        await response({"type": "http"}, None, send)
