@@ -11,7 +11,7 @@ import typer
 # machine distill runs on has more cores
 MAX_THREADS = 1024
 
-MODULES = ("data", "teacher", "train", "evaluate", "cascade", "demo", "serve", "queries", "fusion", "export")
+MODULES = ("data", "teacher", "train", "student", "evaluate", "cascade", "demo", "serve", "queries", "fusion", "export")
 
 
 def parse_ints(text: str, option: str) -> list[int]:
