@@ -13,10 +13,8 @@ a submodule (``distill.evaluate`` is the function; its module is :mod:`distill.e
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 from distill import _moved
+from distill.core.lazy import lazy_names
 
 __version__ = "0.1.0"
 _moved.install()  # old module paths (distill.cache_files, teachers.graph, ...) stay importable
@@ -48,16 +46,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'distill' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ live in layer folders (docs/architecture.md). Importing an old path gives the mo
 not a copy (so ``monkeypatch``-ing either name changes both): :class:`_Aliases` is a meta path
 finder that answers the old names from :data:`MOVED`. Where the old module's name is now a
 package (``distill.cache``, ``distill.cascade``, ``distill.serve``, ...), the package re-exports
-its old names instead (:func:`reexport`). ``importlib``'s module aliasing has no public helper for
+its old names instead (:func:`distill.core.lazy.reexport`). ``importlib``'s module aliasing has no public helper for
 this, hence the finder; it is installed by ``import distill`` (and by ``teachers``/``students``).
 """
 
@@ -16,7 +16,6 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -112,21 +111,3 @@ def install() -> None:
     would otherwise be found again on the moved package's path and loaded a second time under the old name."""
     if not any(isinstance(finder, _Aliases) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Aliases())
-
-
-def reexport(package: str, module: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for a package that was a module: its old names, imported from
-    ``module`` on first use (so importing one of the package's submodules stays light)."""
-
-    def __getattr__(name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        try:
-            return getattr(importlib.import_module(module), name)
-        except AttributeError:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
-
-    def __dir__() -> list[str]:
-        return sorted({*sys.modules[package].__dict__, *dir(importlib.import_module(module))})
-
-    return __getattr__, __dir__

@@ -6,10 +6,8 @@ Names are imported on first use (module ``__getattr__``): ``import students.ligh
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 import distill  # noqa: F401  (installs the old module paths, e.g. teachers.graph, students.losses)
+from distill.core.lazy import lazy_names
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -23,14 +21,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'students' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

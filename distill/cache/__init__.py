@@ -4,6 +4,6 @@ and the scale of its scores.
 ``distill.cache.store``'s names are importable from here too, as when this package was one module.
 """
 
-from distill._moved import reexport
+from distill.core.lazy import reexport
 
 __getattr__, __dir__ = reexport(__name__, "distill.cache.store")

@@ -4,6 +4,6 @@ sets.
 ``distill.data.beir``'s names are importable from here too, as when this package was one module.
 """
 
-from distill._moved import reexport
+from distill.core.lazy import reexport
 
 __getattr__, __dir__ = reexport(__name__, "distill.data.beir")

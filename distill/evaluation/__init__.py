@@ -5,6 +5,6 @@ report.
 module.
 """
 
-from distill._moved import reexport
+from distill.core.lazy import reexport
 
 __getattr__, __dir__ = reexport(__name__, "distill.evaluation.runner")

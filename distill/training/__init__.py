@@ -5,6 +5,6 @@ safe checkpoints, training precision and the distillation losses.
 module.
 """
 
-from distill._moved import reexport
+from distill.core.lazy import reexport
 
 __getattr__, __dir__ = reexport(__name__, "distill.training.trainer")
