@@ -25,39 +25,34 @@ Other rankers' scores can be features too (``feature_rankers``, see
 
 The model folder holds ``model.txt`` (LightGBM's text format), the feature extractor's
 state (``features.json`` + ``.npz``/Parquet) and ``distill.json``; no pickle.
-:class:`LightGBMRanker` loads such a folder as a :class:`~distill.rankers.base.Ranker`.
+:class:`LightGBMRanker` (:mod:`students.lightgbm_ranker`, re-exported here) loads such a
+folder as a :class:`~distill.rankers.base.Ranker`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from distill.core.errors import ConfigError, InputError
 from distill.core.io import atomic_dir
-from distill.core.manifest import frame_hash, write_manifest
-from distill.core.schema import DOCID, QID, RANK, SCORE, TEXT, require_columns
+from distill.core.manifest import write_manifest
+from distill.core.schema import DOCID, QID, SCORE, require_columns
 from distill.data.beir import Dataset
-from distill.rankers.base import BaseRanker
 from distill.training.groups import holdout
 from students.features import FeatureConfig, FeatureExtractor
 from students.grades import GRADINGS, mix_qrels, teacher_grades
+from students.lightgbm_ranker import KIND, MODEL_FILE, LightGBMRanker  # noqa: F401  (LightGBMRanker: re-exported)
 from students.ranker_features import RankerFeatures, check_feature_rankers, resolve_feature_rankers
-
-if TYPE_CHECKING:
-    from distill.cascade.runtime import Documents
 
 log = logging.getLogger(__name__)
 
-KIND = "lightgbm-student"
-MODEL_FILE = "model.txt"
 OBJECTIVES = ("lambdarank", "rank_xendcg", "regression")
 REGRESSION_TARGETS = ("standardized", "raw")
 _TEACHER = "teacher"
@@ -188,6 +183,73 @@ def _mean_kendall_tau(frame: pl.DataFrame, predicted: np.ndarray) -> float:
     return float(np.mean(taus)) if taus else float("nan")
 
 
+def _resolve(config: LightGBMConfig, run: pl.DataFrame) -> LightGBMConfig:
+    """``config`` with what it leaves open settled, so that the manifest records what was used: feature
+    ranker paths made absolute, first-stage features on when the candidates carry scores."""
+    config = replace(config, feature_rankers=resolve_feature_rankers(config.feature_rankers))
+    if config.first_stage_features is None:
+        config = replace(config, first_stage_features=SCORE in run.columns)
+    return config
+
+
+def _features(dataset: Dataset, frame: pl.DataFrame,
+              config: LightGBMConfig) -> tuple[FeatureExtractor, np.ndarray, list[str]]:
+    """The extractor fitted on ``dataset``'s corpus, the feature matrix of ``frame``'s rows (lexical
+    features, then the feature rankers' scores) and the features' names."""
+    extractor = FeatureExtractor(FeatureConfig(k1=config.bm25_k1, b=config.bm25_b,
+                                               first_stage=config.first_stage_features))
+    stacked = RankerFeatures(config.feature_rankers)
+    features = np.hstack([extractor.fit(dataset).transform(dataset, frame), stacked.transform(dataset, frame)])
+    return extractor, features, extractor.feature_names + stacked.feature_names
+
+
+def _params(config: LightGBMConfig) -> dict[str, Any]:
+    """LightGBM's training parameters for ``config``."""
+    return {
+        "objective": config.objective, "metric": _metric(config), "eval_at": [config.eval_at],
+        "label_gain": [2.0**g - 1 for g in range(config.n_grades)],
+        "num_leaves": config.num_leaves, "learning_rate": config.learning_rate,
+        "min_data_in_leaf": config.min_data_in_leaf, "feature_fraction": config.feature_fraction,
+        "seed": config.seed, "deterministic": True, "force_row_wise": True,
+        "num_threads": config.num_threads, "verbosity": -1,
+    }
+
+
+def _metric(config: LightGBMConfig) -> str:
+    """LightGBM's validation metric: ``l2`` for regression, ``ndcg`` (at ``eval_at``) for the ranking objectives."""
+    return "l2" if config.objective == "regression" else "ndcg"
+
+
+def _fit(config: LightGBMConfig, frame: pl.DataFrame, features: np.ndarray, labels: np.ndarray,
+         names: list[str], is_valid: np.ndarray) -> tuple[Any, int, dict[str, Any]]:
+    """Train a booster on ``frame``'s rows outside ``is_valid``, stopping early on the rows inside.
+
+    Returns the booster, the number of rounds to keep and the validation record of the manifest
+    (validation metric and Kendall tau to the teacher at that round, when there are validation rows).
+    """
+    import lightgbm as lgb
+
+    train, valid = frame.filter(~is_valid), frame.filter(is_valid)
+    train_set = _lgb_dataset(features[~is_valid], labels[~is_valid], train, names)
+    valid_sets, callbacks, evals = [], [], {}
+    if valid.height:
+        valid_sets = [_lgb_dataset(features[is_valid], labels[is_valid], valid, names, train_set)]
+        callbacks = [lgb.early_stopping(config.early_stopping_rounds, first_metric_only=True, verbose=False),
+                     lgb.record_evaluation(evals)]
+    booster = lgb.train(_params(config), train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
+                        valid_names=["valid"][: len(valid_sets)], callbacks=callbacks)
+    best_iteration = booster.best_iteration or booster.current_iteration()
+    validation: dict[str, Any] = {"queries": valid[QID].n_unique(), "pairs": valid.height}
+    if valid.height:
+        metric = _metric(config)
+        name = metric if metric == "l2" else f"ndcg@{config.eval_at}"
+        validation[name] = evals["valid"][name][best_iteration - 1]
+        predicted = booster.predict(features[is_valid], num_iteration=best_iteration)
+        validation["kendall_tau"] = _mean_kendall_tau(valid, predicted)
+    log.info("LightGBM %s: %d rounds kept, validation %s", config.objective, best_iteration, validation)
+    return booster, best_iteration, validation
+
+
 def train_lightgbm_student(
     dataset: Dataset,
     run: pl.DataFrame,
@@ -204,49 +266,15 @@ def train_lightgbm_student(
     earlier LightGBM student only, unless ``overwrite``). ``scores_source`` (the cache folder) names where
     the scores came from in error messages; ``teacher_fingerprint`` is recorded in the manifest.
     """
-    import lightgbm as lgb
-
     config = config or LightGBMConfig()
     config.validate()
     frame = _join_teacher(run, scores, config, scores_source)
-    # resolved here, so the manifest records what was used
-    config = replace(config, feature_rankers=resolve_feature_rankers(config.feature_rankers))
-    if config.first_stage_features is None:
-        config = replace(config, first_stage_features=SCORE in run.columns)
-    first_stage = config.first_stage_features
-    extractor = FeatureExtractor(FeatureConfig(k1=config.bm25_k1, b=config.bm25_b, first_stage=first_stage))
-    stacked = RankerFeatures(config.feature_rankers)
-    features = np.hstack([extractor.fit(dataset).transform(dataset, frame), stacked.transform(dataset, frame)])
-    names = extractor.feature_names + stacked.feature_names
+    config = _resolve(config, run)
+    extractor, features, names = _features(dataset, frame, config)
     labels = _labels(frame, config, dataset.qrels)
     is_valid = frame[QID].is_in(list(holdout(frame[QID], config.valid_fraction, config.seed))).to_numpy()
-    train, valid = frame.filter(~is_valid), frame.filter(is_valid)
-    metric = "l2" if config.objective == "regression" else "ndcg"
-    params = {
-        "objective": config.objective, "metric": metric, "eval_at": [config.eval_at],
-        "label_gain": [2.0**g - 1 for g in range(config.n_grades)],
-        "num_leaves": config.num_leaves, "learning_rate": config.learning_rate,
-        "min_data_in_leaf": config.min_data_in_leaf, "feature_fraction": config.feature_fraction,
-        "seed": config.seed, "deterministic": True, "force_row_wise": True,
-        "num_threads": config.num_threads, "verbosity": -1,
-    }
-    train_set = _lgb_dataset(features[~is_valid], labels[~is_valid], train, names)
-    valid_sets, callbacks, evals = [], [], {}
-    if valid.height:
-        valid_sets = [_lgb_dataset(features[is_valid], labels[is_valid], valid, names, train_set)]
-        callbacks = [lgb.early_stopping(config.early_stopping_rounds, first_metric_only=True, verbose=False),
-                     lgb.record_evaluation(evals)]
-    booster = lgb.train(params, train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
-                        valid_names=["valid"][: len(valid_sets)], callbacks=callbacks)
-    best_iteration = booster.best_iteration or booster.current_iteration()
-    validation: dict[str, Any] = {"queries": valid[QID].n_unique(), "pairs": valid.height}
-    if valid.height:
-        name = metric if metric == "l2" else f"ndcg@{config.eval_at}"
-        validation[name] = evals["valid"][name][best_iteration - 1]
-        predicted = booster.predict(features[is_valid], num_iteration=best_iteration)
-        validation["kendall_tau"] = _mean_kendall_tau(valid, predicted)
-    log.info("LightGBM %s: %d rounds kept, validation %s", config.objective, best_iteration, validation)
-
+    booster, best_iteration, validation = _fit(config, frame, features, labels, names, is_valid)
+    train = frame.filter(~is_valid)
     out = Path(out)
     with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
         booster.save_model(str(tmp / MODEL_FILE), num_iteration=best_iteration)
@@ -258,148 +286,3 @@ def train_lightgbm_student(
             teacher=teacher_fingerprint,
         )
     return out
-
-
-class LightGBMRanker(BaseRanker):
-    """A trained LightGBM student as a :class:`~distill.rankers.base.BaseRanker`.
-
-    Features use the corpus statistics saved with the model when the dataset's corpus is the
-    one it was trained on, and statistics fitted on the new corpus otherwise (as BM25 would).
-    :meth:`prepare` does that once, outside per-query latency; :meth:`rerank` calls it when needed.
-
-    Per query the work is small: the documents' side of the features was computed at fit
-    time, the query is analysed once, every row's features come from one vectorized pass
-    (:meth:`students.features.FeatureExtractor.features`) and the trees score a contiguous
-    float32 array on ``num_threads`` threads (default 1: a hundred rows are too few to share).
-    :meth:`prepare_runtime` and :meth:`score_documents` serve :mod:`distill.cascade.runtime`.
-    """
-
-    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
-        import lightgbm as lgb
-
-        self.path = Path(path)
-        manifest_path = self.path / "distill.json"
-        if not manifest_path.is_file():
-            raise InputError("not a distill model folder (no distill.json)", path=self.path)
-        self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if self.manifest.get("kind") != KIND:
-            raise InputError(f"expected a {KIND} folder, found kind {self.manifest.get('kind')!r}",
-                             path=manifest_path, field="kind")
-        if not (self.path / MODEL_FILE).is_file():
-            raise InputError("LightGBM model missing", path=self.path / MODEL_FILE)
-        self.booster = lgb.Booster(model_file=str(self.path / MODEL_FILE))
-        self.num_threads = num_threads
-        self.name = f"lightgbm:{self.path.name}"
-        self._saved: FeatureExtractor | None = None
-        self._extractor: FeatureExtractor | None = None
-        self._stacked = RankerFeatures(self.manifest.get("config", {}).get("feature_rankers", {}))
-        self._corpus: pl.DataFrame | None = None
-        self._queries: pl.DataFrame | None = None
-        self._query_text: dict[str, str] = {}
-        self._runtime_rows: np.ndarray | None = None
-
-    def _saved_extractor(self) -> FeatureExtractor:
-        """The feature extractor saved with the model (its training corpus), checked against the trees."""
-        if self._saved is None:
-            saved = FeatureExtractor.load(self.path)
-            expected = saved.feature_names + self._stacked.feature_names
-            if expected != self.booster.feature_name():
-                raise InputError(
-                    f"model features {self.booster.feature_name()} differ from the saved extractor's "
-                    f"and feature rankers' {expected}", path=self.path,
-                )
-            self._saved = saved
-        return self._saved
-
-    def prepare(self, dataset: Dataset) -> None:
-        """Get the corpus statistics for ``dataset``: the saved ones, or fitted when its corpus differs."""
-        saved = self._saved_extractor()
-        if saved.corpus_hash == frame_hash(dataset.corpus):
-            self._extractor = saved
-        else:
-            log.info("%s: corpus of %r differs from the training corpus; fitting its statistics",
-                     self.name, dataset.name)
-            self._extractor = FeatureExtractor(saved.config).fit(dataset)
-        self._stacked.prepare(dataset)
-        self._corpus = dataset.corpus
-
-    def rerank(self, dataset: Dataset, run: pl.DataFrame) -> pl.DataFrame:
-        if self._extractor is None or self._corpus is not dataset.corpus:
-            self.prepare(dataset)
-        if run.height and run[QID].n_unique() == 1:  # one query (a cascade's, a latency measurement's)
-            features = self._one_query(dataset, run)
-        else:
-            features = self._extractor.transform(dataset, run)
-        if self._stacked.specs:
-            features = np.hstack([features, self._stacked.transform(dataset, run)])
-        # a DataFrame built from its columns: select/with_columns go through polars' query engine,
-        # whose fixed cost per call is larger than the rest of a query's work on a busy machine
-        return pl.DataFrame({QID: run[QID], DOCID: run[DOCID],
-                             SCORE: pl.Series(SCORE, self._predict(features), dtype=pl.Float64)})
-
-    def _one_query(self, dataset: Dataset, run: pl.DataFrame) -> np.ndarray:
-        """The features ``transform`` computes for a run of one query, without its joins: query
-        texts and document rows come from dictionaries."""
-        extractor, qid = self._extractor, run[QID][0]
-        if self._queries is not dataset.queries:
-            self._queries = dataset.queries
-            self._query_text = dict(zip(dataset.queries[QID].to_list(), dataset.queries[TEXT].to_list(), strict=True))
-        if qid not in self._query_text:
-            raise InputError(f"query {qid!r} of the run is not in dataset {dataset.name!r}", field=QID)
-        docids = run[DOCID].to_list()
-        rows = extractor.rows_of(docids)
-        if (rows < 0).any():
-            raise InputError(f"document {docids[int(np.argmin(rows))]!r} is not in the corpus the features "
-                             "were fitted on; fit (or prepare) on this dataset", field=DOCID)
-        first_stage = None
-        if extractor.config.first_stage:
-            if SCORE not in run.columns:
-                raise InputError(f"the features include the first-stage score, but the run has no '{SCORE}' "
-                                 f"column (columns: {run.columns})", field=SCORE)
-            first_stage = run[SCORE].cast(pl.Float64).to_numpy()
-        features = extractor.features(self._query_text[qid], rows, first_stage=first_stage)
-        if first_stage is not None and RANK in run.columns:  # a run's own ranks, as transform takes them
-            features[:, len(extractor.feature_names) - 1] = run[RANK].cast(pl.Float64).to_numpy()
-        return features
-
-    def _predict(self, features: np.ndarray) -> np.ndarray:
-        if not len(features):
-            return np.zeros(0)
-        return self.booster.predict(np.ascontiguousarray(features), num_threads=self.num_threads)
-
-    def prepare_runtime(self, corpus: Dataset | None) -> None:
-        """Ready :meth:`score_documents` (:mod:`distill.cascade.runtime`): with ``corpus``, its documents'
-        features come from the saved index (or, for another corpus, from statistics fitted on it,
-        as :meth:`prepare` does); documents outside it are scored with those statistics."""
-        if corpus is None:
-            self._extractor, self._runtime_rows = self._saved_extractor(), None
-        else:
-            self.prepare(corpus)
-            self._runtime_rows = self._extractor.rows_of(corpus.corpus[DOCID].to_list())
-        self._stacked.prepare_runtime(corpus)
-
-    def score_documents(self, query: str, docs: Documents) -> np.ndarray:
-        """Scores of one query's documents (:class:`distill.cascade.runtime.Documents`), in their order."""
-        if self._extractor is None:
-            raise InputError("call prepare_runtime before score_documents")
-        rows = np.full(len(docs), -1, dtype=np.int64)
-        if self._runtime_rows is not None:
-            known = docs.rows >= 0
-            rows[known] = self._runtime_rows[docs.rows[known]]
-        features = self._extractor.features(query, rows, docs.titles, docs.texts, docs.first_stage)
-        if self._stacked.specs:
-            features = np.hstack([features, self._stacked.score_documents(query, docs)])
-        return self._predict(features)
-
-    def feature_importance(self) -> dict[str, float]:
-        """Total gain of the splits on each feature (for reports)."""
-        gains = self.booster.feature_importance(importance_type="gain")
-        return dict(zip(self.booster.feature_name(), (float(g) for g in gains), strict=True))
-
-    def get_config_dict(self) -> dict[str, Any]:
-        return {
-            "kind": KIND, "path": str(self.path), "config": self.manifest.get("config", {}),
-            "best_iteration": self.manifest.get("best_iteration"), "feature_names": self.booster.feature_name(),
-            "teacher": self.manifest.get("teacher"), "num_threads": self.num_threads,
-        }
-
