@@ -354,3 +354,26 @@ def test_a_stage_returning_nan_is_a_model_fault_not_bad_input():
     with pytest.raises(ModelFault, match="'broken'") as err:
         cascade.rank("cats", ["cats and dogs", "dogs"])
     assert not isinstance(err.value, InputError)
+
+
+def test_a_ranker_that_scores_pairs_is_scored_through_score_its_precision_settled_first():
+    class ByLength(ByText):
+        """Scores a pair by its document's length; ``rerank`` must not be called."""
+
+        def __init__(self) -> None:
+            super().__init__("by_length", 0)
+            self.settled: list[list[str]] = []
+
+        def settle_precision(self, queries, docs, total_pairs=None):
+            self.settled.append(list(docs))
+
+        def score(self, queries, docs):
+            return np.asarray([float(len(d)) for d in docs])
+
+        def rerank(self, dataset, run):
+            raise AssertionError("scored through rerank")
+
+    ranker = ByLength()
+    cascade = stage("bm25", RunRanker(), "bm25") >> stage("by_length", ranker)
+    result = cascade.rank("cats", ["a bb", {"id": "x", "title": "t", "text": "ccc"}, "d"])
+    assert result.ids == ["x", "0", "2"] and ranker.settled == [["a bb", "t ccc", "d"]]

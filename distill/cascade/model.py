@@ -22,12 +22,14 @@ that stage and all after it are skipped for the query (it keeps the ranking it h
 the skips are counted per stage in :class:`CascadeStats`. The first stage always runs and
 is charged its modelled cost, not its measured time: it stands for the retrieval that made
 the candidates, whose time was spent before the cascade saw the query.
+
+A cascade's parts, :class:`Stage` (:func:`stage`) and :class:`StageCost`, live in
+:mod:`distill.cascade.stages` and are importable from here too.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from distill.cascade.stages import Stage, StageCost, check_cutoff, describe, stage  # noqa: F401  (stage: importable here too)
 from distill.core.errors import ConfigError, InputError
 from distill.core.io import write_json_atomic
 from distill.core.schema import DOCID, QID, RANK, SCORE, require_columns
@@ -49,82 +52,7 @@ if TYPE_CHECKING:
 
 SPEC_FORMAT = "distill-cascade/1"
 _RUNTIME_LOCK = threading.Lock()
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _STAGE = "_stage"
-
-
-@dataclass(frozen=True)
-class StageCost:
-    """Expected time a stage takes for one query: a fixed part plus a part per scored pair."""
-
-    per_query_ms: float = 0.0
-    per_pair_ms: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("per_query_ms", "per_pair_ms"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"a stage cost must be a finite number >= 0, got {value!r}", field=name)
-
-    def expected_ms(self, pairs: float) -> float:
-        return self.per_query_ms + self.per_pair_ms * pairs
-
-    @classmethod
-    def fit(cls, measured: Sequence[tuple[float, float]]) -> StageCost:
-        """Least-squares line through ``(pairs per query, ms per query)`` measurements,
-        clipped to non-negative parts (timing noise can tilt a line below zero)."""
-        pairs, ms = (np.asarray(v, dtype=np.float64) for v in zip(*measured))
-        if np.ptp(pairs) == 0:
-            return cls(0.0, float(max(ms.mean(), 0.0) / max(pairs[0], 1.0)))
-        slope = max(float(np.polyfit(pairs, ms, 1)[0]), 0.0)
-        return cls(max(float((ms - slope * pairs).mean()), 0.0), slope)
-
-
-def describe(names: Sequence[str], cutoffs: Sequence[int | None]) -> str:
-    """The printed form of a cascade: ``bm25 % 100 >> ce % 20 >> teacher``."""
-    return " >> ".join(name if cutoff is None else f"{name} % {cutoff}" for name, cutoff in zip(names, cutoffs))
-
-
-def _check_cutoff(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"a cutoff must be an integer >= 1, got {k!r}", field="cutoff")
-    return int(k)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One ranker of a cascade, its cutoff (None: keep all) and the spec it was loaded from.
-
-    ``spec`` is what :func:`distill.rankers.loading.load_ranker` accepts (``bm25``, a model or cache
-    folder, a run file); it is needed only to write the cascade as a spec.
-    """
-
-    name: str
-    ranker: Ranker
-    cutoff: int | None = None
-    spec: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(f"a stage name is letters, digits, '_', '.', '-'; got {self.name!r}", field="name")
-        if self.cutoff is not None:
-            _check_cutoff(self.cutoff)
-
-    def __mod__(self, k: int) -> Stage:
-        """Keep this stage's top ``k`` (cutting twice keeps the smaller)."""
-        k = _check_cutoff(k)
-        return replace(self, cutoff=k if self.cutoff is None else min(self.cutoff, k))
-
-    def __rshift__(self, other: Stage | Cascade) -> Cascade:
-        return Cascade((self,)) >> other
-
-    def __str__(self) -> str:
-        return describe([self.name], [self.cutoff])
-
-
-def stage(name: str, ranker: Ranker, spec: str | None = None) -> Stage:
-    """A stage without cutoff, to be cut with ``%`` and chained with ``>>``."""
-    return Stage(name, ranker, None, spec)
 
 
 @dataclass
@@ -311,11 +239,14 @@ class Cascade(BaseRanker):
         cascade.prepare_runtime(corpus)
         return cascade
 
-    def prepare_runtime(self, corpus: str | Path | pl.DataFrame | None = None) -> None:
-        """Prepare :meth:`rank` (as :meth:`load` does) with ``corpus``: a path, or a
-        ``docid, title, text`` table; without one, every document is sent as text."""
+    def prepare_runtime(self, corpus: str | Path | pl.DataFrame | Dataset | None = None) -> None:
+        """Prepare :meth:`rank` (as :meth:`load` does) with ``corpus``: a path, a ``docid, title, text``
+        table or a dataset's corpus (as a cascade in a cascade is prepared); without one, every
+        document is sent as text."""
         from distill.cascade.runtime import Runtime, RuntimeCorpus
 
+        if isinstance(corpus, Dataset):
+            corpus = corpus.corpus
         if isinstance(corpus, pl.DataFrame):
             known = RuntimeCorpus(corpus)
         else:
@@ -380,7 +311,7 @@ class Cascade(BaseRanker):
                     or not isinstance(entry.get("ranker"), str):
                 raise ConfigError("expected {name: str, ranker: str, cutoff: int | null}", path=source, field=where)
             try:
-                cutoff = None if entry.get("cutoff") is None else _check_cutoff(entry["cutoff"])
+                cutoff = None if entry.get("cutoff") is None else check_cutoff(entry["cutoff"])
                 stages.append(Stage(entry["name"], load(entry["ranker"], name=entry["name"]), cutoff, entry["ranker"]))
             except ConfigError as err:
                 raise ConfigError(err.message, path=source, field=f"{where}.{err.field or 'name'}") from None

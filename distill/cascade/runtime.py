@@ -14,13 +14,14 @@ Documents: with a corpus (``corpus=``, a ``corpus.jsonl`` or BEIR folder), a doc
 id is in it, sent without text or with the corpus's text, is that corpus document; its
 precomputed parts (LightGBM's indexed terms, a bi-encoder's stored embedding) are reused.
 Any other document is new: analysed or embedded on the fly, with the statistics saved with
-the model. Rankers join the runtime through two optional methods:
+the model. Rankers join the runtime through two methods of
+:class:`~distill.rankers.base.BaseRanker`:
 
 - ``prepare_runtime(corpus: Dataset | None)``: one-off work at load (index, embeddings);
 - ``score_documents(query: str, docs: Documents) -> np.ndarray``: scores in ``docs`` order.
 
-Rankers without them are scored through ``score(queries, docs)`` (teachers, cross-encoders)
-or, failing that, through ``rerank`` on a one-query :class:`~distill.data.beir.Dataset`.
+Rankers that do not override them are scored through ``score(queries, docs)`` where they declare
+it (teachers, cross-encoders), else through ``rerank`` on a one-query :class:`~distill.data.beir.Dataset`.
 
 Deadline: ``deadline_ms`` counts from ``started`` (a ``time.perf_counter()`` value; default:
 the call). Before each stage after the first, the time spent plus the stage's expected cost
@@ -43,6 +44,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,9 +53,11 @@ import numpy as np
 import polars as pl
 
 from distill.core.errors import ConfigError, InputError
-from distill.core.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, SCORE, TEXT, TITLE
+from distill.core.schema import DOCID, QRELS_SCHEMA, QUERIES_SCHEMA, TEXT, TITLE
 from distill.data.beir import Dataset, load_corpus
 from distill.inference.lengths import pair_weights, token_cap
+from distill.rankers.base import BaseRanker, declares
+from distill.rankers.documents import Documents, join_title
 
 if TYPE_CHECKING:
     from distill.cascade.model import Cascade, StageCost
@@ -61,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DOC_FIELDS = frozenset({"id", "text", "title", "score"})
-_QUERY_ID = "q"
 
 
 class ModelFault(RuntimeError):
@@ -88,41 +91,6 @@ class RankResult:
     ids: list[str]
     scores: list[float]
     stages: list[StageReport]
-
-
-@dataclass(frozen=True)
-class Documents:
-    """One request's candidates: ids, titles and texts, the given first-stage scores (None:
-    the input order) and each one's row in the runtime corpus (-1: a new document)."""
-
-    ids: list[str]
-    titles: list[str]
-    texts: list[str]
-    first_stage: np.ndarray | None
-    rows: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def chars(self) -> np.ndarray:
-        """Each document's length in characters (title and text), what its cost scales with."""
-        return np.fromiter((len(t) + len(x) for t, x in zip(self.titles, self.texts)), np.float64, len(self.ids))
-
-    def joined(self) -> list[str]:
-        """``"title text"`` per document, as :meth:`distill.data.beir.Dataset.doc_texts` forms it."""
-        return [join_title(title, text) for title, text in zip(self.titles, self.texts, strict=True)]
-
-    def take(self, index: np.ndarray) -> Documents:
-        """The documents at positions ``index``, in that order."""
-        pick = index.tolist()
-        return Documents([self.ids[i] for i in pick], [self.titles[i] for i in pick], [self.texts[i] for i in pick],
-                         None if self.first_stage is None else self.first_stage[index], self.rows[index])
-
-
-def join_title(title: str, text: str) -> str:
-    """A document as one string, exactly as :meth:`distill.data.beir.Dataset.doc_texts` joins it."""
-    title, text = title.strip(), text.strip()
-    return text if not title else f"{title} {text}".strip()
 
 
 class RuntimeCorpus:
@@ -230,41 +198,20 @@ def check_request(query: Any, deadline_ms: Any, top_k: Any) -> None:
 
 
 class DocumentScorer:
-    """Scores of one query's documents from any ranker (see the module docstring): its
-    ``score_documents`` (thread-safe by contract), else its ``score(queries, docs)`` (a pending
-    reduced precision settled on the first request's pairs), else ``rerank`` on a one-query
-    dataset. The latter two run one call at a time: models hold state that calls share
-    (a Hugging Face fast tokenizer refuses concurrent calls, a precision is settled once)."""
+    """Scores of one query's documents from a ranker's
+    :meth:`~distill.rankers.base.BaseRanker.score_documents`, its runtime prepared first. A ranker's
+    own ``score_documents`` is thread-safe by contract; the default one (through ``score`` or
+    ``rerank``) runs one call at a time: models hold state that calls share (a Hugging Face fast
+    tokenizer refuses concurrent calls, a precision is settled once)."""
 
-    def __init__(self, ranker: Any, corpus: Dataset | None = None) -> None:
+    def __init__(self, ranker: BaseRanker, corpus: Dataset | None = None) -> None:
         self.ranker = ranker
-        if hasattr(ranker, "prepare_runtime"):
-            ranker.prepare_runtime(corpus)
-        self._lock = threading.Lock()
-        self._settled = not hasattr(ranker, "settle_precision")
+        ranker.prepare_runtime(corpus)
+        self._lock = None if declares(ranker, "score_documents") else threading.Lock()
 
     def __call__(self, query: str, docs: Documents) -> np.ndarray:
-        ranker = self.ranker
-        if hasattr(ranker, "score_documents"):
-            return np.asarray(ranker.score_documents(query, docs), dtype=np.float64)
-        with self._lock:
-            if hasattr(ranker, "score"):
-                texts = docs.joined()
-                if not self._settled:
-                    ranker.settle_precision([query] * len(docs), texts)
-                    self._settled = True
-                return np.asarray(ranker.score([query] * len(docs), texts), dtype=np.float64)
-            return self._rerank(query, docs)
-
-    def _rerank(self, query: str, docs: Documents) -> np.ndarray:
-        corpus = pl.DataFrame({DOCID: docs.ids, TITLE: docs.titles, TEXT: docs.texts}, schema=CORPUS_SCHEMA)
-        dataset = Dataset(corpus=corpus, queries=pl.DataFrame({QID: [_QUERY_ID], TEXT: [query]},
-                                                              schema=QUERIES_SCHEMA),
-                          qrels=pl.DataFrame(schema=QRELS_SCHEMA))
-        run = pl.DataFrame({QID: _QUERY_ID, DOCID: docs.ids})
-        scored = run.join(self.ranker.rerank(dataset, run).select(DOCID, SCORE), on=DOCID, how="left",
-                          maintain_order="left")
-        return scored[SCORE].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        with self._lock or nullcontext():
+            return np.asarray(self.ranker.score_documents(query, docs), dtype=np.float64)
 
 
 class _RuntimeStage:
@@ -299,7 +246,7 @@ class _RuntimeStage:
         return np.arange(len(docs), 0, -1, dtype=np.float64)  # the input order
 
 
-def runtime_ranker(name: str, ranker: Any) -> Any:
+def runtime_ranker(name: str, ranker: BaseRanker) -> BaseRanker:
     """The ranker a stage runs with: a teacher cache is replaced by its teacher model, since
     a request's pairs are not in any cache; a run file cannot score new documents."""
     from distill.rankers.loading import RunRanker

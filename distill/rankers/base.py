@@ -2,7 +2,9 @@
 
 A ranker scores the (qid, docid) rows of a candidate run. Keeping this one method lets
 evaluation, latency measurement and cascades treat BM25, LightGBM, a bi-encoder and a
-cross-encoder the same way.
+cross-encoder the same way. The in-process runtime (:mod:`distill.cascade.runtime`) scores one
+query's :class:`~distill.rankers.documents.Documents` through :meth:`BaseRanker.score_documents`,
+which every ranker has: its own, or a default through ``score`` or ``rerank``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from distill.core.schema import DOCID, QID
+from distill.core.schema import DOCID, QID, SCORE
 from distill.data.beir import Dataset
+from distill.rankers.documents import Documents
 
 # how many pairs a model's precision is measured and checked on (teachers.precision uses it too):
 # tens of pairs, so that choosing it costs a small share of any run
@@ -25,9 +29,10 @@ class BaseRanker(ABC):
     """Something that scores candidates, and the optional capabilities distill may use.
 
     ``rerank`` returns ``qid, docid, score`` for exactly the rows of ``run`` (any order);
-    higher scores rank first. The other methods are capabilities with no-op defaults that a
-    ranker overrides when it has them, so evaluation, timing, cascades and serving call them
-    on every ranker alike instead of probing for attributes.
+    higher scores rank first. The other methods are capabilities with defaults (a no-op, or
+    :meth:`score_documents` through ``rerank``) that a ranker overrides when it has them, so
+    evaluation, timing, cascades and serving call them on every ranker alike instead of probing
+    for attributes; :func:`declares` tells whether a ranker has its own.
     """
 
     name: str = ""
@@ -69,9 +74,47 @@ class BaseRanker(ABC):
         by default."""
         return {}
 
+    # -- in process: one query's documents (distill.cascade.runtime) ---------------------------
+
+    def prepare_runtime(self, corpus: Dataset | None) -> None:
+        """One-off work before :meth:`score_documents` is called (an index, embeddings of ``corpus``'s
+        documents, which requests may name by id; None: every document comes as text); nothing by
+        default."""
+        return None
+
+    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Scores of the pairs ``zip(queries, docs)`` in input order, for a ranker that scores a pair
+        from its texts alone (a teacher, a cross-encoder). A capability: a ranker that has it
+        overrides this, and the default :meth:`score_documents` then goes through it."""
+        raise NotImplementedError(f"{type(self).__name__} does not score pairs by their texts; use rerank")
+
+    def score_documents(self, query: str, docs: Documents) -> np.ndarray:
+        """Scores of one query's documents, in ``docs`` order (higher ranks first).
+
+        A ranker that overrides this makes it safe to call from many threads at once. This
+        default is not (models hold state that calls share: a fast tokenizer refuses concurrent
+        calls, a precision is settled once), so the runtime calls it one request at a time: it
+        scores the pairs through :meth:`score` where the ranker has it (a pending precision
+        settled on the first pairs), else through :meth:`rerank` on a one-query dataset.
+        """
+        if declares(self, "score"):
+            queries, texts = [query] * len(docs), docs.joined()
+            self.settle_precision(queries, texts)
+            return np.asarray(self.score(queries, texts), dtype=np.float64)
+        dataset, run = docs.as_dataset(query)
+        scored = run.join(self.rerank(dataset, run).select(DOCID, SCORE), on=DOCID, how="left", maintain_order="left")
+        return scored[SCORE].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
 
 # The name type hints across distill use for a ranker.
 Ranker = BaseRanker
+
+
+def declares(ranker: BaseRanker, capability: str) -> bool:
+    """Whether ``ranker``'s method ``capability`` is its own (its class's, or one set on it), not
+    :class:`BaseRanker`'s default: what callers ask instead of probing for attributes."""
+    method = getattr(ranker, capability)
+    return getattr(method, "__func__", method) is not getattr(BaseRanker, capability)
 
 
 def settle_precision(ranker: BaseRanker, dataset: Dataset, run: pl.DataFrame, seed: int = 0) -> None:
@@ -82,7 +125,7 @@ def settle_precision(ranker: BaseRanker, dataset: Dataset, run: pl.DataFrame, se
     so callers that score query by query settle it here first, on pairs drawn from all
     queries. Rankers without a pending precision ignore it.
     """
-    settle = ranker.settle_precision
-    if run.height and getattr(settle, "__func__", settle) is not BaseRanker.settle_precision:  # the no-op default
+    if run.height and declares(ranker, "settle_precision"):  # not the no-op default
         sample = run.sample(min(SETTLE_PAIRS, run.height), seed=seed)
-        settle(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]), total_pairs=run.height)
+        ranker.settle_precision(dataset.query_texts(sample[QID]), dataset.doc_texts(sample[DOCID]),
+                                total_pairs=run.height)

@@ -23,9 +23,9 @@ from typing import Any
 
 import polars as pl
 
-from distill.core.outputs import CACHE_KIND, CACHE_MANIFEST
 from distill.core.errors import InputError
 from distill.core.io import read_json
+from distill.core.outputs import CACHE_KIND, CACHE_MANIFEST
 from distill.core.registry import RANKERS
 from distill.core.schema import DOCID, QID, SCORE, require_columns
 from distill.data.beir import Dataset
