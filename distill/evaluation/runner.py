@@ -3,23 +3,19 @@ agreement with the teacher and, optionally, latency; :func:`evaluate` is the pub
 (``distill evaluate`` is a thin wrapper around it).
 
 Every ranker reranks the same candidates, so per-query metric values pair up across
-rankers. Metrics come from ir-measures (:mod:`distill.evaluation.metrics`); ir-measures has no paired
-significance test, so the paired t-test and the Wilcoxon signed-rank test come from
-scipy.stats, with Holm (default) or Bonferroni correction across the rankers compared to
-the baseline, separately for each metric.
+rankers. Metrics come from ir-measures (:mod:`distill.evaluation.metrics`), the paired tests
+against the baseline from :mod:`distill.evaluation.significance`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from distill.core.errors import ConfigError, InputError
@@ -30,12 +26,17 @@ from distill.evaluation.agreement import teacher_agreement
 from distill.evaluation.depth import DEFAULT_DEPTHS, depth_curve
 from distill.evaluation.latency import LatencyResult, load_latency, measure_latency, save_latency
 from distill.evaluation.metrics import DEFAULT_METRICS, per_query
+from distill.evaluation.significance import (  # noqa: F401  (adjust_p_values, paired_tests: importable here too)
+    CORRECTIONS,
+    RANKER,
+    adjust_p_values,
+    paired_tests,
+    significance_table,
+    wins_losses_ties,
+)
 from distill.rankers.base import BaseRanker
 
 log = logging.getLogger(__name__)
-
-RANKER = "ranker"
-CORRECTIONS = ("holm", "bonferroni")
 
 
 @dataclass
@@ -334,15 +335,14 @@ def evaluate_runs(qrels: pl.DataFrame, runs: dict[str, pl.DataFrame], baseline: 
         per_query(qrels, r, metrics).select(pl.lit(name).alias(RANKER), QID, "metric", "value")
         for name, r in runs.items()
     ])
-    significance = _significance(values, list(runs), baseline, metrics, correction)
+    significance = significance_table(values, list(runs), baseline, metrics, correction)
     means = values.group_by(RANKER, "metric").agg(pl.col("value").mean()).pivot(
         "metric", index=RANKER, values="value")
     summary = (
         pl.DataFrame({RANKER: list(runs)})
         .join(means.select(RANKER, *metrics), on=RANKER, how="left", maintain_order="left")
         .with_columns(pl.lit(qrels[QID].n_unique()).cast(pl.Int32).alias("n_queries"))
-        .join(_wins(significance, metrics[0]), on=RANKER, how="left",
-              maintain_order="left")
+        .join(wins_losses_ties(significance, metrics[0]), on=RANKER, how="left", maintain_order="left")
     )
     agreement = None
     if teacher is not None:
@@ -379,73 +379,6 @@ def canonical_metrics(metrics: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if not names:
         raise ConfigError("no metrics", field="--metrics")
     return tuple(names)
-
-
-def _wins(significance: pl.DataFrame, metric: str) -> pl.DataFrame:
-    """Wins, losses and ties on ``metric``; the baseline has none (left null by the join)."""
-    return significance.filter(pl.col("metric") == metric).select(RANKER, "wins", "losses", "ties")
-
-
-def _significance(values: pl.DataFrame, names: list[str], baseline: str, metrics: tuple[str, ...],
-                  correction: str) -> pl.DataFrame:
-    others = [n for n in names if n != baseline]
-    rows = []
-    for metric in metrics:
-        wide = values.filter(pl.col("metric") == metric).pivot(RANKER, index=QID, values="value").sort(QID)
-        base = wide[baseline].to_numpy()
-        tests = [paired_tests(wide[name].to_numpy(), base) for name in others]
-        p_t = adjust_p_values(np.array([t["p_ttest"] for t in tests]), correction)
-        p_w = adjust_p_values(np.array([t["p_wilcoxon"] for t in tests]), correction)
-        for i, (name, test) in enumerate(zip(others, tests, strict=True)):
-            rows.append({RANKER: name, "metric": metric, **test,
-                         "p_ttest_adj": float(p_t[i]), "p_wilcoxon_adj": float(p_w[i])})
-    schema = {RANKER: pl.String, "metric": pl.String, "mean_delta": pl.Float64, "wins": pl.Int64,
-              "losses": pl.Int64, "ties": pl.Int64, "t_statistic": pl.Float64, "p_ttest": pl.Float64,
-              "p_wilcoxon": pl.Float64, "p_ttest_adj": pl.Float64, "p_wilcoxon_adj": pl.Float64}
-    return pl.DataFrame(rows, schema=schema)
-
-
-def paired_tests(system: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
-    """Paired t-test and Wilcoxon signed-rank test (scipy) of per-query values vs a baseline.
-
-    Where every difference is zero both p-values are 1 (no evidence of a difference; scipy
-    would return NaN with a warning); with fewer than two queries they are NaN.
-    """
-    from scipy import stats
-
-    delta = system - baseline
-    counts = {"wins": int((delta > 0).sum()), "losses": int((delta < 0).sum()),
-              "ties": int((delta == 0).sum())}
-    mean_delta = float(delta.mean()) if len(delta) else math.nan
-    if len(delta) < 2:
-        return {"mean_delta": mean_delta, **counts, "t_statistic": math.nan, "p_ttest": math.nan,
-                "p_wilcoxon": math.nan}
-    if not delta.any():
-        return {"mean_delta": 0.0, **counts, "t_statistic": 0.0, "p_ttest": 1.0, "p_wilcoxon": 1.0}
-    t = stats.ttest_rel(system, baseline)
-    w = stats.wilcoxon(system, baseline)
-    return {"mean_delta": mean_delta, **counts, "t_statistic": float(t.statistic), "p_ttest": float(t.pvalue),
-            "p_wilcoxon": float(w.pvalue)}
-
-
-def adjust_p_values(p: np.ndarray, correction: str = "holm") -> np.ndarray:
-    """Family-wise correction of p-values; NaN stays NaN and does not count in the family.
-
-    Written here because scipy only offers false-discovery-rate control
-    (``scipy.stats.false_discovery_control``), not Holm or Bonferroni.
-    """
-    out = np.full(len(p), np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    m = len(valid)
-    if m == 0:
-        return out
-    if correction == "bonferroni":
-        out[valid] = np.minimum(p[valid] * m, 1.0)
-        return out
-    order = valid[np.argsort(p[valid], kind="stable")]
-    # Holm: the i-th smallest p (0-based) times (m - i), kept monotone.
-    out[order] = np.minimum(np.maximum.accumulate(p[order] * (m - np.arange(m))), 1.0)
-    return out
 
 
 def _agreement(runs: dict[str, pl.DataFrame], teacher: str) -> tuple[pl.DataFrame | None, pl.DataFrame]:

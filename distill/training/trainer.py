@@ -187,50 +187,13 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
     ``patience``, training stops once that many evaluations in a row did not improve on the
     best (transformers' ``EarlyStoppingCallback``), so ``config.epochs`` is a cap.
     """
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.cross_encoder import (
-        CrossEncoder,
-        CrossEncoderTrainer,
-        CrossEncoderTrainingArguments,
-    )
-
-    from distill.training.checkpoints import SafeCheckpoints
-
-    cross = isinstance(model, CrossEncoder)
-    base = CrossEncoderTrainer if cross else SentenceTransformerTrainer
-    trainer_class = type(f"Safe{base.__name__}", (SafeCheckpoints, base), {})  # checkpoints without pickle
-    arguments_class = CrossEncoderTrainingArguments if cross else SentenceTransformerTrainingArguments
+    trainer_class, arguments_class = _trainer_classes(model)
     evaluating = bool(valid) or evaluator is not None
-    strategy = "steps" if config.eval_steps else "epoch"
-    best = {}
-    if evaluating:
-        metric = evaluator.primary_metric if evaluator is not None else "loss"
-        best = {"load_best_model_at_end": True, "metric_for_best_model": metric,
-                "greater_is_better": evaluator is not None}
     if config.resume_from_checkpoint is None and any(checkpoints.glob("checkpoint-*")):
         log.warning("%s holds checkpoints of an earlier run; training starts afresh (resume to continue)",
                     checkpoints)
     precision = choose_train_precision(config.precision, model, train[:SAMPLE_GROUPS])
-    args = arguments_class(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.lr,
-        warmup_steps=config.warmup_ratio,  # transformers >= 5: a value below 1 is a fraction of the steps
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        data_seed=config.seed,
-        eval_strategy=strategy if evaluating else "no",
-        save_strategy=strategy,
-        **({"eval_steps": config.eval_steps, "save_steps": config.eval_steps} if config.eval_steps else {}),
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        report_to="none",
-        dataloader_pin_memory=torch.cuda.is_available(),
-        **precision_flags(precision.chosen),
-        **best,
-    )
+    args = arguments_class(**_training_arguments(config, checkpoints, precision.chosen, evaluator, evaluating))
     trainer = trainer_class(
         model=model, args=args, loss=loss,
         train_dataset=groups_to_hf_dataset(train),
@@ -251,6 +214,57 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
             raise ConfigError(f"cannot resume: {err}", path=checkpoints) from None
         raise
     return Fitted(trainer.state.log_history, precision)
+
+
+def _trainer_classes(model) -> tuple[type, type]:
+    """The sentence-transformers trainer for ``model`` (a CrossEncoder's or a SentenceTransformer's),
+    made to write checkpoints without pickle (:class:`~distill.training.checkpoints.SafeCheckpoints`),
+    and its training-arguments class."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+
+    from distill.training.checkpoints import SafeCheckpoints
+
+    cross = isinstance(model, CrossEncoder)
+    base = CrossEncoderTrainer if cross else SentenceTransformerTrainer
+    arguments_class = CrossEncoderTrainingArguments if cross else SentenceTransformerTrainingArguments
+    return type(f"Safe{base.__name__}", (SafeCheckpoints, base), {}), arguments_class
+
+
+def _training_arguments(config: TrainConfig, checkpoints: Path, precision: str, evaluator,
+                        evaluating: bool) -> dict[str, Any]:
+    """The trainer's arguments for ``config``: checkpoints (and evaluations, when ``evaluating``) every
+    epoch or every ``eval_steps``, the best checkpoint by ``evaluator``'s primary metric (else the
+    validation loss) kept at the end, training in ``precision`` (:func:`precision_flags`)."""
+    strategy = "steps" if config.eval_steps else "epoch"
+    best = {}
+    if evaluating:
+        best = {"load_best_model_at_end": True, "greater_is_better": evaluator is not None,
+                "metric_for_best_model": evaluator.primary_metric if evaluator is not None else "loss"}
+    return dict(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup_ratio,  # transformers >= 5: a value below 1 is a fraction of the steps
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        eval_strategy=strategy if evaluating else "no",
+        save_strategy=strategy,
+        **({"eval_steps": config.eval_steps, "save_steps": config.eval_steps} if config.eval_steps else {}),
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **precision_flags(precision),
+        **best,
+    )
 
 
 def _early_stopping(patience: int | None) -> list | None:

@@ -21,13 +21,15 @@ from distill.core.errors import ConfigError
 from distill.training.losses.base import (
     DistillLoss,
     check_positive,
-    descending_order,
     descending_ranks,
     has_negatives,
+    ideal_dcg,
+    inverse_log_discount,
     masked_mean,
     masked_softmax,
     mean_over_rows,
     soft_ranks,
+    top_one,
 )
 
 QIN_CITATION = """
@@ -41,10 +43,6 @@ QIN_CITATION = """
   year={2010}
 }
 """
-
-
-def _inverse_log_discount(ranks: Tensor) -> Tensor:
-    return 1.0 / torch.log2(1.0 + ranks)
 
 
 class ApproxNDCG(DistillLoss):
@@ -73,10 +71,8 @@ class ApproxNDCG(DistillLoss):
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
         gains = masked_softmax(teacher / self.gain_temperature, mask)
         ranks = soft_ranks(student, mask, self.temperature)
-        dcg = torch.where(mask, gains * _inverse_log_discount(ranks.clamp(min=1.0)), 0.0).sum(dim=-1)
-        positions = torch.arange(1, mask.shape[-1] + 1, device=mask.device, dtype=gains.dtype)
-        ideal = (gains.sort(dim=-1, descending=True).values * _inverse_log_discount(positions)).sum(dim=-1)
-        ndcg = dcg / ideal.clamp(min=torch.finfo(gains.dtype).tiny)
+        dcg = torch.where(mask, gains * inverse_log_discount(ranks.clamp(min=1.0)), 0.0).sum(dim=-1)
+        ndcg = dcg / ideal_dcg(gains).clamp(min=torch.finfo(gains.dtype).tiny)
         return mean_over_rows(1.0 - ndcg, has_negatives(mask))
 
 
@@ -99,8 +95,7 @@ class ApproxMRR(DistillLoss):
         self.temperature = check_positive(self.name, "temperature", temperature)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
-        top = descending_order(teacher, mask)[:, :1]
-        rank_of_top = soft_ranks(student, mask, self.temperature).gather(1, top).squeeze(1)
+        rank_of_top = soft_ranks(student, mask, self.temperature).gather(1, top_one(teacher, mask)).squeeze(1)
         return mean_over_rows(1.0 - 1.0 / rank_of_top.clamp(min=1.0), has_negatives(mask))
 
 
@@ -146,7 +141,7 @@ class ApproxRankMSE(DistillLoss):
         target = descending_ranks(teacher, mask)
         error = (soft_ranks(student, mask, self.temperature) - target) ** 2
         if self.discount == "log2":
-            error = error * _inverse_log_discount(target)
+            error = error * inverse_log_discount(target)
         elif self.discount == "reciprocal":
             error = error / target
         return masked_mean(error, mask & has_negatives(mask)[:, None])

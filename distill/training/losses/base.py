@@ -67,6 +67,21 @@ def check_positive(name: str, field: str, value: float) -> float:
     return float(value)
 
 
+def check_non_negative(name: str, field: str, value: float) -> float:
+    """``value`` as a float, or a :class:`ConfigError` naming the loss and field when it is < 0."""
+    if value < 0:
+        raise ConfigError(f"{name} {field} must be >= 0, got {value}", field=field)
+    return float(value)
+
+
+def require_labels(labels: Tensor | None, who: str, hint: str = "") -> Tensor:
+    """``labels``, or a :class:`ConfigError` saying that ``who`` (a loss that trains on qrels) got a
+    batch without them; ``hint`` tells the user what to do about it."""
+    if labels is None:
+        raise ConfigError(f"{who} needs qrels labels for every candidate, but the batch has none{hint}")
+    return labels
+
+
 def has_negatives(mask: Tensor) -> Tensor:
     """Rows with at least two valid entries: a softmax over one document carries no signal."""
     return mask.sum(dim=-1) >= 2
@@ -87,6 +102,12 @@ def descending_order(scores: Tensor, mask: Tensor) -> Tensor:
     return scores.masked_fill(~mask, float("-inf")).argsort(dim=-1, descending=True, stable=True)
 
 
+def top_one(scores: Tensor, mask: Tensor) -> Tensor:
+    """``[B, 1]``: the column of each row's best valid entry (ties: the first), ready for ``gather``;
+    the one relevant document of the losses that trust only the teacher's top-1."""
+    return descending_order(scores, mask)[:, :1]
+
+
 def descending_ranks(scores: Tensor, mask: Tensor) -> Tensor:
     """1-based rank of each entry within its row's valid entries (padding ranks after them)."""
     return descending_order(scores, mask).argsort(dim=-1).to(scores.dtype) + 1
@@ -98,6 +119,19 @@ def soft_ranks(scores: Tensor, mask: Tensor, temperature: float) -> Tensor:
     diff = pair_differences(scores, mask).transpose(1, 2) / temperature  # [b, j, k] = s_k - s_j
     beaten = torch.where(pair_mask(mask), torch.sigmoid(diff), torch.zeros_like(diff))
     return (1.0 + beaten.sum(dim=-1)).masked_fill(~mask, 0.0)
+
+
+def inverse_log_discount(ranks: Tensor) -> Tensor:
+    """DCG's position discount ``1 / log2(1 + rank)`` for 1-based (possibly smooth) ranks."""
+    return 1.0 / torch.log2(1.0 + ranks)
+
+
+def ideal_dcg(gains: Tensor, k: int | None = None) -> Tensor:
+    """Per row, the DCG(@k) of ``gains`` in their best order: the normaliser of NDCG (padding's
+    gains must be 0, so that they sort last and add nothing)."""
+    length = gains.shape[-1]
+    positions = torch.arange(1, length + 1, device=gains.device, dtype=gains.dtype)
+    return (gains.sort(dim=-1, descending=True).values * inverse_log_discount(positions))[:, :k].sum(dim=-1)
 
 
 def group_scores(student: Tensor, length: int) -> Tensor:

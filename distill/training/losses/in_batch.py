@@ -19,14 +19,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from distill.core.errors import ConfigError
 from distill.training.losses.base import (
     IN_BATCH,
     LIGHTNING_IR_CITATION,
     DistillLoss,
-    descending_order,
+    check_positive,
     masked_log_softmax,
     mean_over_rows,
+    top_one,
 )
 
 
@@ -105,20 +105,16 @@ class ScoreBasedInBatchCE(DistillLoss):
 
     def __init__(self, min_target_diff: float = 1.0) -> None:
         super().__init__()
-        if min_target_diff <= 0:
-            raise ConfigError(f"ScoreBasedInBatchCE min_target_diff must be > 0, got {min_target_diff}",
-                              field="min_target_diff")
-        self.min_target_diff = float(min_target_diff)
+        self.min_target_diff = check_positive(self.name, "min_target_diff", min_target_diff)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
         batch, length = mask.shape
-        top = descending_order(teacher, mask)[:, 0]
+        top = top_one(teacher, mask)
         clean = teacher.masked_fill(~mask, 0.0)
-        top_score = clean.gather(1, top[:, None])
-        own = mask & (top_score - clean >= self.min_target_diff)
-        own = own.scatter(1, top[:, None], mask.gather(1, top[:, None]))  # the positive itself
+        own = mask & (clean.gather(1, top) - clean >= self.min_target_diff)
+        own = own.scatter(1, top, mask.gather(1, top))  # the positive itself
         own_block = _own_block(mask)
         others = mask.reshape(1, -1).expand(batch, -1) & ~own_block
         candidates = others | (own_block & own.repeat(1, batch))
-        positive = torch.arange(batch, device=mask.device) * length + top
+        positive = torch.arange(batch, device=mask.device) * length + top.squeeze(1)
         return _in_batch_cross_entropy(student, candidates, positive, mask.any(dim=-1))

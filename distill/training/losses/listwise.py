@@ -19,9 +19,12 @@ from distill.core.errors import ConfigError
 from distill.training.losses.base import (
     LIGHTNING_IR_CITATION,
     DistillLoss,
+    check_non_negative,
     check_positive,
     descending_order,
     has_negatives,
+    ideal_dcg,
+    inverse_log_discount,
     masked_log_softmax,
     masked_mean,
     masked_softmax,
@@ -29,6 +32,7 @@ from distill.training.losses.base import (
     pair_differences,
     pair_mask,
     soft_cross_entropy,
+    top_one,
 )
 
 
@@ -162,10 +166,8 @@ class LambdaLoss(DistillLoss):
         self.sigma = check_positive(self.name, "sigma", sigma)
         if k is not None and k < 1:
             raise ConfigError(f"LambdaLoss k must be >= 1 or None, got {k}", field="k")
-        if mu < 0:
-            raise ConfigError(f"LambdaLoss mu must be >= 0, got {mu}", field="mu")
         self.k = k
-        self.mu = float(mu)
+        self.mu = check_non_negative(self.name, "mu", mu)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
         length = student.shape[-1]
@@ -179,9 +181,8 @@ class LambdaLoss(DistillLoss):
         ranked_gains = gains.gather(1, order)
 
         positions = torch.arange(1, length + 2, device=student.device, dtype=student.dtype)
-        inv_discount = 1.0 / torch.log2(1.0 + positions)  # 1/D_r for r = 1..L+1
-        ideal_dcg = (gains.sort(dim=-1, descending=True).values * inv_discount[:length])[:, :k].sum(dim=-1)
-        norm_gains = ranked_gains / ideal_dcg.clamp(min=torch.finfo(student.dtype).tiny)[:, None]
+        inv_discount = inverse_log_discount(positions)  # 1/D_r for r = 1..L+1
+        norm_gains = ranked_gains / ideal_dcg(gains, k).clamp(min=torch.finfo(student.dtype).tiny)[:, None]
 
         rank = torch.arange(length, device=student.device)
         distance = (rank[:, None] - rank[None, :]).abs().clamp(min=1)  # diagonal is masked out anyway
@@ -299,8 +300,7 @@ class InfoNCE(DistillLoss):
         self.temperature = check_positive(self.name, "temperature", temperature)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
-        top = descending_order(teacher, mask)[:, :1]
-        log_p = masked_log_softmax(student / self.temperature, mask).gather(1, top).squeeze(1)
+        log_p = masked_log_softmax(student / self.temperature, mask).gather(1, top_one(teacher, mask)).squeeze(1)
         return mean_over_rows(-log_p, has_negatives(mask))
 
 

@@ -18,20 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.core.errors import ConfigError
 from distill.training.losses.base import (
     LIGHTNING_IR_CITATION,
     DistillLoss,
+    check_non_negative,
+    check_positive,
     masked_mean,
     ordered_pairs,
     pair_differences,
+    require_labels,
 )
-
-
-def _check_gap(name: str, min_gap: float) -> float:
-    if min_gap < 0:
-        raise ConfigError(f"{name} min_gap must be >= 0, got {min_gap}", field="min_gap")
-    return float(min_gap)
 
 
 class MarginMSE(DistillLoss):
@@ -103,10 +99,8 @@ class RankNet(DistillLoss):
 
     def __init__(self, sigma: float = 1.0, min_gap: float = 0.0, teacher_weighted: bool = False) -> None:
         super().__init__()
-        if sigma <= 0:
-            raise ConfigError(f"RankNet sigma must be > 0, got {sigma}", field="sigma")
-        self.sigma = float(sigma)
-        self.min_gap = _check_gap(self.name, min_gap)
+        self.sigma = check_positive(self.name, "sigma", sigma)
+        self.min_gap = check_non_negative(self.name, "min_gap", min_gap)
         self.teacher_weighted = bool(teacher_weighted)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
@@ -146,10 +140,8 @@ class Hinge(DistillLoss):
 
     def __init__(self, margin: float = 1.0, min_gap: float = 0.0) -> None:
         super().__init__()
-        if margin < 0:
-            raise ConfigError(f"Hinge margin must be >= 0, got {margin}", field="margin")
-        self.margin = float(margin)
-        self.min_gap = _check_gap(self.name, min_gap)
+        self.margin = check_non_negative(self.name, "margin", margin)
+        self.min_gap = check_non_negative(self.name, "min_gap", min_gap)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
         per_pair = F.relu(self.margin - pair_differences(student, mask))
@@ -178,7 +170,7 @@ class ConstantMarginMSE(DistillLoss):
     def __init__(self, margin: float = 1.0, min_gap: float = 0.0) -> None:
         super().__init__()
         self.margin = float(margin)
-        self.min_gap = _check_gap(self.name, min_gap)
+        self.min_gap = check_non_negative(self.name, "min_gap", min_gap)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
         per_pair = (pair_differences(student, mask) - self.margin) ** 2
@@ -203,7 +195,6 @@ class SupervisedMarginMSE(DistillLoss):
     requires_negatives = True
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
-        if labels is None:
-            raise ConfigError(f"{self.name} needs qrels labels for every candidate, but the batch has none")
+        labels = require_labels(labels, self.name)
         margins = pair_differences(student, mask) - pair_differences(labels, mask)
         return masked_mean(margins**2, ordered_pairs(labels, mask))

@@ -20,6 +20,7 @@ from distill.training.losses.base import (
     DistillLoss,
     check_positive,
     masked_mean,
+    require_labels,
 )
 from distill.training.objectives import hard_label_loss
 
@@ -141,8 +142,7 @@ class GradedCE(DistillLoss):
         self.spacing = check_positive(self.name, "spacing", spacing)
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
-        if labels is None:
-            raise ConfigError(f"{self.name} needs qrels labels for every candidate, but the batch has none")
+        labels = require_labels(labels, self.name)
         g = self.max_grade
         grade = labels.masked_fill(~mask, 0.0).round().clamp(0, g)
         scores = student.masked_fill(~mask, 0.0)
@@ -201,9 +201,6 @@ class HardLabels(DistillLoss):
         self.requires_negatives = kind != "bce"
 
     def compute(self, student: Tensor, teacher: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
-        if labels is None:
-            raise ConfigError(
-                f"{self.name} ({self.kind}) needs qrels labels for every candidate, but the batch has "
-                "none; set hard_label_weight to 0 or train on data with qrels"
-            )
+        labels = require_labels(labels, f"{self.name} ({self.kind})",
+                                "; set hard_label_weight to 0 or train on data with qrels")
         return hard_label_loss(self.kind, student, mask, labels)
