@@ -12,6 +12,7 @@ import polars as pl
 from distill.cache.store import TeacherCache, shard_of
 from distill.cache.texts import text_hashes, with_text_hashes
 from distill.core.errors import ConfigError
+from distill.core.progress import progress_display
 from distill.core.schema import DOCID, QID, SCORE
 from distill.data.beir import Dataset
 
@@ -149,23 +150,9 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[rate]} pairs/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            transient=False,
-        )
+        self._bar = progress_display(transient=False, rate_unit="pairs", stderr=False)
         self._bar.start()
-        self._task = self._bar.add_task("score", total=self.total, rate="-")
+        self._task = self._bar.add_task("[bold]scoring", total=self.total, rate="-")
         self._t0 = time.perf_counter()
         self._done = 0
 

@@ -20,6 +20,7 @@ import polars as pl
 
 from distill.core.errors import ConfigError, InputError
 from distill.core.io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from distill.core.progress import progress_display
 from distill.core.schema import DOCID, QID, SCORE, cut, require_columns
 from distill.data.beir import Dataset
 from distill.evaluation.agreement import teacher_agreement
@@ -204,7 +205,7 @@ def evaluate(dataset: Dataset, run: pl.DataFrame, rankers: Mapping[str, BaseRank
     check_roles(list(rankers), config.baseline, config.teacher, config.correction)
     candidates = cut(run, config.k)
     specs = {name: r for name, r in rankers.items() if isinstance(r, str)}
-    with _progress(show_progress) as progress:
+    with progress_display(show_progress) as progress:
         task = progress.add_task("loading rankers", total=len(rankers))
         loaded: dict[str, BaseRanker] = {}
         for name, ranker in rankers.items():
@@ -227,15 +228,6 @@ def evaluate(dataset: Dataset, run: pl.DataFrame, rankers: Mapping[str, BaseRank
     result.settings = {**asdict(config), "rankers": {n: specs.get(n, type(r).__name__) for n, r in loaded.items()},
                        "data": str(dataset.path) if dataset.path else dataset.name, "split": dataset.split}
     return result
-
-
-def _progress(show: bool):
-    """A transient rich progress display on stderr (hidden when ``show`` is false)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=not show)
 
 
 def _measure(rankers: Mapping[str, BaseRanker], specs: Mapping[str, str], dataset: Dataset,
