@@ -172,16 +172,43 @@ class _Called(Exception):
     """Raised by a recorded library function: the call is what is tested, not its work."""
 
 
-def _bound(func, args: tuple, kwargs: dict) -> dict:
-    """A call's arguments by parameter name, defaults filled in (dicts as item lists: their order counts)."""
+def _bound(func, args: tuple, kwargs: dict, left_out: dict | None = None) -> dict:
+    """A call's arguments by parameter name, defaults filled in (dicts as item lists: their order counts).
+
+    A function taking ``**settings`` (its command's generated options, see distill.app.options) has them
+    as one dict, in any order, with ``left_out``'s settings where the call gives none."""
     import inspect
 
-    bound = inspect.signature(func).bind(*args, **kwargs)
+    signature = inspect.signature(func)
+    bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
-    return {k: list(v.items()) if isinstance(v, dict) else v for k, v in bound.arguments.items()}
+
+    def items(value):
+        return list(value.items()) if isinstance(value, dict) else value
+
+    def settings(given: dict) -> dict:
+        return {name: items(value) for name, value in {**(left_out or {}), **given}.items()}
+
+    return {k: settings(v) if signature.parameters[k].kind is inspect.Parameter.VAR_KEYWORD else items(v)
+            for k, v in bound.arguments.items()}
+
+
+def _option_defaults(argv: list[str]) -> dict:
+    """The defaults of the options of the command ``argv`` runs, by parameter name."""
+    import typer
+
+    from distill.app.cli import app
+
+    command = typer.main.get_command(app)
+    for word in argv:
+        if not hasattr(command, "commands"):  # a group's subcommands (typer's own click)
+            break
+        command = command.commands[word]
+    return {p.name: p.default for p in command.params}
 
 
 def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
+    import inspect
     import sys
 
     from distill.app.cli import app, register_commands
@@ -198,7 +225,11 @@ def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
             patch.setattr(sys.modules[step.call.__module__], step.call.__name__, record)
             with pytest.raises(_Called):
                 app(step.argv, standalone_mode=False)
-        assert seen == [_bound(step.call, (), step.kwargs)], step.command()
+        # the settings the command passes and the step does not are at the command's defaults
+        passed = {name for p in inspect.signature(step.call).parameters.values()
+                  if p.kind is inspect.Parameter.VAR_KEYWORD for name in seen[0][p.name]}
+        defaults = _option_defaults(step.argv)
+        assert seen == [_bound(step.call, (), step.kwargs, {name: defaults[name] for name in passed})], step.command()
 
 
 @pytest.mark.parametrize("settings", [
@@ -249,3 +280,18 @@ def test_both_neural_students_checkpoint_within_an_epoch(tmp_path):
     for name in ("student-cross-encoder", "student-bi-encoder"):
         assert _option(_argv(steps, name), "--checkpoint-steps") == "50"
         assert next(s for s in steps if s.name == name).kwargs["checkpoint_steps"] == 50
+
+
+def test_a_steps_command_line_is_derived_from_its_arguments_by_one_rule():
+    from distill.app.pipeline import command_line
+    from distill.cascade.search import BudgetShare, CascadeBuildConfig
+
+    argv = command_line("cascade build", {
+        "data": Path("d"), "stages": {"bm25": "bm25", "teacher": "cache"}, "budget_ms": BudgetShare("teacher", 0.1),
+        "config": CascadeBuildConfig(latency_queries=5, threads=1), "runs": [Path("a"), Path("b")],
+        "loss_params": {"temperature": 0.5, "scaled": True}, "allow_collapse": True, "resume": False, "queries": None,
+        "folders": [Path("x"), Path("y")], "lr": 2e-4})
+    assert argv == ["cascade", "build", "--data", "d", "--stage", "bm25=bm25", "--stage", "teacher=cache",
+                    "--budget-share", "teacher=0.1", "--threads", "1", "--latency-queries", "5", "--latency-k", "100",
+                    "--run", "a", "--run", "b", "--loss-param", "temperature=0.5", "--loss-param", "scaled=true",
+                    "--allow-collapse", "x", "y", "--lr", "0.0002"]

@@ -1,0 +1,168 @@
+"""The pipeline's steps for one configuration, stage by stage: queries and candidates, the teacher,
+the students, then the cascade, the evaluation and the report.
+
+Each step calls one function of :mod:`distill.app.tasks` (or :func:`students.train.select_student`)
+with keyword arguments in the order its printed command line shows them (see
+:func:`distill.app.pipeline_step.command_line`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.app import tasks
+from distill.app.pipeline_config import TITLE_SPLIT, PipelineConfig, default_init, student_queries
+from distill.app.pipeline_step import Step
+from distill.cascade.search import BudgetShare, CascadeBuildConfig
+from distill.core.errors import ConfigError
+from distill.evaluation.runner import EvaluateConfig
+
+CHECKPOINT_STEPS = 50  # training steps between a neural student's checkpoints
+STUDENT_CACHE = "{student_cache}"  # bound when the students' steps run: see run_pipeline
+
+
+def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
+    """The pipeline's steps, in order, for the BEIR view at ``data``."""
+    teacher = cfg.teacher or str(cfg.out / "models" / "teacher")
+    steps = [*_candidate_steps(cfg, data), *_teacher_steps(cfg, data, teacher), *_student_steps(cfg, data, teacher),
+             *_evaluation_steps(cfg, data)]
+    for step in steps:
+        step.overrides = dict(cfg.extra.get(step.name, {}))
+    return steps
+
+
+def _candidate_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
+    """Pseudo-queries (unless a query log is given or none are wanted), then BM25 candidates of each split."""
+    runs = cfg.out / "runs"
+    extra_queries = student_queries(cfg)
+    steps = []
+    if cfg.queries is None and cfg.pseudo_queries:
+        limit = {"max_queries": cfg.max_pseudo_queries, "seed": cfg.seed} if cfg.max_pseudo_queries else {}
+        steps.append(Step("pseudo-queries", "pseudo-queries", tasks.pseudo_queries,
+                          {"data": data, "kind": cfg.pseudo_queries, **limit, "out": extra_queries}, extra_queries))
+    # no --add-positives: students must not learn that documents BM25 ranks low are the relevant ones
+    for name, split, k, unjudged in (("train", _student_split(cfg), cfg.train_k, extra_queries),
+                                     ("valid", "valid", cfg.test_k, None), ("test", "test", cfg.test_k, None)):
+        steps.append(Step(f"candidates-{name}", "candidates", tasks.candidates,
+                          {"data": data, "split": split, "queries": unjudged, "k": k, "out": runs / f"{name}.trec"},
+                          runs / f"{name}.trec"))
+    return steps
+
+
+def _teacher_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
+    """Train the teacher (unless one is given), score every split's candidates, fuse it with BM25."""
+    runs, cache = cfg.out / "runs", cfg.out / "cache"
+    steps = []
+    if cfg.teacher is None:
+        steps.append(Step("train-teacher", "train-teacher", tasks.train_teacher, {
+            "data": data, "split": "train", "init": cfg.init or default_init(), "out": Path(teacher),
+            "epochs": cfg.teacher_epochs, "max_length": cfg.max_length, "negatives": cfg.teacher_negatives,
+            "objective": cfg.teacher_objective, "seed": cfg.seed}, Path(teacher)))
+    for name, split, unjudged in (("train", _student_split(cfg), student_queries(cfg)), ("valid", "valid", None),
+                                  ("test", "test", None)):
+        steps.append(Step(f"score-{name}", "score-teacher", tasks.score_teacher, {
+            "teacher": teacher, "data": data, "split": split, "queries": unjudged, "run": runs / f"{name}.trec",
+            "cache": cache, "max_length": cfg.max_length}))
+    # the teacher fused with BM25, weights chosen on valid: students learn from it unless the
+    # teacher alone was best there (see teachers.fusion and student_cache)
+    fused = cfg.out / "cache_fused"
+    first_stage = [runs / f"{split}.trec" for split in ("train", "valid", "test")]
+    steps.append(Step("fuse-teacher", "fuse-teacher", tasks.fuse_teacher, {
+        "cache": cache, "data": data, "valid_split": "valid", "runs": first_stage, "out": fused}, fused))
+    return steps
+
+
+def _student_split(cfg: PipelineConfig) -> str:
+    """The judged queries students learn from: the train split's, with the title queries when there are any."""
+    return TITLE_SPLIT if cfg.title_queries else "train"
+
+
+def _num_layers(model: str) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model).num_hidden_layers)
+
+
+def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
+    """The cross-encoder, bi-encoder and LightGBM students, in that order (LightGBM may use the others)."""
+    models = cfg.out / "models"
+    layers = cfg.student_layers or max(1, _num_layers(cfg.teacher or cfg.init or default_init()) // 3)
+    # every student reads the teacher chosen on valid ({student_cache}: see student_cache) and is
+    # validated on the held-out valid queries; a collapse is reported after the run
+    common = {"cache": STUDENT_CACHE, "data": data, "split": _student_split(cfg), "queries": student_queries(cfg),
+              "seed": cfg.seed, "valid_split": "valid", "valid_run": cfg.out / "runs" / "valid.trec",
+              "allow_collapse": True}
+    # a neural student checkpoints every CHECKPOINT_STEPS steps: a stop mid-epoch (an epoch of SciFact's
+    # 5,800 training queries is about an hour on 2 cores) loses minutes, not the epoch
+    neural = {"negatives": cfg.negatives, "max_length": cfg.max_length, "checkpoint_steps": CHECKPOINT_STEPS}
+    ce = {"init_from_teacher": True, "layers": layers, "layer_choice": cfg.student_layer_choice, "teacher": teacher,
+          "loss": cfg.ce_loss, **neural, "epochs": cfg.ce_epochs or cfg.student_epochs,
+          "lr": cfg.ce_lr or cfg.student_lr, "rounds": cfg.ce_rounds, "lr_schedule": cfg.lr_schedule}
+    bi = {"init": cfg.init or default_init(), "loss": cfg.bi_loss,
+          "loss_params": tasks.parse_loss_params(cfg.bi_loss_params) or None,
+          **neural, "negatives": cfg.bi_negatives or cfg.negatives, "epochs": cfg.student_epochs, "lr": cfg.student_lr}
+    return [
+        Step("student-cross-encoder", "train-student", tasks.train_student,
+             {**common, "student": "cross-encoder", **ce, "out": models / "ce_student"}, models / "ce_student"),
+        Step("student-bi-encoder", "train-student", tasks.train_student,
+             {**common, "student": "bi-encoder", **bi, "out": models / "bi_encoder"}, models / "bi_encoder"),
+        *_lightgbm_steps(cfg, {**common, "student": "lightgbm"}, models),
+    ]
+
+
+def _lightgbm_steps(cfg: PipelineConfig, kwargs: dict[str, Any], models: Path) -> list[Step]:
+    """One LightGBM student per qrels weight; with several, ``select-student`` keeps the best on validation."""
+    from students.train import select_student
+
+    weights = cfg.lightgbm_qrels_weights or (0.0,)
+    kwargs = {**kwargs, "feature_rankers": _feature_rankers(cfg, models) or None}
+
+    def step(name: str, weight: float, folder: Path) -> Step:
+        shown = {"qrels_weight": weight} if weight or len(weights) > 1 else {}  # each variant says its weight
+        return Step(name, "train-student", tasks.train_student, {**kwargs, **shown, "out": folder}, folder)
+
+    if len(weights) == 1:
+        return [step("student-lightgbm", weights[0], models / "lightgbm")]
+    folders = {w: models / f"lightgbm_w{w:g}" for w in weights}
+    return [*(step(f"student-lightgbm-w{w:g}", w, folder) for w, folder in folders.items()),
+            Step("student-lightgbm", "select-student", select_student,
+                 {"folders": list(folders.values()), "out": models / "lightgbm"}, models / "lightgbm")]
+
+
+def _feature_rankers(cfg: PipelineConfig, models: Path) -> dict[str, str]:
+    """The neural students named in ``cfg.lightgbm_features``, as LightGBM's feature rankers (name → folder)."""
+    known = ("bi_encoder", "ce_student")  # trained before LightGBM
+    for name in cfg.lightgbm_features:
+        if name not in known:
+            raise ConfigError(f"LightGBM feature {name!r} is not one of the pipeline's students {known}",
+                              field="lightgbm_features")
+    return {name: str(models / name) for name in cfg.lightgbm_features}
+
+
+def _evaluation_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
+    """The cascade searched on valid and run on test, every ranker evaluated on test, and the report."""
+    out, runs, models = cfg.out, cfg.out / "runs", cfg.out / "models"
+    # the teacher's valid scores come from its cache, its cost from the model the cache names, measured
+    # once for the search and the budget alike (budget_fraction of its expected latency at test_k)
+    stages = {"bm25": "bm25", "lightgbm": str(models / "lightgbm"), "bi_encoder": str(models / "bi_encoder"),
+              "ce_student": str(models / "ce_student"), "teacher": str(out / "cache")}
+    build = CascadeBuildConfig(latency_queries=cfg.latency_queries, latency_k=cfg.test_k, threads=1)
+    evaluation = EvaluateConfig(baseline="bm25", teacher="teacher", k=cfg.test_k, latency=True,
+                                latency_queries=cfg.latency_queries, threads=1)
+    rankers = {**stages, "fused_teacher": str(out / "cache_fused"), "cascade": str(out / "cascade.json")}
+    title = f"distill: {Path(cfg.data).name if cfg.data else 'built-in data'}"  # data is the view, named "data"
+    return [
+        Step("cascade-build", "cascade build", tasks.build_cascade, {
+            "data": data, "split": "valid", "run": runs / "valid.trec", "stages": stages,
+            "budget_ms": BudgetShare("teacher", cfg.budget_fraction), "config": build, "out": out / "cascade.json"},
+            out / "cascade.json"),
+        Step("cascade-run", "cascade run", tasks.run_cascade, {
+            "spec": out / "cascade.json", "data": data, "split": "test", "run": runs / "test.trec", "threads": 1,
+            "out": runs / "cascade_test.trec"}, runs / "cascade_test.trec"),
+        Step("evaluate", "evaluate", tasks.evaluate, {
+            "data": data, "split": "test", "run": runs / "test.trec", "rankers": rankers, "config": evaluation,
+            "out": out / "eval"}, out / "eval"),
+        Step("report", "report", tasks.report, {"eval_dir": out / "eval", "out": out, "title": title},
+             out / "report.html"),
+    ]
