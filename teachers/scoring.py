@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,47 @@ def _ray_engine() -> Engine:
 
 # Engine name -> a function returning it (imported only when asked for).
 ENGINES: dict[str, Callable[[], Engine]] = {"local": _local_engine, "ray": _ray_engine}
+
+
+@dataclass(frozen=True)
+class TeacherScoringConfig:
+    """``distill score-teacher``'s settings: how the teacher is loaded and how its scores are written.
+
+    A field's metadata holds its help text, which makes it one of the command's options
+    (:mod:`distill.app.options`); :meth:`teacher_options` are :func:`score_teacher`'s ``teacher_options``.
+    """
+
+    kind: str = field(default="auto", metadata={"help": "auto | cross-encoder | generative."})
+    max_length: int | None = field(default=None, metadata={"help": "Tokens per pair [the model's own, at most 512].",
+                                                            "min": 8})
+    dtype: str = field(default="auto", metadata={"help": (
+        "auto (the fastest that ranks like fp32, timed on a sample) | fp32 | bf16 | fp16 (reduced ones are checked "
+        "vs fp32).")})
+    backend: str = field(default="auto", metadata={"help": (
+        "auto (with --dtype auto: torch, or on a CPU ONNX Runtime/OpenVINO when installed and faster on a run long "
+        "enough to pay for the export) | torch | onnx | openvino (checked vs torch fp32).")})
+    device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, mps, cpu [the best available]."})
+    batch_tokens: int | None = field(default=None, metadata={
+        "help": "Padded tokens per batch [chosen for the device]."})
+    shard: str | None = field(default=None, metadata={"help": "Score only part i of N of the pairs: i/N [all pairs]."})
+    flush_pairs: int = field(default=1024, metadata={
+        "help": "Pairs per cache shard and per Ray batch (lost at most on a crash).", "min": 1})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the teacher [the latest]."})
+    instruction: str | None = field(default=None, metadata={
+        "help": "Generative teachers: the task instruction [a generic relevance instruction]."})
+    allow_untrained_head: bool = field(default=False, metadata={
+        "help": "Accept a freshly initialised classification head."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own code."})
+    sanity_check: bool = field(default=True, metadata={"help": "Check that positives outscore negatives on a sample."})
+    engine: str = field(default="local", metadata={
+        "help": "local (this process) | ray (Ray workers; see docs/ray.md)."})
+
+    def teacher_options(self) -> dict[str, Any]:
+        """How :func:`teachers.loading.load_teacher` loads the teacher (None: the teacher's own default)."""
+        return {"kind": self.kind, "dtype": self.dtype, "backend": self.backend, "device": self.device,
+                "revision": self.revision, "trust_remote_code": self.trust_remote_code,
+                "allow_untrained_head": self.allow_untrained_head, "max_tokens_per_batch": self.batch_tokens,
+                "max_length": self.max_length, "instruction": self.instruction}
 
 
 @dataclass

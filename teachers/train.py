@@ -25,14 +25,14 @@ split's judgements with BM25 hard negatives, then its scores are cached and dist
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
-from sentence_transformers.base.evaluation import BaseEvaluator
 
 from distill.core.errors import ConfigError
 from distill.core.io import atomic_dir
@@ -42,7 +42,9 @@ from distill.core.recorded_paths import record_path
 from distill.core.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, SCORE, TEXT, TITLE
 from distill.data.beir import Dataset
 from distill.training.groups import Group, GroupConfig, build_groups, holdout
-from distill.training.trainer import TrainConfig
+
+if TYPE_CHECKING:
+    from distill.training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +54,74 @@ METRIC = "nDCG@10"
 OBJECTIVES = {"listnet": "listnet", "listwise": "listwise_ce", "pointwise": "bce"}
 
 
+QUICK = "quick"  # a field's value for --quick, a smoke run that finishes in minutes on a laptop CPU, in its metadata
+
+
+@dataclass(frozen=True)
+class TeacherTrainSettings:
+    """The optimisation settings ``train-teacher`` offers: fields of
+    :class:`~distill.training.trainer.TrainConfig` with a teacher's defaults (TrainConfig's own are a
+    student's). Like :class:`TeacherTrainConfig`'s, a field's metadata holds its help text, which makes
+    it an option of ``distill train-teacher`` (:mod:`distill.app.options`), and its --quick value."""
+
+    epochs: float = field(default=2.0, metadata={"help": "Epochs at most.", QUICK: 1.0})
+    lr: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    batch_size: int = field(default=4, metadata={
+        "help": "Queries per batch (each with 1 + negatives documents).", "min": 1})
+    max_length: int = field(default=256, metadata={"help": "Tokens per pair.", QUICK: 128})
+    valid_fraction: float = field(default=0.1, metadata={"help": "Share of training queries held out for validation."})
+    seed: int = field(default=42, metadata={"help": "Seed of sampling, held-out queries and initialisation."})
+    precision: str = field(default="auto", metadata={"help": (
+        "auto (bf16 on CUDA; on CPUs bf16 where one timed step is >= 1.2x faster than fp32, else fp32) | fp32 | "
+        "bf16 | fp16.")})
+
+    def train_config(self, **more: Any) -> TrainConfig:
+        """These settings as a TrainConfig, with ``more`` of its fields (imports torch)."""
+        from distill.training.trainer import TrainConfig
+
+        return TrainConfig(**asdict(self), **more)
+
+
 def _teacher_defaults() -> TrainConfig:
-    return TrainConfig(epochs=2, lr=5e-5, batch_size=4, max_length=256, valid_fraction=0.1)
+    return TeacherTrainSettings().train_config()
 
 
 @dataclass
 class TeacherTrainConfig:
-    """What ``train-teacher`` does beyond the optimisation settings in ``train``."""
+    """What ``train-teacher`` does beyond the optimisation settings in ``train`` (see :class:`TeacherTrainSettings`).
 
-    objective: Literal["listnet", "listwise", "pointwise"] = "listnet"
-    negatives: int = 7
-    negatives_from_top: int = 30
-    valid_k: int = 30
-    weak_titles: int = 0
+    The fields with a help text are ``distill train-teacher``'s options; :meth:`from_settings` reads
+    the options' values, --quick included."""
+
+    objective: Literal["listnet", "listwise", "pointwise"] = field(default="listnet", metadata={"help": (
+        "listnet (softmax CE against softmax(labels), as sentence-transformers' ListNetLoss; default) | listwise "
+        "(softmax CE against the one-hot positive) | pointwise (BCE).")})
+    negatives: int = field(default=7, metadata={"help": "BM25 negatives per query.", QUICK: 3})
+    negatives_from_top: int = field(default=30, metadata={"help": "Negatives are drawn from BM25's top N.", QUICK: 10})
+    valid_k: int = field(default=30, metadata={"help": "Validation reranks BM25's top k.", QUICK: 10})
+    weak_titles: int = field(default=0, metadata={"help": "Add N title->body weak-supervision queries.", "min": 0})
     # stop once validation nDCG@10 has not improved for this many epochs (train.epochs is the cap);
-    # None: train all epochs. A teacher is kept only at its best epoch either way
-    patience: int | None = 1
-    trust_remote_code: bool = False
+    # None: train all epochs (0 on the command line). A teacher is kept only at its best epoch either way
+    patience: int | None = field(default=1, metadata={"help": (
+        "Stop once validation nDCG@10 has not improved for N epochs (0: train every epoch); the best epoch is "
+        "kept either way."), "min": 0})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model repository's own code."})
     train: TrainConfig = field(default_factory=_teacher_defaults)
+
+    @classmethod
+    def from_settings(cls, *, quick: bool = False, resume: bool = False, **settings: Any) -> TeacherTrainConfig:
+        """The config of ``train-teacher``'s ``settings``, fields of this class and of
+        :class:`TeacherTrainSettings` by name: one left out or None takes the field's default, or its
+        --quick value with ``quick``; ``patience=0`` trains every epoch; ``resume`` continues from the
+        latest checkpoint in ``<out>.checkpoints``."""
+        unknown = set(settings) - {f.name for config in (cls, TeacherTrainSettings) for f in fields(config)
+                                   if "help" in f.metadata}
+        if unknown:
+            raise TypeError(f"unknown train-teacher setting(s): {', '.join(sorted(unknown))}")
+        own, train = _chosen(cls, settings, quick), _chosen(TeacherTrainSettings, settings, quick)
+        if own.get("patience") == 0:
+            own["patience"] = None
+        return cls(**own, train=TeacherTrainSettings(**train).train_config(resume_from_checkpoint=resume or None))
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -81,6 +133,19 @@ class TeacherTrainConfig:
             raise ConfigError(f"patience must be >= 1 epoch (or None), got {self.patience}", field="patience")
         if self.valid_k < 1 or self.weak_titles < 0:
             raise ConfigError(f"need valid_k >= 1 and weak_titles >= 0, got {self.valid_k}, {self.weak_titles}")
+
+
+def _chosen(config: type, settings: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The values ``settings`` gives ``config``'s fields, or with ``quick`` their --quick values where they
+    give none (a field left out keeps its default)."""
+    chosen = {}
+    for f in fields(config):
+        value = settings.get(f.name)
+        if value is None and quick:
+            value = f.metadata.get(QUICK)
+        if value is not None:
+            chosen[f.name] = value
+    return chosen
 
 
 def subset(dataset: Dataset, qids: set[str]) -> Dataset:
@@ -124,33 +189,50 @@ def weak_title_dataset(dataset: Dataset, n: int, seed: int) -> Dataset:
     )
 
 
-class RerankEvaluator(BaseEvaluator):
-    """A sentence-transformers evaluator: the model reranks a fixed run; metric from ir-measures.
+def __getattr__(name: str) -> Any:
+    """``RerankEvaluator`` is defined on first use (PEP 562): its base class imports torch and
+    sentence-transformers, which ``distill --help`` must not while it reads this module's configs
+    for train-teacher's options."""
+    if name == "RerankEvaluator":
+        return _rerank_evaluator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Logs the model's metric next to the run's own (the first stage, :attr:`baseline`); the
-    trainer keeps each value in its log history as ``eval_<metric>``.
-    """
 
-    def __init__(self, dataset: Dataset, run: pl.DataFrame, metric: str = METRIC, batch_size: int = 64) -> None:
-        from distill.evaluation.metrics import metric_means
+@functools.cache
+def _rerank_evaluator_class() -> type:
+    from sentence_transformers.base.evaluation import BaseEvaluator
 
-        super().__init__()
-        self.dataset, self.run, self.primary_metric, self.batch_size = dataset, run, metric, batch_size
-        self.pairs = list(zip(dataset.query_texts(run[QID]), dataset.doc_texts(run[DOCID])))
-        self.baseline = metric_means(dataset.qrels, run, [metric])[metric]
+    class RerankEvaluator(BaseEvaluator):
+        """A sentence-transformers evaluator: the model reranks a fixed run; metric from ir-measures.
 
-    def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
-        from distill.evaluation.metrics import metric_means
+        Logs the model's metric next to the run's own (the first stage, :attr:`baseline`); the
+        trainer keeps each value in its log history as ``eval_<metric>``.
+        """
 
-        scores = model.predict(self.pairs, batch_size=self.batch_size, show_progress_bar=False)
-        value = metric_means(self.dataset.qrels, self.run.with_columns(pl.Series(SCORE, scores, dtype=pl.Float64)),
-                         [self.primary_metric])[self.primary_metric]
-        log.info("epoch %.2f: validation %s %.4f (BM25 %.4f, %+.4f)", epoch, self.primary_metric, value,
-                 self.baseline, value - self.baseline)
-        return {self.primary_metric: value}
+        def __init__(self, dataset: Dataset, run: pl.DataFrame, metric: str = METRIC, batch_size: int = 64) -> None:
+            from distill.evaluation.metrics import metric_means
 
-    def get_config_dict(self) -> dict[str, Any]:
-        return {"metric": self.primary_metric, "queries": self.dataset.queries.height}
+            super().__init__()
+            self.dataset, self.run, self.primary_metric, self.batch_size = dataset, run, metric, batch_size
+            self.pairs = list(zip(dataset.query_texts(run[QID]), dataset.doc_texts(run[DOCID])))
+            self.baseline = metric_means(dataset.qrels, run, [metric])[metric]
+
+        def __call__(self, model, output_path: str | None = None, epoch: float = -1,
+                     steps: int = -1) -> dict[str, float]:
+            from distill.evaluation.metrics import metric_means
+
+            scores = model.predict(self.pairs, batch_size=self.batch_size, show_progress_bar=False)
+            value = metric_means(self.dataset.qrels, self.run.with_columns(pl.Series(SCORE, scores, dtype=pl.Float64)),
+                             [self.primary_metric])[self.primary_metric]
+            log.info("epoch %.2f: validation %s %.4f (BM25 %.4f, %+.4f)", epoch, self.primary_metric, value,
+                     self.baseline, value - self.baseline)
+            return {self.primary_metric: value}
+
+        def get_config_dict(self) -> dict[str, Any]:
+            return {"metric": self.primary_metric, "queries": self.dataset.queries.height}
+
+    RerankEvaluator.__qualname__ = RerankEvaluator.__name__  # as if at module level: teachers.train.RerankEvaluator
+    return RerankEvaluator
 
 
 def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
@@ -181,7 +263,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     evaluator = None
     if valid_qids:
         valid_ds = subset(dataset, valid_qids)
-        evaluator = RerankEvaluator(valid_ds, bm25_run(valid_ds, config.valid_k))
+        evaluator = _rerank_evaluator_class()(valid_ds, bm25_run(valid_ds, config.valid_k))
     log.info("training the teacher on %d groups (%s), validating on %d queries", len(groups), config.objective,
              len(valid_qids))
     set_seed(train_cfg.seed)

@@ -4,8 +4,10 @@ A command parses its options and calls its function here; :mod:`distill.app.pipe
 same functions, and a notebook can too: ``tasks.candidates(data, out, split="test", k=100)``
 does what ``distill candidates --data DATA --split test --k 100 --out OUT`` does. The arguments
 are the command's options (``--max-length`` is ``max_length``, with its default), parsed: a
-repeatable ``NAME=SPEC`` option is a dict, and evaluate and cascade build take their config
-dataclasses. Heavy libraries are imported inside the functions, as in the commands.
+repeatable ``NAME=SPEC`` option is a dict, evaluate and cascade build take their config
+dataclasses, and train-teacher's and score-teacher's settings are keyword arguments defaulting to
+their config dataclasses' fields (:mod:`teachers.train`, :mod:`teachers.scoring`), where the
+commands' options come from too. Heavy libraries are imported inside the functions, as in the commands.
 """
 
 from __future__ import annotations
@@ -30,10 +32,6 @@ if TYPE_CHECKING:
     from teachers.scoring import TeacherScoring
 
 log = logging.getLogger("distill")
-
-# train-teacher's settings, and those of --quick (a smoke run that finishes in minutes on a laptop CPU)
-TEACHER = {"epochs": 2.0, "max_length": 256, "negatives": 7, "negatives_from_top": 30, "valid_k": 30}
-QUICK = {"epochs": 1.0, "max_length": 128, "negatives": 3, "negatives_from_top": 10, "valid_k": 10}
 
 
 def pseudo_queries(data: Path, out: Path, kind: str = "auto", *, max_queries: int | None = None,
@@ -63,64 +61,49 @@ def candidates(data: Path, out: Path, *, split: str | None = None, queries: Path
     return run
 
 
-def train_teacher(data: Path, out: Path, *, init: str, split: str = "train", objective: str = "listnet",
-                  epochs: float | None = None, patience: int = 1, lr: float = 5e-5, batch_size: int = 4,
-                  max_length: int | None = None, negatives: int | None = None, negatives_from_top: int | None = None,
-                  valid_fraction: float = 0.1, valid_k: int | None = None, weak_titles: int = 0, quick: bool = False,
-                  seed: int = 42, precision: str = "auto", resume: bool = False,
-                  trust_remote_code: bool = False, overwrite: bool = False) -> Path:
+def train_teacher(data: Path, out: Path, *, init: str, split: str = "train", quick: bool = False,
+                  resume: bool = False, overwrite: bool = False, **settings: Any) -> Path:
     """``distill train-teacher``: fine-tune ``init`` on ``split``'s qrels with BM25 hard negatives.
 
-    A setting left None is :data:`TEACHER`'s, or :data:`QUICK`'s with ``quick``; ``patience=0``
-    trains every epoch; ``resume`` continues from the latest checkpoint in ``<out>.checkpoints``;
-    ``overwrite`` replaces an ``out`` that is no earlier teacher (see :mod:`distill.core.outputs`).
+    ``settings`` are train-teacher's other options by name (``epochs=1``, ``negatives=3``, ...: the fields
+    of :class:`~teachers.train.TeacherTrainConfig` and :class:`~teachers.train.TeacherTrainSettings`
+    with a help text): one left out or None is its default, or its --quick value with ``quick``
+    (:meth:`~teachers.train.TeacherTrainConfig.from_settings`); ``patience=0`` trains every epoch;
+    ``resume`` continues from the latest checkpoint in ``<out>.checkpoints``; ``overwrite`` replaces an
+    ``out`` that is no earlier teacher (see :mod:`distill.core.outputs`).
     """
     from distill.data.beir import load_beir
-    from distill.training.trainer import TrainConfig
     from teachers.train import KIND, TeacherTrainConfig
     from teachers.train import train_teacher as train
 
     check_folder(out, KIND, overwrite=overwrite, inputs=[init], datasets=[data])
-
-    def pick(value, name: str):
-        return value if value is not None else (QUICK if quick else TEACHER)[name]
-
-    settings = TrainConfig(epochs=pick(epochs, "epochs"), lr=lr, batch_size=batch_size,
-                           max_length=pick(max_length, "max_length"), seed=seed, precision=precision,
-                           valid_fraction=valid_fraction, resume_from_checkpoint=True if resume else None)
-    config = TeacherTrainConfig(objective=objective, negatives=pick(negatives, "negatives"),
-                                negatives_from_top=pick(negatives_from_top, "negatives_from_top"),
-                                valid_k=pick(valid_k, "valid_k"), weak_titles=weak_titles, patience=patience or None,
-                                trust_remote_code=trust_remote_code, train=settings)
+    config = TeacherTrainConfig.from_settings(quick=quick, resume=resume, **settings)
     return train(load_beir(data, split), out, init=init, config=config, overwrite=overwrite)
 
 
 def score_teacher(teacher: str, cache: Path, *, data: Path | None = None, split: str | None = None,
                   queries: Path | None = None, run: Path | None = None, pairs: Path | None = None,
-                  kind: str = "auto", max_length: int | None = None, dtype: str = "auto", backend: str = "auto",
-                  device: str | None = None, batch_tokens: int | None = None, shard: str | None = None,
-                  flush_pairs: int = 1024,
-                  revision: str | None = None, instruction: str | None = None, allow_untrained_head: bool = False,
-                  trust_remote_code: bool = False, sanity_check: bool = True, engine: str = "local",
-                  ray_options: Mapping[str, Any] | None = None) -> TeacherScoring:
+                  ray_options: Mapping[str, Any] | None = None, **settings: Any) -> TeacherScoring:
     """``distill score-teacher``: score the candidates (``data`` + ``run``, or ``pairs``) the cache lacks.
 
-    ``split`` defaults to test unless ``queries`` is given; ``ray_options`` (address, num_workers,
-    gpus_per_worker) are for ``engine="ray"`` only.
+    ``split`` defaults to test unless ``queries`` is given; ``settings`` are the fields of
+    :class:`~teachers.scoring.TeacherScoringConfig` (``max_length=256``, ``dtype="fp32"``, ...), its
+    defaults where left out; ``ray_options`` (address, num_workers, gpus_per_worker) are for
+    ``engine="ray"`` only.
     """
     from distill.cache.scoring import parse_shard
     from distill.data.inputs import load_dataset_and_run
+    from teachers.scoring import TeacherScoringConfig
     from teachers.scoring import score_teacher as score
 
-    shard_spec = parse_shard(shard)
-    if ray_options and engine != "ray":
+    config = TeacherScoringConfig(**settings)
+    shard_spec = parse_shard(config.shard)
+    if ray_options and config.engine != "ray":
         raise ConfigError(f"--{next(iter(ray_options)).replace('_', '-')} applies to --engine ray only")
     dataset, pool = load_dataset_and_run(data, split if split or queries else "test", run, pairs, queries)
-    return score(teacher, dataset, pool, cache, source=str(run or pairs), shard=shard_spec, flush_pairs=flush_pairs,
-                 sanity_check=sanity_check, kind=kind, dtype=dtype, backend=backend, device=device,
-                 revision=revision, trust_remote_code=trust_remote_code, allow_untrained_head=allow_untrained_head,
-                 max_tokens_per_batch=batch_tokens, max_length=max_length, instruction=instruction,
-                 engine=engine, engine_options=dict(ray_options or {}))
+    return score(teacher, dataset, pool, cache, source=str(run or pairs), shard=shard_spec,
+                 flush_pairs=config.flush_pairs, sanity_check=config.sanity_check, engine=config.engine,
+                 engine_options=dict(ray_options or {}), **config.teacher_options())
 
 
 def fuse_teacher(cache: Path, data: Path, runs: Sequence[Path], out: Path, *, valid_split: str = "valid",

@@ -61,27 +61,42 @@ _TEXT_FIELDS = {"host": "a host name or address", "api_key": "a non-empty key"}
 class ServeConfig:
     """Every limit and default of the server; the CLI's defaults come from here."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1  # threads running the cascade; each model call also uses torch's threads
-    threads: int | None = None  # torch's intra-op threads in the server (None: torch's default)
-    queue_size: int = 64  # admitted requests waiting for a worker; beyond that: 503
-    deadline_ms: float = 100.0  # when a request gives none
-    max_deadline_ms: float = 60_000.0
-    margin_ms: float = 2.0  # kept from the cascade's share of the deadline for answering (plus the measured handoff)
-    cost_spreads: float = 2.0  # stages are planned at their mean measured cost + this many mean abs. deviations
-    max_documents: int = 1000
-    max_document_chars: int = 20_000
-    max_query_chars: int = 2_000
+    host: str = field(default="127.0.0.1", metadata={"help": (
+        "Address to bind (loopback by default; another address is warned about: put a TLS proxy in front and set "
+        "--api-key).")})
+    port: int = field(default=8000, metadata={"help": "Port.", "min": 0, "max": 65535})
+    # each model call also uses torch's threads
+    workers: int = field(default=1, metadata={"help": "Threads running the cascade.", "min": 1})
+    # torch's intra-op threads in the server (None: torch's default)
+    threads: int | None = field(default=None, metadata={"help": "torch threads [torch's default].", "min": 1})
+    queue_size: int = field(default=64, metadata={"help": "Requests waiting for a worker; beyond: 503.", "min": 1})
+    deadline_ms: float = field(default=100.0, metadata={"help": "Deadline of requests that give none.",
+                                                        "min": 0.001})
+    max_deadline_ms: float = field(default=60_000.0, metadata={"help": "Largest deadline accepted.", "min": 0.001})
+    # the cascade's share of the deadline loses this and the measured handoff
+    margin_ms: float = field(default=2.0, metadata={"help": (
+        "Part of each deadline kept for parsing and answering (not given to the cascade)."), "min": 0.0})
+    cost_spreads: float = field(default=2.0, metadata={"help": (
+        "Plan each stage at its mean measured cost plus this many mean absolute deviations (more: fewer late "
+        "answers, more skipped stages)."), "min": 0.0})
+    max_documents: int = field(default=1000, metadata={"help": "Documents per request.", "min": 1})
+    max_document_chars: int = field(default=20_000, metadata={"help": "Characters per document.", "min": 1})
+    max_query_chars: int = field(default=2_000, metadata={"help": "Characters per query.", "min": 1})
     max_id_chars: int = 256
     # 8 MiB: 1,000 documents of ~8,000 characters; the character limits allow more (1,000 x 20,000), the body
     # limit binds first. A big body is parsed in steps (serve.stepwise_json), so it need not be lower to keep the
     # event loop responsive.
-    max_body_bytes: int = 8 * 2**20
-    max_connections: int = 1024  # open connections uvicorn accepts (the slowest arriving one is evicted beyond)
-    request_timeout_s: float = 10.0  # to receive a request's headers and body (408 and closed beyond)
-    api_key: str | None = field(default=None, repr=False)  # bearer key every endpoint but /healthz needs
-    docs: bool = False  # serve /docs and /openapi.json
+    max_body_bytes: int = field(default=8 * 2**20, metadata={"help": "Request body size (413 beyond).", "min": 1})
+    # uvicorn accepts no more; the slowest arriving one is evicted beyond
+    max_connections: int = field(default=1024, metadata={"help": (
+        "Open connections; at the limit the one receiving its request the longest is closed to make room."),
+        "min": 1})
+    request_timeout_s: float = field(default=10.0, metadata={"help": (
+        "Seconds a client may take to send a request's headers and body (408 and closed beyond)."), "min": 0.001})
+    api_key: str | None = field(default=None, repr=False, metadata={"help": (
+        "Key every endpoint but /healthz requires as 'Authorization: Bearer KEY' (401 otherwise) [none: no "
+        "authentication, for a loopback bind].")})
+    docs: bool = field(default=False, metadata={"help": "Serve the API's /docs and /openapi.json."})
 
     def __post_init__(self) -> None:
         for f in fields(self):

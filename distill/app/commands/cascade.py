@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from distill.app import tasks
 from distill.app.commands import MAX_THREADS, parse_ints
+from distill.app.options import defaults
 from distill.cascade.search import CascadeBuildConfig
 
 DEFAULTS = CascadeBuildConfig()
+_RUN = defaults(tasks.run_cascade)
 
 if TYPE_CHECKING:
     from distill.cascade.model import StageCost
@@ -52,8 +55,6 @@ def register(app: typer.Typer) -> None:
                                     help="torch threads while measuring costs [torch's default]."),
     ) -> None:
         """Score every stage once on the validation candidates, search all cascades, write the best."""
-        from distill.app import tasks
-
         config = CascadeBuildConfig(valid_fraction=valid_fraction, seed=seed, metric=metric,
                                     cutoffs=tuple(parse_ints(cutoffs, "--cutoffs")), max_stages=max_stages,
                                     latency_queries=latency_queries, latency_k=latency_k, threads=threads)
@@ -66,7 +67,7 @@ def register(app: typer.Typer) -> None:
     def run_cascade(
         spec: Path = typer.Argument(..., help="Cascade spec from `distill cascade build`."),
         data: Path = typer.Option(..., help="BEIR folder."),
-        split: str = typer.Option("test", help="Queries of `qrels/<split>.tsv`."),
+        split: str = typer.Option(_RUN["split"], help="Queries of `qrels/<split>.tsv`."),
         run: Path = typer.Option(..., help="Candidates (TREC run)."),
         out: Path = typer.Option(..., help="TREC run to write (metrics and latency go to OUT.json)."),
         budget_ms: float = typer.Option(None, min=0.0, help="Override the spec's budget (ms per query) [the spec's]."),
@@ -75,8 +76,6 @@ def register(app: typer.Typer) -> None:
                                     help="torch threads [torch's default]; match `build`'s."),
     ) -> None:
         """Rerank query by query through a cascade; print metrics, latency p50/p95 and skipped stages."""
-        from distill.app import tasks
-
         tasks.run_cascade(spec, data, run, out, split=split, budget_ms=budget_ms, no_budget=no_budget,
                           threads=threads)
 

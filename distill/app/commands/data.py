@@ -6,8 +6,12 @@ from pathlib import Path
 
 import typer
 
-from distill.app.pipeline import VALID_FRACTION
+from distill.app import tasks
+from distill.app.options import defaults
+from distill.app.pipeline import split_view as build_view
 from distill.core.outputs import OVERWRITE_HELP
+
+_VIEW, _CANDIDATES = defaults(build_view), defaults(tasks.candidates)
 
 
 def register(app: typer.Typer) -> None:
@@ -15,20 +19,18 @@ def register(app: typer.Typer) -> None:
     def split_view(
         data: Path = typer.Option(..., help="BEIR folder to divide (left as it is)."),
         out: Path = typer.Option(..., help="BEIR folder to write; corpus and test qrels are linked, not copied."),
-        split: str = typer.Option("train", help="Qrels to divide into qrels/train.tsv and qrels/valid.tsv."),
-        valid_fraction: float = typer.Option(VALID_FRACTION, min=0.0, max=0.9,
+        split: str = typer.Option(_VIEW["split"], help="Qrels to divide into qrels/train.tsv and qrels/valid.tsv."),
+        valid_fraction: float = typer.Option(_VIEW["valid_fraction"], min=0.0, max=0.9,
                                             help="Share of its queries held out as valid."),
-        title_queries: int = typer.Option(0, min=0, help="Also N documents' titles as queries for their own "
-                                          "documents, with the train queries in qrels/train_titles.tsv."),
-        seed: int = typer.Option(42, help="Which documents give their titles."),
+        title_queries: int = typer.Option(_VIEW["title_queries"], min=0, help="Also N documents' titles as queries "
+                                          "for their own documents, with the train queries in qrels/train_titles.tsv."),
+        seed: int = typer.Option(_VIEW["seed"], help="Which documents give their titles."),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Hold out valid queries (the same ones on every machine) and add title queries for students."""
         import logging
 
-        from distill.app.pipeline import split_view as build
-
-        view = build(data, out, split, valid_fraction, title_queries, seed, overwrite=overwrite)
+        view = build_view(data, out, split, valid_fraction, title_queries, seed, overwrite=overwrite)
         logging.getLogger("distill").info("split view of %s at %s", data, view)
 
     @app.command()
@@ -37,11 +39,9 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option(None, help="Queries of `qrels/<split>.tsv` [test, unless --queries]."),
         queries: Path = typer.Option(None, help="Unjudged queries (BEIR queries.jsonl or TSV `qid<TAB>text`), added "
                                      "to --split's when both are given [none]."),
-        k: int = typer.Option(100, min=1, help="Documents per query."),
+        k: int = typer.Option(_CANDIDATES["k"], min=1, help="Documents per query."),
         out: Path = typer.Option(..., help="TREC run file to write."),
         add_positives: bool = typer.Option(False, help="Append judged positives BM25 missed (training lists)."),
     ) -> None:
         """Retrieve BM25 top-k candidates per query into a TREC run."""
-        from distill.app import tasks
-
         tasks.candidates(data, out, split=split, queries=queries, k=k, add_positives=add_positives)

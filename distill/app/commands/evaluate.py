@@ -7,18 +7,21 @@ from pathlib import Path
 
 import typer
 
+from distill.app import tasks
 from distill.app.commands import MAX_THREADS, parse_ints
+from distill.app.options import defaults
 from distill.core.outputs import OVERWRITE_HELP
 from distill.evaluation.runner import EvaluateConfig
 
 DEFAULTS = EvaluateConfig()
+_EVALUATE, _REPORT = defaults(tasks.evaluate), defaults(tasks.report)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         data: Path = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
-        split: str = typer.Option("test", help="Queries of `qrels/<split>.tsv`."),
+        split: str = typer.Option(_EVALUATE["split"], help="Queries of `qrels/<split>.tsv`."),
         run: Path = typer.Option(..., help="Candidate run (TREC) that every ranker reranks."),
         ranker: list[str] = typer.Option(..., "--ranker", help=(
             "NAME=SPEC, repeatable. SPEC: 'bm25' (the candidate run's scores), a TREC run file, "
@@ -40,8 +43,6 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Rerank one candidate run with every ranker; write metrics, significance, agreement and a report."""
-        from distill.app import tasks
-
         config = EvaluateConfig(baseline=baseline, teacher=teacher, k=k, correction=correction, latency=latency,
                                 metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
                                 depths=tuple(parse_ints(depths, "--depths")), latency_queries=latency_queries,
@@ -52,12 +53,10 @@ def register(app: typer.Typer) -> None:
     def report(
         eval_dir: Path = typer.Option(..., "--eval", help="Folder written by 'distill evaluate'."),
         out: Path = typer.Option(None, help="Folder for report.html and report.md [the --eval folder]."),
-        title: str = typer.Option("distill evaluation", help="Report title."),
+        title: str = typer.Option(_REPORT["title"], help="Report title."),
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Render report.html and report.md from a saved evaluation."""
-        from distill.app import tasks
-
         tasks.report(eval_dir, out, title, overwrite=overwrite)
 
 

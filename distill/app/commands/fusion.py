@@ -6,6 +6,11 @@ from pathlib import Path
 
 import typer
 
+from distill.app import tasks
+from distill.app.options import defaults
+
+_D = defaults(tasks.fuse_teacher)
+
 
 def register(app: typer.Typer) -> None:
     @app.command("fuse-teacher")
@@ -14,18 +19,17 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., help="BEIR folder the cache was scored on."),
         run: list[Path] = typer.Option(..., "--run", help="First-stage runs whose scores are fused (every "
                                        "candidate set in the cache: train, valid, test); repeatable."),
-        valid_split: str = typer.Option("valid", help="Judged queries the weights are chosen on."),
+        valid_split: str = typer.Option(_D["valid_split"], help="Judged queries the weights are chosen on."),
         scorer: list[str] = typer.Option([], "--scorer", help="NAME=SPEC: another ranker (e.g. a zero-shot "
                                          "bi-encoder folder) fused too, applied to the cached pairs; repeatable "
                                          "[none]."),
         queries: Path = typer.Option(None, help="Unjudged queries whose pairs the cache holds too (for --scorer) "
                                                 "[none]."),
-        step: float = typer.Option(0.1, help="Weights are searched on a grid of this step (summing to 1)."),
+        step: float = typer.Option(_D["step"], help="Weights are searched on a grid of this step (summing to 1)."),
         out: Path = typer.Option(..., help="Cache folder of the fused scores (students read it)."),
     ) -> None:
         """Per-query z-scored interpolation of the teacher with BM25 (and other scorers), the weights chosen
         on --valid-split's nDCG@10 and recorded in the fused cache's fingerprint."""
-        from distill.app import tasks
         from distill.rankers.loading import parse_ranker_spec
 
         tasks.fuse_teacher(cache, data, run, out, valid_split=valid_split,

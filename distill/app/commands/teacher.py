@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from distill.app.options import config_options, with_options
+from teachers.scoring import TeacherScoringConfig
 
 log = logging.getLogger("distill")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("score-teacher")
+    @with_options(config_options(TeacherScoringConfig))
     def score_teacher(
         teacher: str = typer.Option(..., help="Teacher model: local folder or hub id."),
         cache: Path = typer.Option(..., help="Cache folder (created, or resumed)."),
@@ -23,41 +28,19 @@ def register(app: typer.Typer) -> None:
                                             "--data]."),
         pairs: Path = typer.Option(None, help="Or: candidate JSONL (query/positive/negative) or triples TSV [none: "
                                               "--data and --run]."),
-        kind: str = typer.Option("auto", help="auto | cross-encoder | generative."),
-        max_length: int = typer.Option(None, min=8, help="Tokens per pair [the model's own, at most 512]."),
-        dtype: str = typer.Option("auto", help="auto (the fastest that ranks like fp32, timed on a sample) | fp32 | "
-                                  "bf16 | fp16 (reduced ones are checked vs fp32)."),
-        backend: str = typer.Option("auto", help="auto (with --dtype auto: torch, or on a CPU ONNX Runtime/OpenVINO "
-                                    "when installed and faster on a run long enough to pay for the export) | torch | "
-                                    "onnx | openvino (checked vs torch fp32)."),
-        device: str = typer.Option(None, help="cuda, cuda:1, mps, cpu [the best available]."),
-        batch_tokens: int = typer.Option(None, help="Padded tokens per batch [chosen for the device]."),
-        shard: str = typer.Option(None, help="Score only part i of N of the pairs: i/N [all pairs]."),
-        flush_pairs: int = typer.Option(1024, min=1,
-                                        help="Pairs per cache shard and per Ray batch (lost at most on a crash)."),
-        revision: str = typer.Option(None, help="Hub revision of the teacher [the latest]."),
-        instruction: str = typer.Option(None, help="Generative teachers: the task instruction [a generic relevance "
-                                                   "instruction]."),
-        allow_untrained_head: bool = typer.Option(False, help="Accept a freshly initialised classification head."),
-        trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
-        sanity_check: bool = typer.Option(True, help="Check that positives outscore negatives on a sample."),
-        engine: str = typer.Option("local", help="local (this process) | ray (Ray workers; see docs/ray.md)."),
+        *,
         address: str = typer.Option(None, help="--engine ray: the cluster, auto or HOST:PORT of its head [a new local "
                                     "Ray on this machine's CPUs and GPUs]."),
         num_workers: int = typer.Option(None, min=1, help="--engine ray: workers, one teacher each [1]."),
         gpus_per_worker: float = typer.Option(None, min=0, help="--engine ray: GPUs per worker [0]."),
+        **settings: Any,
     ) -> None:
         """Score candidate pairs with a teacher into a resumable cache of raw logits."""
         from distill.app import tasks
 
         ray_options = {"address": address, "num_workers": num_workers, "gpus_per_worker": gpus_per_worker}
-        tasks.score_teacher(teacher, cache, data=data, split=split, queries=queries, run=run, pairs=pairs, kind=kind,
-                            max_length=max_length, dtype=dtype, backend=backend, device=device,
-                            batch_tokens=batch_tokens, shard=shard, flush_pairs=flush_pairs, revision=revision,
-                            instruction=instruction,
-                            allow_untrained_head=allow_untrained_head, trust_remote_code=trust_remote_code,
-                            sanity_check=sanity_check, engine=engine,
-                            ray_options={k: v for k, v in ray_options.items() if v is not None} or None)
+        tasks.score_teacher(teacher, cache, data=data, split=split, queries=queries, run=run, pairs=pairs,
+                            ray_options={k: v for k, v in ray_options.items() if v is not None} or None, **settings)
 
     cache_app = typer.Typer(help="Inspect, combine and check teacher caches.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")
