@@ -15,7 +15,6 @@ directly instead.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from distill.core.errors import InputError
+from distill.core.io import read_json
 from distill.core.schema import DOCID, QID, SCORE, require_columns
 from distill.data.beir import Dataset
 from distill.inference.graph import BACKENDS, GRAPH_MAX_TOKENS, open_session, run_graph
@@ -44,8 +44,8 @@ def _torch_threads() -> int | None:
 def read_export_manifest(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "distill.json"
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        body = read_json(path)  # unreadable JSON: an InputError at its line
+    except OSError as err:
         raise InputError(f"unreadable export manifest ({err})", path=path) from None
     if body.get("kind") != KIND or body.get("format") not in FORMATS:
         raise InputError(f"not an exported student (kind {KIND!r}, format one of {FORMATS})", path=path)
@@ -126,7 +126,7 @@ class ExportedCrossEncoder(_Exported, BaseRanker):
         return run.select(QID, DOCID).with_columns(pl.Series(SCORE, self.score(queries, docs), dtype=pl.Float64))
 
     def score_documents(self, query: str, docs: Any) -> np.ndarray:
-        """Scores of one query's documents (:class:`distill.cascade.runtime.Documents`, for serving)."""
+        """Scores of one query's documents (:class:`distill.rankers.documents.Documents`, for serving)."""
         return self.score([query] * len(docs.texts), docs.texts)
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -33,12 +33,13 @@ import numpy as np
 import polars as pl
 
 from distill.core.errors import ConfigError, DistillError, InputError
-from distill.core.io import atomic_dir
+from distill.core.io import atomic_dir, read_json
 from distill.core.manifest import write_manifest
 from distill.core.outputs import check_folder
 from distill.core.recorded_paths import rebase, resolve_recorded
 from distill.core.schema import DOCID, QID, RELEVANCE, SCORE
 from distill.data.beir import Dataset, load_beir
+from distill.data.views import restrict
 from distill.inference.graph import GRAPH_FILES
 from students.backends import FORMATS, KIND, load_exported
 
@@ -116,12 +117,10 @@ def export_model(model: str | Path, out: str | Path, config: ExportConfig | None
 
 
 def _source_manifest(model: Path) -> dict[str, Any]:
-    import json
-
     path = model / "distill.json"
     if not path.is_file():
         raise InputError("not a distill model folder (no distill.json)", path=model)
-    body = json.loads(path.read_text(encoding="utf-8"))
+    body = read_json(path)
     if body.get("kind") not in ROLES:
         raise InputError(f"cannot export a model of kind {body.get('kind')!r}; exportable: {', '.join(ROLES)}",
                          path=path, field="kind")
@@ -161,10 +160,7 @@ def _sample_queries(dataset: Dataset, config: ExportConfig) -> tuple[list[str], 
 def _candidates(dataset: Dataset, qids: list[str], k: int) -> pl.DataFrame:
     from distill.data.bm25 import bm25_run
 
-    queries = dataset.queries.filter(pl.col(QID).is_in(qids))
-    subset = Dataset(corpus=dataset.corpus, queries=queries, qrels=dataset.qrels, name=dataset.name,
-                     split=dataset.split, path=dataset.path)
-    return bm25_run(subset, k).select(QID, DOCID)
+    return bm25_run(restrict(dataset, qids), k).select(QID, DOCID)
 
 
 # -- the graph -----------------------------------------------------------------------------

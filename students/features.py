@@ -36,7 +36,6 @@ position for the n-gram features, so ``a b a c`` matched by ``b a c`` counts as 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,7 +45,7 @@ import numpy as np
 import polars as pl
 
 from distill.core.errors import InputError
-from distill.core.io import write_json_atomic
+from distill.core.io import read_json, write_json_atomic
 from distill.core.schema import DOCID, QID, RANK, SCORE, require_columns
 from distill.data.beir import Dataset
 from students.analysis import analyze
@@ -229,7 +228,7 @@ class FeatureExtractor:
         path = Path(folder) / _STATE_FILE
         if not path.is_file():
             raise InputError("feature extractor state not found", path=path)
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path)
         if state.get("format") != _FORMAT:
             raise InputError(f"unsupported feature format {state.get('format')!r} (expected {_FORMAT})", path=path)
         extractor = cls(FeatureConfig(**state["config"]))

@@ -45,7 +45,7 @@ from distill.core.io import atomic_dir
 from distill.core.manifest import write_manifest
 from distill.core.schema import DOCID, QID, SCORE, require_columns
 from distill.data.beir import Dataset
-from distill.training.groups import holdout
+from distill.data.views import holdout
 from students.features import FeatureConfig, FeatureExtractor
 from students.grades import GRADINGS, mix_qrels, teacher_grades
 from students.lightgbm_ranker import KIND, MODEL_FILE, LightGBMRanker  # noqa: F401  (LightGBMRanker: re-exported)

@@ -8,7 +8,6 @@ The folder holds ``model.txt`` (LightGBM's text format), the feature extractor's
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from distill.core.errors import InputError
+from distill.core.io import read_json
 from distill.core.manifest import frame_hash
 from distill.core.schema import DOCID, QID, SCORE, TEXT
 from distill.data.beir import Dataset
@@ -25,7 +25,7 @@ from students.features import FeatureExtractor
 from students.ranker_features import RankerFeatures
 
 if TYPE_CHECKING:
-    from distill.cascade.runtime import Documents
+    from distill.rankers.documents import Documents
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class LightGBMRanker(BaseRanker):
         manifest_path = self.path / "distill.json"
         if not manifest_path.is_file():
             raise InputError("not a distill model folder (no distill.json)", path=self.path)
-        self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        self.manifest = read_json(manifest_path)
         if self.manifest.get("kind") != KIND:
             raise InputError(f"expected a {KIND} folder, found kind {self.manifest.get('kind')!r}",
                              path=manifest_path, field="kind")
@@ -138,7 +138,7 @@ class LightGBMRanker(BaseRanker):
         self._stacked.prepare_runtime(corpus)
 
     def score_documents(self, query: str, docs: Documents) -> np.ndarray:
-        """Scores of one query's documents (:class:`distill.cascade.runtime.Documents`), in their order."""
+        """Scores of one query's documents (:class:`distill.rankers.documents.Documents`), in their order."""
         if self._extractor is None:
             raise InputError("call prepare_runtime before score_documents")
         rows = np.full(len(docs), -1, dtype=np.int64)

@@ -23,7 +23,7 @@ from distill.core.schema import DOCID, QID, SCORE
 from distill.data.beir import Dataset
 
 if TYPE_CHECKING:
-    from distill.cascade.runtime import Documents
+    from distill.rankers.documents import Documents
 
 FEATURE_PREFIX = "ranker_"
 # LightGBM refuses feature names with JSON's special characters; keep names plain

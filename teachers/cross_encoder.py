@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill.core.errors import ConfigError
+from distill.core.io import read_json
 from teachers.base import Teacher, local_model_folder
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ def checkpoint_keys(folder: str | Path) -> set[str]:
     root = Path(folder)
     keys: set[str] = set()
     for index in root.glob("*.index.json"):
-        keys |= set(json.loads(index.read_text())["weight_map"])
+        keys |= set(read_json(index)["weight_map"])
     for path in root.glob("*.safetensors"):
         with safe_open(path, framework="numpy") as handle:
             keys |= set(handle.keys())

@@ -18,6 +18,7 @@ import polars as pl
 from distill.cache.lock import LOCK
 from distill.cache.texts import DHASH, QHASH, REGISTRY, REGISTRY_SCHEMA
 from distill.core.errors import CacheMismatchError, InputError
+from distill.core.io import read_json
 from distill.core.outputs import CACHE_KIND, CACHE_MANIFEST
 from distill.core.schema import DOCID, QID, SCORE
 
@@ -73,11 +74,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def parse_manifest(path: Path) -> Any:
+    """The manifest file's JSON; unreadable, an :class:`InputError` at its line that says how to rebuild it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"unreadable manifest ({err}); {REPAIR_HINT.format(folder=path.parent)}",
-                         path=path) from None
+        return read_json(path)
+    except InputError as err:
+        raise InputError(f"{err.message}; {REPAIR_HINT.format(folder=path.parent)}", path=path, line=err.line) from None
 
 
 def _diff(a: dict, b: dict) -> str:

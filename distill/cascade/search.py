@@ -34,6 +34,7 @@ from distill.cascade.stages import Stage, StageCost, stage
 from distill.core.errors import ConfigError
 from distill.core.schema import DOCID, QID, SCORE
 from distill.data.beir import Dataset
+from distill.data.views import holdout, restrict
 from distill.rankers.base import BaseRanker
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 class CascadeBuildConfig:
     """How :func:`build_cascade` searches; ``distill cascade build``'s option defaults come from here.
 
-    ``valid_fraction``: share of the dataset's queries searched on (a :func:`distill.training.groups.holdout`
+    ``valid_fraction``: share of the dataset's queries searched on (a :func:`distill.data.views.holdout`
     sample with ``seed``; 1.0: all). ``metric``: nDCG@k or RR@k, maximised. ``cutoffs``: the grid
     between stages. ``max_stages``: the longest cascade searched. Stage costs not given are
     measured with ``latency_queries`` queries at ``latency_k // 10`` and ``latency_k`` candidates,
@@ -178,16 +179,12 @@ def _check_budget(budget: float | BudgetShare, stages: Mapping[str, Any]) -> Non
 
 
 def _validation_part(dataset: Dataset, run: pl.DataFrame, fraction: float, seed: int) -> tuple[Dataset, pl.DataFrame]:
-    """The queries searched on: a :func:`~distill.training.groups.holdout` sample of ``fraction`` of them
+    """The queries searched on: a :func:`~distill.data.views.holdout` sample of ``fraction`` of them
     (all at 1.0)."""
-    from distill.training.groups import holdout
-
     if fraction >= 1:
         return dataset, run
-    keep = pl.DataFrame({QID: sorted(holdout(dataset.queries[QID], fraction, seed))}, schema={QID: pl.String})
-    semi: dict[str, Any] = {"on": QID, "how": "semi"}
-    return (replace(dataset, queries=dataset.queries.join(keep, **semi), qrels=dataset.qrels.join(keep, **semi)),
-            run.join(keep, **semi))
+    held = holdout(dataset.queries[QID], fraction, seed)
+    return restrict(dataset, held), run.filter(pl.col(QID).is_in(sorted(held)))
 
 
 def _load_stages(stages: Mapping[str, BaseRanker | str], known: Mapping[str, Stage] | None = None) -> dict[str, Stage]:

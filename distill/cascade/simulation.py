@@ -33,6 +33,7 @@ from distill.cascade.stages import Stage, StageCost, describe
 from distill.core.errors import ConfigError, InputError
 from distill.core.schema import DOCID, QID, RELEVANCE, SCORE, require_columns
 from distill.data.beir import Dataset
+from distill.evaluation.report import pareto_frontier
 
 DEFAULT_CUTOFFS = (1000, 500, 200, 100, 50, 20, 10)
 _METRIC = re.compile(r"^(nDCG|RR)@(\d+)$")
@@ -241,25 +242,19 @@ def search_cascades(
 def _select(points: list[CascadeConfig], metric: str, budget_ms: float) -> SearchResult:
     """Pareto frontier (higher metric, lower latency) and the best point within the budget.
 
-    Sorted by latency (then metric, fewer stages, name), a point is on the frontier when
-    its metric beats every cheaper point's; the chosen one is the last such within budget.
+    The frontier is :func:`distill.evaluation.report.pareto_frontier`'s, ties broken by fewer stages,
+    then name; the chosen point is the last one on it within budget.
     """
-    table = pl.DataFrame({
-        "point": range(len(points)),
-        "cascade": [str(p) for p in points],
-        "n_stages": [len(p.stages) for p in points],
-        metric: [p.value for p in points],
-        "latency_ms": [p.latency_ms for p in points],
-    }).sort(["latency_ms", metric, "n_stages", "cascade"], descending=[False, True, False, False])
-    best_before = pl.col(metric).cum_max().shift(1).fill_null(-math.inf)
-    frontier = table.filter(pl.col(metric) > best_before)
-    on_frontier = [points[i] for i in frontier["point"]]
-    frontier = frontier.select(
-        "cascade",
+    keys = pareto_frontier({i: (p.latency_ms, p.value) for i, p in enumerate(points)},
+                           tie_break=lambda i: (len(points[i].stages), str(points[i])))
+    on_frontier = [points[i] for i in keys]
+    frontier = pl.DataFrame([
+        pl.Series("cascade", [str(p) for p in on_frontier], dtype=pl.String),
         pl.Series("stages", [list(p.stages) for p in on_frontier], dtype=pl.List(pl.String)),
         pl.Series("cutoffs", [list(p.cutoffs) for p in on_frontier], dtype=pl.List(pl.Int64)),
-        metric, "latency_ms", (pl.col("latency_ms") <= budget_ms).alias("within_budget"),
-    )
+        pl.Series(metric, [p.value for p in on_frontier], dtype=pl.Float64),
+        pl.Series("latency_ms", [p.latency_ms for p in on_frontier], dtype=pl.Float64),
+    ]).with_columns((pl.col("latency_ms") <= budget_ms).alias("within_budget"))
     fits = [p for p in on_frontier if p.latency_ms <= budget_ms]
     if not fits:
         raise ConfigError(f"no cascade fits the budget of {budget_ms} ms: the cheapest, {on_frontier[0]}, is "

@@ -24,7 +24,7 @@ from distill.core.errors import ConfigError, InputError
 from distill.core.io import read_json, write_json_atomic
 from distill.core.schema import QID, SCORE, cut, require_columns
 from distill.data.beir import Dataset
-from distill.rankers.base import Ranker, settle_precision
+from distill.rankers.base import BaseRanker, Ranker, settle_precision
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _held_models(obj: Any, depth: int = 3) -> Iterator[Any]:
     yield obj
     if depth == 0:
         return
-    follow = hasattr(obj, "rerank") or type(obj).__module__.split(".")[0] in ("distill", "students", "teachers")
+    follow = isinstance(obj, BaseRanker) or type(obj).__module__.split(".")[0] in ("distill", "students", "teachers")
     values = list(vars(obj).values()) if follow and hasattr(obj, "__dict__") else []
     for value in values:
         for item in value if isinstance(value, (list, tuple)) else [value]:

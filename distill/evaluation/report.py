@@ -13,9 +13,10 @@ import html
 import io
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -28,6 +29,8 @@ from distill.evaluation.runner import RANKER, EvaluationResult, markdown_table
 
 MAX_SCATTER_POINTS = 5000
 MAX_FEATURES = 30
+
+K = TypeVar("K")
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222;
@@ -86,13 +89,19 @@ def quality_latency_points(evaluation: EvaluationResult,
     return {label: (r.p50_ms, quality[r.ranker]) for label, r in latency.items() if r.ranker in quality}
 
 
-def pareto_frontier(points: dict[str, tuple[float, float]]) -> list[str]:
-    """Labels of the points no other point beats on both latency (lower) and quality
-    (higher), fastest first."""
+def pareto_frontier(points: Mapping[K, tuple[float, float]], tie_break: Callable[[K], Any] | None = None) -> list[K]:
+    """Keys of the points ``key -> (latency, quality)`` that no other point beats on both latency
+    (lower) and quality (higher), fastest first.
+
+    Sorted by latency, then quality (higher first), then ``tie_break(key)`` (None: the given order),
+    a point is on the frontier when its quality beats every point before it. The one rule of the
+    report's frontier and the cascade search's (:mod:`distill.cascade.simulation`).
+    """
+    ranked = sorted(points.items(), key=lambda item: (item[1][0], -item[1][1], tie_break(item[0]) if tie_break else 0))
     frontier, best = [], -math.inf
-    for label, (_, quality) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
+    for key, (_, quality) in ranked:
         if quality > best:
-            frontier.append(label)
+            frontier.append(key)
             best = quality
     return frontier
 

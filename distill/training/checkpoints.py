@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.core.io import write_text_atomic
+from distill.core.io import read_json, write_text_atomic
 
 OPTIMIZER, SCHEDULER, RNG = "optimizer", "scheduler", "rng_state"
 
@@ -80,7 +80,7 @@ def load_state(folder: Path, name: str) -> Any | None:
     structure, arrays = folder / f"{name}.json", folder / f"{name}.safetensors"
     if not (structure.exists() and arrays.exists()):
         return None
-    return _unflatten(json.loads(structure.read_text(encoding="utf-8")), load_file(str(arrays)))
+    return _unflatten(read_json(structure), load_file(str(arrays)))
 
 
 class SafeCheckpoints:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ import polars as pl
 from distill.core.errors import ConfigError, InputError
 from distill.core.schema import DOCID, QID, RELEVANCE, SCORE, TEXT, require_columns
 from distill.data.beir import Dataset
+from distill.data.views import holdout
 
 log = logging.getLogger(__name__)
 
@@ -231,24 +232,6 @@ def groups_to_hf_dataset(groups: list[Group]) -> Any:
 
 def _pad(values: list[float], width: int) -> list[float]:
     return values + [0.0] * (width - len(values))
-
-
-def holdout(ids: Iterable[str], fraction: float, seed: int) -> set[str]:
-    """The queries held out for validation: a seeded random ``fraction`` of the distinct ``ids``
-    (rounded, at least one when ``fraction > 0``, never all), independent of their order.
-
-    The one holdout of distill: the teacher, every student and the cascade search draw their
-    validation queries with it, so the same seed holds out the same queries everywhere.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"valid fraction must be in [0, 1), got {fraction}", field="valid_fraction")
-    order = sorted(set(ids))
-    random.Random(seed).shuffle(order)
-    n_valid = min(max(round(len(order) * fraction), 1 if fraction > 0 else 0), len(order) - 1)
-    if fraction > 0 and n_valid < 1:
-        log.warning("too few queries (%d) to hold out %.0f%% for validation; training on all",
-                    len(order), 100 * fraction)
-    return set(order[:max(n_valid, 0)])
 
 
 def split_groups(groups: list[Group], valid_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
