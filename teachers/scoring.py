@@ -98,6 +98,10 @@ class TeacherScoringConfig:
                 "max_length": self.max_length, "instruction": self.instruction}
 
 
+# score-teacher's defaults, which score_teacher's keyword arguments share (one home: the config's fields)
+_DEFAULTS = TeacherScoringConfig()
+
+
 @dataclass
 class TeacherScoring:
     """What :func:`score_teacher` did."""
@@ -126,10 +130,10 @@ def score_teacher(
     *,
     source: str = "candidates",
     shard: tuple[int, int] | str | None = None,
-    flush_pairs: int = 1024,
-    sanity_check: bool = True,
+    flush_pairs: int = _DEFAULTS.flush_pairs,
+    sanity_check: bool = _DEFAULTS.sanity_check,
     show_progress: bool = True,
-    engine: str = "local",
+    engine: str = _DEFAULTS.engine,
     engine_options: dict[str, Any] | None = None,
     **teacher_options: Any,
 ) -> TeacherScoring:

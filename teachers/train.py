@@ -30,7 +30,7 @@ import logging
 import random
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import polars as pl
 
@@ -41,10 +41,9 @@ from distill.core.outputs import check_folder_output
 from distill.core.recorded_paths import record_path
 from distill.core.schema import CORPUS_SCHEMA, DOCID, QID, QRELS_SCHEMA, QUERIES_SCHEMA, RELEVANCE, SCORE, TEXT, TITLE
 from distill.data.beir import Dataset
-from distill.training.groups import Group, GroupConfig, build_groups, holdout
-
-if TYPE_CHECKING:
-    from distill.training.trainer import TrainConfig
+from distill.data.views import holdout, restrict
+from distill.training.config import TrainConfig
+from distill.training.groups import Group, GroupConfig, build_groups
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +54,30 @@ OBJECTIVES = {"listnet": "listnet", "listwise": "listwise_ce", "pointwise": "bce
 
 
 QUICK = "quick"  # a field's value for --quick, a smoke run that finishes in minutes on a laptop CPU, in its metadata
+_TRAIN = TrainConfig()  # the defaults a teacher shares with the students
 
 
 @dataclass(frozen=True)
 class TeacherTrainSettings:
     """The optimisation settings ``train-teacher`` offers: fields of
-    :class:`~distill.training.trainer.TrainConfig` with a teacher's defaults (TrainConfig's own are a
-    student's). Like :class:`TeacherTrainConfig`'s, a field's metadata holds its help text, which makes
-    it an option of ``distill train-teacher`` (:mod:`distill.app.options`), and its --quick value."""
+    :class:`~distill.training.config.TrainConfig` with a teacher's defaults where a teacher differs from a
+    student (epochs, learning rate, batch size, validation share) and TrainConfig's own elsewhere. Like
+    :class:`TeacherTrainConfig`'s, a field's metadata holds its help text, which makes it an option of
+    ``distill train-teacher`` (:mod:`distill.app.options`), and its --quick value."""
 
     epochs: float = field(default=2.0, metadata={"help": "Epochs at most.", QUICK: 1.0})
     lr: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
     batch_size: int = field(default=4, metadata={
         "help": "Queries per batch (each with 1 + negatives documents).", "min": 1})
-    max_length: int = field(default=256, metadata={"help": "Tokens per pair.", QUICK: 128})
+    max_length: int = field(default=_TRAIN.max_length, metadata={"help": "Tokens per pair.", QUICK: 128})
     valid_fraction: float = field(default=0.1, metadata={"help": "Share of training queries held out for validation."})
-    seed: int = field(default=42, metadata={"help": "Seed of sampling, held-out queries and initialisation."})
-    precision: str = field(default="auto", metadata={"help": (
+    seed: int = field(default=_TRAIN.seed, metadata={"help": "Seed of sampling, held-out queries and initialisation."})
+    precision: str = field(default=_TRAIN.precision, metadata={"help": (
         "auto (bf16 on CUDA; on CPUs bf16 where one timed step is >= 1.2x faster than fp32, else fp32) | fp32 | "
         "bf16 | fp16.")})
 
     def train_config(self, **more: Any) -> TrainConfig:
-        """These settings as a TrainConfig, with ``more`` of its fields (imports torch)."""
-        from distill.training.trainer import TrainConfig
-
+        """These settings as a TrainConfig, with ``more`` of its fields."""
         return TrainConfig(**asdict(self), **more)
 
 
@@ -146,16 +145,6 @@ def _chosen(config: type, settings: dict[str, Any], quick: bool) -> dict[str, An
         if value is not None:
             chosen[f.name] = value
     return chosen
-
-
-def subset(dataset: Dataset, qids: set[str]) -> Dataset:
-    """``dataset`` restricted to the queries ``qids`` (same corpus)."""
-    keep = pl.DataFrame({QID: sorted(qids)}, schema={QID: pl.String})
-    return Dataset(
-        corpus=dataset.corpus, queries=dataset.queries.join(keep, on=QID, how="semi", maintain_order="left"),
-        qrels=dataset.qrels.join(keep, on=QID, how="semi", maintain_order="left"), name=dataset.name,
-        split=dataset.split, path=dataset.path,
-    )
 
 
 def bm25_groups(dataset: Dataset, config: TeacherTrainConfig) -> list[Group]:
@@ -252,7 +241,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
     out = Path(out)
     check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after
     valid_qids = holdout(dataset.queries[QID].to_list(), train_cfg.valid_fraction, train_cfg.seed)
-    train_ds = subset(dataset, set(dataset.queries[QID]) - valid_qids)
+    train_ds = restrict(dataset, set(dataset.queries[QID]) - valid_qids)
     groups = bm25_groups(train_ds, config)
     if config.weak_titles:
         weak = bm25_groups(weak_title_dataset(dataset, config.weak_titles, train_cfg.seed), config)
@@ -262,7 +251,7 @@ def train_teacher(dataset: Dataset, out: str | Path, *, init: str,
         raise ConfigError(f"no training query of split {dataset.split!r} has a judged-relevant document")
     evaluator = None
     if valid_qids:
-        valid_ds = subset(dataset, valid_qids)
+        valid_ds = restrict(dataset, valid_qids)
         evaluator = _rerank_evaluator_class()(valid_ds, bm25_run(valid_ds, config.valid_k))
     log.info("training the teacher on %d groups (%s), validating on %d queries", len(groups), config.objective,
              len(valid_qids))

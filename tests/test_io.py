@@ -1,14 +1,18 @@
-"""distill.core.io: hand-written JSON read leniently but located, and an output a crash left half-swapped put back."""
+"""distill.core.io: hand-written JSON read leniently but located (the cache's and an export's manifests included),
+and an output a crash left half-swapped put back."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from distill.cache.files import MANIFEST, parse_manifest
 from distill.core.errors import InputError
 from distill.core.io import atomic_dir, read_json, restore_swapped
 from distill.rankers.loading import model_kind
+from students.backends import read_export_manifest
 
 
 def test_a_byte_order_mark_on_hand_written_json_is_accepted(tmp_path):
@@ -25,6 +29,24 @@ def test_a_json_syntax_error_names_file_and_line(tmp_path):
     spec.write_text('{\n  "stages": [\n    {"ranker": "a",}\n  ]\n}\n')
     with pytest.raises(InputError, match=r"cascade\.json:3: unreadable JSON"):
         read_json(spec)
+
+
+def test_a_corrupt_cache_manifest_names_file_and_line_and_how_to_rebuild_it(tmp_path):
+    """A bare ``json.loads`` would raise JSONDecodeError, with neither the file nor the repair command."""
+    manifest = tmp_path / "cache" / MANIFEST
+    manifest.parent.mkdir()
+    manifest.write_text('{\n  "kind": "teacher-cache",\n  "teacher": {"model": "t",}\n}\n')
+    with pytest.raises(InputError, match=rf"{re.escape(MANIFEST)}:3: unreadable JSON") as caught:
+        parse_manifest(manifest)
+    assert caught.value.line == 3
+    assert f"distill cache verify --repair {manifest.parent}" in str(caught.value)
+
+
+def test_a_corrupt_export_manifest_names_file_and_line(tmp_path):
+    """A bare ``json.loads`` would raise JSONDecodeError, which names no file."""
+    (tmp_path / "distill.json").write_text('{"kind": "exported-student", "format":')
+    with pytest.raises(InputError, match=r"distill\.json:1: unreadable JSON"):
+        read_export_manifest(tmp_path)
 
 
 def test_an_output_left_as_old_by_a_crash_between_renames_is_put_back(tmp_path):

@@ -362,7 +362,7 @@ def exported_cross_encoder(tiny_cross_encoder, tmp_path, monkeypatch):
 
 
 def test_an_exported_cross_encoder_tokenizes_one_call_at_a_time(tiny_cross_encoder, tmp_path, monkeypatch):
-    from distill.cascade.runtime import Documents
+    from distill.rankers.documents import Documents
 
     ranker = exported_cross_encoder(tiny_cross_encoder, tmp_path, monkeypatch)
     texts = [f"the river and the rain {'lake ' * i}" for i in range(6)]

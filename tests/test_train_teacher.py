@@ -41,6 +41,15 @@ def test_cli_trains_a_teacher_with_validation_metrics_per_epoch(objective, kind,
     assert CrossEncoder(str(out)).num_labels == 1
 
 
+def test_teacher_settings_take_the_trainers_defaults_where_a_teacher_does_not_differ():
+    from distill.training.config import TrainConfig
+
+    teacher, trainers = TeacherTrainConfig().train, TrainConfig()
+    assert (teacher.seed, teacher.precision, teacher.max_length) == (trainers.seed, trainers.precision,
+                                                                     trainers.max_length)
+    assert (teacher.epochs, teacher.lr, teacher.batch_size, teacher.valid_fraction) == (2.0, 5e-5, 4, 0.1)
+
+
 def test_groups_pair_each_positive_with_bm25_negatives(tiny_beir):
     dataset = load_beir(tiny_beir, "train")
     groups = bm25_groups(dataset, TeacherTrainConfig(negatives=3, negatives_from_top=10))

@@ -10,6 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.data.synthetic import SyntheticConfig
+from distill.training.config import TrainConfig
+from distill.training.groups import GroupConfig
+from teachers.train import TeacherTrainConfig
+
 TITLE_SPLIT = "train_titles"  # the view's train queries plus title queries: what students learn from
 # Share of the train queries held out as ``valid``, where every choice of a run is made (teacher epochs,
 # fusion weights, rounds, LightGBM's qrels weight, the cascade). On SciFact a quarter is about 200 queries:
@@ -17,6 +22,8 @@ TITLE_SPLIT = "train_titles"  # the view's train queries plus title queries: wha
 # of a mean difference falls from 0.016-0.033 on the 70 queries a tenth gave (a variant won on those and
 # lost on test, p = 3e-5) to 0.009-0.02. The 10%'s queries stay in valid (the same hash cut, higher).
 VALID_FRACTION = 0.25
+# the library's defaults the recipe keeps (one home each); the fields that differ say why where they are set
+_TEACHER, _TRAIN, _GROUPS, _SYNTHETIC = TeacherTrainConfig(), TrainConfig(), GroupConfig(), SyntheticConfig()
 
 
 @dataclass
@@ -40,16 +47,16 @@ class PipelineConfig:
     max_pseudo_queries: int | None = None  # a seeded sample of that many; None: one per document
     train_k: int = 30
     test_k: int = 100
-    max_length: int = 256
+    max_length: int = _TRAIN.max_length  # tokens per pair, for the teacher's training and scoring and the students
     # a cap: train-teacher stops once validation nDCG@10 stops improving (--patience 1) and keeps its
     # best epoch (one epoch left a teacher below BM25 on another BEIR dataset)
     teacher_epochs: float = 4.0
-    teacher_negatives: int = 7
-    teacher_objective: str = "listnet"  # train-teacher --objective
+    teacher_negatives: int = _TEACHER.negatives
+    teacher_objective: str = _TEACHER.objective  # train-teacher --objective
     student_layers: int | None = None  # None: a third of the teacher's layers (at least 1)
     # evenly spaced layers ending with the last: the head keeps the input it was trained on
     student_layer_choice: str = "spread"
-    student_epochs: float = 1.0
+    student_epochs: float = _TRAIN.epochs
     student_lr: float = 5e-5
     # the truncated cross-encoder starts far from the teacher's margins (SciFact: MarginMSE loss 9
     # after 93 steps at 5e-5, 4 after 186 at 2e-4); None: student_epochs / student_lr
@@ -69,7 +76,7 @@ class PipelineConfig:
     # (distill.cache.score_scale; the demo's teacher spans about one logit per query, where T = 1 leaves the
     # targets near uniform: nDCG@10 0.265 with KLDiv T=1 against 0.755 with ListNet T=0.2 on valid)
     bi_loss_params: tuple[str, ...] = ()
-    negatives: int = 7
+    negatives: int = _GROUPS.n_negatives
     bi_negatives: int | None = None  # the bi-encoder's negatives per query; None: ``negatives``
     # neural students whose scores are LightGBM features too (--feature-ranker)
     lightgbm_features: tuple[str, ...] = ("bi_encoder",)
@@ -79,8 +86,8 @@ class PipelineConfig:
     budget_fraction: float = 0.1  # cascade budget as a share of the teacher's per-query latency
     latency_queries: int = 20
     seed: int = 42
-    topics: int = 40  # size of the built-in dataset (8 documents per topic)
-    queries_per_topic: int = 6
+    topics: int = _SYNTHETIC.n_topics  # size of the built-in dataset (SyntheticConfig.docs_per_topic documents each)
+    queries_per_topic: int = _SYNTHETIC.queries_per_topic
     allow_collapse: bool = False  # a student that collapses on validation fails the run (after every step)
     overwrite: bool = False  # work in an ``out`` holding files distill did not write (see distill.core.outputs)
     # step name -> keyword arguments of its call (see distill.app.tasks) replacing the plan's, e.g.

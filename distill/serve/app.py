@@ -59,7 +59,8 @@ _TEXT_FIELDS = {"host": "a host name or address", "api_key": "a non-empty key"}
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Every limit and default of the server; the CLI's defaults come from here."""
+    """Every limit and default of the server; the CLI's defaults come from here, and a number's bounds
+    (its field's ``min``/``max`` metadata) bound both the CLI's option and this config."""
 
     host: str = field(default="127.0.0.1", metadata={"help": (
         "Address to bind (loopback by default; another address is warned about: put a TLS proxy in front and set "
@@ -82,7 +83,7 @@ class ServeConfig:
     max_documents: int = field(default=1000, metadata={"help": "Documents per request.", "min": 1})
     max_document_chars: int = field(default=20_000, metadata={"help": "Characters per document.", "min": 1})
     max_query_chars: int = field(default=2_000, metadata={"help": "Characters per query.", "min": 1})
-    max_id_chars: int = 256
+    max_id_chars: int = field(default=256, metadata={"min": 1})
     # 8 MiB: 1,000 documents of ~8,000 characters; the character limits allow more (1,000 x 20,000), the body
     # limit binds first. A big body is parsed in steps (serve.stepwise_json), so it need not be lower to keep the
     # event loop responsive.
@@ -106,16 +107,14 @@ class ServeConfig:
                     if f.name == "host" or value is not None:
                         raise ConfigError(f"expected {_TEXT_FIELDS[f.name]}", field=f.name)
                 continue
-            if f.name == "docs" or (f.name == "threads" and value is None):
-                continue
+            if "min" not in f.metadata or (value is None and f.default is None):
+                continue  # not a bounded number, or an optional one left unset (threads)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"expected a number, got {value!r}", field=f.name)
-            low = 0 if f.name in ("port", "margin_ms", "cost_spreads") else 1
-            if f.name == "request_timeout_s":
-                low = 0.001
-            if value < low or (f.name == "port" and value > 65535):
-                raise ConfigError(f"must be >= {low}{' and <= 65535' if f.name == 'port' else ''}, got {value!r}",
-                                  field=f.name)
+            low, high = f.metadata["min"], f.metadata.get("max")  # the bounds the CLI's options state too
+            if value < low or (high is not None and value > high):
+                upper = "" if high is None else f" and <= {high:g}"
+                raise ConfigError(f"must be >= {low:g}{upper}, got {value!r}", field=f.name)
         if self.deadline_ms > self.max_deadline_ms:
             raise ConfigError(f"the default deadline exceeds max_deadline_ms ({self.max_deadline_ms:g})",
                               field="deadline_ms")

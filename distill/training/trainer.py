@@ -4,7 +4,8 @@ The trainers (``CrossEncoderTrainer``, ``SentenceTransformerTrainer``) own the l
 optimizer and schedule, mixed precision, checkpoints, resume and best-model selection;
 distill adds only:
 
-- :class:`TrainConfig`, the knobs a user sets, mapped onto the trainers' arguments;
+- :class:`TrainConfig` (defined in the torch-free :mod:`distill.training.config`), the knobs a user
+  sets, mapped onto the trainers' arguments;
 - two loss adapters that turn a batch of groups (laid out by
   :func:`distill.training.groups.groups_to_hf_dataset`) into ``student[B, L]`` scores and call a
   distillation loss from :mod:`distill.training.losses` with ``teacher``, ``mask`` and ``labels``;
@@ -19,61 +20,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from distill.core.errors import ConfigError
+from distill.training.config import Precision, TrainConfig  # noqa: F401 (re-exported: TrainConfig's torch-free home)
 from distill.training.groups import MASK_ROW, RELEVANCE_ROW, TEACHER_ROW, Group, groups_to_hf_dataset
 from distill.training.precision import SAMPLE_GROUPS, TrainPrecision, choose_train_precision
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by the neural students and train-teacher.
-
-    ``batch_size`` counts queries (groups), not pairs: a batch scores ``batch_size x L``
-    documents. ``precision="auto"`` is bf16 (fp16 where bf16 is unsupported) on CUDA, and on
-    CPUs bf16 where measured clearly faster, else fp32 (:mod:`distill.training.precision`).
-    ``valid_fraction`` holds out queries whose loss is evaluated every ``eval_steps`` steps
-    (every epoch when None) and picks the best checkpoint.
-    ``checkpoints_dir=None`` puts the trainer's checkpoints in ``<out>.checkpoints``;
-    ``resume_from_checkpoint`` is a checkpoint folder, or True for the latest one there.
-    """
-
-    epochs: float = 1.0
-    lr: float = 2e-5
-    batch_size: int = 8
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_length: int = 256
-    seed: int = 42
-    precision: Precision = "auto"
-    valid_fraction: float = 0.0
-    eval_steps: int | None = None
-    logging_steps: int = 50
-    save_total_limit: int = 2
-    resume_from_checkpoint: str | bool | None = None
-    checkpoints_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
-            raise ConfigError(
-                f"need epochs > 0, lr > 0, batch size >= 1 and max length >= 8; got epochs={self.epochs}, "
-                f"lr={self.lr}, batch_size={self.batch_size}, max_length={self.max_length}"
-            )
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-
-    def checkpoints_for(self, out: Path) -> Path:
-        return Path(self.checkpoints_dir) if self.checkpoints_dir else out.with_name(f"{out.name}.checkpoints")
 
 
 def _unpack(labels: torch.Tensor | list[torch.Tensor], device: torch.device):
