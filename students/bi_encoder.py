@@ -3,38 +3,87 @@
 A bi-encoder is much cheaper than a cross-encoder at query time once the corpus is
 embedded (:meth:`BiEncoderRanker.prepare`), which is what makes it a first- or
 second-stage candidate in a latency-bound cascade. Training fits ``scale * similarity``
-to the teacher's scores through a distillation loss (see :mod:`distill.training.trainer`).
+to the teacher's scores through a distillation loss (see :mod:`distill.training.trainer`):
+:class:`BiEncoderStudent` is the kind ``bi-encoder`` of :mod:`students.student`, trained as every
+neural student is (:mod:`students.neural`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
 
-from distill.core.errors import InputError
-from distill.core.io import atomic_dir
-from distill.core.manifest import write_manifest
-from distill.core.outputs import check_folder_output
+from distill.core.errors import ConfigError, InputError
 from distill.core.schema import DOCID, QID, SCORE
 from distill.data.beir import Dataset
 from distill.rankers.base import BaseRanker
-from distill.training.groups import GroupConfig, build_groups, split_groups
+from distill.training.groups import GroupConfig
+from students.neural import NeuralStudent, named_loss
 
 if TYPE_CHECKING:
     from torch import nn
 
     from distill.cascade.runtime import Documents
-    from distill.training.trainer import TrainConfig
+    from distill.training.config import TrainConfig
+    from distill.training.losses import DistillLoss
 
 log = logging.getLogger(__name__)
 
 KIND = "bi-encoder-student"
+SIMILARITIES = ("cosine", "dot")
+
+
+@dataclass
+class BiEncoderConfig:
+    """A bi-encoder student's own options: how query and document embeddings are compared.
+
+    A field's metadata holds its ``distill train-student`` help (:mod:`distill.app.options`).
+    """
+
+    similarity: Literal["cosine", "dot"] = field(default="cosine", metadata={"help": "Bi-encoder: cosine | dot."})
+    scale: float = field(default=20.0, metadata={"help": "Bi-encoder: similarity scale before the loss (> 0)."})
+    learn_scale: bool = field(default=False, metadata={"help": "Bi-encoder: learn the scale."})
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ConfigError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}", field="similarity")
+
+
+class BiEncoderStudent(NeuralStudent):
+    """The bi-encoder student: a SentenceTransformer whose ``scale * similarity`` of query and document
+    embeddings learns the teacher's scores."""
+
+    kind = "bi-encoder"
+    output_kind = KIND
+    config_type = BiEncoderConfig
+
+    def check_start(self, init: str | None, from_teacher: bool) -> None:
+        if init is None or from_teacher:
+            raise ConfigError("a bi-encoder student needs --init (a SentenceTransformer folder or id, e.g. "
+                              "all-MiniLM-L6-v2); --init-from-teacher is for cross-encoders")
+
+    def build_model(self, init: str, trust_remote_code: bool) -> Any:
+        """``init`` as a SentenceTransformer (a plain transformer gets mean pooling) whose saved
+        ``similarity_fn_name`` is the trained similarity, so ``SentenceTransformer(out).similarity`` scores as in
+        training."""
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(init, device=None, trust_remote_code=trust_remote_code)
+        model.max_seq_length = self.train_config.max_length
+        model.similarity_fn_name = self.config.similarity
+        return model
+
+    def group_loss(self, model: Any, loss: DistillLoss) -> nn.Module:
+        from distill.training.trainer import BiEncoderGroupLoss
+
+        return BiEncoderGroupLoss(model, loss, similarity=self.config.similarity, scale=self.config.scale,
+                                  learn_scale=self.config.learn_scale)
 
 
 def train_bi_encoder_student(
@@ -45,7 +94,7 @@ def train_bi_encoder_student(
     init: str,
     group_config: GroupConfig,
     train_config: TrainConfig,
-    loss_name: str | nn.Module,
+    loss_name: str | DistillLoss,
     loss_params: dict[str, Any] | None = None,
     hard_label_weight: float = 0.0,
     hard_label_kind: str = "bce",
@@ -60,39 +109,16 @@ def train_bi_encoder_student(
     only an earlier such student, unless ``overwrite``).
 
     ``init`` is a SentenceTransformer folder or id (a plain transformer gets mean pooling).
-    ``train_config`` is a :class:`distill.training.trainer.TrainConfig`. The saved model's
-    ``similarity_fn_name`` is the trained ``similarity``, so ``SentenceTransformer(out).similarity``
-    scores as in training.
+    ``train_config`` is a :class:`distill.training.config.TrainConfig`. ``loss_name`` is a loss object or a
+    registered name built with ``loss_params`` and a hard-label term. See :class:`BiEncoderConfig` for
+    ``similarity``, ``scale`` and ``learn_scale``.
     """
-    from sentence_transformers import SentenceTransformer
-    from transformers import set_seed
-
-    from distill.training.losses import build_loss
-    from distill.training.trainer import BiEncoderGroupLoss, fit, scores_summary
-
-    out = Path(out)
-    check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after
-    # a loss object (students.train.train_student builds one) or a registered name
-    loss = loss_name if not isinstance(loss_name, str) else build_loss(
-        loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, **(loss_params or {}))
-    loss.check_group_size(group_config.group_size)
-    groups = build_groups(dataset, scores, group_config, check_group_size=loss.check_group_size)
-    train, valid = split_groups(groups, train_config.valid_fraction, train_config.seed)
-    set_seed(train_config.seed)
-    model = SentenceTransformer(init, device=None, trust_remote_code=trust_remote_code)
-    model.max_seq_length = train_config.max_length
-    adapter = BiEncoderGroupLoss(model, loss, similarity=similarity, scale=scale, learn_scale=learn_scale)
-    model.similarity_fn_name = similarity
-    fitted = fit(model, adapter, train, valid, train_config, train_config.checkpoints_for(out))
-    config = {"init": init, "loss": adapter.get_config_dict(), "group": asdict(group_config),
-              "train": asdict(train_config)}
-    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
-        model.save_pretrained(str(tmp))
-        write_manifest(tmp, KIND, config, teacher=teacher_fingerprint,
-                       data=scores_summary(dataset, scores, train, valid, out), history=fitted.history,
-                       precision=fitted.precision.to_dict())
-    log.info("saved the bi-encoder student to %s", out)
-    return out
+    student = BiEncoderStudent(BiEncoderConfig(similarity, scale, learn_scale), group_config=group_config,
+                               train_config=train_config)
+    return student.fit_and_save(dataset, scores, out, init=init,
+                                loss=named_loss(loss_name, loss_params, hard_label_weight, hard_label_kind),
+                                teacher_fingerprint=teacher_fingerprint, trust_remote_code=trust_remote_code,
+                                overwrite=overwrite)
 
 
 # (model key, corpus hash) -> (docid -> row, document embeddings): see BiEncoderRanker.prepare

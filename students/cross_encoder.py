@@ -6,30 +6,32 @@ the teacher's config with ``num_hidden_layers=N`` and loads the teacher's weight
 (layers 0..N-1, ``first``), or distill copies N evenly spaced layers ending with the last
 (``spread``); embeddings, pooler and classification head are the teacher's own. The
 result is a folder ``sentence_transformers.CrossEncoder(path)`` loads, with a
-``distill.json`` manifest.
+``distill.json`` manifest, that :class:`CrossEncoderStudentRanker` loads as a ranker.
+:class:`CrossEncoderStudent` is the kind ``cross-encoder`` of :mod:`students.student`; it trains
+as every neural student does (:mod:`students.neural`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
 from distill.core.errors import ConfigError
-from distill.core.io import atomic_dir
-from distill.core.manifest import write_manifest
-from distill.core.outputs import check_folder_output
 from distill.data.beir import Dataset
-from distill.training.groups import GroupConfig, build_groups, split_groups
+from distill.training.groups import GroupConfig
+from students.neural import NeuralStudent, named_loss
+from teachers.cross_encoder import CrossEncoderTeacher
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from distill.training.trainer import TrainConfig
+    from distill.training.config import TrainConfig
+    from distill.training.losses import DistillLoss
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,56 @@ def init_cross_encoder(init: str, *, layers: int | None = None, choice: LayerCho
     return student
 
 
+@dataclass
+class CrossEncoderConfig:
+    """A cross-encoder student's own options: whether it starts from some of its teacher's layers.
+
+    A field's metadata holds its ``distill train-student`` help (:mod:`distill.app.options`).
+    """
+
+    layers: int | None = field(default=None, metadata={
+        "min": 1, "help": "With --init-from-teacher: encoder layers to keep [required with it]."})
+    layer_choice: LayerChoice = field(default="first", metadata={
+        "help": "With --layers: first (layers 0..N-1) | spread (N evenly spaced, ending with the last)."})
+
+
+class CrossEncoderStudent(NeuralStudent):
+    """The cross-encoder student: query and document read together by one transformer with a 1-label head,
+    started from a checkpoint (``init``) or from ``config.layers`` of its teacher's layers."""
+
+    kind = "cross-encoder"
+    output_kind = KIND
+    config_type = CrossEncoderConfig
+
+    def check_start(self, init: str | None, from_teacher: bool) -> None:
+        if from_teacher == (init is not None):
+            raise ConfigError("a cross-encoder student needs exactly one of --init PATH or "
+                              "--init-from-teacher --layers N")
+        if from_teacher != (self.config.layers is not None):
+            raise ConfigError("--init-from-teacher and --layers N (the teacher layers to keep) go together")
+
+    @property
+    def starts_as_init(self) -> bool:
+        return self.config.layers is None
+
+    def continuing(self) -> CrossEncoderStudent:
+        return type(self)(replace(self.config, layers=None), group_config=self.group_config,
+                          train_config=self.train_config)
+
+    def build_model(self, init: str, trust_remote_code: bool) -> Any:
+        return init_cross_encoder(init, layers=self.config.layers, choice=self.config.layer_choice,
+                                  max_length=self.train_config.max_length, trust_remote_code=trust_remote_code)
+
+    def group_loss(self, model: Any, loss: DistillLoss) -> nn.Module:
+        from distill.training.trainer import CrossEncoderGroupLoss
+
+        return CrossEncoderGroupLoss(model, loss)
+
+    def manifest_config(self) -> dict[str, Any]:
+        layers = self.config.layers
+        return {"init_from_teacher_layers": layers, "layer_choice": self.config.layer_choice if layers else None}
+
+
 def train_cross_encoder_student(
     dataset: Dataset,
     scores: pl.DataFrame,
@@ -109,7 +161,7 @@ def train_cross_encoder_student(
     layer_choice: LayerChoice = "first",
     group_config: GroupConfig,
     train_config: TrainConfig,
-    loss_name: str | nn.Module,
+    loss_name: str | DistillLoss,
     loss_params: dict[str, Any] | None = None,
     hard_label_weight: float = 0.0,
     hard_label_kind: str = "bce",
@@ -121,32 +173,17 @@ def train_cross_encoder_student(
     cross-encoder saved at ``out`` (written atomically; checkpoints go to
     ``train_config.checkpoints_for(out)``). ``init`` is a model path or id; with
     ``init_from_teacher_layers=N`` it is the teacher, cut to N layers chosen by ``layer_choice``
-    (see :func:`teacher_layers`). ``out`` replaces only an earlier such student, unless ``overwrite``."""
-    from transformers import set_seed
+    (see :func:`teacher_layers`). ``loss_name`` is a loss object or a registered name built with
+    ``loss_params`` and a hard-label term. ``out`` replaces only an earlier such student, unless ``overwrite``."""
+    student = CrossEncoderStudent(CrossEncoderConfig(init_from_teacher_layers, layer_choice),
+                                  group_config=group_config, train_config=train_config)
+    return student.fit_and_save(dataset, scores, out, init=init,
+                                loss=named_loss(loss_name, loss_params, hard_label_weight, hard_label_kind),
+                                teacher_fingerprint=teacher_fingerprint, trust_remote_code=trust_remote_code,
+                                overwrite=overwrite)
 
-    from distill.training.losses import build_loss
-    from distill.training.trainer import CrossEncoderGroupLoss, fit, scores_summary
 
-    out = Path(out)
-    check_folder_output(out, KIND, overwrite=overwrite)  # before training, not after
-    # a loss object (students.train.train_student builds one) or a registered name
-    loss = loss_name if not isinstance(loss_name, str) else build_loss(
-        loss_name, hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, **(loss_params or {}))
-    loss.check_group_size(group_config.group_size)
-    groups = build_groups(dataset, scores, group_config, check_group_size=loss.check_group_size)
-    train, valid = split_groups(groups, train_config.valid_fraction, train_config.seed)
-    set_seed(train_config.seed)
-    model = init_cross_encoder(init, layers=init_from_teacher_layers, choice=layer_choice,
-                               max_length=train_config.max_length, trust_remote_code=trust_remote_code)
-    fitted = fit(model, CrossEncoderGroupLoss(model, loss), train, valid, train_config,
-                 train_config.checkpoints_for(out))
-    config = {"init": init, "init_from_teacher_layers": init_from_teacher_layers,
-              "layer_choice": layer_choice if init_from_teacher_layers else None, "loss": loss.get_config_dict(),
-              "group": asdict(group_config), "train": asdict(train_config)}
-    with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
-        model.save_pretrained(str(tmp))
-        write_manifest(tmp, KIND, config, teacher=teacher_fingerprint,
-                       data=scores_summary(dataset, scores, train, valid, out), history=fitted.history,
-                       precision=fitted.precision.to_dict())
-    log.info("saved the cross-encoder student to %s", out)
-    return out
+class CrossEncoderStudentRanker(CrossEncoderTeacher):
+    """A cross-encoder student's folder (``distill.json`` kind ``cross-encoder-student``) as a ranker: its
+    1-label head's raw logit, scored as its teacher scores (batched by token budget, on torch or a graph
+    runtime), so a student and its teacher rank, cascade and export alike."""

@@ -262,12 +262,12 @@ def test_a_student_below_its_starting_point_is_reported(planted, tiny_cross_enco
 
 def test_marginmse_learns_from_teacher_scores_in_units_of_their_spread(planted, tiny_cross_encoder, tmp_path):  # noqa: F811
     from distill.cache.score_scale import score_scale
-    from students.train import _scaled
+    from students.neural import scaled
 
     dataset, scores = planted
     tiny = scores.with_columns(pl.col(SCORE) * 0.01)  # a teacher spreading a query over hundredths of a logit
-    scaled, divisor = _scaled(tiny, dataset, "MarginMSE", "auto")
+    divided, divisor = scaled(tiny, dataset, "MarginMSE", "auto")
     assert divisor == pytest.approx(score_scale(tiny).temperature())
-    assert score_scale(scaled).std_median == pytest.approx(1.0, rel=0.01)
-    assert _scaled(tiny, dataset, "ListNet", "auto") == (tiny, None)  # a temperature does that job
-    assert _scaled(tiny, dataset, "MarginMSE", None) == (tiny, None)
+    assert score_scale(divided).std_median == pytest.approx(1.0, rel=0.01)
+    assert scaled(tiny, dataset, "ListNet", "auto") == (tiny, None)  # a temperature does that job
+    assert scaled(tiny, dataset, "MarginMSE", None) == (tiny, None)

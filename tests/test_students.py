@@ -89,6 +89,10 @@ def test_cross_encoder_student_learns_the_planted_signal(planted, word_cross_enc
     assert manifest["config"]["loss"]["name"] == "KLDiv"
     assert manifest["data"]["train_queries"] == dataset.queries.height
     assert any(p.name.startswith("checkpoint-") for p in (tmp_path / "ckpt").iterdir())
+    from distill.rankers.loading import load_ranker
+    from students.cross_encoder import CrossEncoderStudentRanker
+
+    assert isinstance(load_ranker(str(out)), CrossEncoderStudentRanker)  # its own class, scored as its teacher
 
 
 def test_bi_encoder_student_learns_and_ranks_the_same_with_or_without_prepare(planted, word_bi_encoder, tmp_path):
@@ -222,3 +226,54 @@ def test_resume_without_a_checkpoint_is_a_config_error(planted, tiny_cross_encod
             train_config=quick(tmp_path, epochs=1, resume_from_checkpoint=True), loss_name="MarginMSE",
         )
     assert not (tmp_path / "s").exists()
+
+
+def test_students_are_types_looked_up_by_kind_and_configured_by_their_own_configs():
+    from distill.core.registry import STUDENTS
+    from students.bi_encoder import BiEncoderConfig, BiEncoderStudent
+    from students.cross_encoder import CrossEncoderConfig, CrossEncoderStudent
+    from students.lightgbm import LightGBMConfig
+    from students.lightgbm_student import LightGBMStudent
+
+    assert {"cross-encoder", "bi-encoder", "lightgbm"} <= set(STUDENTS.kinds())
+    for kind, student_type in [("cross-encoder", CrossEncoderStudent), ("bi-encoder", BiEncoderStudent),
+                               ("lightgbm", LightGBMStudent)]:
+        assert STUDENTS.get(kind) is student_type and student_type.kind == kind
+        assert student_type.output_kind == f"{kind}-student"
+    with pytest.raises(ConfigError, match="unknown student kind 'tree'"):
+        STUDENTS.get("tree", field="student")
+    # flat options: each kind takes its own and leaves the others; None keeps each config's own default
+    options = {"layers": 2, "similarity": "dot", "objective": "regression", "lr": None, "valid_fraction": None,
+               "n_negatives": 3}
+    cross = CrossEncoderStudent.from_options(options)
+    assert cross.config == CrossEncoderConfig(layers=2) and cross.group_config.n_negatives == 3
+    assert cross.train_config == TrainConfig() and not cross.starts_as_init
+    assert BiEncoderStudent.from_options(options).config == BiEncoderConfig(similarity="dot")
+    lightgbm = LightGBMStudent.from_options(options).config
+    assert lightgbm == LightGBMConfig(objective="regression")  # learning rate 0.05 and valid fraction 0.2: its own
+    assert LightGBMStudent.from_options({"lr": 0.1}).config.learning_rate == 0.1
+    given = GroupConfig(mode="listwise")
+    assert CrossEncoderStudent.from_options(options, configs=(given,)).group_config is given
+    with pytest.raises(ConfigError, match="similarity"):
+        BiEncoderConfig(similarity="euclid")
+
+
+def test_train_student_options_default_to_their_configs_and_group_by_kind():
+    import typer
+    from typer.testing import CliRunner
+
+    from distill.app.cli import app, register_commands
+    from students.bi_encoder import BiEncoderConfig
+    from students.lightgbm import LightGBMConfig
+
+    register_commands()
+    params = {p.name: p for p in typer.main.get_command(app).commands["train-student"].params}
+    group, train, lightgbm = GroupConfig(), TrainConfig(), LightGBMConfig()
+    assert (params["negatives"].default, params["fn_margin"].default) == (group.n_negatives, None)
+    assert (params["batch_size"].default, params["seed"].default) == (train.batch_size, train.seed)
+    assert params["scale"].default == BiEncoderConfig().scale and params["n_estimators"].default == 500
+    assert params["lr"].default is None and f"lightgbm {lightgbm.learning_rate:g}" in params["lr"].help
+    shown = CliRunner().invoke(app, ["train-student", "--help"], terminal_width=3000, env={"COLUMNS": "3000"}).output
+    for panel, option in [("Cross-encoder", "--layer-choice"), ("Bi-encoder", "--similarity"),
+                          ("LightGBM", "--num-leaves")]:
+        assert option in shown.split(f"─ {panel} ")[1].split("╰")[0], panel

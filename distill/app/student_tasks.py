@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill.core.errors import ConfigError
 from distill.core.outputs import check_folder
+from distill.core.registry import STUDENTS
 
 if TYPE_CHECKING:
     import polars as pl
@@ -19,7 +21,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distill")
 
-STUDENTS = ("cross-encoder", "bi-encoder", "lightgbm")
+#: train-student's options for the neural students' GroupConfig and TrainConfig, and the field each sets
+TRAINING_OPTIONS = {
+    "mode": "mode", "negatives": "n_negatives", "listwise_k": "listwise_k", "positive_source": "positive_source",
+    "fn_margin": "false_negative_margin", "seed": "seed",
+    "epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "max_length": "max_length",
+    "valid_fraction": "valid_fraction", "precision": "precision", "checkpoint_steps": "eval_steps",
+}
 
 
 def parse_loss_params(items: Sequence[str]) -> dict[str, Any]:
@@ -47,75 +55,59 @@ def teacher_path(manifest: dict[str, Any], cache: Path) -> str:
 
 
 def train_student(student: str, cache: Path, data: Path, out: Path, *, split: str | None = None,
-                  queries: Path | None = None, loss: str | None = None, loss_params: dict[str, Any] | None = None,
+                  queries: Path | None = None, valid_split: str | None = None, valid_run: Path | None = None,
+                  allow_collapse: bool = False, loss: str | None = None, loss_params: dict[str, Any] | None = None,
                   teacher_scale: float | str | None = "auto", hard_label_weight: float = 0.0,
                   hard_label_kind: str = "bce", init: str | None = None, init_from_teacher: bool = False,
-                  layers: int | None = None, layer_choice: str = "first", teacher: str | None = None,
-                  mode: str = "sampled", negatives: int = 7, listwise_k: int = 8, positive_source: str = "qrels",
-                  fn_margin: float | None = None, epochs: float = 1.0, rounds: int = 1, lr_schedule: str = "constant",
-                  lr: float | None = None, batch_size: int = 8, max_length: int = 256,
-                  valid_fraction: float | None = None, valid_split: str | None = None, valid_run: Path | None = None,
-                  allow_collapse: bool = False, seed: int = 42, precision: str = "auto", resume: bool = False,
-                  checkpoint_steps: int | None = None, similarity: str = "cosine", scale: float = 20.0,
-                  learn_scale: bool = False, objective: str = "lambdarank", n_grades: int = 5, num_leaves: int = 31,
-                  min_data_in_leaf: int = 20, qrels_weight: float = 0.0, n_estimators: int = 500,
-                  early_stopping_rounds: int = 50, feature_rankers: Mapping[str, str] | None = None,
-                  trust_remote_code: bool = False, overwrite: bool = False) -> StudentResult:
+                  teacher: str | None = None, rounds: int = 1, lr_schedule: str = "constant", resume: bool = False,
+                  feature_rankers: Mapping[str, str] | None = None, trust_remote_code: bool = False,
+                  overwrite: bool = False, **options: Any) -> StudentResult:
     """``distill train-student``: distill the scores of the teacher cache ``cache`` into a ``student``
-    (cross-encoder | bi-encoder | lightgbm) trained on ``split``'s and ``queries``' queries.
+    (a kind of :data:`~distill.core.registry.STUDENTS`: cross-encoder | bi-encoder | lightgbm) trained on
+    ``split``'s and ``queries``' queries.
 
-    ``valid_split`` (with its candidates ``valid_run``) validates every round and checks for a
-    collapse. ``similarity``, ``scale`` and ``learn_scale`` are the bi-encoder's; ``objective`` to
-    ``feature_rankers`` (other rankers' scores as features, name → spec) LightGBM's. ``lr`` and
-    ``valid_fraction`` default to 2e-5 and 0 for neural students, 0.05 and 0.2 for LightGBM. ``overwrite``
-    replaces an ``out`` that is no earlier student of this kind.
+    ``valid_split`` (with its candidates ``valid_run``) validates every round and checks for a collapse;
+    ``init_from_teacher`` starts a cross-encoder from ``layers`` of ``teacher``'s (the cache's teacher when None).
+    ``options`` set the student's configs, under train-student's names: :data:`TRAINING_OPTIONS` (the neural
+    students' GroupConfig and TrainConfig) and the fields of the kinds' own configs (``layers``, ``layer_choice``;
+    ``similarity``, ``scale``, ``learn_scale``; ``objective`` to ``early_stopping_rounds``, where LightGBM reads
+    ``lr``, ``valid_fraction`` and ``seed`` too, and its ``feature_rankers``: other rankers' scores as features,
+    name -> spec). An option left out or None keeps the default of the config that owns it (``lr``: the neural
+    students' TrainConfig 2e-5, LightGBMConfig 0.05), and a student ignores other kinds' options, but the neural
+    students refuse LightGBM's ``feature_rankers`` and ``qrels_weight``. ``overwrite`` replaces an ``out`` that
+    is no earlier student of this kind.
     """
     from students.train import RoundsConfig
     from students.train import train_student as train
     from students.validation import Validation
 
-    if student not in STUDENTS:
-        raise ConfigError(f"--student must be one of {', '.join(STUDENTS)}, got {student!r}")
-    check_folder(out, f"{student}-student", overwrite=overwrite, datasets=[data],
+    kind = STUDENTS.get(student, field="student")
+    check_folder(out, kind.output_kind, overwrite=overwrite, datasets=[data],
                  inputs=[cache, queries, valid_run, init, teacher, *(feature_rankers or {}).values()])
-    if (feature_rankers or qrels_weight) and student != "lightgbm":
-        raise ConfigError("--feature-ranker and --qrels-weight are for the lightgbm student only "
-                          "(neural students mix qrels in with --hard-label-weight)")
+    options = {**options, "feature_rankers": feature_rankers}
+    chosen = kind.from_options(_config_fields(options, resume))
+    chosen.check_options({**options, "loss": loss, "init": init, "init_from_teacher": init_from_teacher})
     scores, manifest, dataset = _training_scores(cache, data, split, queries)
-    common = dict(teacher_fingerprint=manifest.get("teacher"), allow_collapse=allow_collapse, scores_source=cache,
-                  validation=Validation.load(data, valid_split, valid_run) if valid_split else None,
-                  overwrite=overwrite)
-    if student == "lightgbm":
-        from students.lightgbm import LightGBMConfig
-
-        config = LightGBMConfig(
-            objective=objective, n_grades=n_grades, num_leaves=num_leaves, min_data_in_leaf=min_data_in_leaf,
-            qrels_weight=qrels_weight, learning_rate=0.05 if lr is None else lr, n_estimators=n_estimators,
-            valid_fraction=0.2 if valid_fraction is None else valid_fraction,
-            early_stopping_rounds=early_stopping_rounds, seed=seed, feature_rankers=dict(feature_rankers or {}))
-        return train("lightgbm", dataset, scores, out, lightgbm=config, rounds=RoundsConfig(rounds), **common)
-    from distill.training.groups import GroupConfig
-    from distill.training.losses import LOSSES
-    from distill.training.trainer import TrainConfig
-
-    if loss is None:
-        raise ConfigError(f"a {student} student needs --loss, one of: {', '.join(LOSSES)}")
-    _check_init(student, init, init_from_teacher, layers)
     if init_from_teacher:
         init = teacher or teacher_path(manifest, cache)
-    groups = GroupConfig(mode=mode, n_negatives=negatives, listwise_k=listwise_k, positive_source=positive_source,
-                         false_negative_margin=fn_margin, seed=seed)
-    settings = TrainConfig(epochs=epochs, lr=2e-5 if lr is None else lr, batch_size=batch_size, max_length=max_length,
-                           seed=seed, precision=precision, valid_fraction=0.0 if valid_fraction is None else
-                           valid_fraction, eval_steps=checkpoint_steps, resume_from_checkpoint=True if resume else None)
-    return train(student, dataset, scores, out, loss=loss, loss_params=loss_params,
-                 hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind, init=init,
-                 teacher_scale=teacher_scale, init_from_teacher_layers=layers if student == "cross-encoder" else None,
-                 layer_choice=layer_choice, group_config=groups, train_config=settings,
+    return train(chosen, dataset, scores, out, loss=loss, loss_params=loss_params, hard_label_weight=hard_label_weight,
+                 hard_label_kind=hard_label_kind, init=init, teacher_scale=teacher_scale,
                  rounds=RoundsConfig(rounds, lr_schedule),
-                 bi_encoder={"similarity": similarity, "scale": scale, "learn_scale": learn_scale}
-                 if student == "bi-encoder" else None,
-                 trust_remote_code=trust_remote_code, **common)
+                 validation=Validation.load(data, valid_split, valid_run) if valid_split else None,
+                 allow_collapse=allow_collapse, teacher_fingerprint=manifest.get("teacher"), scores_source=cache,
+                 trust_remote_code=trust_remote_code, overwrite=overwrite)
+
+
+def _config_fields(options: Mapping[str, Any], resume: bool) -> dict[str, Any]:
+    """``options`` under the names of the config fields they set, and ``resume`` as TrainConfig's
+    ``resume_from_checkpoint``; an option no config has is a TypeError, as any unknown keyword argument."""
+    kinds = [STUDENTS.get(kind) for kind in STUDENTS.kinds()]
+    known = {*TRAINING_OPTIONS, *(f.name for kind in kinds for f in fields(kind.config_type))}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"train_student() got unexpected keyword arguments: {', '.join(unknown)}")
+    return {**{TRAINING_OPTIONS.get(name, name): value for name, value in options.items()},
+            "resume_from_checkpoint": True if resume else None}
 
 
 def _training_scores(cache: Path, data: Path, split: str | None,
@@ -134,16 +126,3 @@ def _training_scores(cache: Path, data: Path, split: str | None,
                     "yet from their current texts (a stopped score-teacher, or texts edited since): training on the "
                     "scored ones only; rerun score-teacher to finish", unscored, registered, cache)
     return scores, manifest, dataset
-
-
-def _check_init(student: str, init: str | None, init_from_teacher: bool, layers: int | None) -> None:
-    """A neural student starts from ``init``, or (a cross-encoder) from ``layers`` of the teacher's."""
-    if student == "cross-encoder":
-        if init_from_teacher == (init is not None):
-            raise ConfigError("a cross-encoder student needs exactly one of --init PATH or "
-                              "--init-from-teacher --layers N")
-        if init_from_teacher != (layers is not None):
-            raise ConfigError("--init-from-teacher and --layers N (the teacher layers to keep) go together")
-    elif init is None or init_from_teacher:
-        raise ConfigError("a bi-encoder student needs --init (a SentenceTransformer folder or id, e.g. "
-                          "all-MiniLM-L6-v2); --init-from-teacher is for cross-encoders")

@@ -85,3 +85,7 @@ RANKERS = Registry("distill.rankers", "ranker")
 #: Teacher loaders by teacher kind (a cache fingerprint's ``kind``):
 #: ``loader(model_name_or_path, **kwargs) -> BaseRanker`` with a ``score`` method.
 TEACHERS = Registry("distill.teachers", "teacher")
+
+#: Student types by student kind (``distill train-student --student KIND``): a
+#: :class:`students.student.Student` subclass, built with ``from_options`` and trained with ``train``.
+STUDENTS = Registry("distill.students", "student")
