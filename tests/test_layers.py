@@ -92,6 +92,61 @@ def test_old_module_paths_are_the_moved_modules():
         == "True distill.cache.store"
 
 
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _own_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines without its docstring and without the functions and classes defined in it
+    (they count on their own)."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+
+    def nested(parent: ast.AST) -> list[ast.AST]:
+        found = []
+        for child in ast.iter_child_nodes(parent):
+            found += [child] if isinstance(child, DEFS) else nested(child)
+        return found
+
+    for inner in nested(node):
+        start = inner.decorator_list[0].lineno if inner.decorator_list else inner.lineno
+        lines -= inner.end_lineno - start + 1
+    return lines
+
+
+def _size_violations(files: list[Path], root: Path = ROOT) -> list[str]:
+    found = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{path.relative_to(root)}: {len(text.splitlines())} lines")
+        found += [f"{path.relative_to(root)}:{node.lineno} {node.name}(): {_own_lines(node)} lines"
+                  for node in ast.walk(ast.parse(text)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and _own_lines(node) > MAX_FUNCTION_LINES]
+    return found
+
+
+def test_no_module_over_400_lines_and_no_function_over_60():
+    """A standing rule (docstrings aside; a nested function counts on its own, not in its parent)."""
+    files = [p for p, _ in _layered_files()] + sorted(CORE.glob("*.py"))
+    violations = _size_violations(files)
+    assert not violations, "\n".join(violations)
+
+
+def test_the_size_rule_sees_a_long_function_and_not_its_docstring(tmp_path):
+    long_body = "".join(f"    x{i} = {i}\n" for i in range(61))
+    doc = '    """' + "\n" * 30 + '    """\n'
+    (tmp_path / "long.py").write_text(f"def f():\n{long_body}")
+    (tmp_path / "documented.py").write_text(f"def g():\n{doc}" + "".join(f"    y{i} = {i}\n" for i in range(59)))
+    (tmp_path / "nested.py").write_text(f"def h():\n    def inner():\n{long_body.replace('    ', '        ')}"
+                                        "    return inner\n")
+    (tmp_path / "big.py").write_text("x = 1\n" * 401)
+    found = _size_violations(sorted(tmp_path.glob("*.py")), root=tmp_path)
+    assert found == ["big.py: 401 lines", "long.py:1 f(): 62 lines", "nested.py:2 inner(): 62 lines"]
+
+
 def test_only_the_cli_imports_the_cli():
     """The library owns the work: the pipeline and distill.app.tasks call functions, never commands."""
     library = [p for p, _ in _layered_files()
