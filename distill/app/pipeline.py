@@ -5,19 +5,17 @@
 ``distill`` command, and is printed first as that command line (the README's), for users to
 copy. A step whose output already exists is skipped, so an interrupted pipeline resumes.
 
-Here: the BEIR view a run works on (:func:`split_view`) and the runner (:func:`run_pipeline`).
-The settings are in :mod:`distill.app.pipeline_config`, the steps of a configuration in
-:mod:`distill.app.pipeline_plan`, a step and its command line in :mod:`distill.app.pipeline_step`
-and what ``pipeline.json`` records in :mod:`distill.app.pipeline_record`; their names are
-importable from here too."""
+Here: the runner (:func:`run_pipeline`), which also prints what each step's command prints. The
+settings are in :mod:`distill.app.pipeline_config`, the BEIR view a run works on (:func:`split_view`) in
+:mod:`distill.app.data_view`, the steps of a configuration in :mod:`distill.app.pipeline_plan`, a step and
+its command line in :mod:`distill.app.pipeline_step` and what ``pipeline.json`` records in
+:mod:`distill.app.pipeline_record`; their names are importable from here too."""
 
 from __future__ import annotations
 
-import json
-import os
-import zlib
 from pathlib import Path
 
+from distill.app.data_view import VIEW, split_view
 from distill.app.pipeline_config import (
     BUILTIN_DEMO,
     TITLE_SPLIT,
@@ -30,93 +28,14 @@ from distill.app.pipeline_config import (
 from distill.app.pipeline_plan import CHECKPOINT_STEPS, STUDENT_CACHE, plan
 from distill.app.pipeline_record import cascade_budget, resume_record, student_cache, student_validation
 from distill.app.pipeline_step import Step, command_line
-from distill.core.errors import ConfigError, InputError
-from distill.core.io import atomic_dir
-from distill.core.outputs import check_folder_output, check_output
-from distill.data.beir import load_qrels
+from distill.core.outputs import check_folder_output
 
 __all__ = ["BUILTIN_DEMO", "CHECKPOINT_STEPS", "PIPELINE", "STUDENT_CACHE", "TITLE_SPLIT", "VALID_FRACTION", "VIEW",
            "PipelineConfig", "Step", "cascade_budget", "command_line", "default_init", "demo_config", "plan",
            "prepare_data", "report_students", "resume_record", "run_pipeline", "split_view", "student_cache",
            "student_queries", "student_validation"]
 
-VIEW, PIPELINE = "split-view", "pipeline"  # output kinds (distill.core.outputs.MARKERS)
-
-
-def split_view(source: Path, out: Path, split: str = "train", valid_fraction: float = VALID_FRACTION,
-               title_queries: int = 0, seed: int = 42, *, overwrite: bool = False) -> Path:
-    """A BEIR folder at ``out`` whose ``split`` qrels are divided into ``train`` and ``valid``.
-
-    Corpus and queries are symlinked (never copied); ``test`` qrels are linked as they are.
-    A query goes to ``valid`` when ``crc32(qid) % 1000 < valid_fraction * 1000``: stable
-    across machines and library versions.
-
-    With ``title_queries=N``, N documents' titles also become queries (``title:<docid>``, judged
-    relevant to their own document), written to ``queries.jsonl`` and, with ``train``'s
-    queries, to ``qrels/train_titles.tsv``. Unlabelled in-domain queries cost only teacher
-    time, and the teacher's scores over a title's BM25 candidates are what a student learns from.
-    ``out`` may not be, hold or lie inside ``source``; it replaces only an earlier view (or ``overwrite``).
-    """
-    check_output(out, datasets=[source], folder=True)
-    settings = {"source": str(Path(source).resolve()), "split": split, "valid_fraction": valid_fraction,
-                "title_queries": title_queries, "seed": seed if title_queries else None}
-    if (out / "qrels" / "valid.tsv").exists():
-        recorded = out / "view.json"
-        earlier = json.loads(recorded.read_text()) if recorded.exists() else settings  # older views have none
-        # the source folder may have moved; the split itself must be the same
-        if {k: v for k, v in earlier.items() if k != "source"} != {k: v for k, v in settings.items() if k != "source"}:
-            raise ConfigError(f"{out} was built with other settings ({recorded.read_text().strip()}); "
-                              f"use another --out or delete it")
-        return out
-    source = Path(source).resolve()
-    qrels = load_qrels(source / "qrels" / f"{split}.tsv")
-    cut = int(round(valid_fraction * 1000))
-    is_valid = [zlib.crc32(q.encode()) % 1000 < cut for q in qrels["qid"].to_list()]
-    with atomic_dir(out, kind=VIEW, overwrite=overwrite) as tmp:
-        (tmp / "qrels").mkdir()
-        os.symlink(source / "corpus.jsonl", tmp / "corpus.jsonl")
-        for other in sorted((source / "qrels").glob("*.tsv")):
-            if other.stem not in (split, "train", "valid"):
-                os.symlink(other, tmp / "qrels" / other.name)
-        import polars as pl
-
-        mask = pl.Series(is_valid)
-        parts = {"train": qrels.filter(~mask), "valid": qrels.filter(mask)}
-        if title_queries:
-            titles = _title_queries(source, title_queries, seed)
-            _write_queries(tmp / "queries.jsonl", source / "queries.jsonl", titles.queries)
-            parts[TITLE_SPLIT] = pl.concat([parts["train"], titles.qrels.cast(parts["train"].schema)])
-        else:
-            os.symlink(source / "queries.jsonl", tmp / "queries.jsonl")
-        for name, part in parts.items():
-            if part.height == 0:
-                raise InputError(f"no {name} queries left after holding out {valid_fraction:.0%}",
-                                 path=source / "qrels" / f"{split}.tsv")
-            lines = ["query-id\tcorpus-id\tscore", *(f"{q}\t{d}\t{r}" for q, d, r in part.iter_rows())]
-            (tmp / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        (tmp / "view.json").write_text(json.dumps(settings) + "\n", encoding="utf-8")
-    return out
-
-
-def _title_queries(source: Path, n: int, seed: int):
-    """N sampled documents' titles as queries ``title:<docid>``, each judged relevant to its document."""
-    from distill.data.beir import load_beir
-    from teachers.train import weak_title_dataset
-
-    dataset = load_beir(source, split=None)
-    titles = weak_title_dataset(dataset, n, seed)
-    clash = titles.queries.join(dataset.queries, on="qid", how="semi")
-    if clash.height:
-        raise InputError(f"query id {clash['qid'][0]!r} already exists: title queries need their own ids",
-                         path=source / "queries.jsonl")
-    return titles
-
-
-def _write_queries(path: Path, original: Path, extra) -> None:
-    """``original``'s lines followed by ``extra``'s queries, in BEIR's JSONL."""
-    lines = [line for line in original.read_text(encoding="utf-8").splitlines() if line.strip()]
-    lines += [json.dumps({"_id": q, "text": t}) for q, t in extra.iter_rows()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+PIPELINE = "pipeline"  # the output kind (distill.core.outputs.MARKERS)
 
 
 def prepare_data(cfg: PipelineConfig) -> Path:

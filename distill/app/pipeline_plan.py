@@ -3,17 +3,19 @@ the students, then the cascade, the evaluation and the report.
 
 Each step calls one function of :mod:`distill.app.tasks` (or :func:`students.train.select_student`)
 with keyword arguments in the order its printed command line shows them (see
-:func:`distill.app.pipeline_step.command_line`).
+:func:`distill.app.pipeline_step.command_line`), and prints its result as the command does.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from distill.app import tasks
 from distill.app.pipeline_config import TITLE_SPLIT, PipelineConfig, default_init, student_queries
 from distill.app.pipeline_step import Step
+from distill.app.summaries import print_cascade_build, print_cascade_run, print_evaluation
 from distill.cascade.search import BudgetShare, CascadeBuildConfig
 from distill.core.errors import ConfigError
 from distill.evaluation.runner import EvaluateConfig
@@ -39,12 +41,12 @@ def _candidate_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
     steps = []
     if cfg.queries is None and cfg.pseudo_queries:
         limit = {"max_queries": cfg.max_pseudo_queries, "seed": cfg.seed} if cfg.max_pseudo_queries else {}
-        steps.append(Step("pseudo-queries", "pseudo-queries", tasks.pseudo_queries,
+        steps.append(Step("pseudo-queries", "pseudo-queries", tasks.run_pseudo_queries,
                           {"data": data, "kind": cfg.pseudo_queries, **limit, "out": extra_queries}, extra_queries))
     # no --add-positives: students must not learn that documents BM25 ranks low are the relevant ones
     for name, split, k, unjudged in (("train", _student_split(cfg), cfg.train_k, extra_queries),
                                      ("valid", "valid", cfg.test_k, None), ("test", "test", cfg.test_k, None)):
-        steps.append(Step(f"candidates-{name}", "candidates", tasks.candidates,
+        steps.append(Step(f"candidates-{name}", "candidates", tasks.run_candidates,
                           {"data": data, "split": split, "queries": unjudged, "k": k, "out": runs / f"{name}.trec"},
                           runs / f"{name}.trec"))
     return steps
@@ -55,20 +57,20 @@ def _teacher_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
     runs, cache = cfg.out / "runs", cfg.out / "cache"
     steps = []
     if cfg.teacher is None:
-        steps.append(Step("train-teacher", "train-teacher", tasks.train_teacher, {
+        steps.append(Step("train-teacher", "train-teacher", tasks.run_train_teacher, {
             "data": data, "split": "train", "init": cfg.init or default_init(), "out": Path(teacher),
             "epochs": cfg.teacher_epochs, "max_length": cfg.max_length, "negatives": cfg.teacher_negatives,
             "objective": cfg.teacher_objective, "seed": cfg.seed}, Path(teacher)))
     for name, split, unjudged in (("train", _student_split(cfg), student_queries(cfg)), ("valid", "valid", None),
                                   ("test", "test", None)):
-        steps.append(Step(f"score-{name}", "score-teacher", tasks.score_teacher, {
+        steps.append(Step(f"score-{name}", "score-teacher", tasks.run_score_teacher, {
             "teacher": teacher, "data": data, "split": split, "queries": unjudged, "run": runs / f"{name}.trec",
             "cache": cache, "max_length": cfg.max_length}))
     # the teacher fused with BM25, weights chosen on valid: students learn from it unless the
     # teacher alone was best there (see teachers.fusion and student_cache)
     fused = cfg.out / "cache_fused"
     first_stage = [runs / f"{split}.trec" for split in ("train", "valid", "test")]
-    steps.append(Step("fuse-teacher", "fuse-teacher", tasks.fuse_teacher, {
+    steps.append(Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {
         "cache": cache, "data": data, "valid_split": "valid", "runs": first_stage, "out": fused}, fused))
     return steps
 
@@ -152,17 +154,18 @@ def _evaluation_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
                                 latency_queries=cfg.latency_queries, threads=1)
     rankers = {**stages, "fused_teacher": str(out / "cache_fused"), "cascade": str(out / "cascade.json")}
     title = f"distill: {Path(cfg.data).name if cfg.data else 'built-in data'}"  # data is the view, named "data"
+    spec, evaluated = out / "cascade.json", out / "eval"
     return [
-        Step("cascade-build", "cascade build", tasks.build_cascade, {
+        Step("cascade-build", "cascade build", tasks.run_cascade_build, {
             "data": data, "split": "valid", "run": runs / "valid.trec", "stages": stages,
-            "budget_ms": BudgetShare("teacher", cfg.budget_fraction), "config": build, "out": out / "cascade.json"},
-            out / "cascade.json"),
-        Step("cascade-run", "cascade run", tasks.run_cascade, {
-            "spec": out / "cascade.json", "data": data, "split": "test", "run": runs / "test.trec", "threads": 1,
-            "out": runs / "cascade_test.trec"}, runs / "cascade_test.trec"),
-        Step("evaluate", "evaluate", tasks.evaluate, {
+            "budget_ms": BudgetShare("teacher", cfg.budget_fraction), "config": build, "out": spec},
+            spec, show=partial(print_cascade_build, out=spec)),
+        Step("cascade-run", "cascade run", tasks.run_cascade_run, {
+            "spec": spec, "data": data, "split": "test", "run": runs / "test.trec", "threads": 1,
+            "out": runs / "cascade_test.trec"}, runs / "cascade_test.trec", show=print_cascade_run),
+        Step("evaluate", "evaluate", tasks.run_evaluate, {
             "data": data, "split": "test", "run": runs / "test.trec", "rankers": rankers, "config": evaluation,
-            "out": out / "eval"}, out / "eval"),
-        Step("report", "report", tasks.report, {"eval_dir": out / "eval", "out": out, "title": title},
+            "out": evaluated}, evaluated, show=partial(print_evaluation, out=evaluated)),
+        Step("report", "report", tasks.run_report, {"eval_dir": evaluated, "out": out, "title": title},
              out / "report.html"),
     ]

@@ -1,8 +1,9 @@
-"""A pipeline step: one library call, and the ``distill`` command line that makes the same call.
+"""A pipeline step: one task call, and the ``distill`` command line that makes the same call.
 
-A step holds only the call, its keyword arguments and the command's name; its command line
-(printed and recorded for users to copy) is derived from the arguments by :func:`command_line`,
-so the two cannot drift apart. ``tests/test_pipeline.py`` parses every derived command line with
+A step holds only the call (a function of :mod:`distill.app.tasks`), its keyword arguments, the
+command's name and what the command prints of the call's result; its command line (printed and
+recorded for users to copy) is derived from the arguments by :func:`command_line`, so the two
+cannot drift apart. ``tests/test_pipeline.py`` parses every derived command line with
 the real CLI and checks that it calls the function with the step's arguments.
 """
 
@@ -74,14 +75,18 @@ def _text(value: Any) -> str:
 
 @dataclass
 class Step:
-    """One library call, the ``distill`` command that makes the same call (its :attr:`argv`, printed and
-    recorded for users to copy), and the output whose existence means the step is done."""
+    """One task call, the ``distill`` command that makes the same call (its :attr:`argv`, printed and
+    recorded for users to copy), and the output whose existence means the step is done.
+
+    ``show`` prints the call's result as the command does (a table of :mod:`distill.app.summaries`):
+    the tasks print nothing, so the demo shows what each command would."""
 
     name: str
     command_name: str  # the ``distill`` command, e.g. "cascade build"
     call: Callable[..., Any]
     kwargs: dict[str, Any]
     output: Path | None = None
+    show: Callable[[Any], None] | None = None
     # keyword arguments given by PipelineConfig.extra: not in argv, shown after it
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -103,4 +108,8 @@ class Step:
         self.kwargs["resume"] = True
 
     def run(self) -> Any:
-        return self.call(**{**self.kwargs, **self.overrides})
+        """Make the call and print its result as the command does; returns the result."""
+        result = self.call(**{**self.kwargs, **self.overrides})
+        if self.show is not None:
+            self.show(result)
+        return result

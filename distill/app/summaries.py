@@ -1,20 +1,30 @@
-"""The tables ``distill cascade build``, ``cascade run`` and ``evaluate`` print (rich, on stdout)."""
+"""What ``distill cascade build``, ``cascade run``, ``evaluate`` and ``cache info`` print of their task's
+result (rich tables, on stdout): the tasks (:mod:`distill.app.tasks`) print nothing, their commands and the
+demo's steps print with these."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from distill.cascade.search import SearchResult
+    from distill.app.tasks import CascadeRun
+    from distill.cache.score_scale import ScoreScale
+    from distill.cache.store import CacheInfo
+    from distill.cascade.search import CascadeBuild
     from distill.evaluation.runner import EvaluationResult
 
+log = logging.getLogger("distill")
 
-def print_search(result: SearchResult, baseline: dict[str, float], chosen: dict[str, float], first: str) -> None:
-    """The Pareto frontier (chosen row marked) and the chosen cascade's metrics (ir-measures)."""
+
+def print_cascade_build(built: CascadeBuild, out: Path) -> None:
+    """The Pareto frontier (chosen row marked) and the chosen cascade's metrics (ir-measures) next to its
+    first stage's alone, then (logged) the spec ``out`` the task wrote."""
     from rich.console import Console
     from rich.table import Table
 
+    result, first = built.search, built.cascade.stages[0].name  # every cascade searched starts with the first stage
     console = Console()
     table = Table("", "cascade", result.metric, "ms / query", "fits",
                   title=f"Pareto frontier ({result.n_evaluated} cascades evaluated, budget {result.budget_ms:g} ms)")
@@ -26,19 +36,20 @@ def print_search(result: SearchResult, baseline: dict[str, float], chosen: dict[
     console.print(f"chosen: [bold]{result.chosen}[/], expected {result.chosen.latency_ms:.2f} ms per query",
                   highlight=False)
     metrics = Table("metric", f"{first} alone", "cascade", title="validation (ir-measures)")
-    for name, value in chosen.items():
-        metrics.add_row(name, f"{baseline[name]:.4f}", f"{value:.4f}")
+    for name, value in built.metrics.items():
+        metrics.add_row(name, f"{built.first_stage_metrics[name]:.4f}", f"{value:.4f}")
     console.print(metrics)
+    log.info("wrote %s", out)
 
 
-def print_cascade_run(cascade: str, budget_ms: float | None, where: str, summary: dict[str, Any]) -> None:
+def print_cascade_run(run: CascadeRun) -> None:
     """A cascade run's metrics next to its candidates', its latency and the stages it skipped."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{cascade}[/] on {where}, budget {'none' if budget_ms is None else f'{budget_ms:g} ms'}",
-                  highlight=False)
+    console, summary, budget_ms = Console(), run.summary, run.cascade.budget_ms
+    console.print(f"[bold]{run.cascade}[/] on {run.where}, budget "
+                  f"{'none' if budget_ms is None else f'{budget_ms:g} ms'}", highlight=False)
     table = Table("metric", "candidates", "cascade")
     for name, value in summary["metrics"].items():
         table.add_row(name, f"{summary['candidate_metrics'][name]:.4f}", f"{value:.4f}")
@@ -50,8 +61,8 @@ def print_cascade_run(cascade: str, budget_ms: float | None, where: str, summary
                   highlight=False)
 
 
-def print_summary(result: EvaluationResult, out: Path) -> None:
-    """The metric means as a rich table on stdout."""
+def print_evaluation(result: EvaluationResult, out: Path) -> None:
+    """The metric means and wins against the baseline, and the folder ``out`` the evaluation was written to."""
     from rich.console import Console
     from rich.table import Table
 
@@ -64,3 +75,22 @@ def print_summary(result: EvaluationResult, out: Path) -> None:
     console = Console()
     console.print(table)
     console.print(f"wrote {out}/ (report.html, report.md, summary.parquet, per_query.parquet, runs.parquet)")
+
+
+def print_cache_info(folder: Path, info: CacheInfo, scale: ScoreScale) -> None:
+    """A cache's size, its teacher, each candidate set's coverage and the scale of the teacher's scores."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from distill.cache.score_scale import describe_scale
+
+    console = Console()
+    console.print(f"[bold]{folder}[/]: {info.rows} scores, {info.queries} queries, {info.shards} shard(s)")
+    console.print("teacher: " + json.dumps(info.teacher, sort_keys=True), highlight=False, soft_wrap=True)
+    table = Table("candidates", "source", "pairs", "scored", "coverage")
+    for c in info.coverage:
+        table.add_row(c["hash"], c["source"], str(c["pairs"]), str(c["scored"]), f"{c['coverage']:.1%}")
+    console.print(table)
+    console.print(describe_scale(scale), highlight=False)

@@ -1,41 +1,60 @@
-"""What each ``distill`` command does, as one public function of files and settings.
+"""What each ``distill`` command does, as one public function of files and settings: ``run_<command>``.
 
-A command parses its options and calls its function here; :mod:`distill.app.pipeline` calls the
-same functions, and a notebook can too: ``tasks.candidates(data, out, split="test", k=100)``
-does what ``distill candidates --data DATA --split test --k 100 --out OUT`` does. The arguments
-are the command's options (``--max-length`` is ``max_length``, with its default), parsed: a
-repeatable ``NAME=SPEC`` option is a dict, evaluate and cascade build take their config
-dataclasses, and train-teacher's and score-teacher's settings are keyword arguments defaulting to
-their config dataclasses' fields (:mod:`teachers.train`, :mod:`teachers.scoring`), where the
-commands' options come from too. Heavy libraries are imported inside the functions, as in the commands.
+A function is named after its command (``distill cascade build`` is :func:`run_cascade_build`), never
+after the library function it calls. A command parses its options, calls its function here and prints
+what it returns (:mod:`distill.app.summaries`); nothing here prints, a function logs what it wrote.
+:mod:`distill.app.pipeline` calls the same functions, and a notebook can too:
+``tasks.run_candidates(data, out, split="test", k=100)`` does what ``distill candidates --data DATA
+--split test --k 100 --out OUT`` does. The arguments are the command's options (``--max-length`` is
+``max_length``, with its default), parsed: a repeatable ``NAME=SPEC`` option is a dict, evaluate,
+cascade build and export take their config dataclasses, and the settings of train-teacher,
+score-teacher and serve are keyword arguments defaulting to their config dataclasses' fields
+(:mod:`teachers.train`, :mod:`teachers.scoring`, :mod:`distill.serve.app`), where the commands'
+options come from too. Heavy libraries are imported inside the functions, as in the commands.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill.app.student_tasks import STUDENTS, parse_loss_params, teacher_path, train_student  # noqa: F401
-from distill.app.summaries import print_cascade_run, print_search, print_summary
 from distill.core.errors import ConfigError
 from distill.core.outputs import check_folder, check_folder_output, check_output
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from distill.cascade.model import StageCost
+    from distill.cache.score_scale import ScoreScale
+    from distill.cache.store import CacheInfo, TeacherCache
+    from distill.cache.verify import CacheCheck
+    from distill.cascade.model import Cascade, StageCost
     from distill.cascade.search import BudgetShare, CascadeBuild, CascadeBuildConfig
     from distill.evaluation.runner import EvaluateConfig, EvaluationResult
+    from students.export import ExportConfig
     from teachers.fusion import FusedWeights
     from teachers.scoring import TeacherScoring
 
 log = logging.getLogger("distill")
 
 
-def pseudo_queries(data: Path, out: Path, kind: str = "auto", *, max_queries: int | None = None,
-                   seed: int = 42) -> Path:
+def run_split_view(data: Path, out: Path, *, overwrite: bool = False, **settings: Any) -> Path:
+    """``distill split-view``: ``data`` with its ``split``'s queries divided into train and valid, at ``out``.
+
+    ``settings`` are :func:`~distill.app.data_view.split_view`'s (``split``, ``valid_fraction``,
+    ``title_queries``, ``seed``), its defaults where left out."""
+    from distill.app.data_view import split_view
+
+    view = split_view(data, out, overwrite=overwrite, **settings)
+    log.info("split view of %s at %s", data, view)
+    return view
+
+
+def run_pseudo_queries(data: Path, out: Path, kind: str = "auto", *, max_queries: int | None = None,
+                       seed: int = 42) -> Path:
     """``distill pseudo-queries``: one query per document of ``data`` from its own text, written to ``out``."""
     from distill.data.querysets import pseudo_queries_for, read_queries_file
 
@@ -45,8 +64,8 @@ def pseudo_queries(data: Path, out: Path, kind: str = "auto", *, max_queries: in
     return path
 
 
-def candidates(data: Path, out: Path, *, split: str | None = None, queries: Path | None = None, k: int = 100,
-               add_positives: bool = False) -> pl.DataFrame:
+def run_candidates(data: Path, out: Path, *, split: str | None = None, queries: Path | None = None, k: int = 100,
+                   add_positives: bool = False) -> pl.DataFrame:
     """``distill candidates``: BM25's top ``k`` per query of ``split`` (test unless ``queries`` is given)
     and of the queries file ``queries``, written to ``out`` as a TREC run."""
     from distill.data.bm25 import bm25_run
@@ -61,8 +80,8 @@ def candidates(data: Path, out: Path, *, split: str | None = None, queries: Path
     return run
 
 
-def train_teacher(data: Path, out: Path, *, init: str, split: str = "train", quick: bool = False,
-                  resume: bool = False, overwrite: bool = False, **settings: Any) -> Path:
+def run_train_teacher(data: Path, out: Path, *, init: str, split: str = "train", quick: bool = False,
+                      resume: bool = False, overwrite: bool = False, **settings: Any) -> Path:
     """``distill train-teacher``: fine-tune ``init`` on ``split``'s qrels with BM25 hard negatives.
 
     ``settings`` are train-teacher's other options by name (``epochs=1``, ``negatives=3``, ...: the fields
@@ -73,17 +92,16 @@ def train_teacher(data: Path, out: Path, *, init: str, split: str = "train", qui
     ``out`` that is no earlier teacher (see :mod:`distill.core.outputs`).
     """
     from distill.data.beir import load_beir
-    from teachers.train import KIND, TeacherTrainConfig
-    from teachers.train import train_teacher as train
+    from teachers.train import KIND, TeacherTrainConfig, train_teacher
 
     check_folder(out, KIND, overwrite=overwrite, inputs=[init], datasets=[data])
     config = TeacherTrainConfig.from_settings(quick=quick, resume=resume, **settings)
-    return train(load_beir(data, split), out, init=init, config=config, overwrite=overwrite)
+    return train_teacher(load_beir(data, split), out, init=init, config=config, overwrite=overwrite)
 
 
-def score_teacher(teacher: str, cache: Path, *, data: Path | None = None, split: str | None = None,
-                  queries: Path | None = None, run: Path | None = None, pairs: Path | None = None,
-                  ray_options: Mapping[str, Any] | None = None, **settings: Any) -> TeacherScoring:
+def run_score_teacher(teacher: str, cache: Path, *, data: Path | None = None, split: str | None = None,
+                      queries: Path | None = None, run: Path | None = None, pairs: Path | None = None,
+                      ray_options: Mapping[str, Any] | None = None, **settings: Any) -> TeacherScoring:
     """``distill score-teacher``: score the candidates (``data`` + ``run``, or ``pairs``) the cache lacks.
 
     ``split`` defaults to test unless ``queries`` is given; ``settings`` are the fields of
@@ -93,28 +111,27 @@ def score_teacher(teacher: str, cache: Path, *, data: Path | None = None, split:
     """
     from distill.cache.scoring import parse_shard
     from distill.data.inputs import load_dataset_and_run
-    from teachers.scoring import TeacherScoringConfig
-    from teachers.scoring import score_teacher as score
+    from teachers.scoring import TeacherScoringConfig, score_teacher
 
     config = TeacherScoringConfig(**settings)
     shard_spec = parse_shard(config.shard)
     if ray_options and config.engine != "ray":
         raise ConfigError(f"--{next(iter(ray_options)).replace('_', '-')} applies to --engine ray only")
     dataset, pool = load_dataset_and_run(data, split if split or queries else "test", run, pairs, queries)
-    return score(teacher, dataset, pool, cache, source=str(run or pairs), shard=shard_spec,
-                 flush_pairs=config.flush_pairs, sanity_check=config.sanity_check, engine=config.engine,
-                 engine_options=dict(ray_options or {}), **config.teacher_options())
+    return score_teacher(teacher, dataset, pool, cache, source=str(run or pairs), shard=shard_spec,
+                         flush_pairs=config.flush_pairs, sanity_check=config.sanity_check, engine=config.engine,
+                         engine_options=dict(ray_options or {}), **config.teacher_options())
 
 
-def fuse_teacher(cache: Path, data: Path, runs: Sequence[Path], out: Path, *, valid_split: str = "valid",
-                 scorers: Mapping[str, str] | None = None, queries: Path | None = None,
-                 step: float = 0.1) -> FusedWeights:
+def run_fuse_teacher(cache: Path, data: Path, runs: Sequence[Path], out: Path, *, valid_split: str = "valid",
+                     scorers: Mapping[str, str] | None = None, queries: Path | None = None,
+                     step: float = 0.1) -> FusedWeights:
     """``distill fuse-teacher``: the cached teacher fused with the first stage of ``runs`` (and ``scorers``,
     rankers applied to the cached pairs), weights chosen on ``valid_split``; returns the weights."""
     from distill.core.manifest import frame_hash
     from distill.data.beir import load_beir
     from distill.data.runs import read_run
-    from teachers.fusion import fuse_teacher as fuse
+    from teachers.fusion import fuse_teacher
 
     check_output(out, inputs=[cache, *runs, queries], datasets=[data], folder=True)
     valid = load_beir(data, valid_split)
@@ -136,19 +153,19 @@ def fuse_teacher(cache: Path, data: Path, runs: Sequence[Path], out: Path, *, va
             ranker = load_ranker(spec, name=name)
             others[name] = ranker.rerank(everything, pairs)
             sources[name] = ranker.get_config_dict()
-    return fuse(out, cache, [read_run(r) for r in runs], valid.qrels, others=others, step=step,
-                corpus_hash=frame_hash(valid.corpus), sources=sources)
+    return fuse_teacher(out, cache, [read_run(r) for r in runs], valid.qrels, others=others, step=step,
+                        corpus_hash=frame_hash(valid.corpus), sources=sources)
 
 
-def build_cascade(data: Path, split: str, run: Path, stages: Mapping[str, str], budget_ms: float | BudgetShare,
-                  out: Path,
-                  config: CascadeBuildConfig | None = None, *, costs: Mapping[str, StageCost] | None = None,
-                  cost_from: Mapping[str, str] | None = None) -> CascadeBuild:
+def run_cascade_build(data: Path, split: str, run: Path, stages: Mapping[str, str],
+                      budget_ms: float | BudgetShare, out: Path, config: CascadeBuildConfig | None = None, *,
+                      costs: Mapping[str, StageCost] | None = None,
+                      cost_from: Mapping[str, str] | None = None) -> CascadeBuild:
     """``distill cascade build``: search every cascade of ``stages`` (the first is the first stage) on
-    ``split``'s candidates ``run`` within ``budget_ms`` per query (or a share of one stage's latency),
-    print the frontier, write the
-    best spec to ``out``."""
-    from distill.cascade.search import build_cascade as build
+    ``split``'s candidates ``run`` within ``budget_ms`` per query (or a share of one stage's latency) and
+    write the best one's spec to ``out``; returns the search (the command prints its frontier:
+    :func:`~distill.app.summaries.print_cascade_build`)."""
+    from distill.cascade.search import build_cascade
     from distill.data.inputs import load_dataset_and_run
 
     check_output(out, inputs=[run, *stages.values(), *(cost_from or {}).values()], datasets=[data])
@@ -156,18 +173,28 @@ def build_cascade(data: Path, split: str, run: Path, stages: Mapping[str, str], 
         if name not in stages:
             raise ConfigError(f"--cost for unknown stage {name!r}; stages: {list(stages)}", field="--cost")
     dataset, pool = load_dataset_and_run(data, split, run)
-    built = build(dataset, pool, stages, budget_ms, config, costs=costs, cost_from=cost_from)
+    built = build_cascade(dataset, pool, stages, budget_ms, config, costs=costs, cost_from=cost_from)
     built.cascade.provenance["run"] = str(run)
-    print_search(built.search, built.first_stage_metrics, built.metrics, next(iter(stages)))
     built.cascade.write_spec(out)
-    log.info("wrote %s", out)
     return built
 
 
-def run_cascade(spec: Path, data: Path, run: Path, out: Path, *, split: str = "test", budget_ms: float | None = None,
-                no_budget: bool = False, threads: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CascadeRun:
+    """What ``distill cascade run`` did: the ``cascade`` as run (its budget and statistics), the queries it
+    ran on (``where``: ``dataset/split``) and the ``summary`` written to ``<out>.json``."""
+
+    cascade: Cascade
+    where: str
+    summary: dict[str, Any]
+
+
+def run_cascade_run(spec: Path, data: Path, run: Path, out: Path, *, split: str = "test",
+                    budget_ms: float | None = None, no_budget: bool = False,
+                    threads: int | None = None) -> CascadeRun:
     """``distill cascade run``: rerank query by query through the cascade ``spec``; write the run to ``out``
-    and its metrics and latency to ``out.json`` (returned), and print them."""
+    and its metrics and latency to ``out.json`` (the command prints them:
+    :func:`~distill.app.summaries.print_cascade_run`)."""
     from dataclasses import replace
 
     from distill.cascade.model import Cascade
@@ -196,33 +223,30 @@ def run_cascade(spec: Path, data: Path, run: Path, out: Path, *, split: str = "t
                "run": str(run), "metrics": metric_means(dataset.qrels, ranked),
                "candidate_metrics": metric_means(dataset.qrels, pool), "latency": cascade.stats.summary(),
                "versions": library_versions()}
-    print_cascade_run(str(cascade), cascade.budget_ms, f"{dataset.name}/{split}", summary)
     write_json_atomic(out.with_name(out.name + ".json"), summary)
-    return summary
+    return CascadeRun(cascade, f"{dataset.name}/{split}", summary)
 
 
-def evaluate(data: Path, run: Path, rankers: Mapping[str, str], out: Path, *, split: str = "test",
-             config: EvaluateConfig | None = None, overwrite: bool = False) -> EvaluationResult:
+def run_evaluate(data: Path, run: Path, rankers: Mapping[str, str], out: Path, *, split: str = "test",
+                 config: EvaluateConfig | None = None, overwrite: bool = False) -> EvaluationResult:
     """``distill evaluate``: rerank ``split``'s candidates ``run`` with every ranker (name → spec); write
     metrics, significance, agreement and the report to ``out`` (``overwrite``: even if it is no earlier
-    evaluation) and print the summary."""
+    evaluation); the command prints the summary (:func:`~distill.app.summaries.print_evaluation`)."""
     from distill.data.beir import load_beir
     from distill.data.runs import read_run
-    from distill.evaluation.runner import EvaluateConfig, check_roles
-    from distill.evaluation.runner import evaluate as run_evaluation
+    from distill.evaluation.runner import EvaluateConfig, check_roles, evaluate
 
     config = config or EvaluateConfig()
     check_folder(out, "evaluation", overwrite=overwrite, inputs=[run, *rankers.values()], datasets=[data])
     check_roles(list(rankers), config.baseline, config.teacher, config.correction)
-    result = run_evaluation(load_beir(data, split), read_run(run), dict(rankers), config)
+    result = evaluate(load_beir(data, split), read_run(run), dict(rankers), config)
     result.settings.update(data=str(data), run=str(run))
     result.write(out, overwrite=overwrite)
-    print_summary(result, out)
     return result
 
 
-def report(eval_dir: Path, out: Path | None = None, title: str = "distill evaluation", *,
-           overwrite: bool = False) -> tuple[Path, Path]:
+def run_report(eval_dir: Path, out: Path | None = None, title: str = "distill evaluation", *,
+               overwrite: bool = False) -> tuple[Path, Path]:
     """``distill report``: render ``report.html`` and ``report.md`` of a saved evaluation into ``out`` (the
     evaluation's folder by default; another folder must be new, empty or a report, unless ``overwrite``)."""
     from distill.core.manifest import write_manifest
@@ -238,3 +262,49 @@ def report(eval_dir: Path, out: Path | None = None, title: str = "distill evalua
         write_manifest(target, "report", {"eval": str(eval_dir), "title": title})
     log.info("wrote %s and %s", *written)
     return written
+
+
+def run_cache_info(folder: Path) -> tuple[CacheInfo, ScoreScale]:
+    """``distill cache info``: a cache's rows, queries, teacher and coverage of each candidate set, and
+    the scale of its scores (the command prints them: :func:`~distill.app.summaries.print_cache_info`)."""
+    from distill.cache.score_scale import score_scale
+    from distill.cache.store import TeacherCache
+
+    store = TeacherCache.open(folder)
+    return store.info(), score_scale(store.scores())
+
+
+def run_cache_merge(out: Path, sources: Sequence[Path]) -> TeacherCache:
+    """``distill cache merge``: join caches of one teacher (e.g. the parts scored with ``--shard i/N``)
+    into ``out``."""
+    from distill.cache.store import merge_caches
+
+    merged = merge_caches(out, list(sources))
+    log.info("merged %d cache(s) into %s: %d scores", len(sources), out, merged.scores().height)
+    return merged
+
+
+def run_cache_verify(folder: Path, *, repair: bool = False) -> tuple[CacheCheck, list[str]]:
+    """``distill cache verify``: check every shard, candidate file and the manifest of a cache; with ``repair``
+    set unreadable files aside, rebuild a lost manifest and remove killed writers' files. Returns the
+    check and what was repaired (the command prints both, and fails on a problem)."""
+    from distill.cache.verify import verify_cache
+
+    return verify_cache(folder, repair=repair)
+
+
+def run_export(model: Path, out: Path, config: ExportConfig | None = None, *,
+               overwrite: bool = False) -> dict[str, Any]:
+    """``distill export``: the student folder ``model`` as an ONNX Runtime or OpenVINO folder ``out``, written
+    only if it ranks like the fp32 model; returns the fidelity check."""
+    from students.export import export_model
+
+    return export_model(model, out, config, overwrite=overwrite)
+
+
+def run_serve(spec: Path, *, corpus: Path | None = None, access_log: bool = False, **settings: Any) -> None:
+    """``distill serve``: serve the cascade ``spec`` over HTTP until stopped; ``settings`` are the fields of
+    :class:`~distill.serve.app.ServeConfig` (host, port, ...), its defaults where left out."""
+    from distill.serve.app import ServeConfig, run_server
+
+    run_server(spec, ServeConfig(**settings), corpus=corpus, access_log=access_log)

@@ -10,10 +10,11 @@ import typer
 from distill.app import tasks
 from distill.app.commands import MAX_THREADS, parse_ints
 from distill.app.options import defaults
+from distill.app.summaries import print_cascade_build, print_cascade_run
 from distill.cascade.search import CascadeBuildConfig
 
 DEFAULTS = CascadeBuildConfig()
-_RUN = defaults(tasks.run_cascade)
+_RUN = defaults(tasks.run_cascade_run)
 
 if TYPE_CHECKING:
     from distill.cascade.model import StageCost
@@ -60,8 +61,10 @@ def register(app: typer.Typer) -> None:
                                     latency_queries=latency_queries, latency_k=latency_k, threads=threads)
         stages = _named(stage, "--stage")
         budget = _budget(budget_ms, budget_share)
-        tasks.build_cascade(data, split, run, stages, budget, out, config, costs=_parse_costs(cost) or None,
-                            cost_from=_named(cost_from, "--cost-from") or None)
+        built = tasks.run_cascade_build(data, split, run, stages, budget, out, config,
+                                        costs=_parse_costs(cost) or None,
+                                        cost_from=_named(cost_from, "--cost-from") or None)
+        print_cascade_build(built, out)
 
     @cascade_app.command("run")
     def run_cascade(
@@ -76,8 +79,8 @@ def register(app: typer.Typer) -> None:
                                     help="torch threads [torch's default]; match `build`'s."),
     ) -> None:
         """Rerank query by query through a cascade; print metrics, latency p50/p95 and skipped stages."""
-        tasks.run_cascade(spec, data, run, out, split=split, budget_ms=budget_ms, no_budget=no_budget,
-                          threads=threads)
+        print_cascade_run(tasks.run_cascade_run(spec, data, run, out, split=split, budget_ms=budget_ms,
+                                                no_budget=no_budget, threads=threads))
 
 
 def _budget(budget_ms: float | None, budget_share: str | None) -> float | BudgetShare:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import typer
 
-from distill.app import tasks
+from distill.app import data_view, tasks
 from distill.app.options import defaults
-from distill.app.pipeline import split_view as build_view
 from distill.core.outputs import OVERWRITE_HELP
 
-_VIEW, _CANDIDATES = defaults(build_view), defaults(tasks.candidates)
+_VIEW, _CANDIDATES = defaults(data_view.split_view), defaults(tasks.run_candidates)
 
 
 def register(app: typer.Typer) -> None:
@@ -28,10 +27,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Hold out valid queries (the same ones on every machine) and add title queries for students."""
-        import logging
-
-        view = build_view(data, out, split, valid_fraction, title_queries, seed, overwrite=overwrite)
-        logging.getLogger("distill").info("split view of %s at %s", data, view)
+        tasks.run_split_view(data, out, split=split, valid_fraction=valid_fraction, title_queries=title_queries,
+                             seed=seed, overwrite=overwrite)
 
     @app.command()
     def candidates(
@@ -44,4 +41,4 @@ def register(app: typer.Typer) -> None:
         add_positives: bool = typer.Option(False, help="Append judged positives BM25 missed (training lists)."),
     ) -> None:
         """Retrieve BM25 top-k candidates per query into a TREC run."""
-        tasks.candidates(data, out, split=split, queries=queries, k=k, add_positives=add_positives)
+        tasks.run_candidates(data, out, split=split, queries=queries, k=k, add_positives=add_positives)

@@ -10,11 +10,12 @@ import typer
 from distill.app import tasks
 from distill.app.commands import MAX_THREADS, parse_ints
 from distill.app.options import defaults
+from distill.app.summaries import print_evaluation
 from distill.core.outputs import OVERWRITE_HELP
 from distill.evaluation.runner import EvaluateConfig
 
 DEFAULTS = EvaluateConfig()
-_EVALUATE, _REPORT = defaults(tasks.evaluate), defaults(tasks.report)
+_EVALUATE, _REPORT = defaults(tasks.run_evaluate), defaults(tasks.run_report)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +48,9 @@ def register(app: typer.Typer) -> None:
                                 metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
                                 depths=tuple(parse_ints(depths, "--depths")), latency_queries=latency_queries,
                                 threads=threads)
-        tasks.evaluate(data, run, dict(_parse_specs(ranker)), out, split=split, config=config, overwrite=overwrite)
+        result = tasks.run_evaluate(data, run, dict(_parse_specs(ranker)), out, split=split, config=config,
+                                    overwrite=overwrite)
+        print_evaluation(result, out)
 
     @app.command()
     def report(
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Render report.html and report.md from a saved evaluation."""
-        tasks.report(eval_dir, out, title, overwrite=overwrite)
+        tasks.run_report(eval_dir, out, title, overwrite=overwrite)
 
 
 def _parse_specs(options: list[str]) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from distill.app import tasks
 from distill.core.outputs import OVERWRITE_HELP
 from students.export import ExportConfig
 
@@ -38,11 +39,9 @@ def register(app: typer.Typer) -> None:
         """Export a student to ONNX/OpenVINO (int8 if asked); refuse if it ranks unlike the fp32 model."""
         from rich import print as rprint
 
-        from students.export import export_model
-
         config = ExportConfig(format=format, quantize=quantize, openvino_precision=openvino_precision, data=data,
                               split=split, sample_queries=sample_queries, candidates=candidates, check=check,
                               min_ndcg_ratio=min_ndcg_ratio, min_overlap=min_overlap, min_kendall=min_kendall,
                               seed=seed)
-        fidelity = export_model(model, out, config, overwrite=overwrite)
+        fidelity = tasks.run_export(model, out, config, overwrite=overwrite)
         rprint(f"wrote {out}: {fidelity['summary']} ({fidelity['mode']} check on {fidelity['queries']} queries)")

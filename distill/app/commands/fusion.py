@@ -9,7 +9,7 @@ import typer
 from distill.app import tasks
 from distill.app.options import defaults
 
-_D = defaults(tasks.fuse_teacher)
+_D = defaults(tasks.run_fuse_teacher)
 
 
 def register(app: typer.Typer) -> None:
@@ -32,5 +32,6 @@ def register(app: typer.Typer) -> None:
         on --valid-split's nDCG@10 and recorded in the fused cache's fingerprint."""
         from distill.rankers.loading import parse_ranker_spec
 
-        tasks.fuse_teacher(cache, data, run, out, valid_split=valid_split,
-                           scorers=dict(parse_ranker_spec(item) for item in scorer) or None, queries=queries, step=step)
+        tasks.run_fuse_teacher(cache, data, run, out, valid_split=valid_split,
+                               scorers=dict(parse_ranker_spec(item) for item in scorer) or None, queries=queries,
+                               step=step)

@@ -9,7 +9,7 @@ import typer
 from distill.app import tasks
 from distill.app.options import defaults
 
-_D = defaults(tasks.pseudo_queries)
+_D = defaults(tasks.run_pseudo_queries)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,4 +24,4 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """One query per document from its own text, deterministic and offline: the teacher scores their
         BM25 candidates (`distill candidates --queries`), so students learn from queries nobody judged."""
-        tasks.pseudo_queries(data, out, kind, max_queries=max_queries, seed=seed)
+        tasks.run_pseudo_queries(data, out, kind, max_queries=max_queries, seed=seed)

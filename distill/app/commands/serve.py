@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from distill.app import tasks
 from distill.app.commands import MAX_THREADS
 from distill.app.options import config_options, with_options
 from distill.serve.app import ServeConfig
@@ -30,6 +31,4 @@ def register(app: typer.Typer) -> None:
         """Serve a cascade: POST /rerank {query, documents, top_k?, deadline_ms?}, GET /healthz, GET /metrics.
         Requests that would miss their deadline skip expensive stages; those that cannot be answered in
         time are shed with 503 and Retry-After."""
-        from distill.serve.app import run_server
-
-        run_server(spec, ServeConfig(**settings), corpus=corpus, access_log=access_log)
+        tasks.run_serve(spec, corpus=corpus, access_log=access_log, **settings)

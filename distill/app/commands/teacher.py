@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from distill.app import tasks
 from distill.app.options import config_options, with_options
 from teachers.scoring import TeacherScoringConfig
-
-log = logging.getLogger("distill")
 
 
 def register(app: typer.Typer) -> None:
@@ -36,11 +34,10 @@ def register(app: typer.Typer) -> None:
         **settings: Any,
     ) -> None:
         """Score candidate pairs with a teacher into a resumable cache of raw logits."""
-        from distill.app import tasks
-
         ray_options = {"address": address, "num_workers": num_workers, "gpus_per_worker": gpus_per_worker}
-        tasks.score_teacher(teacher, cache, data=data, split=split, queries=queries, run=run, pairs=pairs,
-                            ray_options={k: v for k, v in ray_options.items() if v is not None} or None, **settings)
+        tasks.run_score_teacher(teacher, cache, data=data, split=split, queries=queries, run=run, pairs=pairs,
+                                ray_options={k: v for k, v in ray_options.items() if v is not None} or None,
+                                **settings)
 
     cache_app = typer.Typer(help="Inspect, combine and check teacher caches.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")
@@ -48,24 +45,9 @@ def register(app: typer.Typer) -> None:
     @cache_app.command("info")
     def cache_info(folder: Path = typer.Argument(..., help="Cache folder.")) -> None:
         """Rows, queries, teacher, coverage of each candidate set, and the scale of the teacher's scores."""
-        import json
+        from distill.app.summaries import print_cache_info
 
-        from rich.console import Console
-        from rich.table import Table
-
-        from distill.cache.score_scale import describe_scale, score_scale
-        from distill.cache.store import TeacherCache
-
-        store = TeacherCache.open(folder)
-        info = store.info()
-        console = Console()
-        console.print(f"[bold]{folder}[/]: {info.rows} scores, {info.queries} queries, {info.shards} shard(s)")
-        console.print("teacher: " + json.dumps(info.teacher, sort_keys=True), highlight=False, soft_wrap=True)
-        table = Table("candidates", "source", "pairs", "scored", "coverage")
-        for c in info.coverage:
-            table.add_row(c["hash"], c["source"], str(c["pairs"]), str(c["scored"]), f"{c['coverage']:.1%}")
-        console.print(table)
-        console.print(describe_scale(score_scale(store.scores())), highlight=False)
+        print_cache_info(folder, *tasks.run_cache_info(folder))
 
     @cache_app.command("merge")
     def cache_merge(
@@ -73,10 +55,7 @@ def register(app: typer.Typer) -> None:
         sources: list[Path] = typer.Argument(..., help="Cache folders of the same teacher."),
     ) -> None:
         """Join caches of one teacher, e.g. the parts scored with --shard i/N."""
-        from distill.cache.store import merge_caches
-
-        merged = merge_caches(out, sources)
-        log.info("merged %d cache(s) into %s: %d scores", len(sources), out, merged.scores().height)
+        tasks.run_cache_merge(out, sources)
 
     @cache_app.command("verify")
     def cache_verify(
@@ -86,10 +65,9 @@ def register(app: typer.Typer) -> None:
                                     "temporary files."),
     ) -> None:
         """Check every shard, candidate file and the manifest of a cache; --repair mends what a crash broke."""
-        from distill.cache.verify import verify_cache
         from distill.core.errors import InputError
 
-        check, done = verify_cache(folder, repair=repair)
+        check, done = tasks.run_cache_verify(folder, repair=repair)
         for line in done:
             typer.echo(f"repaired: {line}")
         for line in check.problems:

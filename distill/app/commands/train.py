@@ -30,5 +30,5 @@ def register(app: typer.Typer) -> None:
         """Fine-tune a cross-encoder teacher on the split's qrels with BM25 hard negatives."""
         from distill.app import tasks
 
-        tasks.train_teacher(data, out, init=init, split=split, quick=quick, resume=resume, overwrite=overwrite,
-                            **settings)
+        tasks.run_train_teacher(data, out, init=init, split=split, quick=quick, resume=resume, overwrite=overwrite,
+                                **settings)
