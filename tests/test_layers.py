@@ -157,6 +157,17 @@ def test_only_the_cli_imports_the_cli():
     assert not found, "\n".join(found)
 
 
+def test_the_tasks_print_nothing():
+    """The commands' path-and-settings layer returns results; the commands (and the demo's steps) print them."""
+    tasks = [CORE / "app" / "tasks.py", CORE / "app" / "student_tasks.py"]
+    printing = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in tasks for line, name in _imported_names(p)
+                if name.split(".")[0] in ("rich", "typer") or name.startswith("distill.app.summaries")]
+    printing += [f"{p.relative_to(ROOT)}:{node.lineno} calls print" for p in tasks
+                 for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
+    assert not printing, "\n".join(printing)
+
+
 def _imported_names(path: Path) -> list[tuple[int, str]]:
     """Every module imported, and every ``module.name`` a ``from module import name`` names."""
     names = _imported_modules(path)

@@ -1,6 +1,6 @@
 """The ``distill`` command line.
 
-Each group of commands lives in ``distill/commands/<name>.py`` and registers itself on
+Each group of commands lives in ``distill/app/commands/<name>.py`` and registers itself on
 :data:`app`; heavy libraries are imported inside the commands so ``distill --help`` is instant.
 A :class:`~distill.core.errors.DistillError` is printed as one line and exits with code 2
 (``--debug`` shows the traceback).

@@ -94,7 +94,7 @@ def with_options(*options: Sequence[inspect.Parameter]) -> Callable[[Command], C
 
 def defaults(function: Callable[..., Any]) -> dict[str, Any]:
     """``function``'s parameters that have a default, by name: for a command with no config dataclass,
-    whose options' defaults are those of the function doing its work (``defaults(tasks.candidates)["k"]``)."""
+    whose options' defaults are those of the function doing its work (``defaults(tasks.run_candidates)["k"]``)."""
     return {name: p.default for name, p in inspect.signature(function).parameters.items()
             if p.default is not inspect.Parameter.empty}
 

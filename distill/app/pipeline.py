@@ -1,15 +1,17 @@
 """The whole distillation pipeline, step by step.
 
 ``distill demo`` and the benchmark scripts run these steps. Each calls one function of
-:mod:`distill.app.tasks` (or :func:`students.train.select_student`), the function behind a
-``distill`` command, and is printed first as that command line (the README's), for users to
-copy. A step whose output already exists is skipped, so an interrupted pipeline resumes.
+:mod:`distill.app.tasks`, the function behind a ``distill`` command, and is printed first as that
+command line (the README's), for users to copy. A step whose output already exists is skipped, so an
+interrupted pipeline resumes.
 
 Here: the runner (:func:`run_pipeline`), which also prints what each step's command prints. The
-settings are in :mod:`distill.app.pipeline_config`, the BEIR view a run works on (:func:`split_view`) in
-:mod:`distill.app.data_view`, the steps of a configuration in :mod:`distill.app.pipeline_plan`, a step and
-its command line in :mod:`distill.app.pipeline_step` and what ``pipeline.json`` records in
-:mod:`distill.app.pipeline_record`; their names are importable from here too."""
+settings are in :mod:`distill.app.pipeline_config`, the BEIR view a run works on
+(:func:`split_view`) in :mod:`distill.app.data_view`, the steps of a configuration in
+:mod:`distill.app.pipeline_plan`, a step and its command line in :mod:`distill.app.pipeline_step`
+and what ``pipeline.json`` records in :mod:`distill.app.pipeline_record`; their names are importable
+from here too.
+"""
 
 from __future__ import annotations
 

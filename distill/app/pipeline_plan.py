@@ -1,9 +1,9 @@
-"""The pipeline's steps for one configuration, stage by stage: queries and candidates, the teacher,
-the students, then the cascade, the evaluation and the report.
+"""The pipeline's steps for one configuration, stage by stage: queries and candidates, the teacher, the
+students, then the cascade, the evaluation and the report.
 
-Each step calls one function of :mod:`distill.app.tasks` (or :func:`students.train.select_student`)
-with keyword arguments in the order its printed command line shows them (see
-:func:`distill.app.pipeline_step.command_line`), and prints its result as the command does.
+Each step calls one function of :mod:`distill.app.tasks` with keyword arguments in the order its
+printed command line shows them (see :func:`distill.app.pipeline_step.command_line`), and prints its
+result as the command does.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
           "loss_params": tasks.parse_loss_params(cfg.bi_loss_params) or None,
           **neural, "negatives": cfg.bi_negatives or cfg.negatives, "epochs": cfg.student_epochs, "lr": cfg.student_lr}
     return [
-        Step("student-cross-encoder", "train-student", tasks.train_student,
+        Step("student-cross-encoder", "train-student", tasks.run_train_student,
              {**common, "student": "cross-encoder", **ce, "out": models / "ce_student"}, models / "ce_student"),
-        Step("student-bi-encoder", "train-student", tasks.train_student,
+        Step("student-bi-encoder", "train-student", tasks.run_train_student,
              {**common, "student": "bi-encoder", **bi, "out": models / "bi_encoder"}, models / "bi_encoder"),
         *_lightgbm_steps(cfg, {**common, "student": "lightgbm"}, models),
     ]
@@ -115,20 +115,18 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
 
 def _lightgbm_steps(cfg: PipelineConfig, kwargs: dict[str, Any], models: Path) -> list[Step]:
     """One LightGBM student per qrels weight; with several, ``select-student`` keeps the best on validation."""
-    from students.train import select_student
-
     weights = cfg.lightgbm_qrels_weights or (0.0,)
     kwargs = {**kwargs, "feature_rankers": _feature_rankers(cfg, models) or None}
 
     def step(name: str, weight: float, folder: Path) -> Step:
         shown = {"qrels_weight": weight} if weight or len(weights) > 1 else {}  # each variant says its weight
-        return Step(name, "train-student", tasks.train_student, {**kwargs, **shown, "out": folder}, folder)
+        return Step(name, "train-student", tasks.run_train_student, {**kwargs, **shown, "out": folder}, folder)
 
     if len(weights) == 1:
         return [step("student-lightgbm", weights[0], models / "lightgbm")]
     folders = {w: models / f"lightgbm_w{w:g}" for w in weights}
     return [*(step(f"student-lightgbm-w{w:g}", w, folder) for w, folder in folders.items()),
-            Step("student-lightgbm", "select-student", select_student,
+            Step("student-lightgbm", "select-student", tasks.run_select_student,
                  {"folders": list(folders.values()), "out": models / "lightgbm"}, models / "lightgbm")]
 
 

@@ -1,5 +1,5 @@
-"""``distill train-student``'s work, as one function of files and settings (see :mod:`distill.app.tasks`,
-which re-exports it)."""
+"""The work of ``distill train-student`` and ``distill select-student``, as functions of files and
+settings (see :mod:`distill.app.tasks`, which re-exports them)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def teacher_path(manifest: dict[str, Any], cache: Path) -> str:
                       path=cache, field="teacher")
 
 
-def train_student(student: str, cache: Path, data: Path, out: Path, *, split: str | None = None,
+def run_train_student(student: str, cache: Path, data: Path, out: Path, *, split: str | None = None,
                   queries: Path | None = None, valid_split: str | None = None, valid_run: Path | None = None,
                   allow_collapse: bool = False, loss: str | None = None, loss_params: dict[str, Any] | None = None,
                   teacher_scale: float | str | None = "auto", hard_label_weight: float = 0.0,
@@ -105,7 +105,7 @@ def _config_fields(options: Mapping[str, Any], resume: bool) -> dict[str, Any]:
     known = {*TRAINING_OPTIONS, *(f.name for kind in kinds for f in fields(kind.config_type))}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"train_student() got unexpected keyword arguments: {', '.join(unknown)}")
+        raise TypeError(f"run_train_student() got unexpected keyword arguments: {', '.join(unknown)}")
     return {**{TRAINING_OPTIONS.get(name, name): value for name, value in options.items()},
             "resume_from_checkpoint": True if resume else None}
 
@@ -126,3 +126,11 @@ def _training_scores(cache: Path, data: Path, split: str | None,
                     "yet from their current texts (a stopped score-teacher, or texts edited since): training on the "
                     "scored ones only; rerun score-teacher to finish", unscored, registered, cache)
     return scores, manifest, dataset
+
+
+def run_select_student(folders: Sequence[Path], out: Path, *, overwrite: bool = False) -> Path:
+    """``distill select-student``: copy to ``out`` the student of ``folders`` with the best validation
+    nDCG@10 (:func:`students.train.select_student`)."""
+    from students.train import select_student
+
+    return select_student(list(folders), out, overwrite=overwrite)

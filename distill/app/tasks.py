@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill.app.student_tasks import STUDENTS, parse_loss_params, teacher_path, train_student  # noqa: F401
+from distill.app.student_tasks import STUDENTS, parse_loss_params, run_select_student, run_train_student, teacher_path  # noqa: F401  (train-student's and select-student's tasks)
 from distill.core.errors import ConfigError
 from distill.core.outputs import check_folder, check_folder_output, check_output
 

@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
         from distill.app import student_tasks as tasks
         from distill.rankers.loading import parse_ranker_spec
 
-        tasks.train_student(
+        tasks.run_train_student(
             student, cache, data, out, split=split, queries=queries, loss=loss, init=init,
             loss_params=tasks.parse_loss_params(loss_param) or None, teacher_scale=_teacher_scale(teacher_scale),
             hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind,
@@ -160,6 +160,6 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Keep the student with the best validation nDCG@10 (e.g. LightGBM at several --qrels-weight)."""
-        from students.train import select_student
+        from distill.app import student_tasks
 
-        select_student(students, out, overwrite=overwrite)
+        student_tasks.run_select_student(students, out, overwrite=overwrite)
