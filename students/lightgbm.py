@@ -60,25 +60,32 @@ _TEACHER = "teacher"
 
 @dataclass
 class LightGBMConfig:
-    """How the LightGBM student is trained (written into its ``distill.json``)."""
+    """How the LightGBM student is trained (written into its ``distill.json``).
 
-    objective: str = "lambdarank"  # one of OBJECTIVES
-    n_grades: int = 5  # teacher grades for lambdarank / rank_xendcg
+    A field's metadata holds its ``distill train-student`` help (:mod:`distill.app.options`); ``learning_rate``,
+    ``valid_fraction`` and ``seed`` are set by the options the neural students' TrainConfig makes, ``--lr``,
+    ``--valid-fraction`` and ``--seed`` (:meth:`students.lightgbm_student.LightGBMStudent.from_options`).
+    """
+
+    objective: str = field(default="lambdarank", metadata={  # one of OBJECTIVES
+        "help": "LightGBM: lambdarank | regression | rank_xendcg."})
+    n_grades: int = field(default=5, metadata={"help": "LightGBM: teacher score grades for lambdarank."})
     # students.grades method; "log_rank" (rank 1, 2-3, 4-7, ...) keeps the top of a list apart, which
     # NDCG@10 needs: on SciFact top-100, 5 "quantile" grades put the best 20 in one grade and early
     # stopping saw a saturated NDCG@10 after 3 trees (test nDCG@10 0.21 vs 0.74 with "log_rank")
     grading: str = "log_rank"
     regression_target: str = "standardized"  # regression labels: per-query z-scores or "raw" logits
-    # share of a judged query's grades taken from its qrels (students.grades.mix_qrels); on SciFact,
-    # with a CPU teacher below BM25, 0.5 lifted test nDCG@10 from 0.708 to 0.738 (README)
-    qrels_weight: float = 0.0
-    num_leaves: int = 31
+    # mixed in by students.grades.mix_qrels; on SciFact, with a CPU teacher below BM25, 0.5 lifted test
+    # nDCG@10 from 0.708 to 0.738 (README)
+    qrels_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": (
+        "LightGBM: share of a judged query's grades taken from its qrels (0: teacher only, 1: qrels only).")})
+    num_leaves: int = field(default=31, metadata={"help": "LightGBM: leaves per tree."})
     learning_rate: float = 0.05
-    n_estimators: int = 500  # boosting rounds at most
-    min_data_in_leaf: int = 20
+    n_estimators: int = field(default=500, metadata={"help": "LightGBM: boosting rounds at most."})
+    min_data_in_leaf: int = field(default=20, metadata={"help": "LightGBM: fewest pairs in a leaf."})
     feature_fraction: float = 1.0
     valid_fraction: float = 0.2  # share of queries held out for early stopping (0: none)
-    early_stopping_rounds: int = 50
+    early_stopping_rounds: int = field(default=50, metadata={"help": "LightGBM: patience on the validation NDCG."})
     eval_at: int = 10  # NDCG cut-off of the validation metric (ranking objectives)
     seed: int = 0
     num_threads: int = 0  # LightGBM threads for training; 0: OpenMP's default

@@ -273,6 +273,14 @@ def test_train_student_options_default_to_their_configs_and_group_by_kind():
     assert (params["batch_size"].default, params["seed"].default) == (train.batch_size, train.seed)
     assert params["scale"].default == BiEncoderConfig().scale and params["n_estimators"].default == 500
     assert params["lr"].default is None and f"lightgbm {lightgbm.learning_rate:g}" in params["lr"].help
+    assert params["valid_fraction"].default is None and params["valid_fraction"].help.endswith(
+        f"[neural {train.valid_fraction:g}; lightgbm {lightgbm.valid_fraction:g}].")
+    # an option named otherwise than its field sets that field (the names come from the fields' metadata)
+    from distill.app.student_tasks import TRAINING_OPTIONS
+
+    assert {name: TRAINING_OPTIONS[name] for name in ("negatives", "fn_margin", "checkpoint_steps", "seed")} == {
+        "negatives": "n_negatives", "fn_margin": "false_negative_margin", "checkpoint_steps": "eval_steps",
+        "seed": "seed"}
     shown = CliRunner().invoke(app, ["train-student", "--help"], terminal_width=3000, env={"COLUMNS": "3000"}).output
     for panel, option in [("Cross-encoder", "--layer-choice"), ("Bi-encoder", "--similarity"),
                           ("LightGBM", "--num-leaves")]:

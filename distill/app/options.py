@@ -1,11 +1,13 @@
 """Command-line options made from config dataclasses, so that each setting has one home.
 
 A field of a config dataclass with ``metadata={"help": ...}`` is an option of the commands built
-on that config: ``--field-name``, typed by the field's annotation (``T | None`` as ``T``, a
-``Literal`` of strings as ``str``), defaulting to the field's default, with the help text and any
-other :func:`typer.Option` arguments the metadata holds (``min``, ``max``, ``rich_help_panel``, ...).
+on that config: ``--field-name``, or the name its ``"option"`` metadata gives (``n_negatives`` is
+``--negatives``), typed by the field's annotation (``T | None`` as ``T``, a ``Literal`` of strings
+as ``str``), defaulting to the field's default, with the help text and any other
+:func:`typer.Option` arguments the metadata holds (``min``, ``max``, ``rich_help_panel``, ...).
 A field without a help text is no option. The command receives the options in its ``**settings``,
-under the field names, which are the dataclass's keyword arguments::
+under the options' names, which are the field names, the dataclass's keyword arguments, unless an
+``"option"`` renames them (:func:`option_fields` maps those back)::
 
     @app.command()
     @with_options(config_options(ServeConfig, threads={"max": MAX_THREADS}))
@@ -31,26 +33,32 @@ from typing import Any, Literal, TypeVar, Union
 
 import typer
 
-__all__ = ["config_options", "defaults", "with_options"]
+__all__ = ["config_options", "defaults", "option_fields", "with_options"]
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 # the arguments of typer.Option a field's metadata (or an override) may hold
 OPTION_ARGUMENTS = frozenset(inspect.signature(typer.Option).parameters) - {"default", "param_decls"}
+OPTION = "option"  # the metadata key naming a field's option when it is not the field's name
 
 
 def config_options(config: type, *, variant: str | None = None, panel: str | None = None,
+                   shared: Mapping[str, Mapping[str, Any]] | None = None,
                    **overrides: Mapping[str, Any]) -> list[inspect.Parameter]:
     """One keyword-only typer option per field of the dataclass ``config`` with a help text, in field order.
 
     ``variant`` names another set of defaults kept in the fields' metadata (``"quick": 1``): a field
     with one defaults to None on the command line, the command resolves it, and its help says both
-    values, ``Epochs at most [2; --quick 1].``. ``panel`` is the options' ``rich_help_panel`` unless
-    a field sets its own. ``overrides`` maps a field name to :func:`typer.Option` arguments that only
-    the command layer knows (a callback, a bound from ``distill.app.commands``); they win over the
-    metadata.
+    values, ``Epochs at most [2; --quick 1].``. ``shared`` maps a field whose option also sets other
+    configs' fields, with other defaults, to every config's default by a name for it (``{"lr": {"neural":
+    2e-5, "lightgbm": 0.05}}``): the option defaults to None, so that each config keeps its own, and its
+    help says them all, ``Learning rate [neural 2e-05; lightgbm 0.05].``. ``panel`` is the options'
+    ``rich_help_panel`` unless a field sets its own. ``overrides`` maps a field name to
+    :func:`typer.Option` arguments that only the command layer knows (a callback, a bound from
+    ``distill.app.commands``); they win over the metadata.
     """
-    unknown = set(overrides) - {f.name for f in fields(config)}
+    shared = shared or {}
+    unknown = {*overrides, *shared} - {f.name for f in fields(config)}
     if unknown:
         raise TypeError(f"{config.__name__} has no field(s) {sorted(unknown)}")
     options = []
@@ -63,11 +71,21 @@ def config_options(config: type, *, variant: str | None = None, panel: str | Non
             arguments.setdefault("rich_help_panel", panel)
         default = _default(f)
         if variant is not None and variant in f.metadata:
-            arguments["help"] = _with_variant(arguments["help"], default, variant, f.metadata[variant])
-            default = None
-        options.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_type(config, f),
+            shown = [_shown(default), f"--{variant} {_shown(f.metadata[variant])}"]
+            arguments["help"], default = _with_defaults(arguments["help"], shown), None
+        if f.name in shared:
+            shown = [f"{name} {_shown(value)}" for name, value in shared[f.name].items()]
+            arguments["help"], default = _with_defaults(arguments["help"], shown), None
+        options.append(inspect.Parameter(_option_name(f), inspect.Parameter.KEYWORD_ONLY,
+                                         annotation=_option_type(config, f),
                                          default=typer.Option(default, **arguments)))
     return options
+
+
+def option_fields(*configs: type) -> dict[str, str]:
+    """The options of the dataclasses ``configs`` (:func:`config_options`), each to the name of the field it sets:
+    how a command's ``**settings`` become those configs' keyword arguments (``{"negatives": "n_negatives", ...}``)."""
+    return {_option_name(f): f.name for config in configs for f in fields(config) if "help" in f.metadata}
 
 
 def with_options(*options: Sequence[inspect.Parameter]) -> Callable[[Command], Command]:
@@ -99,17 +117,22 @@ def defaults(function: Callable[..., Any]) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty}
 
 
+def _option_name(f: Field) -> str:
+    """The name of the option a field with a help text makes, ``--name-like-this`` on the command line."""
+    return f.metadata.get(OPTION, f.name)
+
+
 def _default(f: Field) -> Any:
     if f.default is not MISSING:
         return f.default
     return f.default_factory() if f.default_factory is not MISSING else ...
 
 
-def _with_variant(help_text: str, default: Any, variant: str, value: Any) -> str:
-    """``"Tokens per pair."`` → ``"Tokens per pair [256; --quick 128]."``."""
+def _with_defaults(help_text: str, defaults: Sequence[str]) -> str:
+    """``"Tokens per pair."``, ``["256", "--quick 128"]`` → ``"Tokens per pair [256; --quick 128]."``."""
     sentence = help_text.rstrip()
     end = "." if sentence.endswith(".") else ""
-    return f"{sentence.removesuffix('.')} [{_shown(default)}; --{variant} {_shown(value)}]{end}"
+    return f"{sentence.removesuffix('.')} [{'; '.join(defaults)}]{end}"
 
 
 def _shown(value: Any) -> str:

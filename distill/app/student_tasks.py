@@ -10,9 +10,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.app.options import option_fields
 from distill.core.errors import ConfigError
 from distill.core.outputs import check_folder
 from distill.core.registry import STUDENTS
+from distill.training.config import TrainConfig
+from distill.training.groups import GroupConfig
 
 if TYPE_CHECKING:
     import polars as pl
@@ -22,12 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("distill")
 
 #: train-student's options for the neural students' GroupConfig and TrainConfig, and the field each sets
-TRAINING_OPTIONS = {
-    "mode": "mode", "negatives": "n_negatives", "listwise_k": "listwise_k", "positive_source": "positive_source",
-    "fn_margin": "false_negative_margin", "seed": "seed",
-    "epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "max_length": "max_length",
-    "valid_fraction": "valid_fraction", "precision": "precision", "checkpoint_steps": "eval_steps",
-}
+#: (``{"negatives": "n_negatives", ...}``), as their fields' metadata names them
+TRAINING_OPTIONS = option_fields(GroupConfig, TrainConfig)
 
 
 def parse_loss_params(items: Sequence[str]) -> dict[str, Any]:

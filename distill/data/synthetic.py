@@ -288,8 +288,13 @@ def _source_note(config: SyntheticConfig, n_docs: int, n_queries: int) -> str:
     )
 
 
-def make_synthetic_beir(out: Path, *, n_topics: int = 40, docs_per_topic: int = 8,
-                        queries_per_topic: int = 6, seed: int = 0, overwrite: bool = False) -> Path:
+_DEFAULTS = SyntheticConfig()  # the home of make_synthetic_beir's defaults
+
+
+def make_synthetic_beir(out: Path, *, n_topics: int = _DEFAULTS.n_topics,
+                        docs_per_topic: int = _DEFAULTS.docs_per_topic,
+                        queries_per_topic: int = _DEFAULTS.queries_per_topic, seed: int = _DEFAULTS.seed,
+                        overwrite: bool = False) -> Path:
     """Write the synthetic dataset as a BEIR folder at ``out`` and return ``out``.
 
     The folder holds ``corpus.jsonl``, ``queries.jsonl``, ``qrels/train.tsv``,

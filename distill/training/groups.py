@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
@@ -48,14 +48,22 @@ PositiveSource = Literal["qrels", "teacher"]
 
 @dataclass
 class GroupConfig:
-    """How teacher-scored candidates become training groups (see the module docstring)."""
+    """How teacher-scored candidates become training groups (see the module docstring).
 
-    mode: Mode = "sampled"
-    n_negatives: int = 7
-    listwise_k: int = 8
-    positive_source: PositiveSource = "qrels"
-    false_negative_margin: float | None = None
-    seed: int = 42
+    A field's metadata holds its ``distill train-student`` help (:mod:`distill.app.options`), and its option's
+    name where that is not the field's.
+    """
+
+    mode: Mode = field(default="sampled", metadata={
+        "help": "Groups: sampled (positive + negatives) | listwise (teacher top-k)."})
+    n_negatives: int = field(default=7, metadata={
+        "option": "negatives", "min": 0, "help": "Sampled mode: negatives per query."})
+    listwise_k: int = field(default=8, metadata={"min": 1, "help": "Listwise mode: the teacher's top k per query."})
+    positive_source: PositiveSource = field(default="qrels", metadata={
+        "help": "Sampled mode: qrels (teacher top-1 when none) | teacher."})
+    false_negative_margin: float | None = field(default=None, metadata={"option": "fn_margin", "help": (
+        "Drop negatives scored above the positive minus this margin [none: keep them all].")})
+    seed: int = 42  # set by train-student's --seed, TrainConfig's option
 
     def __post_init__(self) -> None:
         if self.mode not in ("sampled", "listwise"):

@@ -1,10 +1,12 @@
 """``distill train-student`` and ``distill select-student``.
 
-train-student's options take their defaults from the configs that own them: the per-student configs
-(:class:`~students.cross_encoder.CrossEncoderConfig`, :class:`~students.bi_encoder.BiEncoderConfig`) and
-:class:`~students.rounds.RoundsConfig` make their options from their fields (:mod:`distill.app.options`);
-GroupConfig's, TrainConfig's and LightGBMConfig's, whose fields carry no help text, are declared here
-with the config's default. Each kind's own options are grouped under its name in ``--help``.
+train-student's options of a setting take their defaults from the configs that own them, which make them from
+their fields (:mod:`distill.app.options`): the neural students' :class:`~distill.training.groups.GroupConfig`,
+:class:`~distill.training.config.TrainConfig` and :class:`~students.rounds.RoundsConfig`, and the per-student
+configs (:class:`~students.cross_encoder.CrossEncoderConfig`, :class:`~students.bi_encoder.BiEncoderConfig`,
+:class:`~students.lightgbm.LightGBMConfig`), whose options are grouped under the kind's name in ``--help``.
+Declared here are the options of the run (validation, resuming) and those whose command-line form is no
+field's: ``--feature-ranker NAME=SPEC``, repeated, is LightGBMConfig's ``feature_rankers`` mapping.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from students.lightgbm import LightGBMConfig
 from students.rounds import RoundsConfig
 
 CROSS_ENCODER, BI_ENCODER, LIGHTGBM = "Cross-encoder", "Bi-encoder", "LightGBM"  # --help panels
-_G, _T, _L = GroupConfig(), TrainConfig(), LightGBMConfig()  # the homes of the defaults shown below
+_T, _L = TrainConfig(), LightGBMConfig()
+#: TrainConfig's options that set LightGBMConfig's fields too, each config keeping its own default
+_SHARED = {"lr": {"neural": _T.lr, "lightgbm": _L.learning_rate},
+           "valid_fraction": {"neural": _T.valid_fraction, "lightgbm": _L.valid_fraction}}
 
 
 def _option(name: str, annotation: Any, default: Any, help: str, *declarations: str,
@@ -39,41 +44,21 @@ def _option(name: str, annotation: Any, default: Any, help: str, *declarations: 
 
 
 def _training_options() -> list[inspect.Parameter]:
-    """The neural students' groups (GroupConfig) and training (TrainConfig); ``lr`` and ``valid_fraction``
-    are LightGBM's too, with its own defaults."""
-    return [
-        _option("mode", str, _G.mode, "Groups: sampled (positive + negatives) | listwise (teacher top-k)."),
-        _option("negatives", int, _G.n_negatives, "Sampled mode: negatives per query.", min=0),
-        _option("listwise_k", int, _G.listwise_k, "Listwise mode: the teacher's top k per query.", min=1),
-        _option("positive_source", str, _G.positive_source,
-                "Sampled mode: qrels (teacher top-1 when none) | teacher."),
-        _option("fn_margin", float, _G.false_negative_margin,
-                "Drop negatives scored above the positive minus this margin [none: keep them all]."),
-        _option("epochs", float, _T.epochs, "Epochs (neural students; per round with --rounds)."),
-        *config_options(RoundsConfig),
-        _option("lr", float, None, f"Learning rate [neural {_T.lr:g}; lightgbm {_L.learning_rate:g}]."),
-        _option("batch_size", int, _T.batch_size, "Queries per batch (neural students).", min=1),
-        _option("max_length", int, _T.max_length, "Tokens per text or pair (neural students).", min=8),
-        _option("valid_fraction", float, None, "Held-out training queries for the loss "
-                f"[neural {_T.valid_fraction:g}; lightgbm {_L.valid_fraction:g}]."),
-    ]
+    """The neural students' groups (GroupConfig), training (TrainConfig, whose ``lr``, ``valid_fraction`` and
+    ``seed`` LightGBM takes too) and rounds (RoundsConfig)."""
+    return [*config_options(GroupConfig), *config_options(TrainConfig, shared=_SHARED), *config_options(RoundsConfig)]
 
 
 def _run_options() -> list[inspect.Parameter]:
-    """Validation, seed, precision and checkpoints."""
+    """Validation and resuming."""
     return [
         _option("valid_split", str, None, "Judged queries of --data (`qrels/<split>.tsv`) the student is validated "
                 "on: nDCG@10 after each round, the best round kept, collapse checked [none: no validation]."),
         _option("valid_run", Path, None, "Candidates of --valid-split (TREC run) [BM25 top 100]."),
         _option("allow_collapse", bool, False, "Exit 0 even when the student collapses on validation "
                 "(near-constant scores, or worse than the first stage)."),
-        _option("seed", int, _T.seed, "Seed of sampling, held-out queries and initialisation."),
-        _option("precision", str, _T.precision, "auto (bf16 on CUDA; on CPUs bf16 where one timed step is >= 1.2x "
-                "faster than fp32, else fp32) | fp32 | bf16 | fp16."),
         _option("resume", bool, False, "Continue from the latest checkpoint in `<out>.checkpoints` (with --rounds a "
                 "rerun continues by itself)."),
-        _option("checkpoint_steps", int, _T.eval_steps, "Neural students: save a checkpoint (and evaluate, with "
-                "--valid-fraction) every N steps [once an epoch].", min=1),
     ]
 
 
@@ -86,16 +71,7 @@ def _student_options() -> list[inspect.Parameter]:
         _option("teacher", str, None, "With --init-from-teacher: the teacher [the cache's].",
                 rich_help_panel=CROSS_ENCODER),
         *config_options(BiEncoderConfig, panel=BI_ENCODER, scale={"callback": positive}),
-        *[_option(name, kind, getattr(_L, name), text, rich_help_panel=LIGHTGBM, **bounds)
-          for name, kind, text, bounds in [
-              ("objective", str, "LightGBM: lambdarank | regression | rank_xendcg.", {}),
-              ("n_grades", int, "LightGBM: teacher score grades for lambdarank.", {}),
-              ("num_leaves", int, "LightGBM: leaves per tree.", {}),
-              ("min_data_in_leaf", int, "LightGBM: fewest pairs in a leaf.", {}),
-              ("qrels_weight", float, "LightGBM: share of a judged query's grades taken from its qrels (0: teacher "
-               "only, 1: qrels only).", {"min": 0.0, "max": 1.0}),
-              ("n_estimators", int, "LightGBM: boosting rounds at most.", {}),
-              ("early_stopping_rounds", int, "LightGBM: patience on the validation NDCG.", {})]],
+        *config_options(LightGBMConfig, panel=LIGHTGBM),
         _option("feature_ranker", list[str], [], "LightGBM: NAME=SPEC, another ranker's score as a feature (e.g. a "
                 "bi-encoder folder); repeatable [none].", "--feature-ranker", rich_help_panel=LIGHTGBM),
     ]
