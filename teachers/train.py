@@ -55,6 +55,7 @@ OBJECTIVES = {"listnet": "listnet", "listwise": "listwise_ce", "pointwise": "bce
 
 QUICK = "quick"  # a field's value for --quick, a smoke run that finishes in minutes on a laptop CPU, in its metadata
 _TRAIN = TrainConfig()  # the defaults a teacher shares with the students
+_TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}  # their help texts too
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,8 @@ class TeacherTrainSettings:
         "help": "Queries per batch (each with 1 + negatives documents).", "min": 1})
     max_length: int = field(default=_TRAIN.max_length, metadata={"help": "Tokens per pair.", QUICK: 128})
     valid_fraction: float = field(default=0.1, metadata={"help": "Share of training queries held out for validation."})
-    seed: int = field(default=_TRAIN.seed, metadata={"help": "Seed of sampling, held-out queries and initialisation."})
-    precision: str = field(default=_TRAIN.precision, metadata={"help": (
-        "auto (bf16 on CUDA; on CPUs bf16 where one timed step is >= 1.2x faster than fp32, else fp32) | fp32 | "
-        "bf16 | fp16.")})
+    seed: int = field(default=_TRAIN.seed, metadata=_TRAIN_FIELDS["seed"].metadata)
+    precision: str = field(default=_TRAIN.precision, metadata=_TRAIN_FIELDS["precision"].metadata)
 
     def train_config(self, **more: Any) -> TrainConfig:
         """These settings as a TrainConfig, with ``more`` of its fields."""
