@@ -1,4 +1,4 @@
-"""``distill serve``: the HTTP edge, request parsing, admission control and the app.
+"""``distill serve``: the HTTP edge, request parsing, admission control, the standard rerank APIs and the app.
 
 ``distill.serve.app``'s names are importable from here too, as when this package was one module.
 """

@@ -24,9 +24,11 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("distill_requests", "Requests to /rerank by outcome "
+        self.requests = Counter("distill_requests", "Requests to the rerank endpoints by outcome "
                                 "(ok, degraded, shed, invalid, error).", ["outcome"], registry=self.registry)
-        self.latency = Histogram("distill_request_seconds", "Time from arrival to answer of /rerank requests, "
+        self.apis = Counter("distill_api_requests", "Requests to the rerank endpoints by API (native, tei, "
+                            "cohere-v1, cohere-v2) and outcome.", ["api", "outcome"], registry=self.registry)
+        self.latency = Histogram("distill_request_seconds", "Time from arrival to answer of rerank requests, "
                                  "by outcome.", ["outcome"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.stage_latency = Histogram("distill_stage_seconds", "Time a cascade stage took for one request.",
                                        ["stage"], buckets=LATENCY_BUCKETS_S, registry=self.registry)

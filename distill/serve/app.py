@@ -2,7 +2,11 @@
 
 ``POST /rerank`` takes ``{query, documents, top_k?, deadline_ms?}`` and answers the ranked
 ``results`` with the stages that ran or were skipped; ``GET /healthz`` and ``GET /metrics``
-(Prometheus text) watch it.
+(Prometheus text) watch it. The standard rerank APIs are adapters over the same path
+(:mod:`distill.serve.compat`): Cohere's and Jina's at ``POST /v1/rerank`` and ``POST /v2/rerank``,
+Text Embeddings Inference's at ``POST /rerank`` (told apart by ``texts``). Every protection below
+applies to each; a deadline may also come in the ``X-Request-Timeout-Ms`` header (the tighter of it
+and the body's wins).
 
 Dynamic reranking under SLA. The deadline counts from the moment the request reached the
 server (its headers), queueing included. Requests wait in a bounded queue for a small pool
@@ -20,7 +24,7 @@ late. Stages are costed by the length of the request's documents, not only their
 corrects that model with the stage times it measures (:class:`Calibration`) and steers the
 cascade through the deadline it hands over (:func:`steer_deadline`). A request whose wait
 turned out longer than estimated is shed when a worker picks it up and sees that its first
-stage no longer fits.
+stage no longer fits. :class:`distill.serve.service.Service` does this work for the endpoints.
 
 Untrusted clients: a request must arrive whole within ``request_timeout_s`` (408 and closed
 otherwise; at the connection limit the slowest arriving one is evicted: :mod:`distill.serve.edge`);
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from distill.core.errors import ConfigError, DistillError
+from distill.core.errors import ConfigError
 from distill.serve.admission import Calibration, Dispatcher, Metrics, steer_deadline
 from distill.serve.request import describe_error, request_model
 
@@ -132,139 +136,6 @@ class Rankable(Protocol):
         """Each stage's cost for ``n_docs`` documents, or for pairs of these lengths in characters."""
 
 
-class _Service:
-    """The endpoints' work: admission, the handoff to a worker and the answers (module docstring)."""
-
-    def __init__(self, cascade: Rankable, config: ServeConfig, clock: Callable[[], float]) -> None:
-        from distill.cascade.runtime import ModelFault
-
-        self.cascade, self.config, self.clock, self.fault = cascade, config, clock, ModelFault
-        self.metrics = Metrics()
-        self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics)
-        self.calibration = Calibration(clock, spreads=config.cost_spreads)
-        self.model = request_model(config)
-
-    def ms_since(self, arrival: float) -> float:
-        return (self.clock() - arrival) * 1000.0
-
-    def reject(self, reason: str) -> None:
-        """Count a request refused before parsing (``distill_rejected_total``)."""
-        self.metrics.rejected.labels(reason).inc()
-
-    def answer(self, status: int, body: dict[str, Any], outcome: str, arrival: float,
-               headers: dict[str, str] | None = None) -> Any:
-        from fastapi.responses import JSONResponse
-
-        self.metrics.requests.labels(outcome).inc()
-        self.metrics.latency.labels(outcome).observe(self.ms_since(arrival) / 1000.0)
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    def shed(self, reason: str, why: str, wait_ms: float, arrival: float) -> Any:
-        self.metrics.shed.labels(reason).inc()
-        retry_s = max(1, math.ceil(wait_ms / 1000.0))
-        return self.answer(503, {"error": f"overloaded ({reason}): {why}", "retry_after_s": retry_s}, "shed",
-                           arrival, {"Retry-After": str(retry_s)})
-
-    def expired(self, sent: Any, arrival: float) -> bool:
-        """Whether even an answer without any stage would be late: the time since arrival plus the
-        margin exceeds the deadline ``sent`` (the default where it is not a usable number)."""
-        config = self.config
-        usable = isinstance(sent, (int, float)) and not isinstance(sent, bool) and 0 < sent <= config.max_deadline_ms
-        deadline = float(sent) if usable else config.deadline_ms
-        return self.ms_since(arrival) + self.dispatcher.margin_ms(config.margin_ms) > deadline
-
-    def costs(self, body: Any, documents: list[dict[str, Any]]) -> list[float]:
-        """Each stage's modelled cost for this request's pairs, by their length in characters."""
-        pair_chars = [len(body.query) + len(d.get("title", "")) + len(d.get("text", "")) for d in documents]
-        return [float(c) for c in self.cascade.estimate_ms(pair_chars)]
-
-    async def rerank(self, raw: bytes, arrival: float) -> Any:
-        """Admit (a full queue refuses before the body is parsed), parse, admit by the deadline,
-        run in a worker and answer (see the module docstring)."""
-        from distill.serve.request import parse_request
-
-        dispatcher = self.dispatcher
-        if dispatcher.full():
-            return self.shed("queue_full", f"{self.config.queue_size} requests are waiting",
-                             dispatcher.wait_ms(0.0), arrival)
-        body, invalid = await parse_request(self.model, raw, lambda sent: self.expired(sent, arrival))
-        if invalid is not None:
-            return self.answer(422, invalid, "invalid", arrival)
-        if body is None:
-            return self.shed("deadline", "the body took longer to arrive and decode than the deadline allows",
-                             dispatcher.wait_ms(0.0), arrival)
-        deadline = self.config.deadline_ms if body.deadline_ms is None else body.deadline_ms
-        documents = body.cascade_documents()
-        costs = self.costs(body, documents)
-        margin = dispatcher.margin_ms(self.config.margin_ms)
-        cheapest = costs[0] + margin
-        wait = dispatcher.wait_ms(sum(costs))
-        if dispatcher.full():
-            return self.shed("queue_full", f"{self.config.queue_size} requests are waiting", wait, arrival)
-        if self.ms_since(arrival) + wait + cheapest > deadline:
-            return self.shed("deadline", f"expected wait {wait:.1f} ms + cheapest answer {cheapest:.1f} ms "
-                             f"exceeds the deadline of {deadline:g} ms", wait, arrival)
-
-        def work() -> Any:
-            begin = self.clock()
-            elapsed = (begin - arrival) * 1000.0
-            if elapsed + cheapest > deadline:
-                return None
-            steered, _ = steer_deadline(elapsed, deadline - margin, costs, self.calibration.get(len(costs)))
-            result = self.cascade.rank(body.query, documents, deadline_ms=steered, top_k=body.top_k,
-                                       started=arrival)
-            finished = self.clock()
-            dispatcher.measured(service_ms=(finished - begin) * 1000.0)
-            self.calibration.observe(costs, result.stages)
-            return result, finished
-
-        return await self.run(work, deadline, costs, arrival)
-
-    async def run(self, work: Callable[[], Any], deadline: float, costs: list[float], arrival: float) -> Any:
-        """``work`` in a worker, answered: 200, 503 (late), 422 (a document the cascade cannot
-        read) or 500 (a model fault or a bug, logged; the server keeps serving)."""
-        try:
-            result = await self.dispatcher.submit(work)
-        except DistillError as err:
-            field_ = f"{err.field}: " if err.field else ""
-            return self.answer(422, {"error": f"{field_}{err.message}"}, "invalid", arrival)
-        except self.fault as err:
-            log.error("model fault: %s", err)
-            return self.answer(500, {"error": f"model fault: {err}"}, "error", arrival)
-        except Exception:  # a bug in a stage must not take the server down
-            log.exception("ranking failed")
-            return self.answer(500, {"error": "internal error while ranking (see the server log)"}, "error",
-                               arrival)
-        if result is None:
-            return self.shed("late", f"the queue took longer than expected; the first stage no longer fits "
-                             f"the deadline of {deadline:g} ms", self.dispatcher.wait_ms(sum(costs)), arrival)
-        result, finished = result
-        self.dispatcher.measured(handoff_ms=(self.clock() - finished) * 1000.0)
-        return self.respond(result, deadline, arrival)
-
-    def respond(self, result: Any, deadline: float, arrival: float) -> Any:
-        stages = [{"name": s.name, "ran": bool(s.ran), "ms": float(s.ms), "n_in": int(s.n_in),
-                   "n_out": int(s.n_out), "skipped": s.skipped} for s in result.stages]
-        for s in stages:
-            if s["ran"]:
-                self.metrics.stage_latency.labels(s["name"]).observe(s["ms"] / 1000.0)
-            else:
-                self.metrics.skipped.labels(s["name"]).inc()
-        degraded = any(not s["ran"] for s in stages)
-        elapsed = self.ms_since(arrival)
-        if elapsed > deadline:
-            self.metrics.late.inc()
-        body = {"results": [{"id": str(i), "score": float(s)} for i, s in zip(result.ids, result.scores)],
-                "stages": stages, "degraded": degraded, "deadline_ms": deadline, "elapsed_ms": round(elapsed, 3)}
-        return self.answer(200, body, "degraded" if degraded else "ok", arrival)
-
-    def health(self) -> dict[str, Any]:
-        d, calibration = self.dispatcher, self.calibration
-        return {"status": "ok", "cascade": str(self.cascade), "workers": self.config.workers,
-                "queue_depth": d.queued, "busy_workers": d.busy, "service_ms": d.service_ms,
-                "handoff_ms": d.handoff_ms, "cost_factors": calibration.get(len(calibration.means))}
-
-
 def create_app(cascade: Rankable, config: ServeConfig | None = None,
                clock: Callable[[], float] = time.perf_counter) -> Any:
     """A FastAPI app serving ``cascade`` with ``config``'s limits (see the module docstring).
@@ -278,9 +149,10 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
     from distill.serve.auth import BearerAuth
     from distill.serve.edge import BodyReader
     from distill.serve.request import openapi_body
+    from distill.serve.service import Service
 
     config = config or ServeConfig()
-    service = _Service(cascade, config, clock)
+    service = Service(cascade, config, clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -298,8 +170,20 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
 
     @app.post("/rerank", response_model=None, openapi_extra=openapi_body(service.model))
     async def rerank(request: Request) -> Response:
-        """Rank the documents for the query within the deadline (see the module docstring)."""
-        return await service.rerank(await request.body(), request.state.arrival)
+        """Rank the documents (or, in TEI's body, the texts) for the query within the deadline (see the
+        module docstring)."""
+        return await service.handle(request, service.model, service.tei)
+
+    def cohere_route(path: str, model: type) -> None:
+        async def rerank_cohere(request: Request) -> Response:
+            """Rank the documents for the query within the deadline, in Cohere's API (distill.serve.compat)."""
+            return await service.handle(request, model)
+
+        app.add_api_route(path, rerank_cohere, methods=["POST"], response_model=None, name=model.api,
+                          openapi_extra=openapi_body(model, path))
+
+    for path, model in service.cohere.items():
+        cohere_route(path, model)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

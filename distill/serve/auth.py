@@ -49,8 +49,9 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class BearerAuth:
-    """ASGI middleware: 401 (with ``WWW-Authenticate: Bearer``) for any request but to
-    :data:`OPEN_PATHS` whose bearer token is not ``api_key``; ``on_reject("unauthorized")`` counts it."""
+    """ASGI middleware: 401 (with ``WWW-Authenticate: Bearer``, in the shape of the path's API) for any
+    request but to :data:`OPEN_PATHS` whose bearer token is not ``api_key``; ``on_reject("unauthorized")``
+    counts it."""
 
     def __init__(self, app: Any, api_key: str, on_reject: Callable[[str], None] | None = None) -> None:
         self.app, self.key, self.on_reject = app, api_key.encode("utf-8"), on_reject
@@ -65,8 +66,11 @@ class BearerAuth:
             return
         from starlette.responses import JSONResponse
 
+        from distill.serve.compat import error_body
+
         if self.on_reject is not None:
             self.on_reject("unauthorized")
         error = "unauthorized: send the API key as 'Authorization: Bearer KEY'"
-        response = JSONResponse({"error": error}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        response = JSONResponse(error_body(scope.get("path", ""), 401, error), status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)

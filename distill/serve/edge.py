@@ -20,7 +20,7 @@ It is the h11 protocol on purpose (uvicorn's "auto" picks httptools where instal
 states whether a request is complete (``their_state``), which the timer needs. This module
 imports uvicorn: :mod:`distill.serve.app` imports it only where it serves.
 :class:`BodyReader` (ASGI middleware) stamps each request's arrival and reads its body up to
-a size (413 beyond, on the declared length before a byte is read).
+a size (413 beyond, on the declared length before a byte is read; in the shape of the path's API).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class BodyReader:
         scope.setdefault("state", {})["arrival"] = self.clock()
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
+            await self._too_large(scope, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -166,7 +166,7 @@ class BodyReader:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._too_large(send)
+                await self._too_large(scope, send)
                 return
             more = message.get("more_body", False)
         body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
@@ -176,11 +176,15 @@ class BodyReader:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Callable) -> None:
+    async def _too_large(self, scope: dict, send: Callable) -> None:
+        """413, in the shape of the path's API (:func:`distill.serve.compat.error_body`)."""
         from starlette.responses import JSONResponse
+
+        from distill.serve.compat import error_body
 
         if self.on_reject is not None:
             self.on_reject("too_large")
         error = f"body: larger than {self.max_bytes} bytes"
-        response = JSONResponse({"error": error, "detail": [{"loc": ["body"], "msg": error}]}, status_code=413)
+        body = error_body(scope.get("path", ""), 413, error, detail=[{"loc": ["body"], "msg": error}])
+        response = JSONResponse(body, status_code=413)
         await response({"type": "http"}, None, send)

@@ -7,21 +7,69 @@ request: a body up to ``STEP_CHARS`` bytes is parsed and validated by pydantic-c
 (:func:`distill.serve.stepwise_json.decode_in_steps`: one 8 MB call blocked it for 10-40 ms), then
 validated (~2 ms for 1,000 documents). No ``from __future__ import annotations`` here: pydantic
 resolves the models' annotations, which name ``config``'s limits.
+
+A request model is also the shape of its API's answers: ``api`` (its label in the metrics),
+``error_body`` (an error's JSON) and ``answer`` (a ranking's JSON and headers); the Cohere and TEI
+models (:mod:`distill.serve.compat`) have the native one's ``query``, ``top_k``, ``deadline_ms`` and
+``cascade_documents()``, so one parsing, admission and ranking path serves them all.
 """
 
 import json
+import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from distill.serve.app import ServeConfig
+
+# the deadline a client may send as a header, on every rerank endpoint (the tighter one wins over a body's)
+DEADLINE_HEADER = "X-Request-Timeout-Ms"
+
+
+def _not_blank(query: str) -> str:
+    if not query.strip():
+        raise ValueError("the query is blank")
+    return query
+
+
+def query_field(config: "ServeConfig") -> Any:
+    """The type of a request's query: a string of 1..``max_query_chars`` characters, not blank."""
+    from typing import Annotated
+
+    from pydantic import AfterValidator, Field
+
+    return Annotated[str, Field(min_length=1, max_length=config.max_query_chars), AfterValidator(_not_blank)]
+
+
+def deadline_field(config: "ServeConfig") -> Any:
+    """The type of a request's ``deadline_ms``: a number in (0, ``max_deadline_ms``], or None."""
+    from typing import Annotated
+
+    from pydantic import Field
+
+    return Annotated[float, Field(gt=0, le=config.max_deadline_ms, allow_inf_nan=False)] | None
+
+
+def as_object(value: Any, fields: str) -> Any:
+    """A document as an object: a string is ``{"text": value}``; anything else but an object is refused."""
+    if isinstance(value, str):
+        return {"text": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"a document is a string or an object {fields}")
+    return value
+
+
+def native_error(status: int, message: str, **extra: Any) -> dict[str, Any]:
+    """The native API's error: ``{"error": message, ...extra}`` (``detail``, ``retry_after_s``)."""
+    return {"error": message, **extra}
+
 
 def request_model(config: "ServeConfig") -> type:
     """The ``/rerank`` body as a pydantic model with ``config``'s limits. A document is a string or
     ``{id?, title?, text?, score?}``; a string's id (and an object's without one) is its position.
     Without a text, the id must name a document of the served corpus (the cascade checks that).
     Types are strict (``"5"`` is not a ``top_k``)."""
-    from typing import Annotated
+    from typing import Annotated, ClassVar
 
     from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,26 +84,17 @@ def request_model(config: "ServeConfig") -> type:
         @model_validator(mode="before")
         @classmethod
         def _from_text(cls, value: Any) -> Any:
-            if isinstance(value, str):
-                return {"text": value}
-            if not isinstance(value, dict):
-                raise ValueError("a document is a string or an object {id?, title?, text?, score?}")
-            return value
+            return as_object(value, "{id?, title?, text?, score?}")
 
     class RerankRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
+        api: ClassVar[str] = "native"
+        error_body: ClassVar[Callable[..., dict[str, Any]]] = staticmethod(native_error)
 
-        query: Annotated[str, Field(min_length=1, max_length=config.max_query_chars)]
+        query: query_field(config)
         documents: Annotated[list[Document], Field(max_length=config.max_documents)]
         top_k: Annotated[int, Field(ge=1)] | None = None
-        deadline_ms: Annotated[float, Field(gt=0, le=config.max_deadline_ms, allow_inf_nan=False)] | None = None
-
-        @field_validator("query")
-        @classmethod
-        def _not_blank(cls, query: str) -> str:
-            if not query.strip():
-                raise ValueError("the query is blank")
-            return query
+        deadline_ms: deadline_field(config) = None
 
         @field_validator("documents")
         @classmethod
@@ -75,7 +114,28 @@ def request_model(config: "ServeConfig") -> type:
             """The documents as the cascade takes them: ``{id, title?, text?, score?}`` dicts."""
             return [{"id": str(i), **d.model_dump(exclude_none=True)} for i, d in enumerate(self.documents)]
 
+        def answer(self, result: Any, report: dict[str, Any]) -> tuple[Any, dict[str, str] | None]:
+            """``{results: [{id, score}], stages, degraded, deadline_ms, elapsed_ms}``: the final ranking's
+            ids and scores (``n - rank + 1``) and ``report`` (what ran, the deadline, the time taken)."""
+            results = [{"id": str(i), "score": float(s)} for i, s in zip(result.ids, result.scores)]
+            return {"results": results, **report}, None
+
     return RerankRequest
+
+
+def header_deadline(value: str | None, config: "ServeConfig") -> tuple[float | None, str | None]:
+    """``(deadline_ms, None)`` from the :data:`DEADLINE_HEADER` header's ``value`` (None where it is
+    absent), or ``(None, the 422 error)`` for one that is not a number in (0, ``max_deadline_ms``]."""
+    if value is None:
+        return None, None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not 0 < number <= config.max_deadline_ms:
+        return None, (f"header {DEADLINE_HEADER}: expected milliseconds in (0, {config.max_deadline_ms:g}], "
+                      f"got {value[:40]!r}")
+    return number, None
 
 
 def describe_error(error: dict[str, Any]) -> str:
@@ -95,12 +155,30 @@ def describe_error(error: dict[str, Any]) -> str:
     return f"{where}: {message}"
 
 
-async def parse_request(model: type, body: bytes, expired: Callable[[Any], bool] | None = None
-                        ) -> tuple[Any, dict[str, Any] | None]:
-    """``(request, None)`` for a valid body, ``(None, the 422 answer)`` otherwise: ``error`` names
+class Alternative(NamedTuple):
+    """A second body model on the same path, for a body object that has the key ``has`` and lacks
+    ``lacks`` (TEI's ``texts`` beside the native ``documents``). The first model must forbid ``has``
+    and require ``lacks``: its errors then say which body this is without decoding it again."""
+
+    model: type
+    has: str
+    lacks: str
+
+    def fits_keys(self, decoded: dict[str, Any]) -> bool:
+        return self.has in decoded and self.lacks not in decoded
+
+    def fits_errors(self, errors: list[Any]) -> bool:
+        found = {(e["type"], tuple(e["loc"])) for e in errors}
+        return {("extra_forbidden", (self.has,)), ("missing", (self.lacks,))} <= found
+
+
+async def parse_request(model: type, body: bytes, expired: Callable[[Any], bool] | None = None,
+                        alternative: Alternative | None = None) -> tuple[type, Any, dict[str, Any] | None]:
+    """``(model, request, None)`` for a valid body, ``(model, None, the 422 answer)`` otherwise, where
+    ``model`` is the one that judged the body (``alternative``'s for a body it fits); ``error`` names
     the field(s), ``detail`` lists pydantic's errors without echoing the input. ``expired(deadline_ms
     as sent)`` is asked between decoding a big body and validating it: True stops there with
-    ``(None, None)`` (the request is to be shed; validating it would be work thrown away)."""
+    ``(model, None, None)`` (the request is to be shed; validating it would be work thrown away)."""
     from pydantic import ValidationError
 
     from distill.serve.stepwise_json import STEP_CHARS, decode_in_steps
@@ -109,13 +187,20 @@ async def parse_request(model: type, body: bytes, expired: Callable[[Any], bool]
         if not body.strip():
             errors = [{"type": "missing", "loc": ["body"], "msg": "Field required"}]
         elif len(body) <= STEP_CHARS:
-            return model.model_validate_json(body), None
+            try:
+                return model, model.model_validate_json(body), None
+            except ValidationError as exc:
+                if alternative is None or not alternative.fits_errors(exc.errors()):
+                    raise
+            model = alternative.model
+            return model, model.model_validate_json(body), None
         elif (decoded := await decode_in_steps(body)) is None:
             errors = [{"type": "model_type", "loc": [], "msg": "Input should be an object"}]
-        elif expired is not None and expired(decoded.get("deadline_ms")):
-            return None, None
         else:
-            return model.model_validate(decoded), None
+            model = alternative.model if alternative is not None and alternative.fits_keys(decoded) else model
+            if expired is not None and expired(decoded.get("deadline_ms")):
+                return model, None, None
+            return model, model.model_validate(decoded), None
     except ValidationError as exc:
         errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg", "ctx")} for e in exc.errors()]
     except json.JSONDecodeError as err:
@@ -123,11 +208,11 @@ async def parse_request(model: type, body: bytes, expired: Callable[[Any], bool]
                    "ctx": {"error": f"{err.msg} at character {err.pos}"}}]
     lines = [describe_error(e) for e in errors]
     detail = [{k: (list(v) if k == "loc" else v) for k, v in e.items() if k != "ctx"} for e in errors[:20]]
-    return None, {"error": "; ".join(lines[:5]), "detail": detail}
+    return model, None, {"error": "; ".join(lines[:5]), "detail": detail}
 
 
-def openapi_body(model: type) -> dict[str, Any]:
-    """The request body of ``model`` for ``openapi_extra`` (the endpoint parses the body itself)."""
-    pointer = "#/paths/~1rerank/post/requestBody/content/application~1json/schema/$defs/{model}"
+def openapi_body(model: type, path: str = "/rerank") -> dict[str, Any]:
+    """The request body of ``model`` at ``path`` for ``openapi_extra`` (the endpoint parses the body itself)."""
+    pointer = f"#/paths/{path.replace('/', '~1')}/post/requestBody/content/application~1json/schema/$defs/{{model}}"
     schema = model.model_json_schema(ref_template=pointer)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

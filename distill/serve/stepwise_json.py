@@ -3,8 +3,8 @@
 Parsing runs on the server's event loop (a thread would not help: parsing holds the GIL), and
 one call on an 8 MB body of distinct texts blocks it for 10-40 ms (``json.loads``, or
 pydantic-core's ``model_validate_json``), delaying ``/healthz`` and every other request that
-long. :func:`decode_in_steps` decodes the top-level object key by key and the ``documents``
-array element by element (each one a ``json`` C-scanner call), yielding to the loop after every
+long. :func:`decode_in_steps` decodes the top-level object key by key and the ``documents`` (or TEI's
+``texts``) array element by element (each one a ``json`` C-scanner call), yielding to the loop after every
 ``STEP_CHARS`` characters; no step is longer than one document (at most ``max_document_chars``).
 Invalid JSON raises :class:`json.JSONDecodeError` with its position; ``NaN`` and ``Infinity``
 are refused, as strict JSON parsers refuse them.
@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 STEP_CHARS = 256 * 1024  # decoded between two yields to the event loop
-STEPPED_KEY = "documents"  # the array decoded element by element
+STEPPED_KEYS = frozenset({"documents", "texts"})  # the arrays decoded element by element (native, TEI)
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -86,7 +86,7 @@ async def decode_in_steps(body: bytes) -> dict[str, Any] | None:
             i = _skip(text, i)
             _expect(text, i, ":", "':' delimiter")
             i = _skip(text, i + 1)
-            if key == STEPPED_KEY and text[i:i + 1] == "[":
+            if key in STEPPED_KEYS and text[i:i + 1] == "[":
                 out[key], i = await _array(text, i)
             else:
                 out[key], i = _value(text, i)

@@ -1,0 +1,195 @@
+"""The work behind ``distill serve``'s endpoints: admission control, the handoff to a worker, and
+the answers and errors in the shape of each request's API (see :mod:`distill.serve.app` for the
+rules, :mod:`distill.serve.compat` for the APIs).
+
+Every rerank endpoint runs the same path (:meth:`Service.handle`): a full queue refuses before the
+body is parsed; the body is parsed (in steps when big) by the endpoint's request model, or at
+``/rerank`` by TEI's when it sends ``texts``; the deadline is the tighter of the body's
+``deadline_ms`` and the ``X-Request-Timeout-Ms`` header, the server's default otherwise; the request
+is admitted or shed by it, ranked in a worker, and answered by its model. FastAPI is imported only
+where an answer is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distill.core.errors import DistillError
+from distill.serve.admission import Calibration, Dispatcher, Metrics, steer_deadline
+from distill.serve.compat import COHERE_PATHS, cohere_model, tei_model
+from distill.serve.request import DEADLINE_HEADER, Alternative, header_deadline, parse_request, request_model
+
+if TYPE_CHECKING:
+    from distill.serve.app import Rankable, ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Call:
+    """One request to a rerank endpoint: its arrival (the start of its deadline), the request model
+    whose API shape answers it (the endpoint's, until the body says otherwise) and the deadline its
+    :data:`~distill.serve.request.DEADLINE_HEADER` header sent."""
+
+    arrival: float
+    shape: type
+    header_ms: float | None = None
+
+
+class Service:
+    """The endpoints' work: admission, the handoff to a worker and the answers (module docstring)."""
+
+    def __init__(self, cascade: Rankable, config: ServeConfig, clock: Callable[[], float]) -> None:
+        from distill.cascade.runtime import ModelFault
+
+        self.cascade, self.config, self.clock, self.fault = cascade, config, clock, ModelFault
+        self.metrics = Metrics()
+        self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics)
+        self.calibration = Calibration(clock, spreads=config.cost_spreads)
+        self.model = request_model(config)
+        self.tei = Alternative(tei_model(config), has="texts", lacks="documents")
+        self.cohere = {path: cohere_model(config, version) for path, version in COHERE_PATHS.items()}
+
+    def ms_since(self, arrival: float) -> float:
+        return (self.clock() - arrival) * 1000.0
+
+    def reject(self, reason: str) -> None:
+        """Count a request refused before parsing (``distill_rejected_total``)."""
+        self.metrics.rejected.labels(reason).inc()
+
+    def answer(self, status: int, body: Any, outcome: str, call: Call, headers: dict[str, str] | None = None) -> Any:
+        from fastapi.responses import JSONResponse
+
+        self.metrics.requests.labels(outcome).inc()
+        self.metrics.apis.labels(call.shape.api, outcome).inc()
+        self.metrics.latency.labels(outcome).observe(self.ms_since(call.arrival) / 1000.0)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def fail(self, status: int, message: str, outcome: str, call: Call, headers: dict[str, str] | None = None,
+             **extra: Any) -> Any:
+        """An error answer in the shape of the request's API."""
+        return self.answer(status, call.shape.error_body(status, message, **extra), outcome, call, headers)
+
+    def shed(self, reason: str, why: str, wait_ms: float, call: Call) -> Any:
+        self.metrics.shed.labels(reason).inc()
+        retry_s = max(1, math.ceil(wait_ms / 1000.0))
+        return self.fail(503, f"overloaded ({reason}): {why}", "shed", call, {"Retry-After": str(retry_s)},
+                         retry_after_s=retry_s)
+
+    def deadline(self, sent: Any, call: Call) -> float:
+        """The request's deadline: the tighter of the body's ``sent`` (where it is a usable number) and
+        the header's, the server's default where neither is given."""
+        config = self.config
+        usable = isinstance(sent, (int, float)) and not isinstance(sent, bool) and 0 < sent <= config.max_deadline_ms
+        given = ([float(sent)] if usable else []) + ([] if call.header_ms is None else [call.header_ms])
+        return min(given, default=config.deadline_ms)
+
+    def expired(self, sent: Any, call: Call) -> bool:
+        """Whether even an answer without any stage would be late: the time since arrival plus the
+        margin exceeds the deadline (:meth:`deadline` of the body's ``sent``)."""
+        margin = self.dispatcher.margin_ms(self.config.margin_ms)
+        return self.ms_since(call.arrival) + margin > self.deadline(sent, call)
+
+    def costs(self, body: Any, documents: list[dict[str, Any]]) -> list[float]:
+        """Each stage's modelled cost for this request's pairs, by their length in characters."""
+        pair_chars = [len(body.query) + len(d.get("title", "")) + len(d.get("text", "")) for d in documents]
+        return [float(c) for c in self.cascade.estimate_ms(pair_chars)]
+
+    async def handle(self, request: Any, shape: type, alternative: Alternative | None = None) -> Any:
+        """A rerank endpoint's request (FastAPI's): in ``shape``'s API, or ``alternative``'s for a body it fits."""
+        header_ms, header_error = header_deadline(request.headers.get(DEADLINE_HEADER), self.config)
+        call = Call(request.state.arrival, shape, header_ms)
+        return await self.rerank(await request.body(), call, header_error, alternative)
+
+    async def rerank(self, raw: bytes, call: Call, header_error: str | None = None,
+                     alternative: Alternative | None = None) -> Any:
+        """Admit (a full queue refuses before the body is parsed), parse, admit by the deadline,
+        run in a worker and answer (see the module docstring)."""
+        dispatcher = self.dispatcher
+        if dispatcher.full():
+            return self.shed("queue_full", f"{self.config.queue_size} requests are waiting",
+                             dispatcher.wait_ms(0.0), call)
+        call.shape, body, invalid = await parse_request(call.shape, raw, lambda sent: self.expired(sent, call),
+                                                        alternative)
+        if invalid is not None:
+            return self.fail(422, invalid["error"], "invalid", call, detail=invalid["detail"])
+        if header_error is not None:
+            return self.fail(422, header_error, "invalid", call,
+                             detail=[{"type": "value_error", "loc": ["header", DEADLINE_HEADER], "msg": header_error}])
+        if body is None:
+            return self.shed("deadline", "the body took longer to arrive and decode than the deadline allows",
+                             dispatcher.wait_ms(0.0), call)
+        deadline = self.deadline(body.deadline_ms, call)
+        documents = body.cascade_documents()
+        costs = self.costs(body, documents)
+        margin = dispatcher.margin_ms(self.config.margin_ms)
+        cheapest = costs[0] + margin
+        wait = dispatcher.wait_ms(sum(costs))
+        if dispatcher.full():
+            return self.shed("queue_full", f"{self.config.queue_size} requests are waiting", wait, call)
+        if self.ms_since(call.arrival) + wait + cheapest > deadline:
+            return self.shed("deadline", f"expected wait {wait:.1f} ms + cheapest answer {cheapest:.1f} ms "
+                             f"exceeds the deadline of {deadline:g} ms", wait, call)
+
+        def work() -> Any:
+            begin = self.clock()
+            elapsed = (begin - call.arrival) * 1000.0
+            if elapsed + cheapest > deadline:
+                return None
+            steered, _ = steer_deadline(elapsed, deadline - margin, costs, self.calibration.get(len(costs)))
+            result = self.cascade.rank(body.query, documents, deadline_ms=steered, top_k=body.top_k,
+                                       started=call.arrival)
+            finished = self.clock()
+            dispatcher.measured(service_ms=(finished - begin) * 1000.0)
+            self.calibration.observe(costs, result.stages)
+            return result, finished
+
+        return await self.run(work, body, deadline, costs, call)
+
+    async def run(self, work: Callable[[], Any], body: Any, deadline: float, costs: list[float], call: Call) -> Any:
+        """``work`` in a worker, answered: 200, 503 (late), 422 (a document the cascade cannot
+        read) or 500 (a model fault or a bug, logged; the server keeps serving)."""
+        try:
+            result = await self.dispatcher.submit(work)
+        except DistillError as err:
+            field_ = f"{err.field}: " if err.field else ""
+            return self.fail(422, f"{field_}{err.message}", "invalid", call)
+        except self.fault as err:
+            log.error("model fault: %s", err)
+            return self.fail(500, f"model fault: {err}", "error", call)
+        except Exception:  # a bug in a stage must not take the server down
+            log.exception("ranking failed")
+            return self.fail(500, "internal error while ranking (see the server log)", "error", call)
+        if result is None:
+            return self.shed("late", f"the queue took longer than expected; the first stage no longer fits "
+                             f"the deadline of {deadline:g} ms", self.dispatcher.wait_ms(sum(costs)), call)
+        result, finished = result
+        self.dispatcher.measured(handoff_ms=(self.clock() - finished) * 1000.0)
+        return self.respond(result, body, deadline, call)
+
+    def respond(self, result: Any, body: Any, deadline: float, call: Call) -> Any:
+        """200 with the ranking in ``body``'s API shape; the stages' times and skips counted."""
+        stages = [{"name": s.name, "ran": bool(s.ran), "ms": float(s.ms), "n_in": int(s.n_in),
+                   "n_out": int(s.n_out), "skipped": s.skipped} for s in result.stages]
+        for s in stages:
+            if s["ran"]:
+                self.metrics.stage_latency.labels(s["name"]).observe(s["ms"] / 1000.0)
+            else:
+                self.metrics.skipped.labels(s["name"]).inc()
+        degraded = any(not s["ran"] for s in stages)
+        elapsed = self.ms_since(call.arrival)
+        if elapsed > deadline:
+            self.metrics.late.inc()
+        report = {"stages": stages, "degraded": degraded, "deadline_ms": deadline, "elapsed_ms": round(elapsed, 3)}
+        payload, headers = body.answer(result, report)
+        return self.answer(200, payload, "degraded" if degraded else "ok", call, headers)
+
+    def health(self) -> dict[str, Any]:
+        d, calibration = self.dispatcher, self.calibration
+        return {"status": "ok", "cascade": str(self.cascade), "workers": self.config.workers,
+                "queue_depth": d.queued, "busy_workers": d.busy, "service_ms": d.service_ms,
+                "handoff_ms": d.handoff_ms, "cost_factors": calibration.get(len(calibration.means))}
