@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Losses whose targets are the teacher's score values or margins, which a ranking imported without scores
+#: (``distill cache import --ranks-only``) does not have: its scores are derived from ranks. Listwise and rank-based
+#: losses (ListNet on the derived targets, ListMLE and PListMLE on the order, ...) take it.
+CALIBRATED_LOSSES = ("MSE", "BCE", "MarginMSE")
+
 
 class NeuralStudent(Student):
     """A student fine-tuned from a transformer ``init`` with a distillation loss (see the module docstring)."""
@@ -108,6 +113,7 @@ class NeuralStudent(Student):
 
         if job.loss is None or job.init is None:
             raise ConfigError(f"a {self.kind} student needs a loss and a model to start from (init)")
+        check_calibrated(job.loss, job.teacher_fingerprint)
         check_init(job.init, job.trust_remote_code)
         job = replace(job, rounds=job.rounds or RoundsConfig())
         scores, divisor = scaled(job.scores, job.dataset, job.loss, job.teacher_scale)
@@ -194,6 +200,20 @@ def check_init(init: str, trust_remote_code: bool) -> None:
         AutoConfig.from_pretrained(init, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise InputError(f"not a model to start from (--init): {' '.join(str(err).split())}", path=init) from err
+
+
+def check_calibrated(loss: str | DistillLoss, teacher_fingerprint: dict[str, Any] | None) -> None:
+    """Refuse a loss of :data:`CALIBRATED_LOSSES` (alone or in a mixture) on a ranks-only teacher's scores."""
+    from distill.cache.importing import is_ranks_only
+
+    if not is_ranks_only(teacher_fingerprint):
+        return
+    names = [loss] if isinstance(loss, str) else [part.name for part in getattr(loss, "losses", [loss])]
+    refused = [name for name in names if name.lower() in (n.lower() for n in CALIBRATED_LOSSES)]
+    if refused:
+        raise ConfigError(f"{refused[0]} needs calibrated teacher scores, but this cache's teacher only ranked "
+                          f"(imported with --ranks-only); use a listwise loss such as ListNet, ListMLE or PListMLE",
+                          field="loss")
 
 
 def scaled(scores: pl.DataFrame, dataset: Dataset, loss: str | DistillLoss,

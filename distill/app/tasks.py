@@ -28,6 +28,8 @@ from distill.core.outputs import check_folder, check_folder_output, check_output
 if TYPE_CHECKING:
     import polars as pl
 
+    from distill.cache.exporting import ExportResult
+    from distill.cache.importing import ImportResult
     from distill.cache.score_scale import ScoreScale
     from distill.cache.store import CacheInfo, TeacherCache
     from distill.cache.verify import CacheCheck
@@ -291,6 +293,29 @@ def run_cache_verify(folder: Path, *, repair: bool = False) -> tuple[CacheCheck,
     from distill.cache.verify import verify_cache
 
     return verify_cache(folder, repair=repair)
+
+
+def run_cache_import(files: Sequence[Path], data: Path, teacher_name: str, out: Path, *, format: str | None = None,
+                     queries: Path | None = None, ranks_only: bool = False) -> ImportResult:
+    """``distill cache import``: the scores (or, ``ranks_only``, the rankings) of ``files`` (trec | jsonl | parquet
+    | tsv, ``format`` or each file's extension), computed elsewhere on ``data``'s corpus and queries (and those of
+    ``queries``), as a teacher cache ``out`` of the teacher ``teacher_name`` (:mod:`distill.cache.importing`)."""
+    from distill.cache.importing import import_scores
+
+    check_output(out, inputs=[*files, queries], datasets=[data], folder=True)
+    result = import_scores(list(files), data, teacher_name, out, format=format, queries=queries,
+                           ranks_only=ranks_only)
+    log.info("imported %d scores of %d queries into %s", result.pairs, result.queries, out)
+    return result
+
+
+def run_cache_export(cache: Path, out: Path, *, format: str | None = None) -> ExportResult:
+    """``distill cache export``: the scores of the teacher cache ``cache`` as the file ``out`` (trec | parquet,
+    ``format`` or ``out``'s extension), which ``distill cache import`` reads back (:mod:`distill.cache.exporting`)."""
+    from distill.cache.exporting import export_cache
+
+    check_output(out, inputs=[cache])
+    return export_cache(cache, out, format)
 
 
 def run_export(model: Path, out: Path, config: ExportConfig | None = None, *,

@@ -1,4 +1,4 @@
-"""``distill score-teacher`` and ``distill cache info|merge|verify``."""
+"""``distill score-teacher`` and ``distill cache info|merge|verify|import|export``."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
                                 ray_options={k: v for k, v in ray_options.items() if v is not None} or None,
                                 **settings)
 
-    cache_app = typer.Typer(help="Inspect, combine and check teacher caches.", no_args_is_help=True)
+    cache_app = typer.Typer(help="Inspect, combine, check, import and export teacher caches.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")
 
     @cache_app.command("info")
@@ -78,3 +78,36 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{folder}: ok: {len(check.shards)} shard(s), {check.rows} rows, "
                    f"{len(check.candidates)} candidate set(s)"
                    + (f", {check.temporaries} temporary file(s) of a writer" if check.temporaries else ""))
+
+    @cache_app.command("import")
+    def cache_import(
+        files: list[Path] = typer.Argument(..., help="Files of scores (or rankings) computed elsewhere: TREC runs, "
+                                           "JSONL, Parquet or TSV (docs/data-formats.md)."),
+        data: Path = typer.Option(..., help="BEIR folder whose corpus and queries the files' ids or texts are of."),
+        teacher_name: str = typer.Option(..., help="Name recorded as the cache's teacher (e.g. the model that "
+                                         "scored the files)."),
+        out: Path = typer.Option(..., help="Cache folder (created; an earlier import of the same files is "
+                                 "replaced)."),
+        format: str = typer.Option(None, "--format", help="trec, jsonl, parquet or tsv [from each file's "
+                                   "extension]."),
+        queries: Path = typer.Option(None, help="Query texts besides --data's (BEIR queries.jsonl or TSV "
+                                     "`qid<TAB>text`) [none]."),
+        ranks_only: bool = typer.Option(False, help="The files rank without scores (an LLM's listwise run): the "
+                                        "cache holds -ln(position) and refuses MarginMSE, MSE and BCE."),
+    ) -> None:
+        """Import a teacher's scores computed elsewhere as a teacher cache."""
+        result = tasks.run_cache_import(files, data, teacher_name, out, format=format, queries=queries,
+                                        ranks_only=ranks_only)
+        skipped = f"; {result.skipped_queries} queries without text skipped" if result.skipped_queries else ""
+        typer.echo(f"{out}: imported {result.pairs} {'ranks' if ranks_only else 'scores'} of {result.queries} "
+                   f"queries from {len(files)} file(s) as teacher {teacher_name!r}{skipped}")
+
+    @cache_app.command("export")
+    def cache_export(
+        cache: Path = typer.Argument(..., help="Cache folder."),
+        out: Path = typer.Option(..., help="File to write."),
+        format: str = typer.Option(None, "--format", help="trec or parquet [from --out's extension]."),
+    ) -> None:
+        """Write a cache's scores as a TREC run or a Parquet file, which `distill cache import` reads back."""
+        result = tasks.run_cache_export(cache, out, format=format)
+        typer.echo(f"{out}: {result.rows} scores of {result.queries} queries ({result.format})")
