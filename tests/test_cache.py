@@ -68,6 +68,17 @@ def test_scores_every_pair_once_and_rerun_makes_no_model_calls(tmp_path, data):
     assert manifest["teacher"] == teacher.fingerprint()
 
 
+def test_a_cache_in_a_folder_named_like_a_glob_pattern_reads_its_shards(tmp_path, data):
+    """polars reads a parquet path as a glob pattern unless told otherwise: a folder named ``run[1]``
+    must not make good shards unreadable (they would be set aside as torn)."""
+    dataset, run = data
+    teacher = FakeTeacher()
+    folder = tmp_path / "run[1]"
+    score_into_cache(teacher, dataset, run, new_cache(folder, dataset, teacher), flush_pairs=16, show_progress=False)
+    scores = TeacherCache.open(folder).scores()
+    assert scores.height == run.height and not (folder / "quarantine").exists()
+
+
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, data):
     dataset, run = data
     full = FakeTeacher()

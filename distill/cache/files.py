@@ -90,7 +90,7 @@ def check_identity(manifest: dict[str, Any], teacher: dict[str, Any], corpus_has
     if manifest["teacher"] != teacher:
         raise CacheMismatchError(
             f"cache holds scores of another teacher ({_diff(manifest['teacher'], teacher)}); "
-            "use another --cache folder", path=folder / MANIFEST, field="teacher",
+            "use another cache folder", path=folder / MANIFEST, field="teacher",
         )
     have = manifest.get("corpus_hash")
     if have is not None and corpus_hash is not None and have != corpus_hash:
@@ -167,7 +167,7 @@ def read_registry_file(path: Path) -> pl.DataFrame:
 
 def _read(path: Path) -> pl.DataFrame:
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)  # a folder named with [ or * is a name, not a pattern
     except FileNotFoundError:
         raise
     except (pl.exceptions.PolarsError, OSError, ValueError) as err:
