@@ -7,10 +7,12 @@ prometheus_client is imported only where the metrics are made.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -34,6 +36,8 @@ class Metrics:
                                        ["stage"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.skipped = Counter("distill_stage_skipped", "Stages skipped to meet a deadline.", ["stage"],
                                registry=self.registry)
+        self.degraded = Counter("distill_degraded", "Degraded answers by the first stage skipped and why (the "
+                                "runtime's reason, e.g. deadline).", ["stage", "reason"], registry=self.registry)
         self.shed = Counter("distill_shed", "Requests shed with 503 (queue_full, deadline: at arrival; "
                             "late: when a worker took them).", ["reason"], registry=self.registry)
         self.late = Counter("distill_late_answers", "Answers (200) given after their deadline.",
@@ -50,6 +54,15 @@ class Metrics:
         self.dropped = Counter("distill_dropped_connections", "Connections closed while a request was still "
                                "arriving (request_timeout: not complete in time; evicted: the oldest incomplete "
                                "one, to make room at the connection limit).", ["reason"], registry=self.registry)
+
+    def degraded_counts(self) -> dict[str, dict[str, int]]:
+        """``distill_degraded_total`` as ``{stage: {reason: answers}}`` (for ``/healthz``)."""
+        counts: dict[str, dict[str, int]] = {}
+        for metric in self.degraded.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    counts.setdefault(sample.labels["stage"], {})[sample.labels["reason"]] = int(sample.value)
+        return counts
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -135,6 +148,46 @@ def steer_deadline(elapsed_ms: float, deadline_ms: float, modelled_ms: Sequence[
         lower = max(lower, t + modelled_ms[j])
         t += factors[j] * modelled_ms[j]
     return max(deadline_ms, lower + deadline_ms - t), len(modelled_ms)
+
+
+@dataclass(frozen=True)
+class WarmRun:
+    """A warm-up request ranked on warm models: its documents (``label``: new or corpus ones, ``n_docs``
+    of ~``chars`` characters) and each stage's modelled (the spec's) and measured milliseconds."""
+
+    label: str
+    n_docs: int
+    chars: int
+    new_documents: bool
+    names: Sequence[str]
+    modelled_ms: Sequence[float]
+    measured_ms: Sequence[float]
+
+
+def never_fits(run: WarmRun, deadline_ms: float, margin_ms: float) -> str | None:
+    """Why the first stage that cannot fit ``deadline_ms`` (less ``margin_ms``) for requests like ``run``
+    never runs for them, and the fixes; None when every stage fits. A stage is costed at the larger of its
+    modelled and measured time: a stage slower than its spec says (a bi-encoder that must embed documents it
+    has no stored embedding for) is skipped by the calibrated plan all the same."""
+    budget, end = deadline_ms - margin_ms, 0.0
+    for j, (name, modelled, measured) in enumerate(zip(run.names, run.modelled_ms, run.measured_ms)):
+        end += max(modelled, measured)
+        if end <= budget:
+            continue
+        effect = ("requests like these are shed: the first stage is the cheapest answer" if j == 0 else
+                  "it and the stages after it are always skipped: every answer is degraded")
+        fixes = []
+        if run.new_documents and measured > 2 * modelled + 1.0:
+            fixes.append("--corpus, with requests sending its documents by id (what a stage embeds or indexes "
+                         "for a corpus's documents is done in advance)")
+        fixes.append(f"a longer deadline (--deadline-ms {math.ceil(end + margin_ms)}, or deadline_ms per request)")
+        fitting = int(run.n_docs * budget / end)
+        if fitting >= 1:
+            fixes.append(f"fewer documents per request (about {fitting})")
+        return (f"stage {name!r} cannot run within the default deadline of {deadline_ms:g} ms for {run.n_docs} "
+                f"{run.label} of ~{run.chars} characters: the stages up to it take ~{end:.0f} ms ({modelled:.1f} ms "
+                f"expected for it, {measured:.1f} ms measured); {effect}. Fix: {'; or '.join(fixes)}")
+    return None
 
 
 class Dispatcher:

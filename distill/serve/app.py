@@ -1,8 +1,9 @@
 """Serve a cascade over HTTP under a per-request deadline (FastAPI + uvicorn).
 
 ``POST /rerank`` takes ``{query, documents, top_k?, deadline_ms?}`` and answers the ranked
-``results`` with the stages that ran or were skipped; ``GET /healthz`` and ``GET /metrics``
-(Prometheus text) watch it. The standard rerank APIs are adapters over the same path
+``results`` with the stages that ran or were skipped; ``GET /healthz`` (503 until every stage has
+run warm: :func:`warm_up_requests`) and ``GET /metrics`` (Prometheus text; degraded answers by stage and
+reason among them) watch it. The standard rerank APIs are adapters over the same path
 (:mod:`distill.serve.compat`): Cohere's and Jina's at ``POST /v1/rerank`` and ``POST /v2/rerank``,
 Text Embeddings Inference's at ``POST /rerank`` (told apart by ``texts``). Every protection below
 applies to each; a deadline may also come in the ``X-Request-Timeout-Ms`` header (the tighter of it
@@ -42,6 +43,7 @@ which name classes imported inside :func:`create_app`.)
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
@@ -52,13 +54,19 @@ from typing import Any, Protocol
 from distill.core.errors import ConfigError
 from distill.serve.admission import Calibration, Dispatcher, Metrics, steer_deadline
 from distill.serve.request import describe_error, request_model
+from distill.serve.service import WarmUp
 
-__all__ = ["Calibration", "Dispatcher", "Metrics", "Rankable", "ServeConfig", "create_app", "describe_error",
-           "request_model", "run_server", "steer_deadline"]
+__all__ = ["Calibration", "Dispatcher", "Metrics", "Rankable", "ServeConfig", "WarmUp", "create_app",
+           "describe_error", "request_model", "run_server", "steer_deadline", "warm_up_requests"]
 
 log = logging.getLogger("distill.serve.app")
 
 _TEXT_FIELDS = {"host": "a host name or address", "api_key": "a non-empty key"}
+WARM_UP_DOCUMENTS = 100  # a typical request's candidates (fewer when max_documents is lower)
+TYPICAL_CHARS = 1000  # a typical passage: ~250 tokens, about the cost model's reference pair length
+_WARM_UP_QUERY = "how do distilled rerankers rank passages within a deadline"
+_WARM_UP_WORDS = ("passage", "ranking", "model", "query", "relevant", "document", "search", "river", "deadline",
+                  "teacher", "student", "distilled", "score", "the", "of", "and", "within", "cascade")
 
 
 @dataclass(frozen=True)
@@ -137,14 +145,17 @@ class Rankable(Protocol):
 
 
 def create_app(cascade: Rankable, config: ServeConfig | None = None,
-               clock: Callable[[], float] = time.perf_counter) -> Any:
+               clock: Callable[[], float] = time.perf_counter, warm_up: Sequence[WarmUp] | None = None) -> Any:
     """A FastAPI app serving ``cascade`` with ``config``'s limits (see the module docstring).
 
     ``clock`` (seconds, monotonic; the one :meth:`Cascade.rank`'s ``started`` counts on) is
-    injectable so tests decide what time it is.
+    injectable so tests decide what time it is. With ``warm_up``, the app ranks those requests in a
+    thread of its own once it starts, and is ready (``/healthz`` 200, rerank requests admitted) only
+    when they are done (:meth:`Service.warm_up <distill.serve.service.Service.warm_up>`); without,
+    it is ready at once.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import Response
+    from fastapi.responses import JSONResponse, Response
 
     from distill.serve.auth import BearerAuth
     from distill.serve.edge import BodyReader
@@ -153,9 +164,13 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
 
     config = config or ServeConfig()
     service = Service(cascade, config, clock)
+    if warm_up is None:
+        service.ready.set()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if warm_up is not None:
+            threading.Thread(target=service.warm_up, args=(warm_up,), name="distill-warm-up", daemon=True).start()
         yield
         service.dispatcher.close()
 
@@ -166,7 +181,7 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
     if config.api_key:  # outermost: a request without the key is refused before its body is read
         app.add_middleware(BearerAuth, api_key=config.api_key, on_reject=service.reject)
     app.state.metrics, app.state.dispatcher = service.metrics, service.dispatcher
-    app.state.calibration = service.calibration
+    app.state.calibration, app.state.service = service.calibration, service
 
     @app.post("/rerank", response_model=None, openapi_extra=openapi_body(service.model))
     async def rerank(request: Request) -> Response:
@@ -185,10 +200,12 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
     for path, model in service.cohere.items():
         cohere_route(path, model)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        """Liveness, the cascade served and the pool's state."""
-        return service.health()
+    @app.get("/healthz", response_model=None)
+    async def healthz() -> Response:
+        """Readiness (200 once warm, 503 while starting), the cascade served, the pool's state and the
+        degraded answers by stage and reason."""
+        health = service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -199,11 +216,38 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
     return app
 
 
+def warm_up_requests(config: ServeConfig, corpus: str | Path | None = None) -> list[WarmUp]:
+    """Typical requests to warm the stages on: :data:`WARM_UP_DOCUMENTS` new documents of
+    :data:`TYPICAL_CHARS` characters (within ``config``'s limits), and as many of ``corpus``'s first
+    documents (a ``corpus.jsonl`` or BEIR folder) when there is one. Each has first-stage scores."""
+    n, chars = min(WARM_UP_DOCUMENTS, config.max_documents), min(TYPICAL_CHARS, config.max_document_chars)
+    new = []
+    for i in range(n):
+        words = (_WARM_UP_WORDS[(i * 7 + k * 5) % len(_WARM_UP_WORDS)] for k in range(chars))
+        new.append({"id": f"warm-up-{i}", "text": " ".join(words)[:chars].strip(), "score": float(n - i)})
+    requests = [WarmUp("new documents", _WARM_UP_QUERY, new)]
+    if corpus is not None:
+        from distill.data.beir import read_jsonl
+
+        path = Path(corpus)
+        known: list[dict[str, Any]] = []
+        for _, doc in read_jsonl(path / "corpus.jsonl" if path.is_dir() else path):
+            title = {"title": doc["title"]} if doc.get("title") else {}
+            known.append({"id": str(doc["_id"]), **title, "text": doc.get("text") or "",
+                          "score": float(n - len(known))})
+            if len(known) == n:
+                break
+        if known:  # sent with the corpus's text: the runtime takes them for the corpus's documents
+            requests.append(WarmUp("corpus documents", _WARM_UP_QUERY, known, new_documents=False))
+    return requests
+
+
 def run_server(spec: str | Path, config: ServeConfig | None = None, corpus: str | Path | None = None,
                access_log: bool = False) -> None:
-    """Load the cascade in ``spec`` (with ``corpus``'s precomputed embeddings), warm it up with one
-    request so the first client does not pay for lazy initialisation, and serve it until stopped
-    (over :class:`distill.serve.edge.TimedH11Protocol`; a warning when the bind reaches other machines)."""
+    """Load the cascade in ``spec`` (with ``corpus``'s precomputed embeddings) and serve it until stopped
+    (over :class:`distill.serve.edge.TimedH11Protocol`; a warning when the bind reaches other machines).
+    It reports ready once every stage has run warm on typical requests (:func:`warm_up_requests`), and
+    logs each stage's cost against the default deadline first."""
     import uvicorn
 
     from distill.cascade.model import Cascade
@@ -219,8 +263,7 @@ def run_server(spec: str | Path, config: ServeConfig | None = None, corpus: str 
 
         torch.set_num_threads(config.threads)
     cascade = Cascade.load(spec, corpus=corpus)
-    cascade.rank("warm up", [{"id": "a", "text": "a document to warm up the stages", "score": 2.0},
-                             {"id": "b", "text": "another one", "score": 1.0}])  # scores: some stages need them
-    log.info("serving %s on http://%s:%d (workers %d, queue %d, default deadline %g ms)", cascade, config.host,
-             config.port, config.workers, config.queue_size, config.deadline_ms)
-    uvicorn.Server(uvicorn_config(create_app(cascade, config), config, access_log)).run()
+    log.info("serving %s on http://%s:%d (workers %d, queue %d, default deadline %g ms); ready after the warm-up",
+             cascade, config.host, config.port, config.workers, config.queue_size, config.deadline_ms)
+    app = create_app(cascade, config, warm_up=warm_up_requests(config, corpus))
+    uvicorn.Server(uvicorn_config(app, config, access_log)).run()

@@ -8,18 +8,26 @@ body is parsed; the body is parsed (in steps when big) by the endpoint's request
 ``deadline_ms`` and the ``X-Request-Timeout-Ms`` header, the server's default otherwise; the request
 is admitted or shed by it, ranked in a worker, and answered by its model. FastAPI is imported only
 where an answer is made.
+
+Readiness: a server given warm-up requests (:class:`WarmUp`, :meth:`Service.warm_up`) sheds every rerank
+request (reason ``starting``) and answers ``/healthz`` with 503 until each stage has run on them warm; it
+logs each stage's expected and measured cost against the default deadline and warns of a stage that can
+never run at it (:func:`~distill.serve.admission.never_fits`). Degraded answers are counted by the first
+stage skipped and the runtime's reason (``distill_degraded_total``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import re
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from distill.core.errors import DistillError
-from distill.serve.admission import Calibration, Dispatcher, Metrics, steer_deadline
+from distill.serve.admission import Calibration, Dispatcher, Metrics, WarmRun, never_fits, steer_deadline
 from distill.serve.compat import COHERE_PATHS, cohere_model, tei_model
 from distill.serve.request import DEADLINE_HEADER, Alternative, header_deadline, parse_request, request_model
 
@@ -40,6 +48,23 @@ class Call:
     header_ms: float | None = None
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """A request ranked before the server reports ready (:meth:`Service.warm_up`); ``label`` names its
+    documents in the start-up log, ``new_documents`` whether they are sent as text outside any corpus."""
+
+    label: str
+    query: str
+    documents: list[dict[str, Any]]
+    new_documents: bool = True
+
+
+def skip_reason(skipped: str | None) -> str:
+    """The reason word of a stage report's ``skipped`` (``deadline: 3 ms spent ...`` -> ``deadline``)."""
+    match = re.match(r"[A-Za-z_]+", skipped or "")
+    return match.group(0).lower() if match else "unknown"
+
+
 class Service:
     """The endpoints' work: admission, the handoff to a worker and the answers (module docstring)."""
 
@@ -53,6 +78,8 @@ class Service:
         self.model = request_model(config)
         self.tei = Alternative(tei_model(config), has="texts", lacks="documents")
         self.cohere = {path: cohere_model(config, version) for path, version in COHERE_PATHS.items()}
+        self.ready = threading.Event()  # set by warm_up, or at once by create_app when there is none
+        self.failure: str | None = None  # why the warm-up failed
 
     def ms_since(self, arrival: float) -> float:
         return (self.clock() - arrival) * 1000.0
@@ -94,9 +121,9 @@ class Service:
         margin = self.dispatcher.margin_ms(self.config.margin_ms)
         return self.ms_since(call.arrival) + margin > self.deadline(sent, call)
 
-    def costs(self, body: Any, documents: list[dict[str, Any]]) -> list[float]:
+    def costs(self, query: str, documents: list[dict[str, Any]]) -> list[float]:
         """Each stage's modelled cost for this request's pairs, by their length in characters."""
-        pair_chars = [len(body.query) + len(d.get("title", "")) + len(d.get("text", "")) for d in documents]
+        pair_chars = [len(query) + len(d.get("title", "")) + len(d.get("text", "")) for d in documents]
         return [float(c) for c in self.cascade.estimate_ms(pair_chars)]
 
     async def handle(self, request: Any, shape: type, alternative: Alternative | None = None) -> Any:
@@ -110,6 +137,9 @@ class Service:
         """Admit (a full queue refuses before the body is parsed), parse, admit by the deadline,
         run in a worker and answer (see the module docstring)."""
         dispatcher = self.dispatcher
+        if not self.ready.is_set():
+            why = "warming up the models" if self.failure is None else f"the warm-up failed ({self.failure})"
+            return self.shed("starting", why, 1000.0, call)
         if dispatcher.full():
             return self.shed("queue_full", f"{self.config.queue_size} requests are waiting",
                              dispatcher.wait_ms(0.0), call)
@@ -125,7 +155,7 @@ class Service:
                              dispatcher.wait_ms(0.0), call)
         deadline = self.deadline(body.deadline_ms, call)
         documents = body.cascade_documents()
-        costs = self.costs(body, documents)
+        costs = self.costs(body.query, documents)
         margin = dispatcher.margin_ms(self.config.margin_ms)
         cheapest = costs[0] + margin
         wait = dispatcher.wait_ms(sum(costs))
@@ -180,7 +210,10 @@ class Service:
                 self.metrics.stage_latency.labels(s["name"]).observe(s["ms"] / 1000.0)
             else:
                 self.metrics.skipped.labels(s["name"]).inc()
-        degraded = any(not s["ran"] for s in stages)
+        first_skipped = next((s for s in result.stages if not s.ran), None)
+        degraded = first_skipped is not None
+        if degraded:
+            self.metrics.degraded.labels(first_skipped.name, skip_reason(first_skipped.skipped)).inc()
         elapsed = self.ms_since(call.arrival)
         if elapsed > deadline:
             self.metrics.late.inc()
@@ -189,7 +222,48 @@ class Service:
         return self.answer(200, payload, "degraded" if degraded else "ok", call, headers)
 
     def health(self) -> dict[str, Any]:
+        """``/healthz``'s body: ``status`` is ok once warm, else starting (or failed, with the error)."""
         d, calibration = self.dispatcher, self.calibration
-        return {"status": "ok", "cascade": str(self.cascade), "workers": self.config.workers,
+        status = "ok" if self.ready.is_set() else "starting" if self.failure is None else "failed"
+        failure = {} if self.failure is None else {"error": self.failure}
+        return {"status": status, **failure, "cascade": str(self.cascade), "workers": self.config.workers,
                 "queue_depth": d.queued, "busy_workers": d.busy, "service_ms": d.service_ms,
-                "handoff_ms": d.handoff_ms, "cost_factors": calibration.get(len(calibration.means))}
+                "handoff_ms": d.handoff_ms, "cost_factors": calibration.get(len(calibration.means)),
+                "degraded": self.metrics.degraded_counts()}
+
+    def warm_up(self, requests: Sequence[WarmUp]) -> None:
+        """Rank each of ``requests`` cold (every stage loads and initialises), then warm, measured: the
+        calibration starts from the warm times; log each stage's expected and measured cost against the
+        default deadline, warn of a stage that can never run at it, and report ready. A cascade that fails
+        here is never ready (``/healthz`` says why)."""
+        try:
+            runs = [self._warm(request) for request in requests]
+        except Exception as err:  # noqa: BLE001 (any failure: logged, and the server says it is not ready)
+            self.failure = f"{type(err).__name__}: {err}"
+            log.exception("the warm-up failed: the server will not report ready")
+            return
+        self.log_costs(runs)
+        self.ready.set()
+        log.info("warm: ready to serve")
+
+    def _warm(self, request: WarmUp) -> WarmRun:
+        self.cascade.rank(request.query, request.documents)
+        costs = self.costs(request.query, request.documents)
+        stages = self.cascade.rank(request.query, request.documents).stages
+        self.calibration.observe(costs, stages)
+        chars = sum(len(d.get("title", "")) + len(d.get("text", "")) for d in request.documents)
+        return WarmRun(request.label, len(request.documents), round(chars / max(len(request.documents), 1)),
+                       request.new_documents, [s.name for s in stages], costs, [float(s.ms) for s in stages])
+
+    def log_costs(self, runs: Sequence[WarmRun]) -> None:
+        """One line per stage with its expected and measured cost for each warm-up request, against the
+        default deadline; a warning for each request kind where a stage can never run in time."""
+        deadline, margin = self.config.deadline_ms, self.config.margin_ms
+        for j, name in enumerate(runs[0].names if runs else []):
+            costs = "; ".join(f"{r.n_docs} {r.label} of ~{r.chars} characters: {r.modelled_ms[j]:.1f} ms "
+                              f"expected, {r.measured_ms[j]:.1f} ms measured" for r in runs)
+            log.info("stage %s: %s (default deadline %g ms)", name, costs, deadline)
+        for run in runs:
+            warning = never_fits(run, deadline, margin)
+            if warning is not None:
+                log.warning(warning)
