@@ -1,5 +1,5 @@
-"""What ``distill cascade build``, ``cascade run``, ``evaluate`` and ``cache info`` print of their task's
-result (rich tables, on stdout): the tasks (:mod:`distill.app.tasks`) print nothing, their commands and the
+"""What ``distill cascade build``, ``cascade run``, ``evaluate``, ``cache info`` and ``fuse-teacher`` print of
+their task's result (rich tables, on stdout): the tasks (:mod:`distill.app.tasks`) print nothing, their commands and the
 demo's steps print with these."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from distill.cache.store import CacheInfo
     from distill.cascade.search import CascadeBuild
     from distill.evaluation.runner import EvaluationResult
+    from teachers.fusion import FusedWeights
 
 log = logging.getLogger("distill")
 
@@ -94,3 +95,22 @@ def print_cache_info(folder: Path, info: CacheInfo, scale: ScoreScale) -> None:
         table.add_row(c["hash"], c["source"], str(c["pairs"]), str(c["scored"]), f"{c['coverage']:.1%}")
     console.print(table)
     console.print(describe_scale(scale), highlight=False)
+
+
+def print_fused_teacher(chosen: FusedWeights, caches: list[Path], out: Path) -> None:
+    """Each component's weight and validation value alone (the teachers named by their caches), then the
+    fused teacher's (the ensemble's, with several teachers), and the cache ``out`` it was written to."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from teachers.fusion import teacher_names
+
+    sources = dict(zip(teacher_names(len(caches)), map(str, caches)))
+    table = Table("component", "source", "weight", f"{chosen.metric} alone",
+                  title=f"fused teacher, weights chosen on {chosen.queries} validation queries")
+    for name, value in chosen.alone.items():
+        table.add_row(name, sources.get(name, ""), f"{chosen.weights.get(name, 0.0):g}", f"{value:.4f}")
+    table.add_row("fused", "", "", f"{chosen.value:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out}/", highlight=False)

@@ -125,24 +125,27 @@ def run_score_teacher(teacher: str, cache: Path, *, data: Path | None = None, sp
                          engine_options=dict(ray_options or {}), **config.teacher_options())
 
 
-def run_fuse_teacher(cache: Path, data: Path, runs: Sequence[Path], out: Path, *, valid_split: str = "valid",
-                     scorers: Mapping[str, str] | None = None, queries: Path | None = None,
+def run_fuse_teacher(cache: Path | Sequence[Path], data: Path, runs: Sequence[Path], out: Path, *,
+                     valid_split: str = "valid", scorers: Mapping[str, str] | None = None, queries: Path | None = None,
                      step: float = 0.1) -> FusedWeights:
     """``distill fuse-teacher``: the cached teacher fused with the first stage of ``runs`` (and ``scorers``,
-    rankers applied to the cached pairs), weights chosen on ``valid_split``; returns the weights."""
+    rankers applied to the cached pairs), weights chosen on ``valid_split``; returns the weights and each
+    component's validation value alone. ``cache`` may be several teacher caches, fused as an ensemble
+    (:func:`teachers.fusion.teacher_names` names them; ``scorers`` apply to the first one's pairs)."""
     from distill.core.manifest import frame_hash
     from distill.data.beir import load_beir
     from distill.data.runs import read_run
     from teachers.fusion import fuse_teacher
 
-    check_output(out, inputs=[cache, *runs, queries], datasets=[data], folder=True)
+    caches = [cache] if isinstance(cache, (str, Path)) else list(cache)
+    check_output(out, inputs=[*caches, *runs, queries], datasets=[data], folder=True)
     valid = load_beir(data, valid_split)
     others, sources = {}, {"bm25": {"kind": "first-stage", "runs": [str(r) for r in runs]}}
     if scorers:
         from distill.cache.store import read_scores
         from distill.rankers.loading import load_ranker
 
-        pairs = read_scores(cache)[0].select("qid", "docid")
+        pairs = read_scores(caches[0])[0].select("qid", "docid")
         everything = load_beir(data, None)
         if queries is not None:
             import polars as pl
@@ -155,7 +158,7 @@ def run_fuse_teacher(cache: Path, data: Path, runs: Sequence[Path], out: Path, *
             ranker = load_ranker(spec, name=name)
             others[name] = ranker.rerank(everything, pairs)
             sources[name] = ranker.get_config_dict()
-    return fuse_teacher(out, cache, [read_run(r) for r in runs], valid.qrels, others=others, step=step,
+    return fuse_teacher(out, caches, [read_run(r) for r in runs], valid.qrels, others=others, step=step,
                         corpus_hash=frame_hash(valid.corpus), sources=sources)
 
 

@@ -1,4 +1,5 @@
-"""``distill fuse-teacher``: a teacher that cannot fall below the first stage on validation."""
+"""``distill fuse-teacher``: a teacher (or an ensemble of teachers) that cannot fall below the first stage on
+validation."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ _D = defaults(tasks.run_fuse_teacher)
 def register(app: typer.Typer) -> None:
     @app.command("fuse-teacher")
     def fuse_teacher_command(
-        cache: Path = typer.Option(..., help="The trained teacher's cache (with the validation candidates scored)."),
+        cache: list[Path] = typer.Option(..., "--cache", help="The trained teacher's cache (with the validation "
+                                         "candidates scored); repeatable: several teachers' caches (scored or "
+                                         "imported) are fused as an ensemble."),
         data: Path = typer.Option(..., help="BEIR folder the cache was scored on."),
         run: list[Path] = typer.Option(..., "--run", help="First-stage runs whose scores are fused (every "
                                        "candidate set in the cache: train, valid, test); repeatable."),
@@ -28,10 +31,13 @@ def register(app: typer.Typer) -> None:
         step: float = typer.Option(_D["step"], help="Weights are searched on a grid of this step (summing to 1)."),
         out: Path = typer.Option(..., help="Cache folder of the fused scores (students read it)."),
     ) -> None:
-        """Per-query z-scored interpolation of the teacher with BM25 (and other scorers), the weights chosen
-        on --valid-split's nDCG@10 and recorded in the fused cache's fingerprint."""
+        """Per-query z-scored interpolation of the teacher (or of several: an ensemble) with BM25 (and other
+        scorers), the weights chosen on --valid-split's nDCG@10 and recorded in the fused cache's fingerprint."""
+        from distill.app.summaries import print_fused_teacher
         from distill.rankers.loading import parse_ranker_spec
 
-        tasks.run_fuse_teacher(cache, data, run, out, valid_split=valid_split,
-                               scorers=dict(parse_ranker_spec(item) for item in scorer) or None, queries=queries,
-                               step=step)
+        teachers = cache[0] if len(cache) == 1 else cache  # one teacher: the call the pipeline's step makes
+        chosen = tasks.run_fuse_teacher(teachers, data, run, out, valid_split=valid_split,
+                                        scorers=dict(parse_ranker_spec(item) for item in scorer) or None,
+                                        queries=queries, step=step)
+        print_fused_teacher(chosen, cache, out)
