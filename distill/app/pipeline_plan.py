@@ -15,7 +15,7 @@ from typing import Any
 from distill.app import tasks
 from distill.app.pipeline_config import TITLE_SPLIT, PipelineConfig, default_init, student_queries
 from distill.app.pipeline_step import Step
-from distill.app.summaries import print_cascade_build, print_cascade_run, print_evaluation
+from distill.app.summaries import print_cascade_build, print_cascade_run, print_evaluation, print_fused_teacher
 from distill.cascade.search import BudgetShare, CascadeBuildConfig
 from distill.core.errors import ConfigError
 from distill.evaluation.runner import EvaluateConfig
@@ -71,7 +71,8 @@ def _teacher_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
     fused = cfg.out / "cache_fused"
     first_stage = [runs / f"{split}.trec" for split in ("train", "valid", "test")]
     steps.append(Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {
-        "cache": cache, "data": data, "valid_split": "valid", "runs": first_stage, "out": fused}, fused))
+        "cache": cache, "data": data, "valid_split": "valid", "runs": first_stage, "out": fused}, fused,
+        show=partial(print_fused_teacher, caches=[cache], out=fused)))
     return steps
 
 
