@@ -24,7 +24,7 @@ def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder
     HTMLParser().feed(html)
     assert html.count("data:image/png;base64,") >= 3
     spec = json.loads((out / "cascade.json").read_text())
-    assert spec["format"] == "distill-cascade/1" and spec["stages"][0]["name"] == "bm25"
+    assert spec["format"] == "distill-cascade/2" and spec["stages"][0]["name"] == "bm25"
     steps = json.loads((out / "pipeline.json").read_text())["steps"]
     assert {"pseudo-queries", "train-teacher", "score-test", "student-lightgbm", "cascade-build",
             "evaluate"} <= set(steps)

@@ -13,7 +13,9 @@ Final ranking: the last stage's order first, then the documents cut at earlier s
 latest stage first, each group in the order of the stage that cut it. Every candidate
 stays in the ranking, so deep metrics (R@100, AP) remain comparable between cascades and
 with the first stage alone. Final scores are ``n - rank + 1`` (stages' raw scores live on
-different scales, so only the order is kept).
+different scales, so only the order is kept). A cascade with a calibration (built by ``distill
+cascade build``) also gives each document its probability of relevance, a ``relevance_score``
+column (:mod:`distill.cascade.relevance`).
 
 Budget: with ``budget_ms`` set, queries are reranked one by one. Before each stage after
 the first, the time spent on the query plus the stage's expected cost (:class:`StageCost`,
@@ -25,6 +27,10 @@ the candidates, whose time was spent before the cascade saw the query.
 
 A cascade's parts, :class:`Stage` (:func:`stage`) and :class:`StageCost`, live in
 :mod:`distill.cascade.stages` and are importable from here too.
+
+Spec format: ``distill-cascade/2`` (written) holds the stages' calibrations, ``calibration``: stage
+name -> the JSON of its :class:`~distill.evaluation.calibration.Calibration` (a stage without one is
+absent); ``distill-cascade/1`` (before calibrations) still loads, its stages uncalibrated.
 """
 
 from __future__ import annotations
@@ -40,17 +46,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from distill.cascade.relevance import reads_rank, stage_relevance
 from distill.cascade.stages import Stage, StageCost, check_cutoff, describe, stage  # noqa: F401  (stage: importable here too)
 from distill.core.errors import ConfigError, InputError
 from distill.core.io import write_json_atomic
 from distill.core.schema import DOCID, QID, RANK, SCORE, require_columns
 from distill.data.beir import Dataset
+from distill.evaluation.calibration import RELEVANCE_SCORE
 from distill.rankers.base import BaseRanker, Ranker, settle_precision
 
 if TYPE_CHECKING:
     from distill.cascade.runtime import RankResult, Runtime
 
-SPEC_FORMAT = "distill-cascade/1"
+SPEC_FORMAT = "distill-cascade/2"
+SPEC_FORMATS = ("distill-cascade/1", SPEC_FORMAT)  # what from_spec reads; /1 has no calibrations
 _RUNTIME_LOCK = threading.Lock()
 _STAGE = "_stage"
 
@@ -126,6 +135,11 @@ class Cascade(BaseRanker):
     def name(self) -> str:
         return str(self)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether any stage has a calibration: then :meth:`rerank` adds a ``relevance_score`` column."""
+        return any(s.calibration is not None for s in self.stages)
+
     # -- ranking ----------------------------------------------------------------------------
 
     def prepare(self, dataset: Dataset) -> None:
@@ -139,7 +153,8 @@ class Cascade(BaseRanker):
             s.ranker.settle_precision(queries, docs, total_pairs=total_pairs)
 
     def rerank(self, dataset: Dataset, run: pl.DataFrame, *, per_query: bool = False) -> pl.DataFrame:
-        """Rank ``run`` through the stages; ``qid, docid, score`` for every row of ``run``.
+        """Rank ``run`` through the stages; ``qid, docid, score`` for every row of ``run``, and
+        ``relevance_score`` when the cascade is :attr:`calibrated`.
 
         Queries go one by one when a budget is set or ``per_query`` is true (then each
         query's wall time is recorded in :attr:`stats`); otherwise each stage scores all
@@ -149,7 +164,8 @@ class Cascade(BaseRanker):
         incoming = run.select([c for c in (QID, DOCID, SCORE) if c in run.columns])
         self.stats = CascadeStats(skipped={s.name: 0 for s in self.stages})
         if incoming.is_empty():
-            return incoming.select(QID, DOCID, pl.lit(0.0).alias(SCORE))
+            relevance = [pl.lit(0.0).alias(RELEVANCE_SCORE)] if self.calibrated else []
+            return incoming.select(QID, DOCID, pl.lit(0.0).alias(SCORE), *relevance)
         if self.budget_ms is None and not per_query:
             ranked = self._rank(dataset, incoming)
         else:
@@ -184,6 +200,9 @@ class Cascade(BaseRanker):
                         self.stats.skipped[skipped.name] += 1
                     break
             kept = self._score(s, dataset, survivors)
+            if self.calibrated:
+                kept = kept.with_columns(pl.Series(RELEVANCE_SCORE, stage_relevance(
+                    s.calibration, kept[_STAGE].to_numpy(), kept[RANK].to_numpy(), reads_rank(s.ranker))))
             if i == 0:
                 start = time.perf_counter()
             if s.cutoff is not None:
@@ -193,7 +212,9 @@ class Cascade(BaseRanker):
             survivors = kept.select(incoming.columns)
         final = pl.concat([kept, *reversed(cut_away)]).lazy().sort(QID, maintain_order=True)
         position = pl.int_range(pl.len()).over(QID)
-        return final.select(QID, DOCID, (pl.len().over(QID) - position).cast(pl.Float64).alias(SCORE)).collect()
+        relevance = [RELEVANCE_SCORE] if self.calibrated else []
+        return final.select(QID, DOCID, (pl.len().over(QID) - position).cast(pl.Float64).alias(SCORE),
+                            *relevance).collect()
 
     @staticmethod
     def _score(s: Stage, dataset: Dataset, survivors: pl.DataFrame) -> pl.DataFrame:
@@ -222,7 +243,8 @@ class Cascade(BaseRanker):
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "cascade": str(self),
-            "stages": [{"name": s.name, "cutoff": s.cutoff, "spec": s.spec, "ranker": s.ranker.get_config_dict()}
+            "stages": [{"name": s.name, "cutoff": s.cutoff, "spec": s.spec, "ranker": s.ranker.get_config_dict(),
+                        "calibration": None if s.calibration is None else s.calibration.method}
                        for s in self.stages],
             "budget_ms": self.budget_ms,
             "costs": {name: asdict(cost) for name, cost in self.costs.items()},
@@ -254,11 +276,12 @@ class Cascade(BaseRanker):
         self._runtime = Runtime(self, known)
 
     def rank(self, query: str, documents: Sequence[str | Mapping[str, Any]], deadline_ms: float | None = None,
-             top_k: int | None = None, started: float | None = None) -> RankResult:
+             top_k: int | None = None, started: float | None = None, min_score: float | None = None) -> RankResult:
         """Rank one query's ``documents`` (texts or ``{"id", "text", "title"?, "score"?}``) as
         :meth:`rerank` would; skip stages that would end after ``deadline_ms`` from ``started``
-        (a ``time.perf_counter()`` value, default now). See :mod:`distill.cascade.runtime`."""
-        return self._require_runtime().rank(query, documents, deadline_ms, top_k, started)
+        (a ``time.perf_counter()`` value, default now); drop documents whose relevance score is below
+        ``min_score``. See :mod:`distill.cascade.runtime`."""
+        return self._require_runtime().rank(query, documents, deadline_ms, top_k, started, min_score)
 
     def estimate_ms(self, n_docs: int | Sequence[int]) -> list[float]:
         """Each stage's expected milliseconds for ``n_docs`` candidates, or for documents of these lengths
@@ -285,6 +308,7 @@ class Cascade(BaseRanker):
             "format": SPEC_FORMAT,
             "cascade": str(self),
             "stages": [{"name": s.name, "ranker": s.spec, "cutoff": s.cutoff} for s in self.stages],
+            "calibration": {s.name: s.calibration.to_json() for s in self.stages if s.calibration is not None},
             "costs": {name: asdict(cost) for name, cost in self.costs.items()},
             "budget_ms": self.budget_ms,
             "provenance": self.provenance,
@@ -295,15 +319,18 @@ class Cascade(BaseRanker):
                   source: str | Path | None = None) -> Cascade:
         """Rebuild a cascade; each ranker is ``load(spec, name=stage_name)``
         (default :func:`distill.rankers.loading.load_ranker`). ``source`` locates errors."""
+        from distill.cascade.spec import spec_calibrations
+
         if load is None:
             from distill.rankers.loading import load_ranker as load
-        if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        if not isinstance(spec, dict) or spec.get("format") not in SPEC_FORMATS:
             found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
-            raise ConfigError(f"not a cascade spec (format {found!r}, expected {SPEC_FORMAT!r})",
+            raise ConfigError(f"not a cascade spec (format {found!r}, expected one of {list(SPEC_FORMATS)})",
                               path=source, field="format")
         entries = spec.get("stages")
         if not isinstance(entries, list) or not entries:
             raise ConfigError("expected a non-empty list", path=source, field="stages")
+        calibrations = spec_calibrations(spec, entries, source)
         stages = []
         for i, entry in enumerate(entries):
             where = f"stages[{i}]"
@@ -312,7 +339,8 @@ class Cascade(BaseRanker):
                 raise ConfigError("expected {name: str, ranker: str, cutoff: int | null}", path=source, field=where)
             try:
                 cutoff = None if entry.get("cutoff") is None else check_cutoff(entry["cutoff"])
-                stages.append(Stage(entry["name"], load(entry["ranker"], name=entry["name"]), cutoff, entry["ranker"]))
+                stages.append(Stage(entry["name"], load(entry["ranker"], name=entry["name"]), cutoff, entry["ranker"],
+                                    calibrations.get(entry["name"])))
             except ConfigError as err:
                 raise ConfigError(err.message, path=source, field=f"{where}.{err.field or 'name'}") from None
         costs_in = spec.get("costs") or {}

@@ -3,12 +3,20 @@
 :meth:`distill.cascade.model.Cascade.load` reads a cascade spec and prepares it for requests;
 :meth:`~distill.cascade.model.Cascade.rank` takes a query and its candidate documents (texts, or
 ``{"id", "text", "title"?, "score"?}`` objects) and returns a :class:`RankResult`: the ids in
-their final order, their scores and a :class:`StageReport` per stage (ran or skipped, and why).
+their final order, their scores, their relevance scores and a :class:`StageReport` per stage (ran
+or skipped, and why).
 
 The ranking is the offline cascade's (:meth:`Cascade.rerank <distill.cascade.model.Cascade.rerank>`):
 the same tie-breaking (score, then id), cutoffs and final order, and final scores
 ``n - rank + 1``. The first stage of a spec whose first stage is ``bm25`` (the candidates'
 own scores) is the documents' ``score``, or, where none is given, their input order.
+
+Relevance scores (``RankResult.relevance``): each document's probability of relevance in [0, 1],
+from the latest stage that scored it, through that stage's calibration in the spec, or the
+documented sigmoid rule where it has none (:mod:`distill.cascade.relevance`; the replayed first
+stage reads its rank, as the given scores' scale is unknown). ``min_score`` drops the documents
+whose relevance score is below it, before ``top_k`` keeps the first ones; the documents left keep
+the scores (``n - rank + 1``) of their place in the full ranking.
 
 Documents: with a corpus (``corpus=``, a ``corpus.jsonl`` or BEIR folder), a document whose
 id is in it, sent without text or with the corpus's text, is that corpus document; its
@@ -52,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from distill.cascade.relevance import stage_relevance
 from distill.core.errors import ConfigError, InputError
 from distill.core.schema import DOCID, QRELS_SCHEMA, QUERIES_SCHEMA, TEXT, TITLE
 from distill.data.beir import Dataset, load_corpus
@@ -61,6 +70,7 @@ from distill.rankers.documents import Documents, join_title
 
 if TYPE_CHECKING:
     from distill.cascade.model import Cascade, StageCost
+    from distill.evaluation.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +96,13 @@ class StageReport:
 
 @dataclass(frozen=True)
 class RankResult:
-    """Every document's id in final order, its score (``n - rank + 1``) and the stages' reports."""
+    """Every document's id in final order, its score (``n - rank + 1``), the stages' reports and
+    each document's ``relevance``: its probability of relevance in [0, 1], in ``ids`` order."""
 
     ids: list[str]
     scores: list[float]
     stages: list[StageReport]
+    relevance: list[float]
 
 
 class RuntimeCorpus:
@@ -187,14 +199,16 @@ def parse_documents(documents: Sequence[str | Mapping[str, Any]], corpus: Runtim
     return Documents(ids, titles, texts, first_stage, np.asarray(rows, dtype=np.int64))
 
 
-def check_request(query: Any, deadline_ms: Any, top_k: Any) -> None:
-    """:class:`InputError` naming ``query``, ``deadline_ms`` or ``top_k`` when one is unusable."""
+def check_request(query: Any, deadline_ms: Any, top_k: Any, min_score: Any = None) -> None:
+    """:class:`InputError` naming ``query``, ``deadline_ms``, ``top_k`` or ``min_score`` when one is unusable."""
     if not isinstance(query, str) or not query.strip():
         raise InputError(f"expected a non-empty text, got {query!r}", field="query")
     if deadline_ms is not None and (_number(deadline_ms, "deadline_ms") <= 0):
         raise InputError(f"expected a number of milliseconds > 0, got {deadline_ms!r}", field="deadline_ms")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise InputError(f"expected an integer >= 1, got {top_k!r}", field="top_k")
+    if min_score is not None and not 0.0 <= _number(min_score, "min_score") <= 1.0:
+        raise InputError(f"expected a probability in [0, 1], got {min_score!r}", field="min_score")
 
 
 class DocumentScorer:
@@ -216,11 +230,12 @@ class DocumentScorer:
 
 class _RuntimeStage:
     """One stage of a runtime cascade: its scorer (None: the first stage, replaying the given
-    scores or the input order), cutoff, cost and the tokens its model truncates to."""
+    scores or the input order), cutoff, cost, calibration and the tokens its model truncates to."""
 
     def __init__(self, name: str, scorer: DocumentScorer | None, cutoff: int | None,
-                 cost: StageCost | None) -> None:
+                 cost: StageCost | None, calibration: Calibration | None = None) -> None:
         self.name, self.scorer, self.cutoff, self.cost = name, scorer, cutoff, cost
+        self.calibration = calibration
         self.max_tokens = None if scorer is None else token_cap(scorer.ranker)
 
     @property
@@ -273,7 +288,7 @@ class Runtime:
         for i, s in enumerate(cascade.stages):
             replays = i == 0 and isinstance(s.ranker, RunRanker) and s.ranker.scores is None
             scorer = None if replays else DocumentScorer(runtime_ranker(s.name, s.ranker), dataset)
-            self.stages.append(_RuntimeStage(s.name, scorer, s.cutoff, cascade.costs.get(s.name)))
+            self.stages.append(_RuntimeStage(s.name, scorer, s.cutoff, cascade.costs.get(s.name), s.calibration))
         lacking = [st.name for st in self.stages if st.cost is None and not st.replays_first_stage]
         if lacking:
             log.warning("stage(s) %s have no cost in the spec: deadlines cannot skip them", lacking)
@@ -300,11 +315,24 @@ class Runtime:
         return out
 
     def rank(self, query: str, documents: Sequence[str | Mapping[str, Any]], deadline_ms: float | None = None,
-             top_k: int | None = None, started: float | None = None) -> RankResult:
+             top_k: int | None = None, started: float | None = None, min_score: float | None = None) -> RankResult:
         """Rank ``documents`` for ``query`` (see the module docstring)."""
         started = time.perf_counter() if started is None else started
-        check_request(query, deadline_ms, top_k)
+        check_request(query, deadline_ms, top_k, min_score)
         docs = parse_documents(documents, self.corpus)
+        relevance = np.full(len(docs), np.nan)
+        final, reports = self._run_stages(query, docs, deadline_ms, started, relevance)
+        scores = np.arange(len(final), 0, -1, dtype=np.float64)
+        if min_score is not None:
+            passes = relevance[final] >= min_score
+            final, scores = final[passes], scores[passes]
+        final, scores = final[:top_k], scores[:top_k]
+        return RankResult([docs.ids[i] for i in final.tolist()], scores.tolist(), reports, relevance[final].tolist())
+
+    def _run_stages(self, query: str, docs: Documents, deadline_ms: float | None, started: float,
+                    relevance: np.ndarray) -> tuple[np.ndarray, list[StageReport]]:
+        """The documents' final order (indices into ``docs``) and the stages' reports; each stage that
+        runs writes the relevance scores of the documents it scored into ``relevance``."""
         ids = np.asarray(docs.ids, dtype=object)
         pair_chars = docs.chars() + len(query)
         survivors = np.arange(len(docs))
@@ -331,15 +359,13 @@ class Runtime:
                 raise ModelFault(f"stage {st.name!r} returned {scores.shape} scores for {n_in} documents "
                                  "(or NaN)")
             # score descending, then id: the offline cascade's order
-            order = survivors[np.lexsort((ids[survivors].astype(str), -scores))]
+            by_stage = np.lexsort((ids[survivors].astype(str), -scores))
+            order = survivors[by_stage]
+            relevance[order] = stage_relevance(st.calibration, scores[by_stage], np.arange(1, n_in + 1),
+                                               st.replays_first_stage)
             if st.cutoff is not None:
                 cut_away.append(order[st.cutoff:])
                 order = order[: st.cutoff]
             survivors = order
             reports.append(StageReport(st.name, True, (time.perf_counter() - start) * 1000.0, n_in, len(order)))
-        final = np.concatenate([survivors, *reversed(cut_away)]).astype(np.int64)
-        n = len(final)
-        if top_k is not None:
-            final = final[:top_k]
-        return RankResult([docs.ids[i] for i in final.tolist()], [float(n - r) for r in range(len(final))],
-                          reports)
+        return np.concatenate([survivors, *reversed(cut_away)]).astype(np.int64), reports

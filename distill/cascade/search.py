@@ -1,6 +1,7 @@
 """Build a cascade within a latency budget: load the candidate stages, measure what each costs
 per query, let each score the validation candidates once, search the cascades those scores
-simulate (:mod:`distill.cascade.simulation`) and replay the chosen one for its validation metrics.
+simulate (:mod:`distill.cascade.simulation`), replay the chosen one for its validation metrics and
+calibrate each of its stages' scores to probabilities of relevance (:mod:`distill.cascade.relevance`).
 
 The simulation's names (:func:`search_cascades`, :class:`SearchResult`, :func:`quick_evaluate`,
 ...) are importable from here too, as before it had its own module.
@@ -12,13 +13,14 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from distill.cascade.model import Cascade
+from distill.cascade.relevance import fit_stage_calibrations
 from distill.cascade.simulation import (  # noqa: F401  (the simulation's names: importable here too)
     DEFAULT_CUTOFFS,
     SUPPORTED_METRICS,
@@ -35,6 +37,7 @@ from distill.core.errors import ConfigError
 from distill.core.schema import DOCID, QID, SCORE
 from distill.data.beir import Dataset
 from distill.data.views import holdout, restrict
+from distill.evaluation.calibration import CALIBRATION_DEPTH, METHODS, PLATT
 from distill.rankers.base import BaseRanker
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,9 @@ class CascadeBuildConfig:
     sample with ``seed``; 1.0: all). ``metric``: nDCG@k or RR@k, maximised. ``cutoffs``: the grid
     between stages. ``max_stages``: the longest cascade searched. Stage costs not given are
     measured with ``latency_queries`` queries at ``latency_k // 10`` and ``latency_k`` candidates,
-    with ``threads`` torch threads (None: torch's default).
+    with ``threads`` torch threads (None: torch's default). ``calibration``: how each stage's scores
+    become probabilities of relevance (``platt`` or ``isotonic``), fitted on each stage's top
+    ``calibration_depth`` validation documents per query (None: all it ranks).
     """
 
     valid_fraction: float = 1.0
@@ -59,6 +64,8 @@ class CascadeBuildConfig:
     latency_queries: int = 20
     latency_k: int = 100
     threads: int | None = None
+    calibration: str = PLATT
+    calibration_depth: int | None = CALIBRATION_DEPTH
 
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_fraction <= 1.0:
@@ -66,7 +73,11 @@ class CascadeBuildConfig:
         parse_metric(self.metric)
         check_cutoff_grid(self.cutoffs)
         self.cutoffs = tuple(self.cutoffs)
-        for name, least in (("max_stages", 1), ("latency_queries", 1), ("latency_k", 2), ("threads", 1)):
+        if self.calibration not in METHODS:
+            raise ConfigError(f"unknown calibration {self.calibration!r}; known: {list(METHODS)}",
+                              field="calibration")
+        for name, least in (("max_stages", 1), ("latency_queries", 1), ("latency_k", 2), ("threads", 1),
+                            ("calibration_depth", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise ConfigError(f"must be an integer >= {least}, got {value!r}", field=name)
@@ -114,8 +125,10 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
     the first stage (``"bm25"``: the run's own order); the search picks subsets, orders and
     cutoffs of the others. ``costs``: given stage costs; the others are measured on the stage
     itself, or on ``cost_from[name]`` (e.g. the teacher model behind a teacher cache, whose
-    replay costs nothing). Every stage scores the candidates once; cascades are simulated.
+    replay costs nothing). Every stage scores the candidates once; cascades are simulated. The
+    chosen cascade's stages are calibrated on the validation queries' qrels (``config.calibration``).
     """
+    from distill.core.manifest import library_versions
     from distill.evaluation.metrics import DEFAULT_METRICS, metric_means
 
     config = config or CascadeBuildConfig()
@@ -148,24 +161,21 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
     names = tuple(dict.fromkeys([config.metric, *DEFAULT_METRICS]))
     baseline = metric_means(dataset.qrels, scores[first], names)
     chosen = metric_means(dataset.qrels, replay(result.chosen, scores, dataset), names)
-    from distill.core.manifest import library_versions
-
-    cascade = replace(
-        result.chosen.to_cascade(loaded), budget_ms=budget_ms,
-        costs={name: costs[name] for name in result.chosen.stages},
-        provenance={
-            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(dataset.path or dataset.name),
-            "split": dataset.split, "queries": dataset.queries.height, **asdict(config),
-            "n_evaluated": result.n_evaluated, "budget_share": asdict(share) if share else None,
-            "chosen": {"cascade": str(result.chosen), "value": result.chosen.value,
-                       "expected_latency_ms": result.chosen.latency_ms},
-            "validation": chosen, "first_stage_validation": baseline,
-            "frontier": result.frontier.select("cascade", config.metric, "latency_ms").to_dicts(),
-            "candidate_stages": {n: {"spec": s.spec, "cost": asdict(costs[n]), "cost_source": cost_source[n]}
-                                 for n, s in loaded.items()},
-            "versions": library_versions(),
-        },
-    )
+    calibrated, calibration = fit_stage_calibrations(result.chosen.to_cascade(loaded).stages, scores, dataset.qrels,
+                                                     config.calibration, config.calibration_depth)
+    provenance = {
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": str(dataset.path or dataset.name),
+        "split": dataset.split, "queries": dataset.queries.height, **asdict(config),
+        "n_evaluated": result.n_evaluated, "budget_share": asdict(share) if share else None,
+        "chosen": {"cascade": str(result.chosen), "value": result.chosen.value,
+                   "expected_latency_ms": result.chosen.latency_ms},
+        "validation": chosen, "first_stage_validation": baseline, "calibration": calibration,
+        "frontier": result.frontier.select("cascade", config.metric, "latency_ms").to_dicts(),
+        "candidate_stages": {n: {"spec": s.spec, "cost": asdict(costs[n]), "cost_source": cost_source[n]}
+                             for n, s in loaded.items()},
+        "versions": library_versions(),
+    }
+    cascade = Cascade(calibrated, budget_ms, {name: costs[name] for name in result.chosen.stages}, provenance)
     return CascadeBuild(cascade, result, baseline, chosen, costs)
 
 

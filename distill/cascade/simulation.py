@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -54,8 +54,7 @@ class CascadeConfig:
 
     def to_cascade(self, stages: Mapping[str, Stage]) -> Cascade:
         """The cascade of these stages (taken from ``stages`` by name) with these cutoffs."""
-        return Cascade(tuple(Stage(stages[n].name, stages[n].ranker, c, stages[n].spec)
-                             for n, c in zip(self.stages, self.cutoffs)))
+        return Cascade(tuple(replace(stages[n], cutoff=c) for n, c in zip(self.stages, self.cutoffs)))
 
 
 @dataclass

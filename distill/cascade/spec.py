@@ -8,6 +8,7 @@ the relative one from the spec's own folder (a tree moved elsewhere), else a rel
 the spec's (a spec written before, with paths relative to the working directory of its run).
 A spec that names itself as a stage, directly or through other specs, is an
 :class:`~distill.core.errors.InputError` naming the cycle, not endless recursion.
+:func:`spec_calibrations` reads the stages' calibrations of a ``distill-cascade/2`` spec.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from distill.core.errors import InputError
+from distill.core.errors import ConfigError, InputError
 from distill.core.io import read_json
 from distill.core.recorded_paths import resolve_recorded
+from distill.evaluation.calibration import Calibration
 
 FIRST_STAGE = "bm25"  # distill.rankers.loading.FIRST_STAGE: the run's own scores, no path
 RELATIVE = "ranker_relative"  # a stage's ranker path relative to the spec's folder
@@ -84,3 +86,20 @@ def _recorded(entry: dict[str, Any], folder: Path) -> dict[str, Any]:
     except ValueError:  # another drive (Windows): the absolute path only
         relative = {}
     return {**entry, "ranker": os.path.abspath(ranker), **relative}
+
+
+def spec_calibrations(spec: dict[str, Any], entries: list[Any],
+                      source: str | Path | None = None) -> dict[str, Calibration]:
+    """The calibrations of a spec by stage name (``calibration``: stage name -> its JSON; a
+    ``distill-cascade/1`` spec predates them); one that is malformed or names no stage is a :class:`ConfigError`."""
+    found = spec.get("calibration") or {}
+    if not isinstance(found, dict):
+        raise ConfigError("expected an object of stage name -> calibration", path=source, field="calibration")
+    names = {entry.get("name") for entry in entries if isinstance(entry, dict)}
+    unknown = sorted(set(found) - names)
+    if unknown:
+        raise ConfigError(f"calibration of unknown stage(s) {unknown}", path=source, field="calibration")
+    try:
+        return {name: Calibration.from_json(body, field=f"calibration.{name}") for name, body in found.items()}
+    except ConfigError as err:
+        raise ConfigError(err.message, path=source, field=err.field) from None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distill.core.errors import ConfigError
+from distill.evaluation.calibration import Calibration
 from distill.rankers.base import Ranker
 
 if TYPE_CHECKING:
@@ -65,16 +66,20 @@ def check_cutoff(k: Any) -> int:
 
 @dataclass(frozen=True)
 class Stage:
-    """One ranker of a cascade, its cutoff (None: keep all) and the spec it was loaded from.
+    """One ranker of a cascade, its cutoff (None: keep all), the spec it was loaded from and the
+    calibration of its scores.
 
     ``spec`` is what :func:`distill.rankers.loading.load_ranker` accepts (``bm25``, a model or cache
-    folder, a run file); it is needed only to write the cascade as a spec.
+    folder, a run file); it is needed only to write the cascade as a spec. ``calibration`` maps the
+    stage's scores to probabilities of relevance (:mod:`distill.cascade.relevance`; None: the
+    uncalibrated rule).
     """
 
     name: str
     ranker: Ranker
     cutoff: int | None = None
     spec: str | None = None
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):

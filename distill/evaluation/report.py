@@ -2,8 +2,9 @@
 
 The HTML carries its figures as base64 PNG data URIs and its style inline, so it opens
 offline and can be mailed as one file. Figures: quality vs latency with the Pareto
-frontier, per-query metric deltas vs the baseline, teacher-vs-student scores and LightGBM
-feature importance. Each figure is drawn by one small function.
+frontier, per-query metric deltas vs the baseline, teacher-vs-student scores, LightGBM
+feature importance and the reliability of a calibrated cascade's relevance scores. Each figure is
+drawn by one small function.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import polars as pl
 
 from distill.core.io import write_text_atomic
 from distill.core.schema import DOCID, QID, SCORE
+from distill.evaluation.calibration import CALIBRATION_DEPTH, ECE
 from distill.evaluation.depth import depth_table
 from distill.evaluation.latency import LatencyResult
 from distill.evaluation.runner import RANKER, EvaluationResult, markdown_table
@@ -55,7 +57,7 @@ def comparison_table(evaluation: EvaluationResult, latency: dict[str, LatencyRes
     """One row per ranker: metric means, the first metric's delta and corrected t-test p-value
     vs the baseline, agreement with the teacher, and latency (prepared), parameters, size."""
     primary = evaluation.metrics[0]
-    keep = [c for c in ("kendall_tau", "overlap@10") if c in evaluation.summary.columns]
+    keep = [c for c in ("kendall_tau", "overlap@10", ECE) if c in evaluation.summary.columns]
     table = evaluation.summary.select(RANKER, *evaluation.metrics, "wins", "losses", "ties", *keep)
     tests = evaluation.significance.filter(pl.col("metric") == primary).select(
         RANKER, pl.col("mean_delta").alias(f"delta {primary}"),
@@ -185,6 +187,23 @@ def feature_importance_figure(importance: dict[str, float], ranker: str) -> str:
     return _png(fig)
 
 
+def reliability_figure(table: pl.DataFrame, ranker: str) -> str:
+    """Observed fraction relevant against the mean predicted probability per bin (dot size: documents),
+    with the diagonal a calibrated ranker follows."""
+    fig, ax = _figure(4.5, 4.2)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="calibrated")
+    sizes = 20 + 180 * table["documents"].to_numpy() / max(int(table["documents"].max()), 1)
+    ax.plot(table["predicted"].to_numpy(), table["observed"].to_numpy(), color="tab:blue", linewidth=0.8)
+    ax.scatter(table["predicted"].to_numpy(), table["observed"].to_numpy(), s=sizes, color="tab:blue", zorder=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("relevance score (mean per bin)")
+    ax.set_ylabel("fraction relevant")
+    ax.set_title(f"{ranker}: reliability, top {CALIBRATION_DEPTH} per query", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
 def report_figures(evaluation: EvaluationResult, points: dict[str, tuple[float, float]], frontier: list[str],
                    feature_importance: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
     """``(caption, base64 PNG)`` for every figure of the report."""
@@ -205,6 +224,9 @@ def report_figures(evaluation: EvaluationResult, points: dict[str, tuple[float, 
     for ranker, importance in feature_importance.items():
         figures.append((f"{ranker}: LightGBM feature importance (gain)",
                         feature_importance_figure(importance, ranker)))
+    if evaluation.calibration is not None:
+        for (ranker,), table in evaluation.calibration.partition_by(RANKER, as_dict=True, maintain_order=True).items():
+            figures.append((f"{ranker}: reliability of its relevance scores", reliability_figure(table, ranker)))
     return figures
 
 
@@ -280,6 +302,12 @@ def _depth_caption(evaluation: EvaluationResult) -> str:
             "falls as k grows ranks deeper distractors above relevant documents: rerank fewer with it.")
 
 
+def _calibration_caption() -> str:
+    return (f"Relevance scores (probabilities of relevance) of each query's top {CALIBRATION_DEPTH} documents, "
+            "in equal-width bins: predicted is the bins' mean relevance score, observed the fraction relevant "
+            f"(qrels grade > 0); {ECE} weighs each bin's |predicted - observed| by its documents.")
+
+
 def _latency_frame(latency: dict[str, LatencyResult]) -> pl.DataFrame:
     return pl.DataFrame([{"label": label, **asdict(r)} for label, r in latency.items()])
 
@@ -299,6 +327,9 @@ def render_html(title: str, evaluation: EvaluationResult, table: pl.DataFrame,
     if evaluation.depth is not None:
         parts += ["<h2>Rerank depth</h2>", f"<p>{html.escape(_depth_caption(evaluation))}</p>",
                   html_table(depth_table(evaluation.depth))]
+    if evaluation.calibration is not None:
+        parts += ["<h2>Calibration</h2>", f"<p>{html.escape(_calibration_caption())}</p>",
+                  html_table(evaluation.calibration)]
     parts += ["<h2>Significance</h2>", html_table(evaluation.significance), "<h2>Figures</h2>"]
     parts += [f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}">'
               f"<figcaption>{html.escape(caption)}</figcaption></figure>" for caption, png in figures]
@@ -322,6 +353,8 @@ def render_markdown(title: str, evaluation: EvaluationResult, table: pl.DataFram
     if evaluation.depth is not None:
         lines += ["## Rerank depth", "", _depth_caption(evaluation), "",
                   markdown_report_table(depth_table(evaluation.depth)), ""]
+    if evaluation.calibration is not None:
+        lines += ["## Calibration", "", _calibration_caption(), "", markdown_report_table(evaluation.calibration), ""]
     lines += ["Figures and configurations: report.html", ""]
     return "\n".join(lines)
 

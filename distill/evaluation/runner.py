@@ -24,6 +24,7 @@ from distill.core.progress import progress_display
 from distill.core.schema import DOCID, QID, SCORE, cut, require_columns
 from distill.data.beir import Dataset
 from distill.evaluation.agreement import teacher_agreement
+from distill.evaluation.calibration import RELEVANCE_SCORE, calibration_tables
 from distill.evaluation.depth import DEFAULT_DEPTHS, depth_curve
 from distill.evaluation.latency import LatencyResult, load_latency, measure_latency, save_latency
 from distill.evaluation.metrics import DEFAULT_METRICS, per_query
@@ -56,6 +57,9 @@ class EvaluationResult:
     - ``runs``: each ranker's scores of the candidates (``qid, docid, score``).
     - ``depth``: the first metric when each ranker reranks only the candidate run's top k
       (``ranker, depth, value``; see :mod:`distill.evaluation.depth`), or None.
+    - ``calibration``: the reliability tables of the rankers that give a relevance score
+      (``ranker, bin, lower, upper, documents, predicted, observed``; see
+      :mod:`distill.evaluation.calibration`; their ECE is the summary's ``ECE@10``), or None.
     - ``latency``: measurements by label (a ranker, or e.g. ``"bi (no precompute)"``);
       ``configs``: each ranker's ``get_config_dict()``; ``feature_importance``: by ranker
       that has one; ``run_stats``: by ranker that keeps some (a cascade's skipped stages);
@@ -73,6 +77,7 @@ class EvaluationResult:
     correction: str = "holm"
     dataset: str = ""
     depth: pl.DataFrame | None = None
+    calibration: pl.DataFrame | None = None
     latency: dict[str, LatencyResult] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     feature_importance: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -103,7 +108,7 @@ class EvaluationResult:
         folder = Path(folder)
         runs = pl.concat([r.select(pl.lit(n).alias(RANKER), QID, DOCID, SCORE) for n, r in self.runs.items()])
         tables = {"summary": self.summary, "per_query": self.per_query, "significance": self.significance,
-                  "runs": runs, "agreement": self.agreement, "depth": self.depth}
+                  "runs": runs, "agreement": self.agreement, "depth": self.depth, "calibration": self.calibration}
         for stem, frame in tables.items():
             if frame is not None:
                 with atomic_path(folder / f"{stem}.parquet") as tmp:
@@ -129,7 +134,7 @@ class EvaluationResult:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         summary = pl.read_parquet(folder / "summary.parquet")
         runs = pl.read_parquet(folder / "runs.parquet")
-        agreement, depth = folder / "agreement.parquet", folder / "depth.parquet"
+        agreement, depth, calibration = (folder / f"{stem}.parquet" for stem in ("agreement", "depth", "calibration"))
         return cls(
             summary=summary,
             per_query=pl.read_parquet(folder / "per_query.parquet"),
@@ -139,6 +144,7 @@ class EvaluationResult:
             metrics=tuple(meta["metrics"]), baseline=meta["baseline"], teacher=meta["teacher"],
             correction=meta["correction"], dataset=meta.get("dataset", ""),
             depth=pl.read_parquet(depth) if depth.is_file() else None,  # older evaluations have none
+            calibration=pl.read_parquet(calibration) if calibration.is_file() else None,
             latency=load_latency(folder / "latency.json"), configs=_read_json(folder / "configs.json"),
             feature_importance=_read_json(folder / "feature_importance.json"),
             run_stats=_read_json(folder / "run_stats.json"),
@@ -292,7 +298,8 @@ def rerank_all(dataset: Dataset, run: pl.DataFrame, rankers: Mapping[str, BaseRa
         require_columns(scored, [QID, DOCID, SCORE], f"scores of ranker {name!r}")
         if scored.height != run.height:  # a dropped candidate would silently count as not retrieved
             raise InputError(f"ranker {name!r} returned {scored.height} scores for {run.height} candidates")
-        runs[name] = scored.select(QID, DOCID, pl.col(SCORE).cast(pl.Float64))
+        relevance = [RELEVANCE_SCORE] if RELEVANCE_SCORE in scored.columns else []  # a calibrated cascade's
+        runs[name] = scored.select(QID, DOCID, pl.col(SCORE).cast(pl.Float64), *relevance)
     return runs
 
 
@@ -319,8 +326,9 @@ def evaluate_runs(qrels: pl.DataFrame, runs: dict[str, pl.DataFrame], baseline: 
                   correction: str = "holm", dataset: str = "", first_stage: pl.DataFrame | None = None,
                   depths: tuple[int, ...] = DEFAULT_DEPTHS) -> EvaluationResult:
     """Metrics of every run over the queries of ``qrels``, paired tests of each run against
-    ``baseline``, with ``teacher`` each run's agreement with the teacher's run, and with a
-    ``first_stage`` run (the candidates' own order) the first metric at each rerank depth."""
+    ``baseline``, with ``teacher`` each run's agreement with the teacher's run, with a
+    ``first_stage`` run (the candidates' own order) the first metric at each rerank depth, and the
+    calibration of each run that has a ``relevance_score`` column."""
     check_roles(list(runs), baseline, teacher, correction)
     metrics = canonical_metrics(metrics)
     values = pl.concat([
@@ -340,10 +348,14 @@ def evaluate_runs(qrels: pl.DataFrame, runs: dict[str, pl.DataFrame], baseline: 
     if teacher is not None:
         agreement, agreement_means = _agreement(runs, teacher)
         summary = summary.join(agreement_means, on=RANKER, how="left", maintain_order="left")
+    calibrated = calibration_tables(qrels, runs)
+    if calibrated is not None:
+        summary = summary.join(calibrated[0], on=RANKER, how="left", maintain_order="left")
     depth = None if first_stage is None else depth_curve(qrels, runs, first_stage, metrics[0], depths)
     return EvaluationResult(summary=summary, per_query=values, significance=significance, agreement=agreement,
                             runs=runs, metrics=metrics, baseline=baseline, teacher=teacher,
-                            correction=correction, dataset=dataset, depth=depth)
+                            correction=correction, dataset=dataset, depth=depth,
+                            calibration=None if calibrated is None else calibrated[1])
 
 
 def check_roles(names: list[str], baseline: str, teacher: str | None, correction: str) -> None:
