@@ -48,7 +48,7 @@ class Fake:
     def estimate_ms(self, n_docs: int) -> list[float]:
         return list(self.costs)
 
-    def rank(self, query, documents, deadline_ms=None, top_k=None, started=None):
+    def rank(self, query, documents, deadline_ms=None, top_k=None, started=None, min_score=None):
         self.calls.append({"query": query, "documents": documents, "deadline_ms": deadline_ms, "top_k": top_k,
                            "started": started})
         self.entered.release()
@@ -65,12 +65,14 @@ class Fake:
             scores = [float(len(words & set(d["text"].split()))) for d in documents]
         else:
             scores = [d.get("score", -i) for i, d in enumerate(documents)]
-        order = sorted(range(n), key=lambda i: (-scores[i], i))[: top_k or n]
+        relevance = [s / (1.0 + s) if s >= 0 else 0.0 for s in scores]  # overlap counts to [0, 1)
+        order = [i for i in sorted(range(n), key=lambda i: (-scores[i], i)) if relevance[i] >= (min_score or 0.0)]
+        order = order[: top_k or n]
         stages = [Report("first", True, 0.1, n, n),
                   Report("overlap", runs, self.measured_ms if runs else 0.0, n, n if runs else 0,
                          None if runs else "deadline")]
         return SimpleNamespace(ids=[documents[i]["id"] for i in order], scores=[scores[i] for i in order],
-                               stages=stages)
+                               stages=stages, relevance=[relevance[i] for i in order])
 
     def __str__(self) -> str:
         return "first >> overlap"

@@ -50,7 +50,7 @@ def test_the_cohere_sdk_reranks_through_v1_and_v2(server):
     r = v1.rerank(model="rerank-english-v3.0", query=QUERY, documents=DOCS, top_n=2, return_documents=True,
                   max_chunks_per_doc=10)
     assert [(x.index, x.relevance_score, x.document.text) for x in r.results] == [
-        (2, 1.0, DOCS[2]), (1, pytest.approx(2 / 3), DOCS[1])]  # relevance (n - position) / n
+        (2, pytest.approx(3 / 4), DOCS[2]), (1, pytest.approx(2 / 3), DOCS[1])]  # the cascade's relevance
     assert r.id and r.meta.api_version.version == "1"
     assert r.meta.degraded is False and [(s["name"], s["ran"]) for s in r.meta.stages] == [
         ("first", True), ("overlap", True)]
@@ -125,9 +125,9 @@ def test_tei_and_native_bodies_share_rerank(server):
         native = http.post("/rerank", json={"query": QUERY, "documents": DOCS})
         bad = http.post("/rerank", json={"query": QUERY, "texts": ["ok", 5]})
     assert tei.status_code == 200, tei.text
-    assert tei.json() == [{"index": 2, "score": 1.0, "text": DOCS[2]},
+    assert tei.json() == [{"index": 2, "score": 0.75, "text": DOCS[2]},
                           {"index": 1, "score": pytest.approx(2 / 3), "text": DOCS[1]},
-                          {"index": 0, "score": pytest.approx(1 / 3), "text": DOCS[0]}]
+                          {"index": 0, "score": 0.0, "text": DOCS[0]}]  # the cascade's relevance
     assert tei.headers["X-Distill-Degraded"] == "false"
     assert tei.headers["X-Distill-Stages"] == "first=ran, overlap=ran"
     assert [(x["index"], x["score"]) for x in raw.json()] == [(2, 3.0), (1, 2.0), (0, 0.0)]  # the cascade's own
@@ -190,6 +190,21 @@ def test_bad_cohere_requests_get_422_naming_the_field_in_cohere_shape(path, payl
     assert f'distill_api_requests_total{{api="cohere-v{path[2]}",outcome="invalid"}} 1.0' in metrics
     assert 'distill_requests_total{outcome="invalid"} 1.0' in metrics
     assert fake.calls == []
+
+
+def test_relevance_scores_are_the_cascade_s_and_min_score_drops_the_rest():
+    """relevance_score (TEI's score) is the cascade's relevance of each document, not a rank rule;
+    the Cohere body's min_score extension reaches the cascade, which drops what falls below it."""
+    with client(Fake()) as c:
+        kept = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "min_score": 0.7})
+        everything = c.post("/v2/rerank", json={"query": QUERY, "documents": DOCS})
+        tei = c.post("/rerank", json={"query": QUERY, "texts": DOCS})
+        raw = c.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True})
+    assert [(x["index"], x["relevance_score"]) for x in kept.json()["results"]] == [(2, 0.75)]
+    assert [(x["index"], x["relevance_score"]) for x in everything.json()["results"]] == [
+        (2, 0.75), (1, pytest.approx(2 / 3)), (0, 0.0)]
+    assert [x["score"] for x in tei.json()] == [0.75, pytest.approx(2 / 3), 0.0]
+    assert [x["score"] for x in raw.json()] == [3.0, 2.0, 0.0]  # Fake's final scores: its overlap counts
 
 
 def test_rank_fields_choose_what_is_ranked_and_objects_come_back_whole():

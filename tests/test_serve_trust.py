@@ -241,10 +241,10 @@ class ByLength(Fake):
         pairs = n_docs if isinstance(n_docs, int) else float(pair_weights(n_docs).sum())
         return [0.0, self.per_pair * pairs]
 
-    def rank(self, query, documents, deadline_ms=None, top_k=None, started=None):
+    def rank(self, query, documents, deadline_ms=None, top_k=None, started=None, min_score=None):
         self.costs = tuple(self.estimate_ms([len(query) + len(d.get("text", "")) for d in documents]))
         self.measured_ms = self.costs[1]  # the stage takes exactly what it is planned at
-        return super().rank(query, documents, deadline_ms, top_k, started)
+        return super().rank(query, documents, deadline_ms, top_k, started, min_score)
 
 
 def test_a_request_of_long_documents_is_degraded_and_does_not_skew_later_ones():

@@ -138,7 +138,7 @@ class Rankable(Protocol):
     """What the server needs of a cascade (:class:`distill.cascade.model.Cascade` provides it)."""
 
     def rank(self, query: str, documents: Sequence[Any], deadline_ms: float | None = None,
-             top_k: int | None = None, started: float | None = None) -> Any: ...
+             top_k: int | None = None, started: float | None = None, min_score: float | None = None) -> Any: ...
 
     def estimate_ms(self, n_docs: int | Sequence[int]) -> list[float]:
         """Each stage's cost for ``n_docs`` documents, or for pairs of these lengths in characters."""

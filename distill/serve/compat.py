@@ -24,11 +24,12 @@ cascade (``query``, ``top_k``, ``deadline_ms``, ``cascade_documents()``) and wri
   (the models truncate). The stages go in the headers ``X-Distill-Degraded`` and ``X-Distill-Stages``
   (``name=ran`` or ``name=skipped``, comma-separated). Errors are TEI's ``{error, error_type}``.
 
-Scores: the cascade's final score is rank-based (``n - rank + 1``, as offline: the stages' raw
-scores live on different scales), so until calibrated probabilities exist the relevance in [0, 1]
-is that score normalised by the number of documents sent: ``relevance_score = (n - r) / n`` for the
-document at 0-based position ``r`` of ``n`` (1 for the best, ``1 / n`` for the last). TEI's
-``raw_scores: true`` returns the cascade's final score itself.
+Scores: ``relevance_score`` (TEI's ``score``) is the cascade's relevance of the document, its
+probability of relevance in [0, 1] (:attr:`distill.cascade.runtime.RankResult.relevance`: the
+calibration ``cascade build`` fitted for the last stage that scored it, or a documented sigmoid for
+an uncalibrated stage). ``min_score`` (an extension of the Cohere body) drops documents whose
+relevance is below it. TEI's ``raw_scores: true`` returns the cascade's final score itself
+(``n - rank + 1``, as offline).
 
 Deadline: ``deadline_ms`` in the body (an extension of both APIs) or the ``X-Request-Timeout-Ms``
 header, the tighter where both are sent, the server's default otherwise.
@@ -45,11 +46,6 @@ if TYPE_CHECKING:
 
 COHERE_PATHS = {"/v1/rerank": 1, "/v2/rerank": 2}  # path -> Cohere API version
 TEI_ERROR_TYPES = {413: "Validation", 422: "Validation", 503: "Overloaded"}  # by status; others: Backend
-
-
-def relevance(position: int, n: int) -> float:
-    """The relevance in (0, 1] of the document at 0-based ``position`` among ``n`` (module docstring)."""
-    return (n - position) / n
 
 
 def cohere_error(status: int, message: str, **extra: Any) -> dict[str, Any]:
@@ -98,6 +94,7 @@ def cohere_model(config: "ServeConfig", version: int) -> type:
         rank_fields: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
         documents: Annotated[list[Any], Field(max_length=config.max_documents)]
         top_n: Annotated[int, Field(ge=1)] | None = None
+        min_score: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # an extension: see the module docstring
         return_documents: bool | None = None
         max_tokens_per_doc: Annotated[int, Field(ge=1)] | None = None
         max_chunks_per_doc: Annotated[int, Field(ge=1)] | None = None
@@ -130,9 +127,9 @@ def cohere_model(config: "ServeConfig", version: int) -> type:
 
         def answer(self, result: Any, report: dict[str, Any]) -> tuple[Any, dict[str, str] | None]:
             """``{id, results: [{index, relevance_score, document?}], meta}`` (module docstring)."""
-            n, results = len(self.documents), []
-            for position, doc_id in enumerate(result.ids):
-                item: dict[str, Any] = {"index": int(doc_id), "relevance_score": relevance(position, n)}
+            results = []
+            for doc_id, relevance in zip(result.ids, result.relevance):
+                item: dict[str, Any] = {"index": int(doc_id), "relevance_score": float(relevance)}
                 if self.return_documents:
                     item["document"] = self.documents[int(doc_id)]
                 results.append(item)
@@ -172,16 +169,19 @@ def tei_model(config: "ServeConfig") -> type:
         def top_k(self) -> None:
             return None
 
+        @property
+        def min_score(self) -> None:
+            return None
+
         def cascade_documents(self) -> list[dict[str, Any]]:
             return [{"id": str(i), "text": text} for i, text in enumerate(self.texts)]
 
         def answer(self, result: Any, report: dict[str, Any]) -> tuple[Any, dict[str, str] | None]:
             """``[{index, score, text?}]`` best first: the relevance, or with ``raw_scores`` the
             cascade's final score (module docstring)."""
-            n, out = len(self.texts), []
-            for position, (doc_id, score) in enumerate(zip(result.ids, result.scores)):
-                item: dict[str, Any] = {"index": int(doc_id),
-                                        "score": float(score) if self.raw_scores else relevance(position, n)}
+            out = []
+            for doc_id, score, relevance in zip(result.ids, result.scores, result.relevance):
+                item: dict[str, Any] = {"index": int(doc_id), "score": float(score if self.raw_scores else relevance)}
                 if self.return_text:
                     item["text"] = self.texts[int(doc_id)]
                 out.append(item)

@@ -110,6 +110,11 @@ def request_model(config: "ServeConfig") -> type:
                     raise ValueError(f"documents[{i}].score: give a score for every document or for none")
             return documents
 
+        @property
+        def min_score(self) -> None:
+            """The native API drops no documents by relevance (the Cohere shape's extension does)."""
+            return None
+
         def cascade_documents(self) -> list[dict[str, Any]]:
             """The documents as the cascade takes them: ``{id, title?, text?, score?}`` dicts."""
             return [{"id": str(i), **d.model_dump(exclude_none=True)} for i, d in enumerate(self.documents)]

@@ -172,7 +172,7 @@ class Service:
                 return None
             steered, _ = steer_deadline(elapsed, deadline - margin, costs, self.calibration.get(len(costs)))
             result = self.cascade.rank(body.query, documents, deadline_ms=steered, top_k=body.top_k,
-                                       started=call.arrival)
+                                       started=call.arrival, min_score=body.min_score)
             finished = self.clock()
             dispatcher.measured(service_ms=(finished - begin) * 1000.0)
             self.calibration.observe(costs, result.stages)
