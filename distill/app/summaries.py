@@ -67,12 +67,15 @@ def print_evaluation(result: EvaluationResult, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from distill.evaluation.calibration import ECE
+
     table = Table(title=f"{result.dataset} (baseline {result.baseline})")
-    columns = ["ranker", *result.metrics, "wins", "losses", "ties"]
+    calibrated = [ECE] if ECE in result.summary.columns else []  # a calibrated cascade's expected calibration error
+    columns = ["ranker", *result.metrics, *calibrated, "wins", "losses", "ties"]
     for column in columns:
         table.add_column(column, justify="left" if column == "ranker" else "right")
     for row in result.summary.select(columns).iter_rows():
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v) for v in row])
     console = Console()
     console.print(table)
     console.print(f"wrote {out}/ (report.html, report.md, summary.parquet, per_query.parquet, runs.parquet)")

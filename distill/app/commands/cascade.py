@@ -54,9 +54,14 @@ def register(app: typer.Typer) -> None:
                                       help="Measure costs at k/10 and k candidates per query."),
         threads: int = typer.Option(DEFAULTS.threads, min=1, max=MAX_THREADS,
                                     help="torch threads while measuring costs [torch's default]."),
+        calibration: str = typer.Option(DEFAULTS.calibration, help="How each stage's scores become probabilities "
+                                        "of relevance (served as relevance_score): platt | isotonic."),
+        calibration_depth: int = typer.Option(DEFAULTS.calibration_depth, min=1, help="Each stage's calibration "
+                                              "is fitted on its top N documents per validation query."),
     ) -> None:
         """Score every stage once on the validation candidates, search all cascades, write the best."""
-        config = CascadeBuildConfig(valid_fraction=valid_fraction, seed=seed, metric=metric,
+        config = CascadeBuildConfig(valid_fraction=valid_fraction, seed=seed, metric=metric, calibration=calibration,
+                                    calibration_depth=calibration_depth,
                                     cutoffs=tuple(parse_ints(cutoffs, "--cutoffs")), max_stages=max_stages,
                                     latency_queries=latency_queries, latency_k=latency_k, threads=threads)
         stages = _named(stage, "--stage")
