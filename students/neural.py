@@ -12,6 +12,9 @@ the two kinds have in common:
 - **after**: rounds (:mod:`students.rounds`), validation against the starting point (a student
   below the model it started from is reported loudly).
 
+Under ``torchrun`` every rank trains (DDP) and rank 0 alone validates and writes ``out``
+(:mod:`distill.training.distributed`, docs/distributed.md).
+
 A kind says only what differs: how its model is built (:meth:`NeuralStudent.build_model`), its group
 loss (:meth:`NeuralStudent.group_loss`), what its manifest records of its config, and which start it accepts.
 """
@@ -34,6 +37,7 @@ from distill.core.outputs import check_folder_output
 from distill.core.schema import QID
 from distill.data.beir import Dataset
 from distill.training.config import TrainConfig
+from distill.training.distributed import main_writes, on_main, quiet_other_ranks
 from distill.training.groups import GroupConfig, build_groups, split_groups
 from students.student import Distillation, Student, StudentResult, add_to_manifest, build_config
 
@@ -83,6 +87,8 @@ class NeuralStudent(Student):
         return True
 
     def check_options(self, options: Mapping[str, Any]) -> None:
+        # the command line's first call into the student, before it loads data: under torchrun only rank 0 says so
+        quiet_other_ranks()
         if options.get("feature_rankers") or options.get("qrels_weight"):
             raise ConfigError("--feature-ranker and --qrels-weight are for the lightgbm student only "
                               "(neural students mix qrels in with --hard-label-weight)")
@@ -109,7 +115,7 @@ class NeuralStudent(Student):
         return {}
 
     def train(self, job: Distillation, out: Path) -> StudentResult:
-        from students.rounds import RoundsConfig, train_rounds, warn_below_start
+        from students.rounds import RoundsConfig, train_rounds, validation_result
 
         if job.loss is None or job.init is None:
             raise ConfigError(f"a {self.kind} student needs a loss and a model to start from (init)")
@@ -120,15 +126,25 @@ class NeuralStudent(Student):
         run = NeuralRun(self, job, scores, _loss(job, scores))
         if job.rounds.rounds > 1:
             result = train_rounds(run, out)
-            add_to_manifest(out, {"teacher_divisor": divisor})
+            main_writes(lambda: add_to_manifest(out, {"teacher_divisor": divisor}))
             return result
-        start = run.start_point()
+        start = on_main(run.start_point)
         path = run.fit(out, job.init)
-        add_to_manifest(out, {"teacher_divisor": divisor})
+        # validated once, on rank 0 under torchrun; every rank returns its result
+        validation = on_main(lambda: self._finish(job, path, divisor, start))
+        return StudentResult(path, None if validation is None else validation_result(validation))
+
+    def _finish(self, job: Distillation, path: Path, divisor: float | None,
+                start: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Record the teacher divisor in the student's manifest and validate it (see :meth:`Student._validate`)."""
+        from students.rounds import warn_below_start
+
+        add_to_manifest(path, {"teacher_divisor": divisor})
         validation = self._validate(job, path, start=start)
-        if validation is not None:
-            warn_below_start(validation, start, job.init)
-        return StudentResult(path, validation)
+        if validation is None:
+            return None
+        warn_below_start(validation, start, job.init)
+        return validation.to_dict()
 
     def fit_and_save(self, dataset: Dataset, scores: pl.DataFrame, out: str | Path, *, init: str,
                      loss: DistillLoss, teacher_fingerprint: dict[str, Any] | None = None,
@@ -151,11 +167,15 @@ class NeuralStudent(Student):
         fitted = fit(model, adapter, train, valid, self.train_config, self.train_config.checkpoints_for(out))
         config = {"init": init, **self.manifest_config(), "loss": adapter.get_config_dict(),
                   "group": asdict(self.group_config), "train": asdict(self.train_config)}
-        with atomic_dir(out, kind=self.output_kind, overwrite=overwrite) as tmp:
-            model.save_pretrained(str(tmp))
-            write_manifest(tmp, self.output_kind, config, teacher=teacher_fingerprint,
-                           data=scores_summary(dataset, scores, train, valid, out), history=fitted.history,
-                           precision=fitted.precision.to_dict())
+
+        def save() -> None:
+            with atomic_dir(out, kind=self.output_kind, overwrite=overwrite) as tmp:
+                model.save_pretrained(str(tmp))
+                write_manifest(tmp, self.output_kind, config, teacher=teacher_fingerprint,
+                               data=scores_summary(dataset, scores, train, valid, out), history=fitted.history,
+                               precision=fitted.precision.to_dict())
+
+        main_writes(save)  # under torchrun every rank holds the same trained model: rank 0 saves it
         log.info("saved the %s student to %s", self.kind, out)
         return out
 

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +21,7 @@ from distill.core.errors import ConfigError
 from distill.core.io import atomic_dir, write_json_atomic
 from distill.core.manifest import frame_hash
 from distill.core.schema import DOCID, QID
+from distill.training.distributed import main_writes, on_main
 from students.student import StudentResult, add_to_manifest, rebase_data
 from students.validation import ValidationResult
 
@@ -67,38 +69,56 @@ class RoundsConfig:
 
 
 def train_rounds(run: NeuralRun, out: Path) -> StudentResult:
-    """Train ``run``'s rounds in ``<out>.rounds/`` (continuing the finished ones there) and copy the best to ``out``."""
-    student, job = run.student, run.job
+    """Train ``run``'s rounds in ``<out>.rounds/`` (continuing the finished ones there) and copy the best to ``out``.
+
+    Under ``torchrun`` every rank trains each round; rank 0 alone reads and writes the record, validates
+    and copies the best round, and broadcasts what the others need to follow (the record)."""
+    job = run.job
     work = out.with_name(f"{out.name}.rounds")
-    record_path = work / "rounds.json"
-    record = _record(record_path, json.loads(json.dumps(_settings(run), default=str)))
-    work.mkdir(parents=True, exist_ok=True)
-    if record["start"] is None:
-        record["start"] = run.start_point()
+    record = on_main(lambda: _open_record(run, work))
     previous = job.init
     for r in range(1, job.rounds.rounds + 1):
         folder = work / f"round-{r}"
-        if not folder.exists():
+        if not on_main(folder.exists):
             _train_round(run, r, previous, folder)
         if str(r) not in record["rounds"]:
-            _validate_round(run, r, folder, record)
-            write_json_atomic(record_path, record)
+            record = on_main(partial(_validate_round, run, r, folder, record, work / "rounds.json"))
         previous = str(folder)
     history = [record["rounds"][str(r)] for r in range(1, job.rounds.rounds + 1)]
     validation = job.validation
     kept = job.rounds.rounds if validation is None else max(history, key=lambda h: (h["value"], h["round"]))["round"]
-    with atomic_dir(out, kind=student.output_kind, overwrite=job.overwrite) as tmp:
-        shutil.copytree(work / f"round-{kept}", tmp, dirs_exist_ok=True)
-    rebase_data(out, work / f"round-{kept}")
-    best = ValidationResult(**{k: history[kept - 1][k] for k in ValidationResult.__dataclass_fields__}) \
-        if validation is not None else None
+    best = validation_result(history[kept - 1]) if validation is not None else None
+    main_writes(lambda: _keep(run, work / f"round-{kept}", out, history, kept, record["start"], best))
+    return StudentResult(out, best, kept, history)
+
+
+def validation_result(recorded: dict[str, Any]) -> ValidationResult:
+    """The :class:`ValidationResult` of a recorded (or broadcast) validation dict, less its derived keys."""
+    return ValidationResult(**{k: recorded[k] for k in ValidationResult.__dataclass_fields__})
+
+
+def _open_record(run: NeuralRun, work: Path) -> dict[str, Any]:
+    """The rounds record in ``work`` (created, with the starting point's validation, when new)."""
+    record = _record(work / "rounds.json", json.loads(json.dumps(_settings(run), default=str)))
+    work.mkdir(parents=True, exist_ok=True)
+    if record["start"] is None:
+        record["start"] = run.start_point()
+    return record
+
+
+def _keep(run: NeuralRun, chosen: Path, out: Path, history: list[dict[str, Any]], kept: int,
+          start: dict[str, Any] | None, best: ValidationResult | None) -> None:
+    """Copy the ``kept`` round's student at ``chosen`` to ``out`` and record the rounds in its manifest."""
+    job = run.job
+    with atomic_dir(out, kind=run.student.output_kind, overwrite=job.overwrite) as tmp:
+        shutil.copytree(chosen, tmp, dirs_exist_ok=True)
+    rebase_data(out, chosen)
     add_to_manifest(out, {"rounds": {"lr_schedule": job.rounds.lr_schedule, "history": history, "kept": kept,
-                                     "start": record["start"]},
+                                     "start": start},
                           **({"validation": best.to_dict()} if best else {})})
     if best is not None:
         log.info("kept round %d of %d (validation %s %.4f)", kept, job.rounds.rounds, best.metric, best.value)
-        warn_below_start(best, record["start"], job.init)
-    return StudentResult(out, best, kept, history)
+        warn_below_start(best, start, job.init)
 
 
 def _settings(run: NeuralRun) -> dict[str, Any]:
@@ -131,7 +151,7 @@ def _train_round(run: NeuralRun, r: int, previous: str, folder: Path) -> None:
     """Round ``r`` from the model at ``previous`` into ``folder``, resuming from its checkpoints when it has some."""
     student, rounds = run.student, run.job.rounds
     checkpoints = folder.with_name(f"{folder.name}.checkpoints")
-    resume = True if any(checkpoints.glob("checkpoint-*")) else None
+    resume = True if on_main(lambda: any(checkpoints.glob("checkpoint-*"))) else None
     lr = rounds.lr(student.train_config.lr, r)
     seed = student.group_config.seed + r - 1
     log.info("round %d of %d: lr %.3g, negatives seed %d%s", r, rounds.rounds, lr, seed,
@@ -140,16 +160,19 @@ def _train_round(run: NeuralRun, r: int, previous: str, folder: Path) -> None:
         replace(student.group_config, seed=seed),
         replace(student.train_config, lr=lr, checkpoints_dir=str(checkpoints), resume_from_checkpoint=resume))
     run.fit(folder, previous, this_round)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    main_writes(lambda: shutil.rmtree(checkpoints, ignore_errors=True))
 
 
-def _validate_round(run: NeuralRun, r: int, folder: Path, record: dict[str, Any]) -> None:
+def _validate_round(run: NeuralRun, r: int, folder: Path, record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``record`` with round ``r``'s validation added, written to ``path``."""
     validation = run.job.validation
     scored = validation.score_folder(folder).to_dict() if validation is not None else {}
     record["rounds"][str(r)] = {"round": r, "lr": run.job.rounds.lr(run.student.train_config.lr, r), **scored}
     if validation is not None:
         log.info("round %d: validation %s %.4f (first stage %.4f)", r, validation.metric, scored["value"],
                  scored["first_stage"])
+    write_json_atomic(path, record)
+    return record
 
 
 def warn_below_start(result: ValidationResult, start: dict[str, Any] | None, init: str) -> None:

@@ -15,7 +15,8 @@ name or a loss object), picks the kind's :class:`~students.student.Student` type
   scores or below the first stage raises :class:`~students.validation.StudentCollapseError`
   unless ``allow_collapse``, and one below its own starting point is reported loudly.
 
-``distill train-student`` is a thin wrapper around it.
+``distill train-student`` is a thin wrapper around it. Under ``torchrun`` the neural students train
+with DDP, rank 0 owning every output and message (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def train_student(
         {"layers": init_from_teacher_layers, "layer_choice": layer_choice, **(bi_encoder or {})},
         configs=(group_config, train_config, lightgbm))
     out = Path(out)
+    _join_ranks(student)
     check_folder_output(out, student.output_kind, overwrite=overwrite)
     job = Distillation(dataset, scores, loss=loss, loss_params=loss_params, hard_label_weight=hard_label_weight,
                        hard_label_kind=hard_label_kind, init=init, teacher_scale=teacher_scale, rounds=rounds,
@@ -101,6 +103,17 @@ def train_student(
     if result.validation is not None:
         check_collapse(result.validation, f"the {student.kind} student at {result.path}", allow=allow_collapse)
     return result
+
+
+def _join_ranks(student: Student) -> None:
+    """Under ``torchrun``, join the process group (rank 0 then owns outputs and console, see
+    :mod:`distill.training.distributed`); only the neural students train with several processes."""
+    from distill.training.distributed import init, world_size
+    from students.neural import NeuralStudent
+
+    if world_size() > 1 and not isinstance(student, NeuralStudent):
+        raise ConfigError(f"the {student.kind} student trains in one process; run it without torchrun")
+    init()
 
 
 def output_kinds() -> tuple[str, ...]:

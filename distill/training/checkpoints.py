@@ -83,11 +83,20 @@ def load_state(folder: Path, name: str) -> Any | None:
     return _unflatten(read_json(structure), load_file(str(arrays)))
 
 
+def _rng_name() -> str:
+    """The RNG state's file name: one per rank under torchrun, else one."""
+    from distill.training.distributed import rank, world_size
+
+    return f"{RNG}_{rank()}" if world_size() > 1 else RNG
+
+
 class SafeCheckpoints:
     """Mixin for a transformers Trainer (first in the bases): checkpoints with no pickle in them.
 
-    Single-process training only (distill's case: one CPU process, or one GPU); a scaler's state
-    (fp16 on GPU) is kept the same way.
+    A scaler's state (fp16 on GPU) is kept the same way. Under ``torchrun`` rank 0 writes the states
+    the ranks share (optimizer, scheduler, scaler: DDP keeps them equal) and every rank its own RNG
+    state (``rng_state_<rank>``, as transformers names them), so a rerun resumes each rank's dropout
+    stream where it was.
     """
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
@@ -123,10 +132,10 @@ class SafeCheckpoints:
         states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
         if torch.cuda.is_available():
             states["cuda"] = torch.cuda.random.get_rng_state()
-        save_state(states, Path(output_dir), RNG)
+        save_state(states, Path(output_dir), _rng_name())
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
-        states = load_state(Path(checkpoint), RNG) if checkpoint else None
+        states = load_state(Path(checkpoint), _rng_name()) if checkpoint else None
         if states is None:
             return
         random.setstate(states["python"])

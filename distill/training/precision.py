@@ -8,6 +8,9 @@ and what it cost in validation nDCG@10, on the demo's students). CPUs without
 native bf16 emulate it, slower than fp32, so they are never timed. An explicit precision is
 used as given. The choice and its timings go to the model's manifest.
 
+Under ``torchrun`` only rank 0 times and chooses; :func:`distill.training.trainer.fit` broadcasts its
+choice, so that no two ranks train in different precisions (:mod:`distill.training.distributed`).
+
 The timing runs under a forked RNG, so dropout draws during it leave training's random
 stream as it would be without it.
 """

@@ -12,6 +12,9 @@ distill adds only:
 - :func:`fit`, which wires them together, with checkpoints that hold no pickle
   (:mod:`distill.training.checkpoints`).
 
+Under ``torchrun`` the trainer trains with DistributedDataParallel (``batch_size`` is per rank) and
+the precision is chosen on rank 0 and broadcast (:mod:`distill.training.distributed`).
+
 Import this module lazily (it imports torch).
 """
 
@@ -27,6 +30,7 @@ from torch import nn
 
 from distill.core.errors import ConfigError
 from distill.training.config import Precision, TrainConfig  # noqa: F401 (re-exported: TrainConfig's torch-free home)
+from distill.training.distributed import on_main
 from distill.training.groups import MASK_ROW, RELEVANCE_ROW, TEACHER_ROW, Group, groups_to_hf_dataset
 from distill.training.precision import SAMPLE_GROUPS, TrainPrecision, choose_train_precision
 
@@ -149,7 +153,9 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
     if config.resume_from_checkpoint is None and any(checkpoints.glob("checkpoint-*")):
         log.warning("%s holds checkpoints of an earlier run; training starts afresh (resume to continue)",
                     checkpoints)
-    precision = choose_train_precision(config.precision, model, train[:SAMPLE_GROUPS])
+    # measured on rank 0 only and broadcast: ranks that timed apart could choose different precisions
+    precision = TrainPrecision(**on_main(
+        lambda: choose_train_precision(config.precision, model, train[:SAMPLE_GROUPS]).to_dict()))
     args = arguments_class(**_training_arguments(config, checkpoints, precision.chosen, evaluator, evaluating))
     trainer = trainer_class(
         model=model, args=args, loss=loss,
