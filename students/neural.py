@@ -37,7 +37,7 @@ from distill.core.outputs import check_folder_output
 from distill.core.schema import QID
 from distill.data.beir import Dataset
 from distill.training.config import TrainConfig
-from distill.training.distributed import main_writes, on_main, quiet_other_ranks
+from distill.training.distributed import main_writes, on_main
 from distill.training.groups import GroupConfig, build_groups, split_groups
 from students.student import Distillation, Student, StudentResult, add_to_manifest, build_config
 
@@ -87,8 +87,6 @@ class NeuralStudent(Student):
         return True
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        # the command line's first call into the student, before it loads data: under torchrun only rank 0 says so
-        quiet_other_ranks()
         if options.get("feature_rankers") or options.get("qrels_weight"):
             raise ConfigError("--feature-ranker and --qrels-weight are for the lightgbm student only "
                               "(neural students mix qrels in with --hard-label-weight)")

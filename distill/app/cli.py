@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 
 from distill.core.errors import DistillError
 from distill.core.io import NO_ROOM
+from distill.training.distributed import quiet_other_ranks
 
 app = typer.Typer(
     name="distill",
@@ -82,6 +83,7 @@ def configure_logging(*, debug: bool = False, verbose: bool = False, quiet: bool
         if "transformers" in sys.modules:  # imported already: its level and bars were set at import
             sys.modules["transformers"].utils.logging.set_verbosity_error()
             sys.modules["transformers"].utils.logging.disable_progress_bar()
+    quiet_other_ranks()  # under torchrun, rank 0 alone speaks
 
 
 @app.callback()
