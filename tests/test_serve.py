@@ -382,13 +382,13 @@ def test_binds_loopback_by_default():
     assert ServeConfig().host == "127.0.0.1"
 
 
-def test_serves_a_real_tiny_cascade(tiny_beir, tmp_path):
-    """bm25 >> a tiny LightGBM student, written as a spec and loaded with ``Cascade.load``.
-    Its planted costs (10 s per query for LightGBM) decide the skip, not the clock."""
+def tiny_lightgbm_spec(tiny_beir, tmp_path):
+    """``bm25 % 10 >> lightgbm`` (a tiny LightGBM student) written to ``tmp_path/cascade.json``, the
+    LightGBM stage's planted cost 10 s per query (so deadlines skip it by cost, not by clock)."""
     import numpy as np
     import polars as pl
 
-    from distill.cascade.model import Cascade, StageCost, stage
+    from distill.cascade.model import StageCost, stage
     from distill.data.beir import load_beir
     from distill.data.bm25 import bm25_run
     from distill.rankers.loading import RunRanker
@@ -403,6 +403,15 @@ def test_serves_a_real_tiny_cascade(tiny_beir, tmp_path):
     built = stage("bm25", RunRanker(), "bm25") % 10 >> stage("lightgbm", LightGBMRanker(folder), str(folder))
     built.costs = {"bm25": StageCost(), "lightgbm": StageCost(per_query_ms=10_000.0)}
     built.write_spec(tmp_path / "cascade.json")
+    return tmp_path / "cascade.json"
+
+
+def test_serves_a_real_tiny_cascade(tiny_beir, tmp_path):
+    """bm25 >> a tiny LightGBM student, written as a spec and loaded with ``Cascade.load``.
+    Its planted costs (10 s per query for LightGBM) decide the skip, not the clock."""
+    from distill.cascade.model import Cascade
+
+    tiny_lightgbm_spec(tiny_beir, tmp_path)
     cascade = Cascade.load(tmp_path / "cascade.json", corpus=tiny_beir / "corpus.jsonl")
 
     corpus = [json.loads(line) for line in (tiny_beir / "corpus.jsonl").read_text().splitlines()][:15]

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from test_serve import DOCS, FROZEN, Fake, client, wait_for  # noqa: E402
-from test_serve_trust import half_sent, live, read_all  # noqa: E402
+from test_serve_trust import Late, half_sent, live, read_all  # noqa: E402
 
 from distill.serve.app import ServeConfig, create_app  # noqa: E402
 
@@ -302,19 +302,7 @@ def test_big_tei_bodies_are_decoded_in_steps_and_shed_by_the_header_deadline():
     app = create_app(fake, ServeConfig(deadline_ms=1000), clock=lambda: now[0])
     texts = [f"the river in the rain {i} " + "x" * 1000 for i in range(400)]
 
-    class Late:  # the clock moves 200 ms while the body arrives
-        def __init__(self, app):
-            self.app = app
-
-        async def __call__(self, scope, receive, send):
-            async def slow():
-                message = await receive()
-                now[0] += 0.2
-                return message
-
-            await self.app(scope, slow, send)
-
-    with TestClient(Late(app)) as c:
+    with TestClient(Late(app, now)) as c:  # the clock moves 200 ms while the body arrives
         ok = c.post("/rerank", json={"query": "river rain", "texts": texts, "return_text": True})
         bad = c.post("/rerank", json={"query": "q", "texts": texts + [5]})
         late = c.post("/rerank", json={"query": "q", "texts": texts + [5]}, headers={"X-Request-Timeout-Ms": "150"})

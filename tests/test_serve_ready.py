@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from test_serve import DOCS, FROZEN, Fake  # noqa: E402
+from test_serve import DOCS, FROZEN, Fake, tiny_lightgbm_spec  # noqa: E402
 
 from distill.serve.admission import WarmRun, never_fits  # noqa: E402
 from distill.serve.app import (  # noqa: E402
@@ -143,24 +143,9 @@ def test_warm_up_requests_are_typical_with_and_without_a_corpus(tmp_path):
 def test_warms_a_real_tiny_cascade_on_new_and_corpus_documents(tiny_beir, tmp_path, caplog):
     """bm25 >> a tiny LightGBM student loaded with a corpus: both warm-up requests rank (the corpus's
     documents taken for its own), and its planted 10 s cost is warned of at the 100 ms default."""
-    import numpy as np
-    import polars as pl
+    from distill.cascade.model import Cascade
 
-    from distill.cascade.model import Cascade, StageCost, stage
-    from distill.data.beir import load_beir
-    from distill.data.bm25 import bm25_run
-    from distill.rankers.loading import RunRanker
-    from students.lightgbm import LightGBMConfig, LightGBMRanker, train_lightgbm_student
-
-    train = load_beir(tiny_beir, "train")
-    run = bm25_run(train, 20).select("qid", "docid")
-    teacher = run.with_columns(pl.Series("score", np.random.default_rng(0).normal(size=run.height),
-                                         dtype=pl.Float32))
-    config = LightGBMConfig(n_estimators=5, min_data_in_leaf=5, num_leaves=8, valid_fraction=0.25)
-    folder = train_lightgbm_student(train, run, teacher, tmp_path / "lightgbm", config)
-    built = stage("bm25", RunRanker(), "bm25") % 10 >> stage("lightgbm", LightGBMRanker(folder), str(folder))
-    built.costs = {"bm25": StageCost(), "lightgbm": StageCost(per_query_ms=10_000.0)}
-    built.write_spec(tmp_path / "cascade.json")
+    tiny_lightgbm_spec(tiny_beir, tmp_path)
     cascade = Cascade.load(tmp_path / "cascade.json", corpus=tiny_beir)
 
     serve = ServeConfig()

@@ -452,25 +452,29 @@ def test_big_bodies_are_answered_like_small_ones():
     assert array.status_code == 422 and array.json()["error"] == "body: Input should be an object"
 
 
+class Late:
+    """ASGI middleware moving the test clock ``now[0]`` 200 ms each time the app receives a body part:
+    a body that arrives slowly, past a 100 ms deadline."""
+
+    def __init__(self, app, now: list[float]) -> None:
+        self.app, self.now = app, now
+
+    async def __call__(self, scope, receive, send):
+        async def slow():
+            message = await receive()
+            self.now[0] += 0.2
+            return message
+
+        await self.app(scope, slow, send)
+
+
 def test_a_big_body_whose_deadline_passed_while_it_arrived_is_shed_before_validation():
     now = [0.0]
     fake = Fake()
     app = create_app(fake, ServeConfig(), clock=lambda: now[0])
     docs = [f"the river in the rain {i} " + "x" * 1000 for i in range(400)]
 
-    class Late:  # the clock moves 200 ms while the body arrives (past the default 100 ms deadline)
-        def __init__(self, app):
-            self.app = app
-
-        async def __call__(self, scope, receive, send):
-            async def slow():
-                message = await receive()
-                now[0] += 0.2
-                return message
-
-            await self.app(scope, slow, send)
-
-    with TestClient(Late(app)) as c:
+    with TestClient(Late(app, now)) as c:  # the clock moves 200 ms while the body arrives
         late = c.post("/rerank", json={"query": "q", "documents": docs})
         late_bad = c.post("/rerank", json={"query": "q", "documents": docs + [5], "deadline_ms": 150})
         in_time = c.post("/rerank", json={"query": "q", "documents": docs, "deadline_ms": 1000})
