@@ -39,6 +39,7 @@ from teachers.precision import (
     choose_precision,
     compute_name,
     device_timer,
+    int8_available,
     parse_compute,
     torch_dtype,
 )
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
     from distill.data.beir import Dataset
 
-DTYPES_IN_USE = ("fp32", "bf16", "fp16")
+DTYPES_IN_USE = ("fp32", "bf16", "fp16", "int8")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
@@ -101,6 +102,7 @@ class Teacher(BaseRanker):
 
     kind: ClassVar[str]
     padding_side: str = "right"
+    quantizable: ClassVar[bool] = False  # may compute in dynamic int8 on a CPU (teachers.precision)
 
     def __init__(
         self,
@@ -139,7 +141,8 @@ class Teacher(BaseRanker):
         self._graph_dir: Path | None = None
         # The computes (precision and runtime) this teacher may end up in; with more than one,
         # the choice waits for pairs to measure them on (see settle_precision).
-        self.dtype_candidates = candidate_computes(dtype, self.device, backend, self._graph_backends())
+        self.dtype_candidates = candidate_computes(dtype, self.device, backend, self._graph_backends(),
+                                                   self.quantizable)
         self.precision: dict[str, Any] | None = None  # what settle_precision measured
         self._pending = len(self.dtype_candidates) > 1
         self._encode_lock, self._settle_lock = threading.Lock(), threading.Lock()
@@ -259,6 +262,8 @@ class Teacher(BaseRanker):
         if backend != "torch" and backend not in self._graph_backends():
             raise ConfigError(f"{self.name}: cannot compute in {compute} here (install distill[onnx]; graph "
                               "runtimes run on a CPU)", field="backend")
+        if dtype == "int8" and not self._int8_runnable():
+            raise ConfigError(f"{self.name}: cannot compute in int8 here (a cross-encoder on a CPU)", field="dtype")
         if compute != self.compute:
             if self.compute != "fp32":
                 self._restore()
@@ -276,7 +281,8 @@ class Teacher(BaseRanker):
         backend, dtype = recorded.get("backend", "torch"), recorded.get("dtype")
         compute = compute_name(backend, dtype)
         free = self.requested_dtype == "auto" and self.requested_backend == "auto"
-        runnable = backend == "torch" or backend in self._graph_backends()
+        runnable = (backend == "torch" or backend in self._graph_backends()) and (
+            dtype != "int8" or self._int8_runnable())
         if not self._pending or dtype not in DTYPES_IN_USE or not runnable:
             return False
         if not (free or compute in self.dtype_candidates):
@@ -286,6 +292,9 @@ class Teacher(BaseRanker):
         self.use_precision(compute)
         return True
 
+    def _int8_runnable(self) -> bool:
+        return self.quantizable and int8_available(self.device.type)
+
     def _settle(self, compute: str) -> None:
         self.backend, self.dtype = parse_compute(compute)
         self._pending = False
@@ -294,7 +303,12 @@ class Teacher(BaseRanker):
         """From torch fp32 to ``compute``: the weights cast, or the model exported to a graph runtime."""
         backend, dtype = parse_compute(compute)
         if backend == "torch":
-            self.model.to(torch_dtype(dtype))
+            if dtype == "int8":
+                from distill.inference.quantize import dynamic_int8
+
+                self.model = dynamic_int8(self.model)
+            else:
+                self.model.to(torch_dtype(dtype))
             return
         import torch
 

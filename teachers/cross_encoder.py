@@ -80,6 +80,7 @@ class CrossEncoderTeacher(Teacher):
     """
 
     kind = "cross-encoder"
+    quantizable = True
 
     def __init__(
         self,

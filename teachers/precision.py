@@ -1,10 +1,12 @@
 """Which floating-point precision a teacher computes in, chosen by measurement.
 
 ``dtype="auto"`` times every precision the device runs natively (fp32; bf16 on CPUs with
-AMX/AVX-512 BF16; bf16 or fp16 on CUDA) on a small sample of the pairs, after one warm-up
-batch each, and keeps the fastest whose scores rank like fp32's (Spearman >= 0.999 on the
-sample). A reduced precision measured slower than fp32 is never kept: torch emulates bf16 on
-CPUs without native support, and even with it small models can run slower. An explicit
+AMX/AVX-512 BF16; bf16 or fp16 on CUDA), and on a CPU dynamic int8 for the teachers that allow it
+(:mod:`distill.inference.quantize`: the one reduced precision an AVX2-only CPU runs faster), on a
+small sample of the pairs, after one warm-up batch each, and keeps the fastest whose scores rank
+like fp32's (see :func:`judge_precision`). A reduced precision measured slower than fp32 is never
+kept: torch emulates bf16 on CPUs without native support, and even with it small models can run
+slower. An explicit
 reduced dtype skips the timing but still has to pass the fidelity check, else fp32 is used.
 
 The sample's scores in the chosen precision are returned, so callers keep them as real
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
+DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKEND_CHOICES = ("auto", "torch", *BACKENDS)
 # what each graph runtime computes in on a CPU (ONNX Runtime's CPU kernels have no bf16 path)
 GRAPH_DTYPES = {"onnx": ("fp32",), "openvino": ("fp32", "bf16")}
@@ -77,17 +79,29 @@ def parse_compute(name: str) -> tuple[str, str]:
     return backend or "torch", dtype
 
 
+def int8_available(device_type: str) -> bool:
+    """Whether torch computes dynamic int8 on ``device_type``: on a CPU with a quantized engine."""
+    from distill.inference.quantize import int8_engine
+
+    return device_type == "cpu" and int8_engine() is not None
+
+
 def candidate_computes(dtype: str, device: torch.device, backend: str = "auto",
-                       graph_backends: Sequence[str] = ()) -> tuple[str, ...]:
+                       graph_backends: Sequence[str] = (), quantizable: bool = False) -> tuple[str, ...]:
     """The computes ``dtype`` and ``backend`` may end up as on ``device``, torch fp32 first
     (the reference and fallback). ``graph_backends``: the graph runtimes this teacher and
-    device can use (:func:`distill.inference.graph.available_backends` on a CPU).
+    device can use (:func:`distill.inference.graph.available_backends` on a CPU);
+    ``quantizable``: whether the teacher may compute in dynamic int8.
 
-    Both "auto": fp32, :func:`~distill.core.hardware.native_precisions`, then each graph runtime in each precision it
-    and the device have; an explicit dtype (backend "auto" or "torch"): fp32 and torch in
-    it; an explicit graph backend: fp32 and that runtime in ``dtype`` (fp32 for "auto").
+    Both "auto": fp32, :func:`~distill.core.hardware.native_precisions`, int8 (a quantizable
+    teacher on a CPU), then each graph runtime in each precision it and the device have; an
+    explicit dtype (backend "auto" or "torch"): fp32 and torch in it; an explicit graph
+    backend: fp32 and that runtime in ``dtype`` (fp32 for "auto").
     """
-    check_dtype_name(dtype)
+    int8 = quantizable and int8_available(device.type)
+    if check_dtype_name(dtype) == "int8" and not int8:
+        raise ConfigError("int8 is computed on a CPU, for cross-encoder teachers, by a torch with a quantized "
+                          "engine", field="dtype")
     if check_backend_name(backend) in BACKENDS:
         if backend not in graph_backends:
             raise ConfigError(f"backend {backend!r} is not available here (a cross-encoder teacher on a CPU, with "
@@ -102,7 +116,7 @@ def candidate_computes(dtype: str, device: torch.device, backend: str = "auto",
     native = native_precisions(device.type)
     graphs = () if backend == "torch" else tuple(
         compute_name(b, d) for b in graph_backends for d in GRAPH_DTYPES[b] if d == "fp32" or d in native)
-    return ("fp32", *native, *graphs)
+    return ("fp32", *native, *(("int8",) if int8 else ()), *graphs)
 
 
 def device_timer(device: torch.device) -> Callable[[], float]:
@@ -284,7 +298,7 @@ def choose_precision(
         if chosen != "fp32":
             cast(chosen)
     choice = PrecisionChoice(chosen, measurements, index, scores[chosen], skipped)
-    _log(choice, model)
+    _log(choice, model, timed)
     return choice
 
 
@@ -303,7 +317,9 @@ def _pick(measurements: list[Measurement], timed: bool) -> str:
     return min(faster, key=lambda m: m.seconds).dtype if faster else "fp32"
 
 
-def _log(choice: PrecisionChoice, model: str) -> None:
+def _log(choice: PrecisionChoice, model: str, timed: bool) -> None:
+    """Log what was measured and kept; a compute that failed the fidelity check is a warning when the user asked
+    for it, else (one of auto's candidates, e.g. int8 on a teacher it does not suit) part of the decision."""
     parts = []
     for m in choice.measurements:
         speed = f"{len(choice.index) / m.seconds:.1f} pairs/s" if m.seconds else "untimed"
@@ -316,6 +332,6 @@ def _log(choice: PrecisionChoice, model: str) -> None:
         logger.info("%s: not tried %s: the run is too short for an export to pay off", model,
                     ", ".join(choice.skipped))
     for m in (m for m in choice.measurements if not m.passed):
-        logger.warning("%s: %s scores do not rank like fp32 (%s clearly ordered couples of the %d sampled pairs "
-                       "reversed, Spearman %.5f); not using %s", model, m.dtype, m.discordant, len(choice.index),
-                       m.spearman, m.dtype)
+        logger.log(logging.INFO if timed else logging.WARNING,
+                   "%s: %s scores do not rank like fp32 (%s clearly ordered couples of the %d sampled pairs reversed, "
+                   "Spearman %.5f); not using %s", model, m.dtype, m.discordant, len(choice.index), m.spearman, m.dtype)

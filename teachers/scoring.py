@@ -69,8 +69,8 @@ class TeacherScoringConfig:
     max_length: int | None = field(default=None, metadata={"help": "Tokens per pair [the model's own, at most 512].",
                                                             "min": 8})
     dtype: str = field(default="auto", metadata={"help": (
-        "auto (the fastest that ranks like fp32, timed on a sample) | fp32 | bf16 | fp16 (reduced ones are checked "
-        "vs fp32).")})
+        "auto (the fastest that ranks like fp32, timed on a sample) | fp32 | bf16 | fp16 | int8 (cross-encoders on "
+        "a CPU: dynamic int8 linear layers; reduced ones are checked vs fp32).")})
     backend: str = field(default="auto", metadata={"help": (
         "auto (with --dtype auto: torch, or on a CPU ONNX Runtime/OpenVINO when installed and faster on a run long "
         "enough to pay for the export) | torch | onnx | openvino (checked vs torch fp32).")})

@@ -24,6 +24,7 @@ def fp32_auto_precision(monkeypatch):
     from teachers import graph, precision
 
     monkeypatch.setattr(precision, "native_precisions", lambda device_type: ())
+    monkeypatch.setattr(precision, "int8_available", lambda device_type: False)  # nor dynamic int8
     monkeypatch.setattr(graph, "available_backends", lambda: ())
     monkeypatch.setattr(train_precision, "native_precisions", lambda device_type: ())  # training's "auto" too
 

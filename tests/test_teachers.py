@@ -20,6 +20,7 @@ from distill.core.errors import ConfigError, InputError
 from distill.data.beir import load_beir
 from distill.inference.batching import token_batches
 from distill.inference.device import cpu_supports_bf16
+from distill.inference.quantize import int8_engine
 from distill.rankers.base import Ranker
 from teachers import (
     CrossEncoderTeacher,
@@ -326,8 +327,17 @@ def test_auto_dtype_candidates(tmp_path, monkeypatch):
     assert candidates("auto", cpu, "openvino", graphs) == ("fp32", "openvino:fp32")
     assert candidates("bf16", cpu, "openvino", graphs) == ("fp32", "openvino:bf16")
     assert candidates("auto", torch.device("mps")) == ("fp32",)
-    with pytest.raises(ConfigError, match="auto, fp32, bf16, fp16"):
+    with pytest.raises(ConfigError, match="auto, fp32, bf16, fp16, int8"):
+        candidates("int4", cpu)
+    monkeypatch.setattr(precision, "int8_available", lambda device_type: device_type == "cpu")  # a quantized engine
+    assert candidates("auto", cpu, "auto", graphs, quantizable=True) == (
+        "fp32", "bf16", "int8", "onnx:fp32", "openvino:fp32", "openvino:bf16")
+    assert candidates("auto", cpu) == ("fp32", "bf16")  # a teacher that cannot be quantized (generative)
+    assert candidates("int8", cpu, quantizable=True) == ("fp32", "int8")
+    with pytest.raises(ConfigError, match="int8 is computed on a CPU"):
         candidates("int8", cpu)
+    with pytest.raises(ConfigError, match="int8 is computed on a CPU"):
+        candidates("int8", torch.device("cuda"), quantizable=True)
     with pytest.raises(ConfigError, match="auto, torch, onnx, openvino"):
         candidates("auto", cpu, "tensorrt")
     with pytest.raises(ConfigError, match="not available here"):
@@ -354,8 +364,9 @@ def test_a_process_capped_below_bf16_has_no_native_bf16(monkeypatch, cap, native
 
 
 @pytest.mark.isa
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("passes", [True, False])
-def test_reduced_precision_is_used_only_after_the_check(tiny_cross_encoder, monkeypatch, caplog, passes):
+def test_reduced_precision_is_used_only_after_the_check(tiny_cross_encoder, monkeypatch, caplog, passes, dtype):
     judged = []
 
     def judge(reference, candidate, dtype, tie_share=precision.TIE_SHARE):
@@ -364,19 +375,22 @@ def test_reduced_precision_is_used_only_after_the_check(tiny_cross_encoder, monk
 
     monkeypatch.setattr(precision, "judge_precision", judge)
     queries, docs = mixed_pairs()
-    teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=128, dtype="bf16")
+    if dtype == "int8" and int8_engine() is None:
+        pytest.skip("this torch build has no quantized CPU engine")
+    monkeypatch.setattr(precision, "int8_available", lambda device_type: device_type == "cpu")
+    teacher = CrossEncoderTeacher(tiny_cross_encoder, max_length=128, dtype=dtype)
     with pytest.raises(RuntimeError, match="settle_precision"):
         teacher.fingerprint()
     with caplog.at_level(logging.WARNING, logger="teachers.precision"):
         scores = teacher.score(queries, docs)
     assert judged == [len(queries)]
-    weights = next(teacher.model.parameters()).dtype
+    linear = teacher.model.classifier  # a Linear: cast down, or replaced by a dynamic int8 one
     if passes:
-        assert teacher.fingerprint()["dtype"] == "bf16" and weights == torch.bfloat16
-        assert not caplog.records
+        assert teacher.fingerprint()["dtype"] == dtype and not caplog.records
+        assert linear.weight().dtype == torch.qint8 if dtype == "int8" else linear.weight.dtype == torch.bfloat16
     else:
-        assert teacher.fingerprint()["dtype"] == "fp32" and weights == torch.float32
-        assert "bf16 scores do not rank like fp32" in caplog.text
+        assert teacher.fingerprint()["dtype"] == "fp32" and linear.weight.dtype == torch.float32
+        assert f"{dtype} scores do not rank like fp32" in caplog.text
         fp32 = CrossEncoderTeacher(tiny_cross_encoder, max_length=128).score(queries, docs)
         np.testing.assert_array_equal(scores, fp32)
 
