@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from distill.core.errors import ConfigError
 from distill.core.io import read_json
 from teachers.base import Teacher, local_model_folder
+from teachers.passages import PassageConfig, score_passages
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +79,9 @@ class CrossEncoderTeacher(Teacher):
     On a CPU it may also score through ONNX Runtime or OpenVINO (``backend``, see
     :mod:`teachers.precision`). A model whose classification head is not in its checkpoint is refused unless
     ``allow_untrained_head``; then the head is drawn from ``head_seed``, so every process
-    scores alike, and the fingerprint records it.
+    scores alike, and the fingerprint records it. ``passages`` scores a long document by its
+    passages (FirstP, MaxP, SumP: :mod:`teachers.passages`) instead of its first ``max_length``
+    tokens; the fingerprint records that too.
     """
 
     kind = "cross-encoder"
@@ -94,8 +99,10 @@ class CrossEncoderTeacher(Teacher):
         max_tokens_per_batch: int | None = None,
         head_seed: int = 0,
         backend: str = "auto",
+        passages: PassageConfig | None = None,
     ) -> None:
         self.allow_untrained_head = allow_untrained_head
+        self.passages = passages  # resolved for max_length once the model is loaded
         self.head_seed = head_seed
         self.untrained: list[str] = []
         super().__init__(model_name_or_path, max_length=max_length, dtype=dtype, device=device, revision=revision,
@@ -126,6 +133,7 @@ class CrossEncoderTeacher(Teacher):
         if positions is not None and self.max_length > positions:
             raise ConfigError(f"max_length {self.max_length} exceeds the model's {positions} positions",
                               path=self.model_name_or_path, field="max_length")
+        self.passages = None if self.passages is None else self.passages.resolve(self.max_length)
         self.num_labels = model.config.num_labels
         if self.num_labels not in (1, 2):
             raise ConfigError(f"the model has {self.num_labels} labels; a reranker has 1 (a score) or 2 "
@@ -144,6 +152,14 @@ class CrossEncoderTeacher(Teacher):
         self.lowercase = bool(getattr(modules[0], "do_lower_case", False))
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.features = [n for n in self.tokenizer.model_input_names if n != "attention_mask"]
+
+    def _score(self, queries: Sequence[str], docs: Sequence[str],
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        if self.passages is None:
+            return super()._score(queries, docs, progress)
+        docs = [d.lower() for d in docs] if self.lowercase else docs  # split the text _encode tokenizes
+        return score_passages(super()._score, self.tokenizer, queries, docs, self.passages, progress=progress,
+                              lock=self._encode_lock)
 
     def _encode(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, list[list[int]]]:
         if self.lowercase:
@@ -167,8 +183,9 @@ class CrossEncoderTeacher(Teacher):
         export_pair_scorer(self.model, self.num_labels, self.tokenizer, folder, backend)
 
     def _scoring_options(self) -> dict[str, Any]:
-        # only an untrained head changes the scores: a trained one ignores both options
-        return {"allow_untrained_head": True, "head_seed": self.head_seed} if self.untrained else {}
+        # only an untrained head changes the scores: a trained one ignores both options; no passages: as before
+        head = {"allow_untrained_head": True, "head_seed": self.head_seed} if self.untrained else {}
+        return head | ({} if self.passages is None else {"passages": self.passages.to_dict()})
 
     def _config_extra(self) -> dict[str, Any]:
         return {"allow_untrained_head": self.allow_untrained_head, "head_seed": self.head_seed}

@@ -10,6 +10,7 @@ from distill.core.errors import CacheMismatchError, ConfigError, InputError
 from teachers.base import Teacher, check_model_reference
 from teachers.cross_encoder import CrossEncoderTeacher
 from teachers.generative import GenerativeTeacher, PromptTemplate
+from teachers.passages import PassageConfig
 from teachers.precision import compute_name
 
 TEACHERS: dict[str, type[Teacher]] = {
@@ -68,6 +69,8 @@ def teacher_from_fingerprint(fingerprint: dict[str, Any], **options: Any) -> Tea
                   "yes_token": fingerprint["yes_token"], "no_token": fingerprint["no_token"]}
     if fingerprint.get("allow_untrained_head"):
         named |= {"allow_untrained_head": True, "head_seed": fingerprint["head_seed"]}
+    if fingerprint.get("passages"):
+        named |= {"passages": PassageConfig(**fingerprint["passages"])}
     teacher = load_teacher(fingerprint["model"], kind=kind, dtype="fp32", **named, **options)
     teacher.use_precision(compute_name(fingerprint.get("backend", "torch"), fingerprint.get("dtype", "fp32")))
     if teacher.fingerprint() != fingerprint:

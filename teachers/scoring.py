@@ -29,6 +29,7 @@ from distill.core.manifest import frame_hash
 from distill.core.schema import DOCID, QID, SCORE, require_columns
 from distill.rankers.base import SETTLE_PAIRS
 from teachers.base import Teacher
+from teachers.passages import PassageConfig
 
 if TYPE_CHECKING:
     from distill.data.beir import Dataset
@@ -89,13 +90,21 @@ class TeacherScoringConfig:
     sanity_check: bool = field(default=True, metadata={"help": "Check that positives outscore negatives on a sample."})
     engine: str = field(default="local", metadata={
         "help": "local (this process) | ray (Ray workers; see docs/ray.md)."})
+    passages: str | None = field(default=None, metadata={"help": (
+        "Long documents: score each passage and combine, first (FirstP) | max (MaxP) | sum (SumP); cross-encoders "
+        "only [none: the document truncated to --max-length].")})
+    passage_tokens: int | None = field(default=PassageConfig.tokens, metadata={
+        "help": "--passages: tokens per passage, of the teacher's tokenizer [--max-length].", "min": 8})
+    passage_stride: int | None = field(default=PassageConfig.stride, metadata={
+        "help": "--passages: tokens from a passage's start to the next one's [half of --passage-tokens].", "min": 1})
 
     def teacher_options(self) -> dict[str, Any]:
         """How :func:`teachers.loading.load_teacher` loads the teacher (None: the teacher's own default)."""
         return {"kind": self.kind, "dtype": self.dtype, "backend": self.backend, "device": self.device,
                 "revision": self.revision, "trust_remote_code": self.trust_remote_code,
                 "allow_untrained_head": self.allow_untrained_head, "max_tokens_per_batch": self.batch_tokens,
-                "max_length": self.max_length, "instruction": self.instruction}
+                "max_length": self.max_length, "instruction": self.instruction,
+                "passages": PassageConfig.from_options(self.passages, self.passage_tokens, self.passage_stride)}
 
 
 # score-teacher's defaults, which score_teacher's keyword arguments share (one home: the config's fields)
@@ -141,7 +150,7 @@ def score_teacher(
 
     ``teacher`` is a loaded :class:`Teacher`, or a model folder / hub id loaded with
     :func:`teachers.load_teacher` and ``teacher_options`` (kind, dtype, max_length, device,
-    revision, instruction, allow_untrained_head, trust_remote_code, max_tokens_per_batch).
+    revision, instruction, allow_untrained_head, trust_remote_code, max_tokens_per_batch, passages).
     ``source`` names the candidates in the cache manifest; ``shard`` ("i/N" or ``(i, N)``)
     scores only that part; ``engine`` chooses how the missing pairs are scored (see
     :data:`ENGINES`). Rerunning resumes: only missing pairs are scored, in the precision
