@@ -99,10 +99,11 @@ class CrossEncoderTeacher(Teacher):
         max_tokens_per_batch: int | None = None,
         head_seed: int = 0,
         backend: str = "auto",
-        passages: PassageConfig | None = None,
+        passages: PassageConfig | dict[str, Any] | None = None,
     ) -> None:
         self.allow_untrained_head = allow_untrained_head
-        self.passages = passages  # resolved for max_length once the model is loaded
+        # resolved for max_length once the model is loaded; a dict as a fingerprint records it
+        self.passages = PassageConfig(**passages) if isinstance(passages, dict) else passages
         self.head_seed = head_seed
         self.untrained: list[str] = []
         super().__init__(model_name_or_path, max_length=max_length, dtype=dtype, device=device, revision=revision,

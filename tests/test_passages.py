@@ -63,6 +63,7 @@ def test_firstp_with_the_window_of_max_length_is_truncation(tiny_cross_encoder):
 
 
 def test_the_fingerprint_records_passages_and_a_cache_keeps_them_apart(tiny_cross_encoder, tiny_beir, tmp_path):
+    from distill.cache.store import CachedRanker
     from distill.data.bm25 import bm25_run
     from teachers import score_teacher
 
@@ -80,6 +81,8 @@ def test_the_fingerprint_records_passages_and_a_cache_keeps_them_apart(tiny_cros
     options = TeacherScoringConfig(dtype="fp32", max_length=64, passages="max", passage_tokens=16).teacher_options()
     result = score_teacher(str(tiny_cross_encoder), dataset, run, tmp_path / "cache", show_progress=False, **options)
     assert result.fingerprint == maxp
+    live = CachedRanker(tmp_path / "cache").live()  # what evaluate --latency times
+    assert live.passages == PassageConfig("max", 16, 8) and live.fingerprint() == maxp
     with pytest.raises(CacheMismatchError, match="passages"):
         score_teacher(str(tiny_cross_encoder), dataset, run, tmp_path / "cache", show_progress=False,
                       **TeacherScoringConfig(dtype="fp32", max_length=64).teacher_options())

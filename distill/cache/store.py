@@ -385,9 +385,10 @@ class CachedRanker(BaseRanker):
         fingerprint = self.cache.manifest["teacher"]
         if "model" not in fingerprint:
             return None
+        scoring = {"passages": fingerprint["passages"]} if fingerprint.get("passages") else {}  # as it was scored
         teacher = TEACHERS.load(fingerprint.get("kind", "cross-encoder"), fingerprint["model"],
                                 max_length=fingerprint.get("max_length"), revision=fingerprint.get("revision"),
-                                path=self.cache.folder / "manifest.json")
+                                path=self.cache.folder / "manifest.json", **scoring)
         teacher.name = self.name
         return teacher
 
