@@ -265,13 +265,16 @@ def test_demo_config_takes_the_builtin_settings_only_without_data(tmp_path):
     from distill.app.pipeline import BUILTIN_DEMO, demo_config
 
     builtin = demo_config(tmp_path, None, ce_rounds=None, max_length=64)
-    assert builtin.ce_rounds == BUILTIN_DEMO["ce_rounds"] and builtin.bi_negatives == BUILTIN_DEMO["bi_negatives"]
+    assert builtin.ce_rounds == BUILTIN_DEMO["ce_rounds"] and builtin.negatives == BUILTIN_DEMO["negatives"]
     assert builtin.max_length == 64  # given wins
     beir = demo_config(tmp_path, tmp_path / "beir", ce_rounds=None)
-    assert beir.ce_rounds == PipelineConfig.ce_rounds and beir.bi_negatives is None and beir.max_length == 256
-    step = next(s for s in plan(builtin, tmp_path / "data") if s.name == "student-bi-encoder")
-    assert step.kwargs["negatives"] == BUILTIN_DEMO["bi_negatives"]
-    assert step.argv[step.argv.index("--negatives") + 1] == str(BUILTIN_DEMO["bi_negatives"])
+    assert beir.ce_rounds == PipelineConfig.ce_rounds and beir.negatives == PipelineConfig.negatives
+    assert beir.max_length == 256
+    steps = plan(builtin, tmp_path / "data")
+    for name in ("student-bi-encoder", "student-cross-encoder"):  # both neural students
+        step = next(s for s in steps if s.name == name)
+        assert step.kwargs["negatives"] == BUILTIN_DEMO["negatives"] != PipelineConfig.negatives
+        assert step.argv[step.argv.index("--negatives") + 1] == str(BUILTIN_DEMO["negatives"])
 
 
 def test_both_neural_students_checkpoint_within_an_epoch(tmp_path):
