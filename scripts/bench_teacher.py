@@ -19,11 +19,19 @@ folder both sides load. A second pass over the cache must make no model calls.
 
     python scripts/bench_teacher.py --data ../shared/data/scifact [--queries 20 --k 100] [--quick]
     python scripts/bench_teacher.py --data ../shared/data/scifact --backend openvino --dtype bf16 --no-processes
+    python scripts/bench_teacher.py --data ../shared/data/scifact --teacher demo_out/models/teacher  # a trained head
+
+With ``--teacher`` a trained cross-encoder folder replaces the untrained-head MiniLM: whether a reduced precision
+(bf16, int8) ranks like fp32 can only be judged on scores that rank something. The result also gives the fraction
+of the fp32 FLOP bound each side reached: the useful FLOPs of the pairs (unpadded tokens through the linear layers
+and attention) over the CPU's peak (cores x fp32 FLOP per cycle x clock; AVX2 16 FMA lanes, AVX-512 32, unless
+capped by ATEN_CPU_CAPABILITY=avx2; or --peak-gflops).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,6 +39,10 @@ import time
 from pathlib import Path
 
 from _common import DEFAULT_DATA, cpu_description, minilm_path, save_results
+
+# the variables that cap torch, oneDNN, MKL, FBGEMM and OpenVINO at AVX2 (docs/cpus.md), recorded with a result
+CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS",
+        "OV_CPU_MAX_ISA")
 
 
 def build_model(folder: Path, max_length: int) -> Path:
@@ -41,6 +53,37 @@ def build_model(folder: Path, max_length: int) -> Path:
     teacher.model.save_pretrained(folder)
     teacher.tokenizer.save_pretrained(folder)
     return folder
+
+
+def useful_gflop(model: Path, queries: list[str], docs: list[str], max_length: int) -> float:
+    """The FLOPs (in GFLOP) a BERT-like encoder needs for these pairs without padding: per layer and token,
+    2 x (4 d^2 + 2 d ff) in the linear layers, and 4 L d per token in attention (L = the pair's tokens)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lengths = [len(ids) for ids in tokenizer(queries, docs, truncation="longest_first", max_length=max_length)[
+        "input_ids"]]
+    d, ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = sum(2 * (4 * d * d + 2 * d * ff) * n + 4 * n * n * d for n in lengths)
+    return layers * per_layer / 1e9
+
+
+def peak_gflops(threads: int) -> float:
+    """fp32 peak of ``threads`` cores: 2 FMA units x (8 lanes with AVX2, 16 with AVX-512) x 2 FLOP x clock."""
+    import torch
+
+    mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("cpu MHz"))
+    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"  # AVX2 where ATEN_CPU_CAPABILITY caps it
+    return threads * 2 * (16 if avx512 else 8) * 2 * mhz / 1000
+
+
+def with_share_of_peak(found: dict, seconds: str, gflop: float, peak: float) -> dict:
+    """``found`` with each side's share of the fp32 peak: the useful GFLOP over its ``<side>_<seconds>``."""
+    for side in ("distill", "predict"):
+        found[f"{side}_share_of_peak"] = round(gflop / found[f"{side}_{seconds}"] / peak, 3)
+    return found
 
 
 def predict_worker(args: argparse.Namespace) -> None:
@@ -134,7 +177,11 @@ def whole_processes(args, run_file: Path, model: Path, tmp: Path) -> dict:
         if name == "distill":
             log = done.stderr.strip().splitlines() + done.stdout.strip().splitlines()
             times["distill_log"] = [line for line in log if "compute" in line or "scored" in line]
+    from distill.cache.store import TeacherCache
+
+    precision = TeacherCache.open(tmp / "process_cache").manifest.get("precision")  # what auto measured and kept
     return {"distill_process_s": round(times["distill"], 2), "predict_process_s": round(times["predict"], 2),
+            "distill_precision": precision,
             "process_speedup": round(times["predict"] / times["distill"], 3),
             "distill_process_cpu_s": round(cpu["distill"], 2), "predict_process_cpu_s": round(cpu["predict"], 2),
             "process_cpu_time_speedup": round(cpu["predict"] / cpu["distill"], 3), "distill_log": times["distill_log"]}
@@ -146,7 +193,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20, help="Test queries to score (0 = all).")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--dtype", default="auto", help="distill's --dtype: auto | fp32 | bf16 | fp16.")
+    parser.add_argument("--dtype", default="auto", help="distill's --dtype: auto | fp32 | bf16 | fp16 | int8.")
+    parser.add_argument("--teacher", type=Path, help="A trained cross-encoder folder [MiniLM, untrained head].")
+    parser.add_argument("--peak-gflops", type=float, help="The CPU's fp32 peak [from the clock and flags].")
     parser.add_argument("--backend", default="auto", help="distill's --backend: auto | torch | onnx | openvino.")
     parser.add_argument("--no-processes", action="store_true", help="Skip the whole-process comparison.")
     parser.add_argument("--no-in-process", action="store_true", help="Skip the one-process comparison.")
@@ -174,20 +223,25 @@ def main() -> None:
     run = bm25_run(dataset, args.k)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        model = build_model(tmp / "model", args.max_length)
+        model = args.teacher or build_model(tmp / "model", args.max_length)
         run_file = tmp / "run.trec"
         write_run(run, run_file)
+        gflop = useful_gflop(model, dataset.query_texts(run["qid"]), dataset.doc_texts(run["docid"]), args.max_length)
+        peak = args.peak_gflops or peak_gflops(torch.get_num_threads())
         results = {"pairs": run.height, "queries": dataset.queries.height, "k": args.k,
                    "max_length": args.max_length, "dtype_asked": args.dtype, "backend_asked": args.backend,
-                   "cpu": cpu_description(),
-                   "torch_threads": torch.get_num_threads()}
+                   "teacher": str(args.teacher or "MiniLM-L6, untrained head (seed 0)"),
+                   "cpu": cpu_description(), "capped": {k: v for k, v in os.environ.items() if k in CAPS},
+                   "torch_threads": torch.get_num_threads(), "useful_gflop": round(gflop, 1),
+                   "peak_gflops": round(peak, 1)}
         backend = f"_{args.backend}" if args.backend != "auto" else ""
         name = "bench_teacher" + ("_quick" if args.quick else "") + backend
         if not args.no_in_process:
-            results["in_process"] = in_process(args, dataset, run, model, tmp)
+            results["in_process"] = with_share_of_peak(in_process(args, dataset, run, model, tmp), "s", gflop, peak)
             save_results(args.out, name, results)  # kept should the process comparison be stopped
         if not args.no_processes:
-            results["processes"] = whole_processes(args, run_file, model, tmp)
+            results["processes"] = with_share_of_peak(whole_processes(args, run_file, model, tmp), "process_s",
+                                                      gflop, peak)
             save_results(args.out, name, results)
     if results.get("in_process", {}).get("second_pass_model_calls"):
         raise SystemExit("second pass over the cache called the model")
