@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
         teacher_epochs: float = typer.Option(None, help="Teacher epochs at most, stopping early on valid "
                                              f"{_by_data('teacher_epochs')}."),
         student_epochs: float = typer.Option(None, help=f"Bi-encoder student epochs [{_P.student_epochs:g}]."),
-        bi_negatives: int = typer.Option(None, min=1, help="Bi-encoder negatives per query "
-                                         f"{_by_data('bi_negatives', unset='negatives')}."),
+        negatives: int = typer.Option(None, min=1, help="Negatives per query of both neural students "
+                                      f"{_by_data('negatives')}."),
+        bi_negatives: int = typer.Option(None, min=1, help="The bi-encoder's own negatives per query [--negatives]."),
         ce_epochs: float = typer.Option(None, help="Cross-encoder student epochs per round "
                                         f"{_by_data('ce_epochs', unset='student_epochs')}."),
         topics: int = typer.Option(_P.topics, min=2, help="Built-in dataset size (8 documents, "
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
             valid_fraction=valid_fraction, queries=queries, allow_collapse=allow_collapse,
             pseudo_queries=None if pseudo_queries == "none" else pseudo_queries, ce_rounds=ce_rounds,
             max_length=max_length, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
-            ce_epochs=ce_epochs, bi_negatives=bi_negatives, latency_queries=latency_queries,
+            ce_epochs=ce_epochs, negatives=negatives, bi_negatives=bi_negatives, latency_queries=latency_queries,
             title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
             lightgbm_qrels_weights=tuple(lightgbm_qrels_weight), overwrite=overwrite,
         )
