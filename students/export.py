@@ -17,22 +17,26 @@ dataset and split). With qrels the export must keep ``min_ndcg_ratio`` of the fp
 nDCG@10 and a top-10 overlap of ``min_overlap`` with it; without (a query log) it must agree
 with it: top-10 overlap ``min_overlap`` and Kendall's tau ``min_kendall``. Otherwise
 :class:`ExportRefused` is raised and nothing is written. The result is recorded in the
-export's ``distill.json``.
+export's ``distill.json``, with how fast the export and the fp32 model rank one query's 100
+candidates on 1 thread on this machine (:mod:`students.export_variants`, as ``distill evaluate
+--latency`` times them). ``--quantize auto`` builds OpenVINO fp32 and int8 and ONNX Runtime fp32 and
+int8 (only ``--format``'s two when it is given), and keeps the fastest that passes the check.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from distill.core.errors import ConfigError, DistillError, InputError
+from distill.core.errors import ConfigError, InputError
 from distill.core.io import atomic_dir, read_json
 from distill.core.manifest import write_manifest
 from distill.core.outputs import check_folder
@@ -40,25 +44,32 @@ from distill.core.recorded_paths import rebase, resolve_recorded
 from distill.core.schema import DOCID, QID, RELEVANCE, SCORE
 from distill.data.beir import Dataset, load_beir
 from distill.data.views import restrict
+from distill.evaluation.runner import EvaluateConfig
 from distill.inference.graph import GRAPH_FILES
+from students import export_variants as variants
 from students.backends import FORMATS, KIND, load_exported
+from students.export_variants import ExportRefused
 
 log = logging.getLogger(__name__)
 
 ROLES = {"cross-encoder-student": "cross-encoder", "teacher": "cross-encoder", "bi-encoder-student": "bi-encoder"}
 CALIBRATION_BATCH = 16
 
-
-class ExportRefused(DistillError):
-    """The export ranks too unlike the fp32 model; nothing was written."""
+__all__ = ["ExportConfig", "ExportRefused", "check_fidelity", "export_model"]
 
 
 @dataclass
 class ExportConfig:
-    """How to export, and how close to the fp32 model the export must stay."""
+    """How to export, and how close to the fp32 model the export must stay.
 
-    format: Literal["onnx", "openvino"] = "onnx"
-    quantize: Literal["int8"] | None = None
+    ``format`` None: ONNX, or with ``quantize="auto"`` both runtimes. ``quantize="auto"``: build the
+    format's fp32 and int8 variants and keep the fastest that passes the check
+    (:mod:`students.export_variants`). Every export is timed like ``distill evaluate --latency``
+    (``latency_candidates`` per query, ``latency_threads`` threads, ``latency_queries`` queries).
+    """
+
+    format: Literal["onnx", "openvino"] | None = None
+    quantize: Literal["int8", "auto"] | None = None
     # OpenVINO's precision for what stays in floating point ("bf16" uses AVX-512-BF16/AMX
     # where the CPU has it; OpenVINO falls back to f32 where it does not)
     openvino_precision: Literal["f32", "bf16"] = "f32"
@@ -72,23 +83,31 @@ class ExportConfig:
     data: str | None = None  # default: the dataset recorded in the model's distill.json
     split: str | None = None
     seed: int = 0
+    latency_queries: int = 10  # of the check's queries, timed (after 3 untimed) per variant and for torch
+    latency_candidates: int = EvaluateConfig.k
+    latency_threads: int = EvaluateConfig.threads
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
+        if self.format not in (None, *FORMATS):
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}", field="format")
-        if self.quantize not in (None, "int8"):
-            raise ConfigError(f"--quantize must be int8 (or absent), got {self.quantize!r}", field="quantize")
+        if self.quantize not in (None, "int8", "auto"):
+            raise ConfigError(f"--quantize must be int8 or auto (or absent), got {self.quantize!r}",
+                              field="quantize")
         if self.check not in ("auto", "qrels", "agreement"):
             raise ConfigError(f"check must be auto, qrels or agreement, got {self.check!r}", field="check")
         if self.sample_queries < 1 or self.candidates < 2:
             raise ConfigError("the fidelity check needs at least 1 query and 2 candidates", field="sample_queries")
+        for name in ("latency_queries", "latency_candidates", "latency_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", field=name)
 
 
 def export_model(model: str | Path, out: str | Path, config: ExportConfig | None = None, *,
                  overwrite: bool = False) -> dict[str, Any]:
     """Export the student folder ``model`` to ``out`` (written atomically; replacing only an earlier export,
-    unless ``overwrite``) and return its fidelity check; raise :class:`ExportRefused` (writing nothing)
-    when the check fails."""
+    unless ``overwrite``) and return its fidelity check, with its speed (``speed``) and every built
+    variant's speed and check (``selection``); raise :class:`ExportRefused` (writing nothing) when no
+    variant passes the check."""
     config = config or ExportConfig()
     model, out = Path(model), Path(out)
     check_folder(out, KIND, overwrite=overwrite, inputs=[model], datasets=[config.data])
@@ -97,23 +116,70 @@ def export_model(model: str | Path, out: str | Path, config: ExportConfig | None
     dataset = _training_data(model, source, config)
     check_qids, calibration_qids = _sample_queries(dataset, config)
     candidates = _candidates(dataset, check_qids + calibration_qids, config.candidates)
+    timed = _candidates(dataset, check_qids[:config.latency_queries], config.latency_candidates, scores=True)
     data = rebase(source["data"], out, model) if isinstance(source.get("data"), dict) else source.get("data")
+    origin = {"path": str(model.resolve()), "kind": source["kind"], "data": data}
     with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp, \
             tempfile.TemporaryDirectory(prefix="distill-export-") as scratch:
-        spec = _export_graph(model, role, tmp, Path(scratch), config,
-                             candidates.filter(pl.col(QID).is_in(calibration_qids)), dataset)
-        manifest = {"format": config.format, "quantize": config.quantize, "model": spec,
-                    "openvino_precision": config.openvino_precision,
-                    "source": {"path": str(model.resolve()), "kind": source["kind"], "data": data}}
-        write_manifest(tmp, KIND, asdict(config), **manifest)  # so the export loads for the check
-        fidelity = check_fidelity(load_exported(tmp), _reference(model, role), dataset,
-                                  candidates.filter(pl.col(QID).is_in(check_qids)), config)
-        if not fidelity["passed"]:
-            raise ExportRefused(f"the {config.format}{' int8' if config.quantize else ''} export of {model} "
-                                f"ranks too unlike the fp32 model ({fidelity['reason']}); nothing was written")
-        write_manifest(tmp, KIND, asdict(config), **manifest, fidelity=fidelity)
-    log.info("exported %s to %s (%s)", model, out, fidelity["summary"])
+        reference = _reference(model, role)
+        torch_ms = _speed(reference, dataset, timed, config)
+        graph = _OnnxGraph(model, role, Path(scratch), candidates.filter(pl.col(QID).is_in(calibration_qids)),
+                           dataset)
+        checked = candidates.filter(pl.col(QID).is_in(check_qids))
+        built = {}
+        for name in variants.candidate_variants(config.format, config.quantize):
+            fmt, quantize = variants.VARIANTS[name]
+            built[name] = _build_variant(graph, Path(scratch) / name, replace(config, format=fmt, quantize=quantize),
+                                         origin, reference, dataset, checked, timed, torch_ms)
+        rows = [row for _, row in built.values()]
+        kept, why = variants.choose_variant(rows, torch_ms, auto=config.quantize == "auto")
+        if kept is None:
+            asked = "any variant" if config.quantize == "auto" else f"the {rows[0]['variant']} export"
+            raise ExportRefused(f"{asked} of {model} ranks too unlike the fp32 model ({why}); nothing was written")
+        fidelity, row = built[kept]
+        fidelity = {**fidelity, "speed": _speed_record(row, torch_ms, config),
+                    "selection": {"asked": {"format": config.format, "quantize": config.quantize},
+                                  "torch_ms_per_query": torch_ms, "candidates": rows, "kept": kept, "why": why}}
+        for path in (Path(scratch) / kept).iterdir():
+            shutil.move(str(path), str(tmp / path.name))
+        final = replace(config, format=row["format"], quantize=row["quantize"])
+        write_manifest(tmp, KIND, asdict(final), **_manifest(final, graph.spec, origin), fidelity=fidelity)
+    log.info("exported %s to %s as %s (%s)", model, out, kept, fidelity["summary"])
     return fidelity
+
+
+def _manifest(config: ExportConfig, spec: dict[str, Any], origin: dict[str, Any]) -> dict[str, Any]:
+    """What an export's ``distill.json`` says besides its settings and check: how to load and score it."""
+    return {"format": config.format, "quantize": config.quantize, "model": spec,
+            "openvino_precision": config.openvino_precision, "source": origin}
+
+
+def _build_variant(graph: _OnnxGraph, folder: Path, config: ExportConfig, origin: dict[str, Any], reference: Any,
+                   dataset: Dataset, checked: pl.DataFrame, timed: pl.DataFrame,
+                   torch_ms: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write one variant into ``folder``, check it against ``reference`` and time it: its fidelity check
+    and its row of the selection (:func:`students.export_variants.candidate_row`)."""
+    folder.mkdir()
+    graph.write(folder, config)
+    write_manifest(folder, KIND, asdict(config), **_manifest(config, graph.spec, origin))  # so the export loads
+    exported = load_exported(folder)
+    fidelity = check_fidelity(exported, reference, dataset, checked, config)
+    name = variants.variant_name(config.format, config.quantize)
+    row = variants.candidate_row(name, fidelity, _speed(exported, dataset, timed, config), torch_ms)
+    log.info("%s: %s, %.1f ms/query (torch fp32 %.1f)", name, fidelity["summary"], row["ms_per_query"], torch_ms)
+    return fidelity, row
+
+
+def _speed(ranker: Any, dataset: Dataset, timed: pl.DataFrame, config: ExportConfig) -> float:
+    return variants.measure_speed(ranker, dataset, timed, candidates=config.latency_candidates,
+                         queries=config.latency_queries, threads=config.latency_threads, seed=config.seed)
+
+
+def _speed_record(row: dict[str, Any], torch_ms: float, config: ExportConfig) -> dict[str, Any]:
+    """The kept export's speed against torch fp32's, and how both were measured."""
+    return {"ms_per_query": row["ms_per_query"], "torch_ms_per_query": torch_ms, "speedup": row["speedup"],
+            "candidates": config.latency_candidates, "threads": config.latency_threads,
+            "queries": config.latency_queries, "statistic": "p50"}
 
 
 def _source_manifest(model: Path) -> dict[str, Any]:
@@ -157,49 +223,55 @@ def _sample_queries(dataset: Dataset, config: ExportConfig) -> tuple[list[str], 
     return order[:n_check], calibration
 
 
-def _candidates(dataset: Dataset, qids: list[str], k: int) -> pl.DataFrame:
+def _candidates(dataset: Dataset, qids: list[str], k: int, scores: bool = False) -> pl.DataFrame:
+    """BM25's top ``k`` of the queries ``qids`` (with its scores, which the latency measurement orders by)."""
     from distill.data.bm25 import bm25_run
 
-    return bm25_run(restrict(dataset, qids), k).select(QID, DOCID)
+    run = bm25_run(restrict(dataset, qids), k)
+    return run if scores else run.select(QID, DOCID)
 
 
 # -- the graph -----------------------------------------------------------------------------
 
 
-def _export_graph(model: Path, role: str, tmp: Path, scratch: Path, config: ExportConfig,
-                  calibration: pl.DataFrame, dataset: Dataset) -> dict[str, Any]:
-    """Write the graph and tokenizer into ``tmp``; return how to tokenize and score (``model``)."""
-    from distill.inference.graph_export import export_onnx
-    from students.backends_graph import load_torch
+class _OnnxGraph:
+    """The student's fp32 ONNX graph, exported once, and its calibration batches: every variant is made
+    from it (:meth:`write`)."""
 
-    torch_model, tokenizer, spec = load_torch(model, role)
-    onnx_path = scratch / "model.onnx"
-    names = export_onnx(torch_model, tokenizer, role, onnx_path)
-    feeds = _calibration_feeds(tokenizer, spec, role, calibration, dataset, names)
-    tokenizer.save_pretrained(str(tmp))
-    if config.format == "onnx":
-        target = tmp / GRAPH_FILES["onnx"]
+    def __init__(self, model: Path, role: str, scratch: Path, calibration: pl.DataFrame, dataset: Dataset) -> None:
+        from distill.inference.graph_export import export_onnx
+        from students.backends_graph import load_torch
+
+        torch_model, self.tokenizer, self.spec = load_torch(model, role)
+        self.path = scratch / "model.onnx"
+        names = export_onnx(torch_model, self.tokenizer, role, self.path)
+        self.feeds = _calibration_feeds(self.tokenizer, self.spec, role, calibration, dataset, names)
+
+    def write(self, folder: Path, config: ExportConfig) -> None:
+        """Write the tokenizer and the graph of ``config``'s format and quantization into ``folder``."""
+        self.tokenizer.save_pretrained(str(folder))
+        if config.format == "onnx":
+            target = folder / GRAPH_FILES["onnx"]
+            if config.quantize:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                # 7-bit weights: on CPUs without VNNI (AVX2; AVX-512 before it) 8-bit dot products saturate their
+                # 16-bit sums, and the export would rank worse there than where it was checked (docs/cpus.md)
+                quantize_dynamic(self.path, target, weight_type=QuantType.QInt8, reduce_range=True)
+            else:
+                shutil.copyfile(self.path, target)
+            return
+        import openvino as ov
+
+        graph = ov.convert_model(str(self.path))
         if config.quantize:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+            import nncf
 
-            # 7-bit weights: on CPUs without VNNI (AVX2; AVX-512 before it) 8-bit dot products saturate their
-            # 16-bit sums, and the export would rank worse there than where it was checked (docs/cpus.md)
-            quantize_dynamic(onnx_path, target, weight_type=QuantType.QInt8, reduce_range=True)
-        else:
-            onnx_path.replace(target)
-        return spec
-    import openvino as ov
-
-    graph = ov.convert_model(str(onnx_path))
-    if config.quantize:
-        import nncf
-
-        # the same 7-bit weights for every layer (NNCF's default fixes the first only; docs/cpus.md)
-        fix = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
-        graph = nncf.quantize(graph, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(feeds), advanced_parameters=fix)
-    ov.save_model(graph, str(tmp / GRAPH_FILES["openvino"]), compress_to_fp16=False)
-    return spec
+            # the same 7-bit weights for every layer (NNCF's default fixes the first only; docs/cpus.md)
+            fix = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
+            graph = nncf.quantize(graph, nncf.Dataset(self.feeds), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(self.feeds), advanced_parameters=fix)
+        ov.save_model(graph, str(folder / GRAPH_FILES["openvino"]), compress_to_fp16=False)
 
 
 def _calibration_feeds(tokenizer: Any, spec: dict[str, Any], role: str, pairs: pl.DataFrame, dataset: Dataset,

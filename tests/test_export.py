@@ -291,3 +291,104 @@ def test_export_prints_no_torch_exporter_noise(cross_encoder, tmp_path):
     process = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert process.returncode == 0, process.stderr
     assert "torch/onnx" not in process.stderr and "_registration.py" not in process.stderr, process.stderr
+
+
+# -- --quantize auto: the fastest passing variant, on speeds the test injects -----------------------------------------
+
+
+def test_auto_builds_every_variant_of_the_format_asked_for():
+    from students.export_variants import candidate_variants
+
+    assert candidate_variants(None, "auto") == ["openvino", "openvino_int8", "onnx", "onnx_int8"]
+    assert candidate_variants("onnx", "auto") == ["onnx", "onnx_int8"]
+    assert candidate_variants("openvino", "auto") == ["openvino", "openvino_int8"]
+    assert candidate_variants(None, None) == ["onnx"], "no --format, no auto: ONNX as before"
+    assert candidate_variants("openvino", "int8") == ["openvino_int8"]
+
+
+def _row(variant: str, ms: float, passed: bool = True) -> dict:
+    return {"variant": variant, "ms_per_query": ms, "speedup": 100.0 / ms, "passed": passed,
+            **({} if passed else {"reason": "top-10 overlap 0.5 < 0.9"})}
+
+
+def test_auto_keeps_the_fastest_passing_variant_and_never_one_slower_than_torch():
+    from students.export_variants import choose_variant
+
+    rows = [_row("openvino", 80), _row("openvino_int8", 20, passed=False), _row("onnx", 120), _row("onnx_int8", 50)]
+    kept, why = choose_variant(rows, 100.0, auto=True)
+    assert kept == "onnx_int8" and "2.00x torch fp32" in why, "the fastest one failed its check: the next"
+    slow = [_row("onnx", 120), _row("onnx_int8", 110), _row("openvino_int8", 20, passed=False)]
+    kept, why = choose_variant(slow, 100.0, auto=True)
+    assert kept == "onnx_int8" and "no variant that passes the fidelity check is faster than torch" in why
+    kept, why = choose_variant([_row("onnx", 120, passed=False)], 100.0, auto=True)
+    assert kept is None and "onnx: top-10 overlap" in why
+    kept, why = choose_variant([_row("onnx", 120)], 100.0, auto=False)
+    assert kept == "onnx" and why.startswith("asked for"), "an explicit export is kept however slow"
+
+
+def _fake_speeds(monkeypatch, speeds: dict[str, float]) -> list[dict]:
+    """Replace the timing with ``speeds`` (ms per query by variant name, ``torch`` for the fp32 model); return
+    the settings each measurement was asked for."""
+    from students import export_variants
+    from students.backends import ExportedCrossEncoder
+
+    calls: list[dict] = []
+
+    def measure(ranker, dataset, run, **settings):
+        calls.append(settings)
+        if not isinstance(ranker, ExportedCrossEncoder):
+            return speeds["torch"]
+        return speeds[export_variants.variant_name(ranker.format, ranker.manifest["quantize"])]
+
+    monkeypatch.setattr(export_variants, "measure_speed", measure)
+    return calls
+
+
+@pytest.mark.isa  # OpenVINO int8 graphs (the gate is open: only NaN scores could fail them)
+def test_auto_export_keeps_the_fastest_and_records_every_variant(cross_encoder, tmp_path, monkeypatch):
+    from distill.evaluation.runner import EvaluateConfig
+    from distill.rankers.loading import load_ranker
+
+    speeds = {"torch": 100.0, "openvino": 90.0, "openvino_int8": 30.0, "onnx": 130.0, "onnx_int8": 45.0}
+    calls = _fake_speeds(monkeypatch, speeds)
+    out = tmp_path / "auto"
+    fidelity = _export(cross_encoder, out, quantize="auto", **GATE_OPEN)
+    manifest = json.loads((out / "distill.json").read_text())
+    assert manifest["fidelity"] == fidelity and fidelity["passed"]
+    assert (manifest["format"], manifest["quantize"]) == ("openvino", "int8")
+    assert QUANTIZED_OPS["openvino"] in _op_types(out, "openvino") and not (out / "model.onnx").exists()
+    selection = fidelity["selection"]
+    assert selection["kept"] == "openvino_int8" and selection["torch_ms_per_query"] == 100.0
+    assert {row["variant"]: row["ms_per_query"] for row in selection["candidates"]} == \
+        {name: ms for name, ms in speeds.items() if name != "torch"}
+    assert all("overlap@10" in row and "ndcg@10_ratio" in row for row in selection["candidates"])
+    assert fidelity["speed"]["speedup"] == pytest.approx(100 / 30)
+    # timed as distill evaluate --latency times a ranker by default: its top 100 candidates, 1 thread
+    defaults = EvaluateConfig()
+    assert len(calls) == 5 and all(c["candidates"] == defaults.k and c["threads"] == defaults.threads for c in calls)
+    assert load_ranker(str(out), name="x").get_config_dict()["quantize"] == "int8"
+
+
+def test_auto_with_a_format_keeps_its_fastest_even_when_slower_than_torch_and_says_so(cross_encoder, tiny_beir,
+                                                                                     tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from distill.app.cli import app, register_commands
+    from students.export import ExportRefused
+
+    _fake_speeds(monkeypatch, {"torch": 100.0, "onnx": 150.0, "onnx_int8": 120.0})
+    register_commands()
+    runner, out = CliRunner(), tmp_path / "onnx"
+    argv = ["export", str(cross_encoder), "--format", "onnx", "--quantize", "auto", "--out", str(out),
+            "--check", "agreement", "--min-overlap", "0", "--min-kendall", "-1"]  # the gate open: fp32 and int8 pass
+    done = runner.invoke(app, argv, env={"COLUMNS": "250"})
+    assert done.exit_code == 0, done.output
+    selection = json.loads((out / "distill.json").read_text())["fidelity"]["selection"]
+    assert [row["variant"] for row in selection["candidates"]] == ["onnx", "onnx_int8"], "no OpenVINO variant"
+    assert selection["kept"] == "onnx_int8" and "is faster than torch fp32" in selection["why"]
+    assert "torch fp32" in done.output and "onnx_int8" in done.output and "0.83x" in done.output
+
+    refused = runner.invoke(app, [*argv[:-6], "--overwrite", "--min-overlap", "1.01"])
+    assert isinstance(refused.exception, ExportRefused) and "any variant" in str(refused.exception)
+    assert "onnx_int8: top-10 overlap" in str(refused.exception)
+    assert json.loads((out / "distill.json").read_text())["quantize"] == "int8", "the earlier export is kept"
