@@ -24,6 +24,19 @@ of its own): honest load at 2x the sustainable rate while ``--slow-clients`` slo
 run; then the big-body clients alone, while ``/healthz`` is probed every 50 ms (its latency is the
 event loop's: parsing a big body there delays it).
 
+``--closed-loop N`` measures instead N closed-loop clients, each posting a query of ``--split`` with its
+BM25 top 20 document texts to ``/v1/rerank`` (Cohere's shape, ``top_n`` 5) and posting the next as soon
+as the answer arrives, for ``--closed-loop-s`` seconds: once with cross-request batching
+(``--max-batch-wait-ms``, 5 by default; the server's own default is off) and once with
+``--max-batch-wait-ms 0`` (each request scored alone),
+a fresh server each; it counts full answers (200 with ``meta.degraded`` false) and reads the batch sizes
+and waits from ``/metrics``. The deadline is ``--deadline-ms``, or 3x the unloaded p50 measured on the
+first server (the same for both). ``--closed-loop-api native`` posts the same query, documents and ``top_k`` 5
+to ``/rerank`` instead, the documents with their BM25 scores: for a cascade whose LightGBM stage reads the
+first-stage score, which Cohere's body cannot carry (such a cascade answers it 422).
+
+    python scripts/bench_serve.py --spec SPEC --data DATA --threads 1 --closed-loop 8
+
 ``--build-with-ce MODEL`` first builds ``OUT/cascade.json`` from ``--data`` instead:
 ``bm25 % k >> lightgbm % 10 >> ce``, a LightGBM ranker trained on the train split's qrels
 over BM25's top 30 (lexical features; the cheap middle stage) and the cross-encoder MODEL,
@@ -84,6 +97,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--adversary-nice", type=int, default=0, help="Run the slow and big-body clients at this nice "
                    "level: in production they run on other machines, so on a small machine 19 keeps their own CPU "
                    "from counting against the server (their connections and bytes still do) [0: as they come].")
+    p.add_argument("--closed-loop", type=int, default=None, metavar="N", help="Run the closed-loop protocol "
+                   "with N clients instead (see the docstring).")
+    p.add_argument("--closed-loop-s", type=float, default=15.0, help="Seconds of closed-loop load per server.")
+    p.add_argument("--closed-loop-api", choices=("cohere", "native"), default="cohere", help="Post to /v1/rerank "
+                   "(texts) or to /rerank (with the BM25 scores).")
+    p.add_argument("--max-batch-wait-ms", type=float, default=5.0, help="`distill serve --max-batch-wait-ms` of "
+                   "the batched closed-loop run.")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="`distill serve --max-batch-tokens` "
+                   "[the server's default].")
     args = p.parse_args()
     if (args.spec is None) == (args.build_with_ce is None):
         p.error("give --spec or --build-with-ce")
@@ -154,11 +176,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, log: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     corpus = args.corpus or args.data / "corpus.jsonl"
     cmd = [sys.executable, "-m", "distill.app.cli", "serve", str(args.spec), "--port", str(port),
            "--workers", str(args.workers), "--queue-size", str(args.queue_size),
-           "--max-connections", str(args.max_connections)]
+           "--max-connections", str(args.max_connections), *extra]
+    if args.max_batch_tokens is not None:
+        cmd += ["--max-batch-tokens", str(args.max_batch_tokens)]
     if str(corpus) != "none":
         cmd += ["--corpus", str(corpus)]
     if args.threads is not None:
@@ -475,10 +499,129 @@ async def bench(args: argparse.Namespace) -> dict:
             "quick": args.quick, "adversary_nice": args.adversary_nice}
 
 
+# -- closed loop: batching on and off ------------------------------------------------------------
+
+
+def closed_loop_bodies(data: Path, split: str, deadline_ms: float, api: str) -> list[bytes]:
+    """Each query with its BM25 top 20: ``/v1/rerank`` bodies of texts with ``top_n`` 5 (``api`` cohere), or
+    ``/rerank`` bodies with the BM25 scores and ``top_k`` 5 (native)."""
+    from distill.rankers.documents import join_title
+
+    if api == "native":
+        return [json.dumps({**b, "top_k": 5, "deadline_ms": deadline_ms}).encode() for b in payloads(data, split, 20)]
+    return [json.dumps({"model": "distill", "query": b["query"], "top_n": 5, "deadline_ms": deadline_ms,
+                        "documents": [join_title(d["title"], d["text"]) for d in b["documents"]]}).encode()
+            for b in payloads(data, split, 20)]
+
+
+async def closed_loop_client(client, bodies: list[bytes], api: str, until: float, counts: Counter,
+                             latency_ms: list, rng: np.random.Generator) -> None:
+    """Post, wait for the answer, post again, until ``until``."""
+    import httpx
+
+    while time.perf_counter() < until:
+        start = time.perf_counter()
+        try:
+            r = await client.post("/rerank" if api == "native" else "/v1/rerank",
+                                  content=bodies[int(rng.integers(len(bodies)))],
+                                  headers={"content-type": "application/json"})
+        except httpx.HTTPError as err:
+            counts[f"error {type(err).__name__}"] += 1
+            continue
+        latency_ms.append((time.perf_counter() - start) * 1000.0)
+        full = r.status_code == 200 and not (r.json() if api == "native" else r.json()["meta"])["degraded"]
+        counts["full" if full else "degraded" if r.status_code == 200 else f"http {r.status_code}"] += 1
+
+
+def batch_stats(metrics_text: str) -> dict:
+    """Mean requests and pairs per batch and mean wait (ms) from ``/metrics``, summed over stages."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: Counter = Counter()
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name.startswith(("distill_batch_", "distill_disconnected")):
+                sums[sample.name] += sample.value
+    batches = sums["distill_batch_requests_count"]
+    return {"batches": int(batches),
+            "requests_per_batch": round(sums["distill_batch_requests_sum"] / batches, 2) if batches else None,
+            "pairs_per_batch": round(sums["distill_batch_pairs_sum"] / batches, 2) if batches else None,
+            "mean_wait_ms": round(1000 * sums["distill_batch_wait_seconds_sum"]
+                                  / max(sums["distill_batch_wait_seconds_count"], 1), 3),
+            "disconnected": int(sums["distill_disconnected_total"])}
+
+
+async def closed_loop_run(args: argparse.Namespace, wait_ms: float | None, deadline: float | None,
+                          rng: np.random.Generator) -> dict:
+    """One server (``--max-batch-wait-ms wait_ms``; None: its default), ``--closed-loop`` clients on it."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    extra = () if wait_ms is None else ("--max-batch-wait-ms", f"{wait_ms:g}")
+    server = start_server(args, port, args.out / f"server_closed_loop_{wait_ms}.log", extra)
+    try:
+        await wait_healthy(base, server)
+        p50, _ = await unloaded_p50(base, payloads(args.data, args.split, 20), 10)
+        deadline = deadline or float(math.ceil(3 * p50))
+        bodies = closed_loop_bodies(args.data, args.split, deadline, args.closed_loop_api)
+        counts: Counter = Counter()
+        latency: list = []
+        limits = httpx.Limits(max_connections=args.closed_loop + 1)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=args.timeout_s) as client:
+            until = time.perf_counter() + args.closed_loop_s
+            await asyncio.gather(*(closed_loop_client(client, bodies, args.closed_loop_api, until, counts, latency, rng)
+                                   for _ in range(args.closed_loop)))
+            metrics = (await client.get("/metrics")).text
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    ms = np.asarray(latency)
+    return {"max_batch_wait_ms": "default" if wait_ms is None else wait_ms, "clients": args.closed_loop,
+            "seconds": args.closed_loop_s, "deadline_ms": deadline, "unloaded_p50_ms": round(p50, 2),
+            "answers": dict(counts), "full_per_s": round(counts["full"] / args.closed_loop_s, 2),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2) if ms.size else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 2) if ms.size else None, **batch_stats(metrics)}
+
+
+async def closed_loop(args: argparse.Namespace) -> dict:
+    """Batching off (``--max-batch-wait-ms 0``), then on; the first run's deadline serves both."""
+    rng = np.random.default_rng(args.seed)
+    off = await closed_loop_run(args, 0.0, args.deadline_ms, rng)
+    print(off, flush=True)
+    await asyncio.sleep(3.0)
+    on = await closed_loop_run(args, args.max_batch_wait_ms, off["deadline_ms"], rng)
+    print(on, flush=True)
+    return {"spec": str(args.spec), "data": str(args.data), "split": args.split, "workers": args.workers,
+            "threads": args.threads, "api": args.closed_loop_api, "runs": [off, on], "machine": cpu_flags()}
+
+
+def closed_loop_table(runs: list[dict]) -> str:
+    head = ("| --max-batch-wait-ms | clients | deadline ms | full answers (/s) | degraded | other | p50 ms | p99 ms "
+            "| requests / pairs per batch | mean batch wait ms |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in runs:
+        answers = r["answers"]
+        other = ", ".join(f"{k}: {v}" for k, v in answers.items() if k not in ("full", "degraded")) or "0"
+        lines.append(f"| {r['max_batch_wait_ms']} | {r['clients']} | {r['deadline_ms']:g} | {answers.get('full', 0)} "
+                     f"({r['full_per_s']}) | {answers.get('degraded', 0)} | {other} | {r['p50_ms']} | {r['p99_ms']} | "
+                     f"{r['requests_per_batch']} / {r['pairs_per_batch']} | {r['mean_wait_ms']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
     if args.build_with_ce is not None:
         args.spec = build_cascade(args.data, args.split, args.build_with_ce, args.k, args.out)
+    if args.closed_loop is not None:
+        results = asyncio.run(closed_loop(args))
+        save_results(args.out, "bench_serve_closed_loop", results)
+        print()
+        print(closed_loop_table(results["runs"]))
+        return
     results = asyncio.run(bench(args))
     save_results(args.out, "bench_serve", results)
     print()

@@ -41,6 +41,12 @@ and the documents keep the order they have. The first stage always runs: it is t
 A stage that returns NaN or a wrong number of scores is a fault of its model, not of the
 request: :class:`ModelFault` (the server answers 500).
 
+Scheduling: where :data:`STAGE_SCHEDULER` holds a scheduler (``distill serve``'s, batching concurrent requests),
+each stage with a model is scored by ``scheduler(stage, query, docs, pair_chars, slack_ms) -> (scores, ms)``:
+``slack_ms``, how long the stage's start may wait with the deadline's plan still holding (inf: no deadline);
+``ms``, the request's share of its batch's model time (the stage's reported ``ms``, without the wait); scores
+None: the stage could not start within the slack (skipped for the deadline, ``ms`` the time waited).
+
 Thread safety: after load a runtime holds no state that requests change, except a teacher's
 pending reduced precision, settled once under a lock; any number of threads may call ``rank``.
 """
@@ -51,8 +57,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +82,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DOC_FIELDS = frozenset({"id", "text", "title", "score"})
+# the scheduler of the stages ranked in this context (see the module docstring); None: scored alone
+STAGE_SCHEDULER: ContextVar[Callable[..., tuple[np.ndarray | None, float | None]] | None] = ContextVar(
+    "stage_scheduler", default=None)
 
 
 class ModelFault(RuntimeError):
@@ -222,13 +232,22 @@ class DocumentScorer:
         self.ranker = ranker
         ranker.prepare_runtime(corpus)
         self._lock = None if declares(ranker, "score_documents") else threading.Lock()
+        # scored through the default score_documents, i.e. by pairs of texts: pairs of several queries batch
+        self.batchable = self._lock is not None and declares(ranker, "score")
 
     def __call__(self, query: str, docs: Documents) -> np.ndarray:
         with self._lock or nullcontext():
             return np.asarray(self.ranker.score_documents(query, docs), dtype=np.float64)
 
+    def score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        """Scores of pairs of any queries and joined document texts, as the default ``score_documents``
+        scores one query's: what batching requests together calls (where :attr:`batchable`)."""
+        with self._lock or nullcontext():
+            self.ranker.settle_precision(queries, texts)
+            return np.asarray(self.ranker.score(queries, texts), dtype=np.float64)
 
-class _RuntimeStage:
+
+class RuntimeStage:
     """One stage of a runtime cascade: its scorer (None: the first stage, replaying the given
     scores or the input order), cutoff, cost, calibration and the tokens its model truncates to."""
 
@@ -253,12 +272,16 @@ class _RuntimeStage:
         """Pairs of these lengths (characters) as reference pairs of this stage (:func:`pair_weights`)."""
         return float(pair_weights(pair_chars, self.max_tokens).sum())
 
-    def score(self, query: str, docs: Documents) -> np.ndarray:
+    def score(self, query: str, docs: Documents, pair_chars: np.ndarray,
+              slack_ms: float) -> tuple[np.ndarray | None, float | None]:
+        """The scores, and the stage's time for them where a scheduler tells it (None: the wall time)."""
+        scheduler = None if self.scorer is None else STAGE_SCHEDULER.get()
+        if scheduler is not None:
+            return scheduler(self, query, docs, pair_chars, slack_ms)
         if self.scorer is not None:
-            return self.scorer(query, docs)
-        if docs.first_stage is not None:
-            return docs.first_stage
-        return np.arange(len(docs), 0, -1, dtype=np.float64)  # the input order
+            return self.scorer(query, docs), None
+        return (np.arange(len(docs), 0, -1, dtype=np.float64) if docs.first_stage is None  # the input order
+                else docs.first_stage), None
 
 
 def runtime_ranker(name: str, ranker: BaseRanker) -> BaseRanker:
@@ -283,12 +306,12 @@ class Runtime:
         from distill.rankers.loading import RunRanker
 
         self.corpus = corpus
-        self.stages: list[_RuntimeStage] = []
+        self.stages: list[RuntimeStage] = []
         dataset = None if corpus is None else corpus.dataset
         for i, s in enumerate(cascade.stages):
             replays = i == 0 and isinstance(s.ranker, RunRanker) and s.ranker.scores is None
             scorer = None if replays else DocumentScorer(runtime_ranker(s.name, s.ranker), dataset)
-            self.stages.append(_RuntimeStage(s.name, scorer, s.cutoff, cascade.costs.get(s.name), s.calibration))
+            self.stages.append(RuntimeStage(s.name, scorer, s.cutoff, cascade.costs.get(s.name), s.calibration))
         lacking = [st.name for st in self.stages if st.cost is None and not st.replays_first_stage]
         if lacking:
             log.warning("stage(s) %s have no cost in the spec: deadlines cannot skip them", lacking)
@@ -340,21 +363,24 @@ class Runtime:
         reports: list[StageReport] = []
         skip_reason: str | None = None
         for i, st in enumerate(self.stages):
-            n_in = len(survivors)
-            if skip_reason is None and i > 0 and deadline_ms is not None:
+            n_in, slack, scores = len(survivors), math.inf, None
+            if skip_reason is None and deadline_ms is not None:
                 spent = (time.perf_counter() - started) * 1000.0
                 expected = st.expected_ms(st.pairs(pair_chars[survivors]))
-                if spent + expected > deadline_ms:
-                    skip_reason = (f"deadline: {spent:.2f} ms spent + {expected:.2f} ms expected "
-                                   f"> {deadline_ms:g} ms")
-                    reports.append(StageReport(st.name, False, 0.0, n_in, n_in, skip_reason))
-                    skip_reason = f"after skipped stage {st.name!r}"
-                    continue
-            if skip_reason is not None:
+                slack = deadline_ms - spent - expected
+                if i > 0 and slack < 0:
+                    skip_reason = f"deadline: {spent:.2f} ms spent + {expected:.2f} ms expected > {deadline_ms:g} ms"
+            if skip_reason is None:
+                start = time.perf_counter()
+                scores, ms = (st.score(query, docs.take(survivors), pair_chars[survivors], slack) if n_in
+                              else (np.zeros(0), None))
+                if scores is None:  # its scheduler could not start it within the slack
+                    skip_reason = f"deadline: waited {ms:.2f} ms for the model, past the slack of {slack:.2f} ms"
+            if scores is None:
                 reports.append(StageReport(st.name, False, 0.0, n_in, n_in, skip_reason))
+                if skip_reason.startswith("deadline"):
+                    skip_reason = f"after skipped stage {st.name!r}"
                 continue
-            start = time.perf_counter()
-            scores = st.score(query, docs.take(survivors)) if n_in else np.zeros(0)
             if scores.shape != (n_in,) or np.isnan(scores).any():
                 raise ModelFault(f"stage {st.name!r} returned {scores.shape} scores for {n_in} documents "
                                  "(or NaN)")
@@ -367,5 +393,6 @@ class Runtime:
                 cut_away.append(order[st.cutoff:])
                 order = order[: st.cutoff]
             survivors = order
-            reports.append(StageReport(st.name, True, (time.perf_counter() - start) * 1000.0, n_in, len(order)))
+            ms = (time.perf_counter() - start) * 1000.0 if ms is None else ms
+            reports.append(StageReport(st.name, True, ms, n_in, len(order)))
         return np.concatenate([survivors, *reversed(cut_away)]).astype(np.int64), reports

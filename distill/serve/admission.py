@@ -12,11 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 SERVICE_EWMA = 0.2  # weight of the newest measurement in the service-time average
+BATCH_WAIT_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
@@ -54,6 +57,16 @@ class Metrics:
         self.dropped = Counter("distill_dropped_connections", "Connections closed while a request was still "
                                "arriving (request_timeout: not complete in time; evicted: the oldest incomplete "
                                "one, to make room at the connection limit).", ["reason"], registry=self.registry)
+        self.disconnected = Counter("distill_disconnected", "Requests dropped unscored because their client "
+                                    "disconnected, by where they waited (queue, or the stage they waited to batch "
+                                    "for).", ["where"], registry=self.registry)
+        self.batch_pairs = Histogram("distill_batch_pairs", "Pairs per model call of a batched stage.", ["stage"],
+                                     buckets=SIZE_BUCKETS, registry=self.registry)
+        self.batch_requests = Histogram("distill_batch_requests", "Requests per model call of a batched stage.",
+                                        ["stage"], buckets=SIZE_BUCKETS, registry=self.registry)
+        self.batch_wait = Histogram("distill_batch_wait_seconds", "Time a request waited in a stage's batcher "
+                                    "before its batch started.", ["stage"], buckets=BATCH_WAIT_BUCKETS_S,
+                                    registry=self.registry)
 
     def degraded_counts(self) -> dict[str, dict[str, int]]:
         """``distill_degraded_total`` as ``{stage: {reason: answers}}`` (for ``/healthz``)."""
@@ -190,14 +203,42 @@ def never_fits(run: WarmRun, deadline_ms: float, margin_ms: float) -> str | None
     return None
 
 
-class Dispatcher:
-    """A bounded worker pool and queue, with the wait estimate that admission control uses."""
+class Slot:
+    """A running request's hold on one of the dispatcher's ``workers`` slots: given back while it waits for a
+    batch (:mod:`distill.serve.batcher`), taken again before it computes another stage."""
 
-    def __init__(self, workers: int, queue_size: int, metrics: Metrics) -> None:
+    def __init__(self, slots: threading.Semaphore) -> None:
+        self.slots, self.held = slots, False
+
+    def take(self) -> None:
+        if not self.held:
+            self.slots.acquire()
+            self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.slots.release()
+            self.held = False
+
+
+# the slot of the request running in this thread (set by Dispatcher.submit's worker)
+CURRENT_SLOT: ContextVar[Slot | None] = ContextVar("current_slot", default=None)
+
+
+class Dispatcher:
+    """A bounded worker pool and queue, with the wait estimate that admission control uses.
+
+    A request runs holding one of ``workers`` slots (a :class:`Slot`, :data:`CURRENT_SLOT` in its thread); it
+    waits in the queue until it has one. ``threads`` (at least ``workers``) run requests: more than ``workers``
+    when requests are batched, so that a request may give its slot back while it waits for a batch and another
+    one run meanwhile."""
+
+    def __init__(self, workers: int, queue_size: int, metrics: Metrics, threads: int | None = None) -> None:
         self.workers = workers
         self.queue_size = queue_size
         self.metrics = metrics
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distill-serve")
+        self.slots = threading.Semaphore(workers)
+        self.pool = ThreadPoolExecutor(max_workers=max(workers, threads or 0), thread_name_prefix="distill-serve")
         self._lock = threading.Lock()
         self.queued = 0
         self.busy = 0
@@ -229,6 +270,9 @@ class Dispatcher:
             self.metrics.queue_depth.set(self.queued)
 
         def run() -> Any:
+            slot = Slot(self.slots)
+            slot.take()
+            token = CURRENT_SLOT.set(slot)
             with self._lock:
                 self.queued -= 1
                 self.busy += 1
@@ -240,6 +284,8 @@ class Dispatcher:
                 with self._lock:
                     self.busy -= 1
                     self.metrics.busy.set(self.busy)
+                slot.give_back()
+                CURRENT_SLOT.reset(token)
 
         return asyncio.get_running_loop().run_in_executor(self.pool, run)
 

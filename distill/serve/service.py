@@ -14,20 +14,28 @@ request (reason ``starting``) and answers ``/healthz`` with 503 until each stage
 logs each stage's expected and measured cost against the default deadline and warns of a stage that can
 never run at it (:func:`~distill.serve.admission.never_fits`). Degraded answers are counted by the first
 stage skipped and the runtime's reason (``distill_degraded_total``).
+
+Batching and disconnects: with ``max_batch_wait_ms`` > 0 each request runs its cascade under the stage
+batchers (:mod:`distill.serve.batcher`); a request whose client disconnects (the ASGI receive channel says
+``http.disconnect``) is dropped unscored where it waits, in the queue or in a batcher, and counted
+(``distill_disconnected_total``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distill.core.errors import DistillError
 from distill.serve.admission import Calibration, Dispatcher, Metrics, WarmRun, never_fits, steer_deadline
+from distill.serve.batcher import Batching, Disconnected, Parked, pool_threads
 from distill.serve.compat import COHERE_PATHS, cohere_model, tei_model
 from distill.serve.request import DEADLINE_HEADER, Alternative, header_deadline, parse_request, request_model
 
@@ -41,11 +49,12 @@ log = logging.getLogger(__name__)
 class Call:
     """One request to a rerank endpoint: its arrival (the start of its deadline), the request model
     whose API shape answers it (the endpoint's, until the body says otherwise) and the deadline its
-    :data:`~distill.serve.request.DEADLINE_HEADER` header sent."""
+    :data:`~distill.serve.request.DEADLINE_HEADER` header sent; ``gone`` is set when its client disconnects."""
 
     arrival: float
     shape: type
     header_ms: float | None = None
+    gone: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,10 @@ class Service:
 
         self.cascade, self.config, self.clock, self.fault = cascade, config, clock, ModelFault
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics)
+        d = self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics,
+                                         pool_threads(config.workers, config.max_batch_wait_ms))
+        self.batching = None if config.max_batch_wait_ms <= 0 else Batching(
+            config.max_batch_tokens, config.max_batch_wait_ms, active=lambda: d.queued + d.busy, metrics=self.metrics)
         self.calibration = Calibration(clock, spreads=config.cost_spreads)
         self.model = request_model(config)
         self.tei = Alternative(tei_model(config), has="texts", lacks="documents")
@@ -130,7 +142,22 @@ class Service:
         """A rerank endpoint's request (FastAPI's): in ``shape``'s API, or ``alternative``'s for a body it fits."""
         header_ms, header_error = header_deadline(request.headers.get(DEADLINE_HEADER), self.config)
         call = Call(request.state.arrival, shape, header_ms)
-        return await self.rerank(await request.body(), call, header_error, alternative)
+        raw = await request.body()
+        watch = asyncio.ensure_future(self.watch(request.receive, call))
+        try:
+            return await self.rerank(raw, call, header_error, alternative)
+        finally:
+            watch.cancel()
+
+    @staticmethod
+    async def watch(receive: Callable[[], Any], call: Call) -> None:
+        """Set ``call.gone`` when the ASGI receive channel (its body already read) says the client left."""
+        if (await receive()).get("type") == "http.disconnect":
+            call.gone.set()
+
+    def scheduled(self, call: Call) -> AbstractContextManager[Parked]:
+        """The stage batchers for ``call``'s cascade run (none when batching is off)."""
+        return nullcontext(Parked()) if self.batching is None else self.batching.request(call.gone.is_set)
 
     async def rerank(self, raw: bytes, call: Call, header_error: str | None = None,
                      alternative: Alternative | None = None) -> Any:
@@ -166,15 +193,18 @@ class Service:
                              f"exceeds the deadline of {deadline:g} ms", wait, call)
 
         def work() -> Any:
+            if call.gone.is_set():
+                raise Disconnected("queue")
             begin = self.clock()
             elapsed = (begin - call.arrival) * 1000.0
             if elapsed + cheapest > deadline:
                 return None
             steered, _ = steer_deadline(elapsed, deadline - margin, costs, self.calibration.get(len(costs)))
-            result = self.cascade.rank(body.query, documents, deadline_ms=steered, top_k=body.top_k,
-                                       started=call.arrival, min_score=body.min_score)
+            with self.scheduled(call) as parked:
+                result = self.cascade.rank(body.query, documents, deadline_ms=steered, top_k=body.top_k,
+                                           started=call.arrival, min_score=body.min_score)
             finished = self.clock()
-            dispatcher.measured(service_ms=(finished - begin) * 1000.0)
+            dispatcher.measured(service_ms=max(0.0, (finished - begin) * 1000.0 - parked.ms))
             self.calibration.observe(costs, result.stages)
             return result, finished
 
@@ -191,6 +221,9 @@ class Service:
         except self.fault as err:
             log.error("model fault: %s", err)
             return self.fail(500, f"model fault: {err}", "error", call)
+        except Disconnected as err:  # nobody reads the answer; counted
+            self.metrics.disconnected.labels(err.where).inc()
+            return self.fail(499, f"client closed the request: {err}", "disconnected", call)
         except Exception:  # a bug in a stage must not take the server down
             log.exception("ranking failed")
             return self.fail(500, "internal error while ranking (see the server log)", "error", call)
