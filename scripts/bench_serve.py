@@ -462,6 +462,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    """Terminate a server process, killing it if it has not exited within 30 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 async def bench(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     requests = payloads(args.data, args.split, args.k)
@@ -486,11 +495,7 @@ async def bench(args: argparse.Namespace) -> dict:
             await asyncio.sleep(3.0)
         hostile_runs = await mixed_runs(base, port, bodies, sustainable, deadline, args, rng) if args.mixed else []
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     return {"cascade": health["cascade"], "spec": str(args.spec), "data": str(args.data), "split": args.split,
             "k": args.k, "workers": args.workers, "threads": args.threads, "queue_size": args.queue_size,
             "unloaded_p50_ms": round(p50, 2),
@@ -574,11 +579,7 @@ async def closed_loop_run(args: argparse.Namespace, wait_ms: float | None, deadl
                                    for _ in range(args.closed_loop)))
             metrics = (await client.get("/metrics")).text
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     ms = np.asarray(latency)
     return {"max_batch_wait_ms": "default" if wait_ms is None else wait_ms, "clients": args.closed_loop,
             "seconds": args.closed_loop_s, "deadline_ms": deadline, "unloaded_p50_ms": round(p50, 2),
