@@ -15,6 +15,7 @@ from distill.core.errors import ConfigError, InputError
 from distill.core.schema import DOCID, QID, RELEVANCE, SCORE
 from distill.evaluation.calibration import (
     ECE,
+    PRECISION_AT,
     RELEVANCE_SCORE,
     Calibration,
     PlattCalibration,
@@ -22,6 +23,7 @@ from distill.evaluation.calibration import (
     fit_calibration,
     reliability_table,
     sigmoid,
+    threshold_precision,
 )
 from distill.rankers.base import BaseRanker
 from distill.rankers.loading import RunRanker
@@ -103,6 +105,13 @@ def test_reliability_bins_are_equal_width_and_the_last_is_closed():
     assert np.isnan(expected_calibration_error(np.array([]), np.array([])))
 
 
+def test_threshold_precision_counts_the_documents_at_or_above_the_threshold():
+    p = np.array([0.2, 0.5, 0.7, 0.9, 0.49])
+    assert threshold_precision(p, np.array([1, 1, 0, 1, 1])) == pytest.approx(2 / 3)  # 0.5 counts, 0.49 does not
+    assert threshold_precision(p, np.array([1, 1, 0, 1, 1]), threshold=0.8) == 1.0
+    assert np.isnan(threshold_precision(np.array([0.1, 0.3]), np.array([1, 1])))
+
+
 # -- a cascade's relevance scores --------------------------------------------------------------------
 
 
@@ -160,6 +169,7 @@ def test_a_built_spec_stores_a_calibration_per_stage(built, tmp_path):
     assert cascade.provenance["calibration"]["bm25"]["on"] == "rank"
     assert cascade.provenance["calibration"]["oracle"]["on"] == "score"
     assert cascade.stages[1].calibration.slope > 0  # the oracle's score says relevance
+    assert 0.5 <= cascade.provenance["calibration"]["oracle"][PRECISION_AT] <= 1  # valid's, for evaluate's to match
     cascade.write_spec(tmp_path / "cascade.json")
     body = json.loads((tmp_path / "cascade.json").read_text())
     assert body["format"] == "distill-cascade/2" and set(body["calibration"]) == {"bm25", "oracle"}
@@ -237,6 +247,8 @@ def test_evaluate_reports_the_ece_of_a_calibrated_cascade(built, tmp_path):
     result = evaluate_rankers(dataset, run, {"bm25": RunRanker(), "cascade": cascade}, baseline="bm25")
     ece = dict(zip(result.summary["ranker"], result.summary[ECE]))
     assert ece["bm25"] is None and 0 <= ece["cascade"] < 0.5
+    precision = dict(zip(result.summary["ranker"], result.summary[PRECISION_AT]))
+    assert precision["bm25"] is None and 0.5 <= precision["cascade"] <= 1
     assert set(result.calibration["ranker"]) == {"cascade"}
     assert result.calibration["documents"].sum() == run.join(dataset.qrels.select(QID).unique(), on=QID,
                                                              how="semi").group_by(QID).len()["len"].clip(

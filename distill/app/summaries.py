@@ -67,10 +67,10 @@ def print_evaluation(result: EvaluationResult, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from distill.evaluation.calibration import ECE
+    from distill.evaluation.calibration import ECE, PRECISION_AT
 
     table = Table(title=f"{result.dataset} (baseline {result.baseline})")
-    calibrated = [ECE] if ECE in result.summary.columns else []  # a calibrated cascade's expected calibration error
+    calibrated = [ECE, PRECISION_AT] if ECE in result.summary.columns else []  # a calibrated cascade's expected calibration error
     columns = ["ranker", *result.metrics, *calibrated, "wins", "losses", "ties"]
     for column in columns:
         table.add_column(column, justify="left" if column == "ranker" else "right")

@@ -33,7 +33,14 @@ import polars as pl
 
 from distill.cascade.stages import Stage
 from distill.core.schema import DOCID, QID, RANK, RELEVANCE, SCORE, with_ranks
-from distill.evaluation.calibration import Calibration, expected_calibration_error, fit_calibration, sigmoid
+from distill.evaluation.calibration import (
+    PRECISION_AT,
+    Calibration,
+    expected_calibration_error,
+    fit_calibration,
+    sigmoid,
+    threshold_precision,
+)
 from distill.rankers.base import BaseRanker
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,8 @@ def fit_stage_calibrations(stages: Sequence[Stage], scores: Mapping[str, pl.Data
     fitted on the top ``depth`` documents of its stage's ranking per query (None: all it ranks): the
     documents a request returns when the cascade ends there, so the probabilities are calibrated where
     they are read. Only queries the qrels judge count; relevant: grade > 0. Also returns what each fit
-    saw (``on, documents, relevant`` and its in-sample ECE), for the spec's provenance.
+    saw (``on, documents, relevant``, its in-sample ECE and precision at relevance >= 0.5), for the
+    spec's provenance and to compare with the test queries' (``distill evaluate``).
     """
     survivors = scores[stages[0].name].select(QID, DOCID).join(qrels.select(QID).unique(), on=QID, how="semi")
     grades = qrels.select(QID, DOCID, RELEVANCE)
@@ -86,8 +94,11 @@ def fit_stage_calibrations(stages: Sequence[Stage], scores: Mapping[str, pl.Data
         if calibration is None:
             log.warning("stage %s ranks no judged validation document: its relevance stays uncalibrated", s.name)
         else:
+            probabilities = calibration(x)
+            precision = threshold_precision(probabilities, labels)  # NaN (no document at 0.5) is stored as null
             seen[s.name] = {"on": "rank" if by_rank else "score", "documents": calibration.documents,
-                            "relevant": calibration.relevant, "ece": expected_calibration_error(calibration(x), labels)}
+                            "relevant": calibration.relevant, "ece": expected_calibration_error(probabilities, labels),
+                            PRECISION_AT: None if np.isnan(precision) else precision}
         calibrated.append(replace(s, calibration=calibration))
         if s.cutoff is not None:
             survivors = ranked.filter(pl.col(RANK) <= s.cutoff).select(QID, DOCID)

@@ -19,7 +19,9 @@ Calibration is measured by the expected calibration error (:func:`expected_calib
 equal-width bins of the predicted probability: ``bins`` bins ``[i / bins, (i + 1) / bins)``, the last
 one closed at 1; ``ECE = sum over bins of (documents in the bin / all documents) * |mean predicted
 probability - fraction relevant|``, empty bins counting nothing. :func:`reliability_table` lists the
-bins; :func:`run_calibration` measures a run's ``relevance_score`` column over each query's top
+bins. :func:`threshold_precision` is the fraction relevant among the documents scored at or above
+:data:`RELEVANT_AT`: a calibrated threshold means the same on the validation queries it was fitted on and
+on others when this fraction is close on both. :func:`run_calibration` measures a run's ``relevance_score`` column over each query's top
 :data:`CALIBRATION_DEPTH` documents (what a reranker returns), and :func:`calibration_tables` every
 such run of an evaluation, as ``distill evaluate`` reports them.
 """
@@ -44,6 +46,8 @@ METHODS = (PLATT, ISOTONIC)
 RELEVANCE_SCORE = "relevance_score"  # a run's column of calibrated probabilities of relevance
 CALIBRATION_DEPTH = 10  # documents per query over which evaluate measures calibration
 ECE = f"ECE@{CALIBRATION_DEPTH}"  # the evaluation summary's column
+RELEVANT_AT = 0.5  # a relevance_score at or above it reads as "relevant" (a user's threshold)
+PRECISION_AT = f"precision@{RELEVANT_AT}"  # summary column: the fraction relevant among those documents
 DEFAULT_BINS = 10
 _RELIABILITY_SCHEMA = {"bin": pl.Int32, "lower": pl.Float64, "upper": pl.Float64, "documents": pl.Int64,
                        "predicted": pl.Float64, "observed": pl.Float64}
@@ -205,26 +209,35 @@ def expected_calibration_error(probabilities: np.ndarray, relevant: np.ndarray, 
     return float((table["documents"] * gap).sum() / total)
 
 
+def threshold_precision(probabilities: np.ndarray, relevant: np.ndarray, threshold: float = RELEVANT_AT) -> float:
+    """The fraction relevant among the documents whose probability is at least ``threshold``; NaN when
+    there are none."""
+    chosen = np.asarray(probabilities, dtype=np.float64) >= threshold
+    return float(np.asarray(relevant, dtype=np.float64)[chosen].mean()) if chosen.any() else math.nan
+
+
 def run_calibration(qrels: pl.DataFrame, run: pl.DataFrame, depth: int = CALIBRATION_DEPTH,
-                    bins: int = DEFAULT_BINS) -> tuple[float, pl.DataFrame]:
-    """The ECE and reliability table of a run's :data:`RELEVANCE_SCORE` over each query's top ``depth``
-    documents (by score), for the queries the qrels judge."""
+                    bins: int = DEFAULT_BINS) -> tuple[float, float, pl.DataFrame]:
+    """The ECE, :func:`threshold_precision` and reliability table of a run's :data:`RELEVANCE_SCORE` over
+    each query's top ``depth`` documents (by score), for the queries the qrels judge."""
     top = cut(run, depth).join(qrels.select(QID).unique(), on=QID, how="semi")
     judged = top.join(qrels.select(QID, DOCID, RELEVANCE), on=[QID, DOCID], how="left", maintain_order="left")
     labels = (judged[RELEVANCE].fill_null(0) > 0).to_numpy()
     probabilities = judged[RELEVANCE_SCORE].cast(pl.Float64).to_numpy()
-    return expected_calibration_error(probabilities, labels, bins), reliability_table(probabilities, labels, bins)
+    return (expected_calibration_error(probabilities, labels, bins), threshold_precision(probabilities, labels),
+            reliability_table(probabilities, labels, bins))
 
 
 def calibration_tables(qrels: pl.DataFrame,
                        runs: Mapping[str, pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """For the runs that have a :data:`RELEVANCE_SCORE` column (a calibrated cascade's): ``ranker,``
-    :data:`ECE` and their reliability tables (``ranker, bin, ...``) over each query's top
+    :data:`ECE`, :data:`PRECISION_AT` and their reliability tables (``ranker, bin, ...``) over each query's top
     :data:`CALIBRATION_DEPTH`; None when no run has one."""
     measured = {name: run_calibration(qrels, run) for name, run in runs.items() if RELEVANCE_SCORE in run.columns}
     if not measured:
         return None
-    errors = pl.DataFrame({RANKER: list(measured), ECE: [ece for ece, _ in measured.values()]},
-                          schema={RANKER: pl.String, ECE: pl.Float64})
-    tables = pl.concat([table.select(pl.lit(name).alias(RANKER), pl.all()) for name, (_, table) in measured.items()])
+    errors = pl.DataFrame({RANKER: list(measured), ECE: [ece for ece, _, _ in measured.values()],
+                           PRECISION_AT: [precision for _, precision, _ in measured.values()]},
+                          schema={RANKER: pl.String, ECE: pl.Float64, PRECISION_AT: pl.Float64})
+    tables = pl.concat([table.select(pl.lit(name).alias(RANKER), pl.all()) for name, (_, _, table) in measured.items()])
     return errors, tables

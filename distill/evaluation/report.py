@@ -24,7 +24,7 @@ import polars as pl
 
 from distill.core.io import write_text_atomic
 from distill.core.schema import DOCID, QID, SCORE
-from distill.evaluation.calibration import CALIBRATION_DEPTH, ECE
+from distill.evaluation.calibration import CALIBRATION_DEPTH, ECE, PRECISION_AT
 from distill.evaluation.depth import depth_table
 from distill.evaluation.latency import LatencyResult
 from distill.evaluation.runner import RANKER, EvaluationResult, markdown_table
@@ -57,7 +57,7 @@ def comparison_table(evaluation: EvaluationResult, latency: dict[str, LatencyRes
     """One row per ranker: metric means, the first metric's delta and corrected t-test p-value
     vs the baseline, agreement with the teacher, and latency (prepared), parameters, size."""
     primary = evaluation.metrics[0]
-    keep = [c for c in ("kendall_tau", "overlap@10", ECE) if c in evaluation.summary.columns]
+    keep = [c for c in ("kendall_tau", "overlap@10", ECE, PRECISION_AT) if c in evaluation.summary.columns]
     table = evaluation.summary.select(RANKER, *evaluation.metrics, "wins", "losses", "ties", *keep)
     tests = evaluation.significance.filter(pl.col("metric") == primary).select(
         RANKER, pl.col("mean_delta").alias(f"delta {primary}"),
@@ -305,7 +305,8 @@ def _depth_caption(evaluation: EvaluationResult) -> str:
 def _calibration_caption() -> str:
     return (f"Relevance scores (probabilities of relevance) of each query's top {CALIBRATION_DEPTH} documents, "
             "in equal-width bins: predicted is the bins' mean relevance score, observed the fraction relevant "
-            f"(qrels grade > 0); {ECE} weighs each bin's |predicted - observed| by its documents.")
+            f"(qrels grade > 0); {ECE} weighs each bin's |predicted - observed| by its documents; {PRECISION_AT} is the fraction "
+            "relevant among those scored at least 0.5.")
 
 
 def _latency_frame(latency: dict[str, LatencyResult]) -> pl.DataFrame:
