@@ -39,6 +39,7 @@ MOVED = {
     "teachers.graph_export": "distill.inference.graph_export",
     "teachers.batching": "distill.inference.batching",
     "teachers.device": "distill.inference.device",
+    "teachers.passages": "distill.inference.passages",
     "distill.lengths": "distill.inference.lengths",
     "distill.groups": "distill.training.groups",
     "distill.objectives": "distill.training.objectives",

@@ -9,6 +9,16 @@ result is a folder ``sentence_transformers.CrossEncoder(path)`` loads, with a
 ``distill.json`` manifest, that :class:`CrossEncoderStudentRanker` loads as a ranker.
 :class:`CrossEncoderStudent` is the kind ``cross-encoder`` of :mod:`students.student`; it trains
 as every neural student does (:mod:`students.neural`).
+
+Long documents: a student distilled from a cache scored by passages (``score-teacher --passages``,
+:mod:`distill.inference.passages`) records its teacher's choice in ``distill.json`` (``passages``:
+mode, window and stride, the window cut to the student's ``max_length`` where longer), and
+:class:`CrossEncoderStudentRanker` scores by those passages when it loads the folder, so
+``evaluate``, ``cascade build`` and ``serve`` score a long document as the teacher did without
+being told. Training does not split documents: each training pair is the query and the document
+truncated to the student's ``max_length``, as without passages, so the student learns the
+teacher's per-document target (MaxP's best passage, wherever it lies) from the document's first
+window only; where the best passage is further on, that target is one its input cannot show.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from distill.core.errors import ConfigError
+from distill.core.io import read_json
 from distill.data.beir import Dataset
+from distill.inference.passages import PassageConfig
 from distill.training.groups import GroupConfig
 from students.neural import NeuralStudent, named_loss
 from teachers.cross_encoder import CrossEncoderTeacher
@@ -150,6 +162,17 @@ class CrossEncoderStudent(NeuralStudent):
         layers = self.config.layers
         return {"init_from_teacher_layers": layers, "layer_choice": self.config.layer_choice if layers else None}
 
+    def scoring_manifest(self, teacher_fingerprint: dict[str, Any] | None) -> dict[str, Any]:
+        """The teacher's passages (see the module docstring), the window cut to the student's max_length."""
+        recorded = (teacher_fingerprint or {}).get("passages")
+        if not recorded:
+            return {}
+        passages = PassageConfig(**recorded).within(self.train_config.max_length)
+        if passages.to_dict() != recorded:
+            log.info("passages: the teacher's %s, cut to the student's max_length %d: %s", recorded,
+                     self.train_config.max_length, passages.to_dict())
+        return {"passages": passages.to_dict()}
+
 
 def train_cross_encoder_student(
     dataset: Dataset,
@@ -186,4 +209,23 @@ def train_cross_encoder_student(
 class CrossEncoderStudentRanker(CrossEncoderTeacher):
     """A cross-encoder student's folder (``distill.json`` kind ``cross-encoder-student``) as a ranker: its
     1-label head's raw logit, scored as its teacher scores (batched by token budget, on torch or a graph
-    runtime), so a student and its teacher rank, cascade and export alike."""
+    runtime), so a student and its teacher rank, cascade and export alike. Long documents are scored by the
+    passages its ``distill.json`` records (see the module docstring) unless ``passages`` is given."""
+
+    def __init__(self, model_name_or_path: str | Path, *, passages: PassageConfig | dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(model_name_or_path, passages=passages or recorded_passages(model_name_or_path), **kwargs)
+
+
+def recorded_passages(folder: str | Path) -> PassageConfig | None:
+    """The passages a student folder's ``distill.json`` records (None: it truncates documents)."""
+    manifest = Path(folder) / "distill.json"
+    body = read_json(manifest) if manifest.is_file() else None
+    recorded = body.get("passages") if isinstance(body, dict) else None
+    if recorded is None:
+        return None
+    try:
+        return PassageConfig(**recorded)
+    except (TypeError, ConfigError) as err:
+        raise ConfigError(f"expected {{mode, tokens, stride}} as score-teacher's --passages records them, got "
+                          f"{recorded!r} ({err})", path=manifest, field="passages") from None

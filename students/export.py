@@ -113,6 +113,11 @@ def export_model(model: str | Path, out: str | Path, config: ExportConfig | None
     check_folder(out, KIND, overwrite=overwrite, inputs=[model], datasets=[config.data])
     source = _source_manifest(model)
     role = ROLES[source["kind"]]
+    if source.get("passages"):  # the graphs score a pair's first max_length tokens only
+        raise ConfigError(f"{model}/distill.json: the student scores long documents by passages "
+                          f"({source['passages'].get('mode')}P), which an exported graph cannot yet: serve the "
+                          "torch model, or train the student from a cache scored without --passages",
+                          field="passages")
     dataset = _training_data(model, source, config)
     check_qids, calibration_qids = _sample_queries(dataset, config)
     candidates = _candidates(dataset, check_qids + calibration_qids, config.candidates)

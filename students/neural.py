@@ -16,7 +16,8 @@ Under ``torchrun`` every rank trains (DDP) and rank 0 alone validates and writes
 (:mod:`distill.training.distributed`, docs/distributed.md).
 
 A kind says only what differs: how its model is built (:meth:`NeuralStudent.build_model`), its group
-loss (:meth:`NeuralStudent.group_loss`), what its manifest records of its config, and which start it accepts.
+loss (:meth:`NeuralStudent.group_loss`), what its manifest records of its config and of how it scores
+(:meth:`NeuralStudent.scoring_manifest`), and which start it accepts.
 """
 
 from __future__ import annotations
@@ -112,6 +113,11 @@ class NeuralStudent(Student):
         """What the manifest's ``config`` records of this kind's own config (between ``init`` and ``loss``)."""
         return {}
 
+    def scoring_manifest(self, teacher_fingerprint: dict[str, Any] | None) -> dict[str, Any]:
+        """What the manifest records, beside ``config``, of how the saved model scores, so that every ranker
+        loading it scores alike (the cross-encoder: its teacher's passages); none by default."""
+        return {}
+
     def train(self, job: Distillation, out: Path) -> StudentResult:
         from students.rounds import RoundsConfig, train_rounds, validation_result
 
@@ -171,7 +177,7 @@ class NeuralStudent(Student):
                 model.save_pretrained(str(tmp))
                 write_manifest(tmp, self.output_kind, config, teacher=teacher_fingerprint,
                                data=scores_summary(dataset, scores, train, valid, out), history=fitted.history,
-                               precision=fitted.precision.to_dict())
+                               precision=fitted.precision.to_dict(), **self.scoring_manifest(teacher_fingerprint))
 
         main_writes(save)  # under torchrun every rank holds the same trained model: rank 0 saves it
         log.info("saved the %s student to %s", self.kind, out)

@@ -10,8 +10,8 @@ import numpy as np
 
 from distill.core.errors import ConfigError
 from distill.core.io import read_json
+from distill.inference.passages import PassageConfig, score_passages
 from teachers.base import Teacher, local_model_folder
-from teachers.passages import PassageConfig, score_passages
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,7 @@ class CrossEncoderTeacher(Teacher):
     :mod:`teachers.precision`). A model whose classification head is not in its checkpoint is refused unless
     ``allow_untrained_head``; then the head is drawn from ``head_seed``, so every process
     scores alike, and the fingerprint records it. ``passages`` scores a long document by its
-    passages (FirstP, MaxP, SumP: :mod:`teachers.passages`) instead of its first ``max_length``
+    passages (FirstP, MaxP, SumP: :mod:`distill.inference.passages`) instead of its first ``max_length``
     tokens; the fingerprint records that too.
     """
 

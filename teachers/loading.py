@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.errors import CacheMismatchError, ConfigError, InputError
+from distill.inference.passages import PassageConfig
 from teachers.base import Teacher, check_model_reference
 from teachers.cross_encoder import CrossEncoderTeacher
 from teachers.generative import GenerativeTeacher, PromptTemplate
-from teachers.passages import PassageConfig
 from teachers.precision import compute_name
 
 TEACHERS: dict[str, type[Teacher]] = {

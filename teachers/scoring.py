@@ -27,9 +27,9 @@ from distill.cache.texts import text_hashes
 from distill.core.errors import ConfigError, InputError
 from distill.core.manifest import frame_hash
 from distill.core.schema import DOCID, QID, SCORE, require_columns
+from distill.inference.passages import PassageConfig
 from distill.rankers.base import SETTLE_PAIRS
 from teachers.base import Teacher
-from teachers.passages import PassageConfig
 
 if TYPE_CHECKING:
     from distill.data.beir import Dataset

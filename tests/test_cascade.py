@@ -512,3 +512,26 @@ def test_an_evaluated_cascade_has_its_latency_in_the_report(tiny_beir):
     points = quality_latency_points(result, result.latency)
     assert points["cascade"][0] == pytest.approx(result.latency["cascade"].p50_ms)
     assert points["bm25"][0] == pytest.approx(result.latency["bm25"].p50_ms)
+
+
+def test_measured_costs_count_pairs_as_the_runtime_plans_them():
+    """cascade build fits a stage's cost per reference pair (its truncation, its passages), the unit the
+    runtime multiplies by: a long document or a MaxP stage is not counted twice."""
+    from types import SimpleNamespace
+
+    from distill.cascade.search import _reference_pairs
+    from distill.inference.passages import PassageConfig
+
+    corpus = pl.DataFrame({DOCID: ["short", "long"], "title": ["", ""], "text": ["x" * 396, "x" * 4092]},
+                          schema=CORPUS_SCHEMA)
+    queries = pl.DataFrame({QID: ["q"], "text": ["abcd"]}, schema=QUERIES_SCHEMA)
+    data = Dataset(corpus=corpus, queries=queries, qrels=pl.DataFrame({QID: ["q"], DOCID: ["long"], RELEVANCE: [1]},
+                                                                     schema={QID: pl.String, DOCID: pl.String,
+                                                                             RELEVANCE: pl.Int32}))
+    run = pl.DataFrame({QID: ["q", "q"], DOCID: ["short", "long"], SCORE: [2.0, 1.0]})
+    # pairs of 400 and 4,096 characters (text and query): 100 and 1,024 estimated tokens
+    assert _reference_pairs(SimpleNamespace(), data, run, 2) == pytest.approx(1 + 1024 / 256)  # read whole
+    assert _reference_pairs(SimpleNamespace(max_length=128), data, run, 2) == 2.0  # truncated: 1 each
+    assert _reference_pairs(SimpleNamespace(max_length=128), data, run, 1) == 1.0  # the top 1 only
+    maxp = SimpleNamespace(max_length=128, passages=PassageConfig("max", 128, 64))
+    assert _reference_pairs(maxp, data, run, 2) == 1 + 1 + (1024 - 128) // 64  # 1 + 15 passages

@@ -33,8 +33,8 @@ it (teachers, cross-encoders), else through ``rerank`` on a one-query :class:`~d
 
 Deadline: ``deadline_ms`` counts from ``started`` (a ``time.perf_counter()`` value; default:
 the call). Before each stage after the first, the time spent plus the stage's expected cost
-(the spec's :class:`~distill.cascade.model.StageCost` for its candidates, each counted by its length
-in reference pairs, :func:`distill.inference.lengths.pair_weights`; see :meth:`Runtime.estimate_ms`) is
+(the spec's :class:`~distill.cascade.model.StageCost` for its candidates, each counted by its length, or
+its passages, in reference pairs: :func:`distill.inference.lengths.pair_weights`; :meth:`Runtime.estimate_ms`) is
 compared with the deadline; a stage that would miss it is skipped with every stage after it,
 and the documents keep the order they have. The first stage always runs: it is the cheapest answer.
 
@@ -71,7 +71,7 @@ from distill.cascade.relevance import stage_relevance
 from distill.core.errors import ConfigError, InputError
 from distill.core.schema import DOCID, QRELS_SCHEMA, QUERIES_SCHEMA, TEXT, TITLE
 from distill.data.beir import Dataset, load_corpus
-from distill.inference.lengths import pair_weights, token_cap
+from distill.inference.lengths import pair_weights, passage_config, token_cap
 from distill.rankers.base import BaseRanker, declares
 from distill.rankers.documents import Documents, join_title
 
@@ -248,14 +248,15 @@ class DocumentScorer:
 
 
 class RuntimeStage:
-    """One stage of a runtime cascade: its scorer (None: the first stage, replaying the given
-    scores or the input order), cutoff, cost, calibration and the tokens its model truncates to."""
+    """One stage of a runtime cascade: its scorer (None: the first stage, replaying the given scores or
+    the input order), cutoff, cost, calibration, the tokens its model truncates to and its passages."""
 
     def __init__(self, name: str, scorer: DocumentScorer | None, cutoff: int | None,
                  cost: StageCost | None, calibration: Calibration | None = None) -> None:
         self.name, self.scorer, self.cutoff, self.cost = name, scorer, cutoff, cost
         self.calibration = calibration
         self.max_tokens = None if scorer is None else token_cap(scorer.ranker)
+        self.passages = None if scorer is None else passage_config(scorer.ranker)  # long documents: their passages
 
     @property
     def replays_first_stage(self) -> bool:
@@ -269,8 +270,8 @@ class RuntimeStage:
         return self.cost.expected_ms(pairs)
 
     def pairs(self, pair_chars: np.ndarray) -> float:
-        """Pairs of these lengths (characters) as reference pairs of this stage (:func:`pair_weights`)."""
-        return float(pair_weights(pair_chars, self.max_tokens).sum())
+        """Pairs of these lengths (characters) in this stage's reference pairs (:func:`pair_weights`)."""
+        return float(pair_weights(pair_chars, self.max_tokens, self.passages).sum())
 
     def score(self, query: str, docs: Documents, pair_chars: np.ndarray,
               slack_ms: float) -> tuple[np.ndarray | None, float | None]:

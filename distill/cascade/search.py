@@ -34,10 +34,11 @@ from distill.cascade.simulation import (  # noqa: F401  (the simulation's names:
 )
 from distill.cascade.stages import Stage, StageCost, stage
 from distill.core.errors import ConfigError
-from distill.core.schema import DOCID, QID, SCORE
+from distill.core.schema import DOCID, QID, SCORE, cut
 from distill.data.beir import Dataset
 from distill.data.views import holdout, restrict
 from distill.evaluation.calibration import CALIBRATION_DEPTH, METHODS, PLATT
+from distill.inference.lengths import pair_weights, passage_config, token_cap
 from distill.rankers.base import BaseRanker
 
 log = logging.getLogger(__name__)
@@ -235,16 +236,26 @@ def _measure_cost(s: Stage, dataset: Dataset, candidates: pl.DataFrame,
     if ranker is not s.ranker:  # a teacher cache: its model, loaded now
         ranker.prepare(dataset)
         where = f"the model behind {where}"
-    lengths = candidates.group_by(QID).len()["len"]
     measured = []
     for size in sorted({max(1, config.latency_k // 10), config.latency_k}):
         latency = measure_latency(ranker, dataset, candidates, k=size, n_queries=config.latency_queries,
                                   prepare=False, threads=config.threads)
-        measured.append((float(lengths.clip(upper_bound=size).mean()), latency.mean_ms))
+        measured.append((_reference_pairs(ranker, dataset, candidates, size), latency.mean_ms))
     cost = StageCost.fit(measured)
     log.info("stage %s: %.3f ms per query + %.4f ms per pair (measured)", s.name, cost.per_query_ms, cost.per_pair_ms)
     points = ", ".join(f"{pairs:.1f} pairs: {ms:.3f} ms" for pairs, ms in measured)
     return cost, f"measured on {where} ({points})"
+
+
+def _reference_pairs(ranker: Any, dataset: Dataset, candidates: pl.DataFrame, size: int) -> float:
+    """The mean pairs per query of the top ``size`` candidates in the ranker's reference pairs
+    (:func:`distill.inference.lengths.pair_weights`: its truncation, its passages), the unit the runtime
+    plans a request in, so a cost measured on long documents or on passages is not counted twice."""
+    top = cut(candidates.join(dataset.queries.select(QID), on=QID, how="semi"), size)
+    chars = (pl.Series([len(t) for t in dataset.doc_texts(top[DOCID])], dtype=pl.Float64)
+             + pl.Series([len(t) for t in dataset.query_texts(top[QID])], dtype=pl.Float64))
+    weights = pair_weights(chars.to_numpy(), token_cap(ranker), passage_config(ranker))
+    return float(top.select(QID).with_columns(w=pl.Series(weights)).group_by(QID).agg(pl.col("w").sum())["w"].mean())
 
 
 def _score(s: Stage, dataset: Dataset, candidates: pl.DataFrame) -> pl.DataFrame:

@@ -1,3 +1,3 @@
 """The shared inference engine: ONNX Runtime / OpenVINO graphs and their export, token-budget batching,
-the device, and the length model of a pair's cost.
+the device, the length model of a pair's cost, and long documents' passages (FirstP, MaxP, SumP).
 """

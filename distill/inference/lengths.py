@@ -11,6 +11,12 @@ tokens capped at the stage's ``max_length`` where it truncates. Pairs up to the 
 length (a passage of ~1,000 characters, the size of the corpora costs are usually measured on)
 weigh 1, so ordinary requests are planned exactly as before; a 20,000-character document weighs
 up to 20 in a stage that reads it whole. Batching by tokens can reuse :func:`estimate_tokens`.
+
+A stage that scores long documents by passages (:mod:`distill.inference.passages`: its ranker's
+``passages``) scores a document as :func:`~distill.inference.passages.passages_for` pairs of a
+window each: the pair weighs that many passages of ``max(1, window / REFERENCE_TOKENS)`` each,
+however long the document (the pair's estimated tokens count as the document's, so a passage more
+at most: the query's few tokens; a planner's error on the safe side).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from distill.inference.passages import PassageConfig, passages_for
 
 CHARS_PER_TOKEN = 4.0
 REFERENCE_TOKENS = 256  # the pair length a stage cost's per-pair part stands for (weight 1)
@@ -29,11 +37,15 @@ def estimate_tokens(chars: int | Sequence[int] | np.ndarray) -> np.ndarray:
     return np.maximum(np.ceil(np.asarray(chars, dtype=np.float64) / CHARS_PER_TOKEN), 1.0)
 
 
-def pair_weights(pair_chars: Sequence[int] | np.ndarray, max_tokens: int | None = None) -> np.ndarray:
+def pair_weights(pair_chars: Sequence[int] | np.ndarray, max_tokens: int | None = None,
+                 passages: PassageConfig | None = None) -> np.ndarray:
     """Each (query, document) pair's weight in reference pairs (see the module docstring), from its
     length in characters (query plus document); ``max_tokens``: the stage truncates pairs to that
-    many tokens (None: it reads them whole)."""
+    many tokens (None: it reads them whole); ``passages``: it scores documents by these passages
+    (resolved), each a pair of the window's tokens."""
     tokens = estimate_tokens(pair_chars)
+    if passages is not None:
+        return passages_for(tokens, passages) * max(passages.tokens / REFERENCE_TOKENS, 1.0)
     if max_tokens is not None:
         tokens = np.minimum(tokens, max_tokens)
     return np.maximum(tokens / REFERENCE_TOKENS, 1.0)
@@ -46,3 +58,10 @@ def token_cap(ranker: Any) -> int | None:
         if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
             return cap
     return None
+
+
+def passage_config(ranker: Any) -> PassageConfig | None:
+    """The passages a ranker scores long documents by (a cross-encoder's resolved ``passages``, as
+    its fingerprint or ``distill.json`` recorded them); None for one that truncates or reads whole."""
+    config = getattr(ranker, "passages", None)
+    return config if isinstance(config, PassageConfig) and config.tokens is not None else None

@@ -1,14 +1,19 @@
 """Long documents as passages: FirstP, MaxP and SumP (Dai & Callan, SIGIR 2019).
 
-A teacher that sees ``max_length`` tokens per pair scores a long document by its beginning
-only. With passages, each document is split into windows of ``tokens`` tokens of the
-teacher's own tokenizer (the document alone, without the query), one window starting every
+A cross-encoder that sees ``max_length`` tokens per pair scores a long document by its
+beginning only. With passages, each document is split into windows of ``tokens`` tokens of the
+model's own tokenizer (the document alone, without the query), one window starting every
 ``stride`` tokens until a window reaches the document's end; each (query, passage) pair is
 scored and the passage scores are combined into the document's: the first passage's
 (``first``, FirstP), their maximum (``max``, MaxP) or their sum (``sum``, SumP). A passage is
 the document's text from its window's first token to its last (the tokenizer's character
 offsets), so it is scored exactly as a document of that text would be, and the passages of
-all documents go through the teacher's token-budget batching together.
+all documents go through the model's token-budget batching together.
+
+It sits in the inference layer because three layers use it: the cross-encoder teacher scores
+with it (``distill score-teacher --passages``), a cross-encoder student trained from such a
+cache scores with the choice its ``distill.json`` records, and the cascade's deadline planner
+counts a document's passages (:func:`passages_for`, through :mod:`distill.inference.lengths`).
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ Progress = Callable[[int], None]
 class PassageConfig:
     """How long documents are split and their passages' scores combined (the single home of the defaults).
 
-    ``tokens`` None is the teacher's ``max_length`` (so that FirstP scores what truncation
-    scores), ``stride`` None half the window; :meth:`resolve` fills both in for a teacher.
+    ``tokens`` None is the model's ``max_length`` (so that FirstP scores what truncation
+    scores), ``stride`` None half the window; :meth:`resolve` fills both in for a model.
     Errors name the command's options (``passages``, ``passage_tokens``, ``passage_stride``).
     """
 
@@ -66,15 +71,23 @@ class PassageConfig:
         return cls(mode, tokens, stride)
 
     def resolve(self, max_length: int) -> PassageConfig:
-        """This config with the defaults filled in for a teacher of ``max_length`` tokens per pair."""
+        """This config with the defaults filled in for a model of ``max_length`` tokens per pair."""
         tokens = max_length if self.tokens is None else self.tokens
         if tokens > max_length:
-            raise ConfigError(f"passages of {tokens} tokens do not fit the teacher's max_length {max_length}; "
+            raise ConfigError(f"passages of {tokens} tokens do not fit the model's max_length {max_length}; "
                               "lower --passage-tokens or raise --max-length", field="passage_tokens")
         return PassageConfig(self.mode, tokens, max(1, tokens // 2) if self.stride is None else self.stride)
 
+    def within(self, max_length: int) -> PassageConfig:
+        """This config resolved for a model of ``max_length`` tokens per pair, its window cut to ``max_length``
+        where longer (and the stride to the window): what a student that reads fewer tokens than its teacher's
+        passages scores with."""
+        tokens = max_length if self.tokens is None else min(self.tokens, max_length)
+        return PassageConfig(self.mode, tokens, None if self.stride is None else min(self.stride, tokens)).resolve(
+            max_length)
+
     def to_dict(self) -> dict[str, Any]:
-        """As the teacher's fingerprint records it (resolved: every value given)."""
+        """As a teacher's fingerprint and a student's ``distill.json`` record it (resolved: every value given)."""
         return {"mode": self.mode, "tokens": self.tokens, "stride": self.stride}
 
 
@@ -87,12 +100,21 @@ class Passages:
     owner: np.ndarray  # index of the pair each passage belongs to, ascending
 
 
-def window_starts(n_tokens: int, tokens: int, stride: int) -> list[int]:
-    """Where the windows of a document of ``n_tokens`` tokens start: every ``stride`` until one reaches the end."""
-    starts = [0]
-    while starts[-1] + tokens < n_tokens:
-        starts.append(starts[-1] + stride)
-    return starts
+def passages_for(tokens: int | Sequence[int] | np.ndarray, config: PassageConfig) -> np.ndarray:
+    """How many passages documents of ``tokens`` tokens are scored as under a resolved ``config``: one for
+    FirstP, else one window every ``stride`` tokens until a window reaches the end (one for a document that
+    fits the window, or has no tokens). What the splitting and the cascade's deadline planner both count."""
+    assert config.tokens is not None and config.stride is not None, "resolve() the config first"
+    n = np.asarray(tokens, dtype=np.float64)
+    if config.mode == "first":
+        return np.ones(n.shape, dtype=np.int64)
+    return 1 + np.maximum(np.ceil((n - config.tokens) / config.stride), 0.0).astype(np.int64)
+
+
+def window_starts(n_tokens: int, config: PassageConfig) -> list[int]:
+    """Where the windows of a document of ``n_tokens`` tokens start under a resolved ``config``
+    (:func:`passages_for` of them, ``stride`` apart)."""
+    return [i * config.stride for i in range(int(passages_for(n_tokens, config)))]
 
 
 def split_passages(tokenizer: Any, queries: Sequence[str], docs: Sequence[str], config: PassageConfig) -> Passages:
@@ -108,9 +130,8 @@ def split_passages(tokenizer: Any, queries: Sequence[str], docs: Sequence[str], 
                         verbose=False)["offset_mapping"]
     out_queries, texts, owner = [], [], []
     for i, (query, doc, spans) in enumerate(zip(queries, docs, offsets)):
-        starts = window_starts(len(spans), config.tokens, config.stride) if spans else []
+        starts = window_starts(len(spans), config) if spans else []
         pieces = [doc[spans[s][0]:spans[min(s + config.tokens, len(spans)) - 1][1]] for s in starts] or [doc]
-        pieces = pieces[:1] if config.mode == "first" else pieces
         out_queries += [query] * len(pieces)
         texts += pieces
         owner += [i] * len(pieces)
