@@ -27,6 +27,8 @@ from distill.training.groups import GroupConfig
 from students.neural import NeuralStudent, named_loss
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from torch import nn
 
     from distill.cascade.runtime import Documents
@@ -213,6 +215,12 @@ class BiEncoderRanker(BaseRanker):
         from students.embedding_store import score_documents
 
         return score_documents(self, self._stored, query, docs)
+
+    def score_requests(self, requests: Sequence[tuple[str, Documents]]) -> list[np.ndarray]:
+        """Scores of several queries' documents, their texts embedded together (serving's batches)."""
+        from students.embedding_store import score_requests
+
+        return score_requests(self, self._stored, requests)
 
     def without_precomputation(self) -> BiEncoderRanker | None:
         """The same model embedding each query's documents on the fly (None without ``precompute``)."""

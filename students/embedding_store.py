@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,17 +81,28 @@ def corpus_embeddings(ranker: BiEncoderRanker, corpus: Dataset) -> np.ndarray:
 def score_documents(ranker: BiEncoderRanker, stored: np.ndarray | None, query: str, docs: Documents) -> np.ndarray:
     """Similarities of ``query`` and ``docs``: stored embeddings for corpus rows (``stored``),
     the others embedded now."""
+    return score_requests(ranker, stored, [(query, docs)])[0]
+
+
+def score_requests(ranker: BiEncoderRanker, stored: np.ndarray | None,
+                   requests: Sequence[tuple[str, Documents]]) -> list[np.ndarray]:
+    """Similarities of several queries' documents (serving's batch of concurrent requests): every query
+    embedded in one call, every document without a stored embedding in one more, however many requests."""
     import torch
 
-    query_embedding = encode(ranker, [query])
-    embeddings = np.empty((len(docs), query_embedding.shape[1]), dtype=np.float32)
-    known = docs.rows >= 0 if stored is not None else np.zeros(len(docs), dtype=bool)
-    if known.any():
-        embeddings[known] = stored[docs.rows[known]]
-    if not known.all():
-        joined = docs.joined()
-        new = np.flatnonzero(~known)
-        embeddings[new] = encode(ranker, [joined[i] for i in new])
-    scores = ranker.model.similarity_pairwise(torch.from_numpy(np.repeat(query_embedding, len(docs), axis=0)),
-                                              torch.from_numpy(embeddings))
-    return scores.float().numpy().astype(np.float64)
+    queries = encode(ranker, [query for query, _ in requests])
+    known = [docs.rows >= 0 if stored is not None else np.zeros(len(docs), dtype=bool) for _, docs in requests]
+    new_texts = [text for (_, docs), k in zip(requests, known, strict=True)
+                 for text, is_known in zip(docs.joined(), k, strict=True) if not is_known]
+    new = encode(ranker, new_texts) if new_texts else np.empty((0, queries.shape[1]), dtype=np.float32)
+    scores, used = [], 0
+    for i, ((_, docs), k) in enumerate(zip(requests, known, strict=True)):
+        embeddings = np.empty((len(docs), queries.shape[1]), dtype=np.float32)
+        if k.any():
+            embeddings[k] = stored[docs.rows[k]]
+        fresh = int((~k).sum())
+        embeddings[~k], used = new[used:used + fresh], used + fresh
+        similarity = ranker.model.similarity_pairwise(torch.from_numpy(np.repeat(queries[i:i + 1], len(docs), axis=0)),
+                                                      torch.from_numpy(embeddings))
+        scores.append(similarity.float().numpy().astype(np.float64))
+    return scores

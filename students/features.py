@@ -28,6 +28,11 @@ Features (``FeatureExtractor.feature_names``):
   (Tao & Zhai, SIGIR 2007, "MinCover"); NaN when no term matches (LightGBM's missing value).
 - ``first_stage_score``, ``first_stage_rank``: the run's ``score`` and ``rank`` (the rank is
   recomputed from the scores when the run has none), with ``FeatureConfig.first_stage``.
+  Documents sent without first-stage scores (:meth:`FeatureExtractor.features`: a rerank request
+  carrying only texts, as Cohere's and TEI's APIs send them) take ``bm25_doc`` as their
+  first-stage score and its rank among them ("min" ranks, as for a run) as their first-stage
+  rank: the first stage the student was trained behind is BM25 (:func:`distill.data.bm25.bm25_run`,
+  whose score ``bm25_doc`` equals), so these are the values it would have given them.
 
 A term repeated in the query counts once for coverage and is placed at its first query
 position for the n-gram features, so ``a b a c`` matched by ``b a c`` counts as the 2-gram
@@ -152,7 +157,8 @@ class FeatureExtractor:
         that query: document ``i`` is row ``rows[i]`` of the fitted corpus (see :meth:`rows_of`)
         or, where that is -1, the document ``(titles[i], texts[i])``, analysed now and scored
         with the corpus's statistics. ``first_stage`` holds the documents' first-stage scores
-        (needed with ``FeatureConfig.first_stage``; their ranks are counted among these documents).
+        (their ranks are counted among these documents); None, with ``FeatureConfig.first_stage``:
+        their ``bm25_doc`` (the module docstring's rule for documents without first-stage scores).
 
         Document-side work for corpus rows was done at :meth:`fit`; this call analyses the
         query once and computes every row's features in one vectorized pass.
@@ -177,10 +183,8 @@ class FeatureExtractor:
                 out[part, :lexical] = self._lexical(block, QueryTerms.build(block.stats, tokens), d,
                                                     np.zeros(len(d), dtype=np.int64))
         if self.config.first_stage:
-            if first_stage is None:
-                raise InputError("the features include the first-stage score: give every document's score",
-                                 field=SCORE)
-            scores = np.asarray(first_stage, dtype=np.float64)
+            bm25_doc = out[:, LEXICAL_FEATURES.index("bm25_doc")]
+            scores = np.asarray(bm25_doc if first_stage is None else first_stage, dtype=np.float64)
             # rank "min" by descending score, as first_stage_features ranks a run's rows
             out[:, lexical] = scores
             out[:, lexical + 1] = np.searchsorted(np.sort(-scores), -scores, side="left") + 1

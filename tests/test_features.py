@@ -199,5 +199,23 @@ def test_new_documents_use_the_corpus_statistics(beir, extractor):
     assert got[0]["coverage"] == 1 and got[0]["idf_max"] == pytest.approx(math.log1p((n + 0.5) / 0.5))
     assert got[1]["coverage"] == 0 and math.isnan(got[1]["min_cover"])
     assert [g["first_stage_rank"] for g in got] == [2, 1]
-    with pytest.raises(InputError, match="first-stage score"):
-        extractor.features("q", np.array([0]))
+
+
+def test_documents_without_first_stage_scores_take_bm25_doc_and_its_rank(beir, run, extractor):
+    """A rerank request carrying only texts: first_stage_score is bm25_doc (= BM25's first-stage score) and
+    first_stage_rank its rank, the features a run of BM25's scores gives."""
+    texts = dict(zip(beir.queries["qid"], beir.queries["text"], strict=True))
+    corpus = {d: (t, x) for d, t, x in beir.corpus.select("docid", "title", "text").iter_rows()}
+    for part in run.drop("rank").partition_by("qid", maintain_order=True):
+        docids = part["docid"].to_list()
+        rows = extractor.rows_of(docids)
+        titles, bodies = zip(*(corpus[d] for d in docids), strict=True)
+        as_text = np.full(len(rows), -1)  # as a request without a corpus sends them
+        for given in (rows, as_text):
+            got = extractor.features(texts[part["qid"][0]], given, titles, bodies)
+            bm25_doc = column(extractor, got, "bm25_doc").astype(np.float64)
+            expected = extractor.features(texts[part["qid"][0]], given, titles, bodies, first_stage=bm25_doc)
+            np.testing.assert_array_equal(got, expected)
+        np.testing.assert_allclose(column(extractor, got, "first_stage_score"), part["score"].to_numpy(), rtol=1e-5)
+        ranks = column(extractor, got, "first_stage_rank").tolist()
+        assert ranks == part["score"].rank("min", descending=True).cast(float).to_list()  # BM25's ranks

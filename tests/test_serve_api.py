@@ -323,3 +323,49 @@ def test_the_openapi_lists_the_standard_apis():
         assert {"model", "query", "documents", "top_n", "return_documents", "rank_fields"} <= set(schema["properties"])
     native = paths["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(native["properties"]) == {"query", "documents", "top_k", "deadline_ms"}  # as before
+
+
+# -- a LightGBM stage with first-stage features, called with texts only ------------------------------
+
+
+def test_a_lightgbm_stage_answers_texts_only_with_bm25_as_the_first_stage(tiny_beir, tmp_path):
+    """Cohere's body has no first-stage scores; the student's first_stage_score/rank features then take
+    bm25_doc and its rank (students.features): 200, ranked as the same documents sent with those scores."""
+    import json
+
+    import numpy as np
+    import polars as pl
+
+    from distill.cascade.model import Cascade
+    from distill.data.beir import load_beir
+    from distill.data.bm25 import bm25_run
+    from students.features import FeatureExtractor
+    from students.lightgbm import LightGBMConfig, train_lightgbm_student
+
+    train = load_beir(tiny_beir, "train")
+    candidates = bm25_run(train, 20)
+    teacher = candidates.select("qid", "docid",
+                                (pl.col("score") * -1.0 + pl.col("docid").str.len_chars()).cast(pl.Float32))
+    lgbm = train_lightgbm_student(train, candidates, teacher, tmp_path / "lgbm", LightGBMConfig(
+        n_estimators=20, min_data_in_leaf=5, num_leaves=8, valid_fraction=0.25, first_stage_features=True))
+    spec = tmp_path / "cascade.json"
+    spec.write_text(json.dumps({"format": "distill-cascade/1", "stages": [
+        {"name": "bm25", "ranker": "bm25", "cutoff": None},
+        {"name": "lightgbm", "ranker": str(lgbm), "cutoff": None}]}))
+    test = load_beir(tiny_beir, "test")
+    query = test.queries["text"][0]
+    texts = test.corpus["text"].to_list()[:12]
+    extractor = FeatureExtractor.load(lgbm)
+    features = extractor.features(query, np.full(len(texts), -1), [""] * len(texts), texts)
+    bm25_doc = features[:, extractor.feature_names.index("bm25_doc")].astype(float)
+    config = ServeConfig(deadline_ms=60_000)
+    with TestClient(create_app(Cascade.load(spec), config)) as c:
+        cohere = c.post("/v1/rerank", json={"model": "any", "query": query, "documents": texts})
+        scored = c.post("/rerank", json={"query": query, "documents": [
+            {"id": str(i), "text": t, "score": float(s)} for i, (t, s) in enumerate(zip(texts, bm25_doc))]})
+    assert cohere.status_code == 200, cohere.text
+    assert scored.status_code == 200, scored.text
+    body = cohere.json()
+    assert body["meta"]["degraded"] is False
+    assert [(s["name"], s["ran"]) for s in body["meta"]["stages"]] == [("bm25", True), ("lightgbm", True)]
+    assert [str(x["index"]) for x in body["results"]] == [x["id"] for x in scored.json()["results"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -21,7 +22,7 @@ from distill.rankers.base import BaseRanker  # noqa: E402
 from distill.rankers.documents import Documents  # noqa: E402
 from distill.rankers.loading import RunRanker  # noqa: E402
 from distill.serve import ServeConfig, create_app  # noqa: E402
-from distill.serve.batcher import Disconnected, StageBatcher  # noqa: E402
+from distill.serve.batcher import Disconnected, StageBatcher, request_scorer  # noqa: E402
 from distill.serve.service import Call  # noqa: E402
 
 HANG_GUARD_S = 30  # only keeps a broken test from hanging; no assertion is about time
@@ -80,58 +81,123 @@ def in_thread(target, out: list) -> threading.Thread:
     return thread
 
 
-def batcher(ranker: Pairs, active: int, max_wait_ms: float = 600_000.0, max_tokens: int = 10_000,
-            batches: list | None = None) -> StageBatcher:
-    def score_pairs(queries, texts):
-        return np.asarray(ranker.score(queries, texts), dtype=np.float64)
+class Blocking(Pairs):
+    """Pairs whose first model call waits for ``release``: the model stays busy while the test queues requests."""
 
-    on_batch = None if batches is None else (lambda pairs, requests, waits: batches.append((pairs, requests)))
-    return StageBatcher("ce", score_pairs, max_tokens, max_wait_ms, active=lambda: active, on_batch=on_batch)
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def score(self, queries, docs) -> np.ndarray:
+        if not self.calls:
+            self.calls.append([])  # the busy call is counted once it returns
+            self.release.wait(HANG_GUARD_S)
+            self.calls.pop()
+        return super().score(queries, docs)
 
 
-def test_two_concurrent_requests_share_one_model_call():
+def batcher(ranker: Pairs, slots: int = 1, max_tokens: int = 10_000, batches: list | None = None,
+            clock=None) -> StageBatcher:
+    scorer = SimpleNamespace(ranker=ranker, score_pairs=lambda q, t: np.asarray(ranker.score(q, t), dtype=np.float64))
+    on_batch = None if batches is None else (lambda pairs, requests, waits: batches.append((pairs, requests, waits)))
+    return StageBatcher("ce", request_scorer(scorer), max_tokens, slots, on_batch=on_batch,
+                        **({} if clock is None else {"clock": clock}))
+
+
+def until(condition) -> None:
+    """Wait for ``condition()`` (another thread's progress), at most the hang guard."""
+    for _ in range(HANG_GUARD_S * 100):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the condition never came true")
+
+
+def busy(b: StageBatcher, ranker: Blocking, out: list) -> threading.Thread:
+    """A request whose batch holds the model (until ``ranker.release``)."""
+    thread = in_thread(lambda: b.score("busy", documents("z"), 1.0, 0.0, float("inf")), out)
+    until(lambda: ranker.calls == [[]])
+    return thread
+
+
+def test_an_idle_model_starts_a_lone_request_at_once():
+    """No waiting for company: with the clock stopped and no end to its slack, a hold would never end."""
     ranker, batches, out = Pairs(), [], []
-    b = batcher(ranker, active=2, batches=batches)
-    first = in_thread(lambda: b.score("q1", documents("aa", "bbbb"), 2.0, 0.0, float("inf")), out)
-    second = in_thread(lambda: b.score("q2", documents("ccc"), 1.0, 0.0, float("inf")), out)
-    for thread in (first, second):
+    b = batcher(ranker, batches=batches, clock=lambda: 0.0)
+    thread = in_thread(lambda: b.score("q", documents("aa"), 1.0, 5.0, float("inf")), out)
+    thread.join(HANG_GUARD_S)
+    assert not thread.is_alive() and ranker.calls == [["q"]] and list(out[0][0]) == [2.0]
+    assert batches == [(1, 1, [0.0])]
+
+
+def test_requests_arriving_during_a_busy_batch_share_the_next_model_call():
+    ranker, batches, out = Blocking(), [], []
+    b = batcher(ranker, batches=batches)
+    first = busy(b, ranker, out)
+    second = in_thread(lambda: b.score("q1", documents("aa", "bbbb"), 2.0, 0.0, float("inf")), out)
+    third = in_thread(lambda: b.score("q2", documents("ccc"), 1.0, 0.0, float("inf")), out)
+    until(lambda: len(b._pending) == 2)  # queued while the model is busy
+    ranker.release.set()
+    for thread in (first, second, third):
         thread.join(HANG_GUARD_S)
-    assert len(ranker.calls) == 1 and sorted(ranker.calls[0]) == ["q1", "q1", "q2"]
-    assert batches == [(3, 2)]
-    assert sorted(list(scores) for scores, _ in out) == [[2.0, 4.0], [3.0]]  # each its own pairs' scores
+    assert len(ranker.calls) == 2 and ranker.calls[0] == ["busy"] and sorted(ranker.calls[1]) == ["q1", "q1", "q2"]
+    assert [(pairs, requests) for pairs, requests, _ in batches] == [(1, 1), (3, 2)]
+    assert sorted(list(scores) for scores, _ in out) == [[1.0], [2.0, 4.0], [3.0]]  # each its own pairs' scores
+
+
+def test_two_batches_run_at_once_with_two_model_slots():
+    """Each call waits for the other at a barrier: with one slot the second would queue and the barrier break."""
+    barrier = threading.Barrier(2, timeout=HANG_GUARD_S)
+
+    class Meeting(Pairs):
+        def score(self, queries, docs):
+            barrier.wait()
+            return super().score(queries, docs)
+
+    ranker, out = Meeting(), []
+    b = batcher(ranker, slots=2)
+    threads = [in_thread(lambda q=q: b.score(q, documents("aa"), 1.0, 0.0, float("inf")), out) for q in "ab"]
+    for thread in threads:
+        thread.join(HANG_GUARD_S)
+    assert sorted(ranker.calls) == [["a"], ["b"]] and all(isinstance(o, tuple) for o in out)
 
 
 def test_a_request_without_slack_is_not_held_and_runs_alone():
     ranker, out = Pairs(), []
-    b = batcher(ranker, active=2)  # another request is in the server: a request with slack would wait for it
+    b = batcher(ranker)
     thread = in_thread(lambda: b.score("q", documents("aa"), 1.0, 5.0, 0.0), out)
-    thread.join(HANG_GUARD_S)  # held, it would wait the 600 s hold
+    thread.join(HANG_GUARD_S)
     assert not thread.is_alive() and ranker.calls == [["q"]] and list(out[0][0]) == [2.0]
 
 
 def waiting(b: StageBatcher, query: str, tokens: float, cost_ms: float, slack_ms: float, arrived: float = 0.0):
     from distill.serve.batcher import _Waiting
 
-    hold = arrived + min(b.max_wait_s, slack_ms / 1000.0)
-    w = _Waiting(query, documents("x"), tokens, cost_ms, arrived, hold, arrived + slack_ms / 1000.0, lambda: False)
+    w = _Waiting(query, documents("x"), tokens, cost_ms, arrived, arrived + slack_ms / 1000.0, lambda: False)
     b._pending.append(w)
     return w
 
 
 def test_a_batch_keeps_the_token_budget_and_no_member_past_its_slack():
-    b = batcher(Pairs(), active=9, max_tokens=250)
+    b = batcher(Pairs(), max_tokens=250)
     first, second, third = (waiting(b, q, 100.0, 1.0, 1000.0) for q in "abc")
     assert b._take(0.0) == [first, second] and b._pending == [third]  # 300 tokens > 250
-    b = batcher(Pairs(), active=9)
-    urgent = waiting(b, "u", 10.0, 5.0, 10.0)  # may start 10 ms late at most
-    big = waiting(b, "b", 10.0, 20.0, 1000.0)  # would delay it by 20 ms
+    b = batcher(Pairs())
+    big = waiting(b, "b", 10.0, 20.0, 1000.0)  # would delay the urgent one by 20 ms
+    urgent = waiting(b, "u", 10.0, 5.0, 10.0)  # may start 10 ms late at most: taken first
     small = waiting(b, "s", 10.0, 4.0, 1000.0)
     assert b._take(0.0) == [urgent, small] and b._pending == [big]
 
 
+def test_a_request_whose_slack_ended_before_its_batch_leaves_it():
+    b = batcher(Pairs())
+    late, fine = waiting(b, "late", 1.0, 0.0, 5.0), waiting(b, "fine", 1.0, 0.0, 50.0)
+    assert b._take(0.01) == [fine] and late.late and late.done and b._pending == []
+
+
 def test_a_disconnected_clients_request_in_a_batcher_is_never_scored():
     ranker, out = Pairs(), []
-    b = batcher(ranker, active=2)
+    b = batcher(ranker)
     gone = in_thread(lambda: b.score("gone", documents("aa"), 1.0, 0.0, float("inf"), cancelled=lambda: True), out)
     stays = in_thread(lambda: b.score("stays", documents("bbb"), 1.0, 0.0, float("inf")), out)
     for thread in (gone, stays):
@@ -141,22 +207,27 @@ def test_a_disconnected_clients_request_in_a_batcher_is_never_scored():
 
 
 def test_a_failing_batch_fails_each_of_its_requests():
-    class Failing(Pairs):
+    class Failing(Blocking):
         def score(self, queries, docs):
+            super().score(queries, docs)
             raise RuntimeError("model broke")
 
-    out = []
-    b = batcher(Failing(), active=2)
+    ranker, out = Failing(), []
+    b = batcher(ranker)
+    first = busy(b, ranker, out)
     threads = [in_thread(lambda q=q: b.score(q, documents("aa"), 1.0, 0.0, float("inf")), out) for q in "ab"]
-    for thread in threads:
+    until(lambda: len(b._pending) == 2)
+    ranker.release.set()
+    for thread in (first, *threads):
         thread.join(HANG_GUARD_S)
-    assert len(out) == 2 and all(isinstance(o, RuntimeError) for o in out)
+    assert len(ranker.calls) == 2 and sorted(ranker.calls[1]) == ["a", "b"]  # the second call: both requests
+    assert len(out) == 3 and all(isinstance(o, RuntimeError) for o in out)
 
 
 def test_a_request_is_not_held_for_a_busy_model_past_its_slack():
     ranker, out = Pairs(), []
-    b = batcher(ranker, active=1)
-    b._busy = True  # another batch is being scored
+    b = batcher(ranker)
+    b._running = b.slots  # every model slot scores another batch
     thread = in_thread(lambda: b.score("q", documents("aa"), 1.0, 5.0, 0.0), out)
     thread.join(HANG_GUARD_S)
     assert not thread.is_alive() and out[0][0] is None and ranker.calls == [] and b._pending == []
@@ -168,27 +239,25 @@ def test_a_request_whose_own_batch_outlasts_its_slack_gets_its_scores():
     now = [0.0]
     out: dict = {}
 
-    class Slow(Pairs):
+    class Slow(Blocking):
         def score(self, queries, docs):
-            now[0] = 1.0  # the batch runs past both slacks...
-            threading.Event().wait(0.1)  # ...while the others may wake and look (not a timing assertion)
+            if self.calls:  # the batch after the busy one runs past every slack
+                now[0] = 1.0
             return super().score(queries, docs)
 
     ranker = Slow()
-    b = StageBatcher("ce", lambda q, t: np.asarray(ranker.score(q, t), dtype=np.float64), 10_000, 600_000.0,
-                     active=lambda: 3, clock=lambda: now[0])
+    b = batcher(ranker, clock=lambda: now[0])
+    first = busy(b, ranker, [])
     threads = []  # "left out" would delay the member past its slack: not in its batch
-    for name, cost, slack in (("member", 0.0, 10.0), ("left out", 50.0, 20.0), ("leader", 0.0, float("inf"))):
+    for name, cost, slack in (("member", 0.0, 10.0), ("left out", 50.0, 20.0), ("other", 0.0, float("inf"))):
         threads.append(in_thread(lambda n=name, c=cost, s=slack: out.setdefault(
             n, b.score(n, documents("aa"), 1.0, c, s)), []))
-        for _ in range(HANG_GUARD_S * 100):  # in this order: the last one leads
-            if len(b._pending) == len(threads) or name == "leader":
-                break
-            threading.Event().wait(0.01)
-    for thread in threads:
+    until(lambda: len(b._pending) == 3)
+    ranker.release.set()
+    for thread in (first, *threads):
         thread.join(HANG_GUARD_S)
-    assert ranker.calls == [["member", "leader"]]
-    assert out["member"][0] is not None and out["leader"][0] is not None and out["left out"][0] is None
+    assert ranker.calls == [["busy"], ["member", "other"]]
+    assert out["member"][0] is not None and out["other"][0] is not None and out["left out"][0] is None
 
 
 def test_a_stage_its_scheduler_cannot_start_in_time_is_skipped_for_the_deadline():
@@ -218,20 +287,22 @@ def test_the_batcher_counts_tokens_as_the_plan_costs_pairs():
     assert pair_weights(chars, 64).tolist() == weights
 
 
-def served(parties: int, **config):
+def served(parties: int, ranker: Pairs | None = None, **config):
     """An app over ``bm25 >> gate >> ce`` (ce batchable) with ``workers=parties``, and its ce ranker."""
-    ranker = Pairs()
+    ranker = Pairs() if ranker is None else ranker
     cascade = stage("bm25", RunRanker(), "bm25") >> stage("gate", Gate(parties)) >> stage("ce", ranker)
     cascade.costs = {"bm25": StageCost(), "gate": StageCost(), "ce": StageCost(0.0, 0.001)}
     return create_app(cascade, ServeConfig(workers=parties, **config)), ranker
 
 
-def post_together(app, n: int) -> list:
+def post_together(app, n: int, while_running=None) -> list:
     answers: list = []
     with TestClient(app) as c:
         threads = [in_thread(lambda i=i: c.post("/rerank", json={"query": f"river {i}", "documents": DOCS,
                                                                   "deadline_ms": 60_000}), answers)
                    for i in range(n)]
+        if while_running is not None:
+            while_running()
         for thread in threads:
             thread.join(HANG_GUARD_S)
         metrics = c.get("/metrics").text
@@ -240,14 +311,23 @@ def post_together(app, n: int) -> list:
     return metrics
 
 
-def test_concurrent_requests_are_scored_in_one_model_call_with_batching_on():
-    app, ranker = served(2, max_batch_wait_ms=60_000)
-    metrics = post_together(app, 2)
-    assert len(ranker.calls) == 1 and sorted(set(ranker.calls[0])) == ["river 0", "river 1"]
-    assert 'distill_batch_requests_count{stage="ce"} 1.0' in metrics
-    assert 'distill_batch_requests_sum{stage="ce"} 2.0' in metrics
-    assert 'distill_batch_pairs_sum{stage="ce"} 6.0' in metrics
-    assert 'distill_batch_wait_seconds_count{stage="ce"} 2.0' in metrics
+def test_requests_run_their_cheap_stages_while_the_model_scores_and_share_its_next_call():
+    """One worker: while the first request's batch holds the model, the others run their gate (the worker slot
+    is free) and queue; they share the next call."""
+    app, ranker = served(1, Blocking(), max_batch_wait_ms=5)
+
+    def queue_two() -> None:
+        until(lambda: ranker.calls == [[]])
+        batchers = app.state.service.batching._batchers
+        until(lambda: len(batchers["ce"]._pending) == 2)
+        ranker.release.set()
+
+    metrics = post_together(app, 3, queue_two)
+    assert len(ranker.calls) == 2 and [len(set(call)) for call in ranker.calls] == [1, 2]
+    assert 'distill_batch_requests_count{stage="ce"} 2.0' in metrics
+    assert 'distill_batch_requests_sum{stage="ce"} 3.0' in metrics
+    assert 'distill_batch_pairs_sum{stage="ce"} 9.0' in metrics
+    assert 'distill_batch_wait_seconds_count{stage="ce"} 3.0' in metrics
     assert ServeConfig().max_batch_wait_ms == 0  # off by default (docs/serving.md, "Batching across requests")
 
 
@@ -282,3 +362,33 @@ def test_batching_options_are_checked():
         ServeConfig(max_batch_wait_ms=-1)
     with pytest.raises(ConfigError, match="max_batch_tokens"):
         ServeConfig(max_batch_tokens=0)
+
+
+def test_a_bi_encoder_stage_batches_requests_by_embedding_their_texts_together(tiny_bi_encoder, monkeypatch):
+    """A bi-encoder (its own score_requests) batches too: the queries of a batch in one encode call and the
+    documents without a stored embedding in one more, with each request's scores as it alone would get."""
+    from distill.cascade.runtime import DocumentScorer
+    from students.bi_encoder import BiEncoderRanker
+
+    ranker = BiEncoderRanker(tiny_bi_encoder, precompute=False)
+    requests = [("river bank", documents("the river bank", "a river", "stone")), ("stone wall", documents("a wall"))]
+    alone = [ranker.score_documents(query, docs) for query, docs in requests]
+    encoded: list[int] = []
+    encode = ranker._encode
+
+    def counted(texts, *args, **kwargs):
+        encoded.append(len(texts))
+        return encode(texts, *args, **kwargs)
+
+    monkeypatch.setattr(ranker, "_encode", counted)
+    batches: list = []
+    b = StageBatcher("bi", request_scorer(DocumentScorer(ranker)), 10_000, on_batch=lambda *args: batches.append(args))
+    assert DocumentScorer(ranker).batchable
+    ranker_scores = b.score_requests(requests)
+    assert encoded == [2, 4]  # two queries, then four documents: one call each for the whole batch
+    for got, expected in zip(ranker_scores, alone, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    out: list = []
+    in_thread(lambda: b.score("river bank", requests[0][1], 3.0, 0.0, float("inf")), out).join(HANG_GUARD_S)
+    np.testing.assert_allclose(out[0][0], alone[0], rtol=1e-5, atol=1e-6)
+    assert [(pairs, n) for pairs, n, _ in batches] == [(3, 1)]

@@ -232,8 +232,8 @@ class DocumentScorer:
         self.ranker = ranker
         ranker.prepare_runtime(corpus)
         self._lock = None if declares(ranker, "score_documents") else threading.Lock()
-        # scored through the default score_documents, i.e. by pairs of texts: pairs of several queries batch
-        self.batchable = self._lock is not None and declares(ranker, "score")
+        # pairs of texts (the default score_documents through score) or its own score_requests: requests batch
+        self.batchable = (self._lock is not None and declares(ranker, "score")) or declares(ranker, "score_requests")
 
     def __call__(self, query: str, docs: Documents) -> np.ndarray:
         with self._lock or nullcontext():

@@ -105,6 +105,12 @@ class BaseRanker(ABC):
         scored = run.join(self.rerank(dataset, run).select(DOCID, SCORE), on=DOCID, how="left", maintain_order="left")
         return scored[SCORE].cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
+    def score_requests(self, requests: Sequence[tuple[str, Documents]]) -> list[np.ndarray]:
+        """Scores of several queries' documents (``(query, docs)`` each), in one call where the ranker can
+        do better than one :meth:`score_documents` each: serving batches concurrent requests through it
+        (a bi-encoder embeds every text at once). Thread-safe where the ranker overrides it."""
+        return [np.asarray(self.score_documents(query, docs), dtype=np.float64) for query, docs in requests]
+
 
 # The name type hints across distill use for a ranker.
 Ranker = BaseRanker

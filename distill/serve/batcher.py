@@ -6,27 +6,39 @@ costs (the tokenizer call, Python, starting the threads of each matrix product, 
 full) weigh on every request; under load, requests reach the stage together and one call for all of them
 costs less than one each.
 
-How (:class:`StageBatcher`): a request that reaches a batched stage gives its worker slot back
-(:class:`~distill.serve.admission.Slot`; it takes one again before it computes a later stage) and waits in the
-stage's queue, so that other requests run their cheap stages meanwhile. A batch starts, in the thread of one of
-the requests waiting, holding a slot while it computes (the models run at most ``workers`` calls at once, as
-without batching), when the stage's model is free and
+How (:class:`StageBatcher`): a stage runs at most ``slots`` batches at once (its model slots; one in the server,
+:class:`Batching`, as its scorer runs one call at a time, batched or not). A request that reaches a batched
+stage gives its worker slot back (:class:`~distill.serve.admission.Slot`; it takes one again before it
+computes a later stage): the worker slots bound the requests' other stages, the model slots the
+stage's calls, so that other requests run their cheap stages while the model scores (a pipeline: with one
+worker, LightGBM for the next requests beside the cross-encoder's batch; without it, a batch scored holding a
+worker slot would leave no request free to reach the stage while the model is busy, and nothing to merge). So
+with batching up to ``workers`` requests' other stages and one call of each batched stage run at once (set
+``--threads`` for that). Then
 
-- the pairs waiting reach ``max_batch_tokens`` (estimated tokens, capped at the stage's ``max_length``:
-  :meth:`~distill.cascade.runtime.RuntimeStage.tokens`, the estimate the deadline's plan costs pairs by), or
-- every request in the server (queued or running) is waiting there: nobody else could join, or
-- a request has waited its hold: ``min(max_batch_wait_ms, its slack)``, the slack being how long the
-  stage's start may wait with its deadline's plan still holding. A request without slack is not held.
+- while the stage has a free model slot, the request starts a batch **at once**, in its own thread, with
+  whatever is already queued that fits: it never waits for company (waiting for it let the next request's cheap
+  stages run first, which then found the model busy with no slack left: a collapse at tight deadlines);
+- while every model slot is busy, it queues; when a batch ends, a request queued starts the next batch with
+  the queued ones: the requests that arrived during the busy time share one call;
+- a queued request whose slack runs out before a batch takes it (the slack: how long the stage's start may
+  wait with its deadline's plan still holding) leaves, and the stage is skipped for it (``(None, ms waited)``:
+  degraded, reason deadline), as the runtime skips a stage that would not fit.
 
-The batch takes the most urgent requests first (earliest hold), then each other one that fits the token
-budget and whose pairs delay no member past its slack (the batch's modelled cost beyond a member's own
-must fit the member's slack). A request whose client has disconnected is dropped when a batch is formed
-(and before each stage): :class:`Disconnected`, never scored. ``max_batch_wait_ms`` 0 turns batching off
-(no scheduler: each request's stages score its documents alone).
+The batch takes the most urgent requests first (earliest end of slack), then each other one that fits the
+token budget ``max_batch_tokens`` (estimated tokens, capped at the stage's ``max_length``:
+:func:`pair_tokens`, the estimate the deadline's plan costs pairs by) and whose
+pairs delay no member past its slack (the batch's modelled cost beyond a member's own must fit the member's
+slack); what does not fit waits for the next batch. A request whose client has disconnected is dropped when a
+batch is formed (and before each stage): :class:`Disconnected`, never scored. ``max_batch_wait_ms`` above 0 turns
+batching on; no request is held for company, so beyond that switch its value is not used; 0 turns it off (no
+scheduler: each request's stages score its documents alone, holding its worker slot).
 
-Only stages whose model scores pairs of texts (a ranker with ``score`` and the default ``score_documents``:
-cross-encoders, teachers) are batched; the others (LightGBM, a bi-encoder with stored embeddings, an
-exported cross-encoder with its own ``score_documents``) score each request alone, holding its slot.
+Stages whose model scores pairs of texts (a ranker with ``score`` and the default ``score_documents``:
+cross-encoders, teachers) are batched as one call on every member's pairs; a ranker with its own
+``score_requests`` (a bi-encoder, exported or not: every query and every document without a stored embedding
+embedded in one call) is batched through it (:func:`request_scorer`). The others (LightGBM, an exported
+cross-encoder with its own ``score_documents``) score each request alone, holding its slot.
 """
 
 from __future__ import annotations
@@ -42,12 +54,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from distill.cascade.runtime import RuntimeStage
+    from distill.cascade.runtime import DocumentScorer, RuntimeStage
     from distill.rankers.documents import Documents
-    from distill.serve.admission import Metrics, Slot
+    from distill.serve.admission import Metrics
 
 # threads per worker when batching: requests that wait for a batch without a slot, while others run
 BATCH_THREADS_PER_WORKER = 16
+# batches a server's stage scores at once (see Batching): its scorer runs one call at a time
+MODEL_SLOTS = 1
 
 
 class Disconnected(Exception):
@@ -67,98 +81,85 @@ class _Waiting:
     tokens: float
     cost_ms: float  # the plan's cost of these pairs alone
     arrived: float
-    hold_until: float  # arrived + min(max wait, slack): a batch starts by then (when the model is free)
     start_by: float  # arrived + slack: the latest start the plan allows
     cancelled: Callable[[], bool]
     scores: np.ndarray | None = None
     share_ms: float = 0.0  # its share of the batch's model time, by tokens
     taken: bool = False  # in a batch (being scored)
-    late: bool = False  # left: the model stayed busy past its slack
+    late: bool = False  # left: no batch took it within its slack
     error: BaseException | None = None
     done: bool = False
 
 
-class StageBatcher:
-    """The batching scheduler of one stage (see the module docstring). ``score_pairs(queries, texts)`` scores
-    pairs of any queries; ``active()`` counts the requests in the server; ``on_batch(pairs, requests, waits_s)``
-    observes each batch; ``clock`` is in seconds."""
+RequestScorer = Callable[[list[tuple[str, "Documents"]]], list[np.ndarray]]
 
-    def __init__(self, name: str, score_pairs: Callable[[list[str], list[str]], np.ndarray], max_tokens: int,
-                 max_wait_ms: float, active: Callable[[], int],
-                 on_batch: Callable[[int, int, list[float]], None] | None = None,
+
+class StageBatcher:
+    """The batching scheduler of one stage (see the module docstring): ``score_requests([(query, docs), ...])``
+    scores several requests' documents in one model call (:func:`request_scorer`), at most ``slots`` calls at
+    once; ``on_batch(pairs, requests, waits_s)`` observes each batch; ``clock`` is in seconds."""
+
+    def __init__(self, name: str, score_requests: RequestScorer, max_tokens: int,
+                 slots: int = 1, on_batch: Callable[[int, int, list[float]], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.name, self.score_pairs, self.max_tokens = name, score_pairs, max_tokens
-        self.max_wait_s, self.clock, self.active = max_wait_ms / 1000.0, clock, active
-        self.on_batch = on_batch
+        self.name, self.score_requests, self.max_tokens, self.slots = name, score_requests, max_tokens, slots
+        self.on_batch, self.clock = on_batch, clock
         self._cond = threading.Condition()
         self._pending: list[_Waiting] = []
-        self._busy = False  # a batch of this stage is being scored
+        self._running = 0  # batches of this stage being scored
 
     def score(self, query: str, docs: Documents, tokens: float, cost_ms: float, slack_ms: float,
-              cancelled: Callable[[], bool] = lambda: False,
-              slot: Slot | None = None) -> tuple[np.ndarray | None, float]:
+              cancelled: Callable[[], bool] = lambda: False) -> tuple[np.ndarray | None, float]:
         """Scores of ``docs`` for ``query``, scored in a batch with other requests' pairs, and this request's
-        share of the batch's model time (ms, by tokens); ``(None, ms waited)`` when the model stayed busy past
-        the slack (the stage is to be skipped); raises what the batch's model call raised, or
-        :class:`Disconnected`. ``slot``: the caller's, given back; taken while this thread scores a batch."""
+        share of the batch's model time (ms, by tokens); ``(None, ms waited)`` when no batch took it within
+        ``slack_ms`` (the stage is to be skipped); raises what the batch's model call raised, or
+        :class:`Disconnected`. The caller holds no worker slot: a batch is scored in the thread of a request
+        in it, or of one queued (module docstring)."""
         now = self.clock()
-        slack_s = slack_ms / 1000.0
-        item = _Waiting(query, docs, tokens, cost_ms, now, now + max(0.0, min(self.max_wait_s, slack_s)),
-                        now + slack_s, cancelled)
+        item = _Waiting(query, docs, tokens, cost_ms, now, now + max(0.0, slack_ms) / 1000.0, cancelled)
         with self._cond:
             self._pending.append(item)
-            self._cond.notify_all()  # a waiting request may now see a full batch
             while not item.done:
-                now = self.clock()
-                if not self._busy and self._due(now):
-                    self._lead(now, slot)
-                elif self._busy and not item.taken and now >= item.start_by:  # waiting more breaks the plan
+                if item.taken:  # in a batch another thread scores
+                    self._cond.wait()
+                elif self._running < self.slots:  # a free model slot: a batch starts now
+                    self._lead(now)
+                elif now >= item.start_by:  # queued behind busy slots past its slack: waiting breaks the plan
                     self._pending.remove(item)
                     item.late = item.done = True
                 else:
-                    self._cond.wait(self._timeout(now))
+                    self._cond.wait(None if math.isinf(item.start_by) else item.start_by - now)
+                now = self.clock()
         if item.error is not None:
             raise item.error
         return (None, (self.clock() - item.arrived) * 1000.0) if item.late else (item.scores, item.share_ms)
 
-    def _due(self, now: float) -> bool:
-        pending = self._pending
-        return bool(pending) and (sum(w.tokens for w in pending) >= self.max_tokens or len(pending) >= self.active()
-                                  or min(w.hold_until for w in pending) <= now)
-
-    def _timeout(self, now: float) -> float | None:
-        """Until the next hold ends, or, while the model is busy, the next slack."""
-        if not self._pending:
-            return None
-        until = min(w.start_by if self._busy else w.hold_until for w in self._pending)
-        return None if math.isinf(until) else max(0.0, until - now)
-
-    def _lead(self, now: float, slot: Slot | None) -> None:
-        """Take a batch and score it in this thread, holding ``slot`` and not the lock (called holding it)."""
+    def _lead(self, now: float) -> None:
+        """Take a batch and score it in this thread, in a model slot and not holding the lock (called holding
+        it); a request queued takes the next batch when it ends."""
         batch = self._take(now)
-        self._busy = True
+        self._running += 1
+        self._cond.notify_all()  # those dropped or late answer now
         self._cond.release()
         try:
-            if slot is not None:
-                slot.take()
             self._run(batch, now)
         finally:
-            if slot is not None:
-                slot.give_back()
             self._cond.acquire()
-            self._busy = False
+            self._running -= 1
             self._cond.notify_all()
 
     def _take(self, now: float) -> list[_Waiting]:
         """The next batch, out of the queue: the most urgent first, then those that fit (module docstring);
-        requests whose client disconnected are dropped."""
+        requests whose client disconnected are dropped, those whose slack ended before ``now`` leave."""
         live = []
         for waiting in self._pending:
             if waiting.cancelled():
                 waiting.error, waiting.done = Disconnected(self.name), True
+            elif waiting.start_by < now:
+                waiting.late = waiting.done = True
             else:
                 live.append(waiting)
-        live.sort(key=lambda w: w.hold_until)
+        live.sort(key=lambda w: w.start_by)
         batch: list[_Waiting] = []
         tokens = cost = 0.0
         for waiting in live:
@@ -169,7 +170,7 @@ class StageBatcher:
             batch.append(waiting)
             waiting.taken = True
             tokens, cost = tokens + waiting.tokens, cost + waiting.cost_ms
-        self._pending = [w for w in live if all(w is not b for b in batch)]
+        self._pending = [w for w in live if not w.taken]
         return batch
 
     def _run(self, batch: list[_Waiting], now: float) -> None:
@@ -178,17 +179,16 @@ class StageBatcher:
 
         if not batch:
             return
-        sizes = [len(w.docs) for w in batch]
-        queries = [w.query for w, n in zip(batch, sizes) for _ in range(n)]
-        texts = [text for w in batch for text in w.docs.joined()]
+        pairs = sum(len(w.docs) for w in batch)
         try:
             start = self.clock()
-            scores = self.score_pairs(queries, texts)
+            parts = self.score_requests([(w.query, w.docs) for w in batch])
             took_ms = (self.clock() - start) * 1000.0
-            if scores.shape != (len(texts),):
-                raise ModelFault(f"stage {self.name!r} returned {scores.shape} scores for {len(texts)} pairs")
+            if len(parts) != len(batch) or any(p.shape != (len(w.docs),) for w, p in zip(batch, parts)):
+                raise ModelFault(f"stage {self.name!r} returned {[p.shape for p in parts]} scores for "
+                                 f"{[len(w.docs) for w in batch]} documents")
             tokens = sum(w.tokens for w in batch) or 1.0
-            for waiting, part in zip(batch, np.split(scores, np.cumsum(sizes)[:-1])):
+            for waiting, part in zip(batch, parts):
                 waiting.scores, waiting.share_ms = part, took_ms * waiting.tokens / tokens
         except Exception as err:  # noqa: BLE001 (every member answers the batch's failure)
             for waiting in batch:
@@ -197,7 +197,7 @@ class StageBatcher:
             for waiting in batch:
                 waiting.done = True
         if self.on_batch is not None:
-            self.on_batch(len(texts), len(batch), [now - w.arrived for w in batch])
+            self.on_batch(pairs, len(batch), [now - w.arrived for w in batch])
 
 
 @dataclass
@@ -210,13 +210,16 @@ class Parked:
 
 class Batching:
     """The stage batchers of a server and the scheduler each request runs its cascade under
-    (:data:`~distill.cascade.runtime.STAGE_SCHEDULER`, set by :meth:`request`)."""
+    (:data:`~distill.cascade.runtime.STAGE_SCHEDULER`, set by :meth:`request`).
 
-    def __init__(self, max_tokens: int, max_wait_ms: float, active: Callable[[], int],
-                 metrics: Metrics | None = None,
+    Each batcher has :data:`MODEL_SLOTS` model slots: a batchable stage's scorer runs one call at a time
+    (:class:`~distill.cascade.runtime.DocumentScorer`: a Hugging Face fast tokenizer refuses concurrent calls),
+    batched or not, so a second batch would only wait for the first, holding its members out of the next one and
+    counting the wait as model time (which the cost calibration then learns)."""
+
+    def __init__(self, max_tokens: int, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.max_tokens, self.max_wait_ms, self.clock, self.active = max_tokens, max_wait_ms, clock, active
-        self.metrics = metrics
+        self.max_tokens, self.clock, self.metrics = max_tokens, clock, metrics
         self._batchers: dict[str, StageBatcher] = {}
         self._lock = threading.Lock()
 
@@ -238,12 +241,11 @@ class Batching:
                     slot.take()
                 return stage.scorer(query, docs), None
             if slot is not None:
-                slot.give_back()  # others run while this request waits
+                slot.give_back()  # the stage's model slots bound its calls; others run their cheap stages
             start, share = self.clock(), 0.0
             try:
                 scores, ms = self.batcher(stage).score(query, docs, pair_tokens(pair_chars, stage.max_tokens),
-                                                       stage.expected_ms(stage.pairs(pair_chars)), slack_ms, cancelled,
-                                                       slot)
+                                                       stage.expected_ms(stage.pairs(pair_chars)), slack_ms, cancelled)
                 share = 0.0 if scores is None else ms
                 return scores, ms
             finally:  # its share of the batch is its service; the rest it waited without a slot
@@ -260,8 +262,8 @@ class Batching:
         with self._lock:
             if stage.name not in self._batchers:
                 self._batchers[stage.name] = StageBatcher(
-                    stage.name, stage.scorer.score_pairs, self.max_tokens, self.max_wait_ms, self.active,
-                    self._observer(stage.name), self.clock)
+                    stage.name, request_scorer(stage.scorer), self.max_tokens, MODEL_SLOTS, self._observer(stage.name),
+                    self.clock)
             return self._batchers[stage.name]
 
     def _observer(self, name: str) -> Callable[[int, int, list[float]], None] | None:
@@ -276,6 +278,23 @@ class Batching:
                 metrics.batch_wait.labels(name).observe(max(0.0, wait))
 
         return observe
+
+
+def request_scorer(scorer: DocumentScorer) -> RequestScorer:
+    """How one model call scores a batch of requests: the ranker's own ``score_requests`` where it has one
+    (thread-safe by contract), else every member's pairs in one ``score_pairs`` call, split back."""
+    from distill.rankers.base import declares
+
+    if declares(scorer.ranker, "score_requests"):
+        return lambda requests: [np.asarray(s, dtype=np.float64) for s in scorer.ranker.score_requests(requests)]
+
+    def by_pairs(requests: list[tuple[str, Documents]]) -> list[np.ndarray]:
+        sizes = [len(docs) for _, docs in requests]
+        queries = [query for query, docs in requests for _ in range(len(docs))]
+        scores = scorer.score_pairs(queries, [text for _, docs in requests for text in docs.joined()])
+        return np.split(scores, np.cumsum(sizes)[:-1]) if scores.shape == (sum(sizes),) else [scores]
+
+    return by_pairs
 
 
 def pair_tokens(pair_chars: np.ndarray, max_tokens: int | None) -> float:

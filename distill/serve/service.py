@@ -82,10 +82,10 @@ class Service:
 
         self.cascade, self.config, self.clock, self.fault = cascade, config, clock, ModelFault
         self.metrics = Metrics()
-        d = self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics,
-                                         pool_threads(config.workers, config.max_batch_wait_ms))
+        self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics,
+                                     pool_threads(config.workers, config.max_batch_wait_ms))
         self.batching = None if config.max_batch_wait_ms <= 0 else Batching(
-            config.max_batch_tokens, config.max_batch_wait_ms, active=lambda: d.queued + d.busy, metrics=self.metrics)
+            config.max_batch_tokens, metrics=self.metrics)
         self.calibration = Calibration(clock, spreads=config.cost_spreads)
         self.model = request_model(config)
         self.tei = Alternative(tei_model(config), has="texts", lacks="documents")
