@@ -392,3 +392,17 @@ def test_a_bi_encoder_stage_batches_requests_by_embedding_their_texts_together(t
     in_thread(lambda: b.score("river bank", requests[0][1], 3.0, 0.0, float("inf")), out).join(HANG_GUARD_S)
     np.testing.assert_allclose(out[0][0], alone[0], rtol=1e-5, atol=1e-6)
     assert [(pairs, n) for pairs, n, _ in batches] == [(3, 1)]
+
+
+def test_a_request_waiting_in_a_batch_is_not_ahead_of_new_requests():
+    """Admission's wait estimate counts the requests holding a worker: one that gave its slot back to wait for
+    a batch (scored in the model's slot) does not delay a new request's cheap stages."""
+    from distill.serve.admission import Dispatcher, Metrics, Slot
+
+    dispatcher = Dispatcher(1, 8, Metrics())
+    slot = Slot(dispatcher.slots, dispatcher._holding)
+    assert dispatcher.wait_ms(100.0) == 0.0
+    slot.take()
+    assert dispatcher.wait_ms(100.0) == 100.0  # one ahead of a new request, on the one worker
+    slot.give_back()
+    assert dispatcher.wait_ms(100.0) == 0.0

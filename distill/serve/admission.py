@@ -207,18 +207,20 @@ class Slot:
     """A running request's hold on one of the dispatcher's ``workers`` slots: given back while it waits for a
     batch (:mod:`distill.serve.batcher`), taken again before it computes another stage."""
 
-    def __init__(self, slots: threading.Semaphore) -> None:
-        self.slots, self.held = slots, False
+    def __init__(self, slots: threading.Semaphore, count: Callable[[int], None] = lambda change: None) -> None:
+        self.slots, self.held, self.count = slots, False, count
 
     def take(self) -> None:
         if not self.held:
             self.slots.acquire()
             self.held = True
+            self.count(1)
 
     def give_back(self) -> None:
         if self.held:
             self.slots.release()
             self.held = False
+            self.count(-1)
 
 
 # the slot of the request running in this thread (set by Dispatcher.submit's worker)
@@ -241,7 +243,8 @@ class Dispatcher:
         self.pool = ThreadPoolExecutor(max_workers=max(workers, threads or 0), thread_name_prefix="distill-serve")
         self._lock = threading.Lock()
         self.queued = 0
-        self.busy = 0
+        self.busy = 0  # requests running, slot held or not
+        self.holding = 0  # requests holding a slot: those a new request waits behind (not those parked in a batch)
         self.service_ms: float | None = None
         self.handoff_ms = 0.0
 
@@ -253,9 +256,10 @@ class Dispatcher:
 
     def wait_ms(self, fallback_service_ms: float) -> float:
         """Expected wait for a worker: the requests ahead beyond the free workers, each taking the
-        measured service time (``fallback_service_ms`` until one was measured), shared by the workers."""
+        measured service time (``fallback_service_ms`` until one was measured), shared by the workers.
+        Requests waiting in a batch hold no worker (:mod:`distill.serve.batcher`) and are not ahead."""
         with self._lock:
-            ahead = self.queued + self.busy
+            ahead = self.queued + self.holding
             service = fallback_service_ms if self.service_ms is None else self.service_ms
         return max(0, ahead - self.workers + 1) * service / self.workers
 
@@ -270,7 +274,7 @@ class Dispatcher:
             self.metrics.queue_depth.set(self.queued)
 
         def run() -> Any:
-            slot = Slot(self.slots)
+            slot = Slot(self.slots, self._holding)
             slot.take()
             token = CURRENT_SLOT.set(slot)
             with self._lock:
@@ -288,6 +292,10 @@ class Dispatcher:
                 CURRENT_SLOT.reset(token)
 
         return asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+    def _holding(self, change: int) -> None:
+        with self._lock:
+            self.holding += change
 
     def measured(self, service_ms: float | None = None, handoff_ms: float | None = None) -> None:
         """Fold one request's time in a worker, or from its result to its answer, into their averages."""

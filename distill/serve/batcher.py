@@ -202,8 +202,9 @@ class StageBatcher:
 
 @dataclass
 class Parked:
-    """Milliseconds a request spent in batchers beyond its share of their batches' model time: not its
-    service time (admission control's estimate counts the time requests keep the workers busy)."""
+    """Milliseconds a request spent in batchers, waiting or scored: not its service time, since a batch runs
+    in the stage's model slot and holds no worker (admission control's estimate counts the time requests keep
+    the workers busy; the model stage's own cost is the deadline planner's)."""
 
     ms: float = 0.0
 
@@ -242,14 +243,12 @@ class Batching:
                 return stage.scorer(query, docs), None
             if slot is not None:
                 slot.give_back()  # the stage's model slots bound its calls; others run their cheap stages
-            start, share = self.clock(), 0.0
+            start = self.clock()
             try:
-                scores, ms = self.batcher(stage).score(query, docs, pair_tokens(pair_chars, stage.max_tokens),
-                                                       stage.expected_ms(stage.pairs(pair_chars)), slack_ms, cancelled)
-                share = 0.0 if scores is None else ms
-                return scores, ms
-            finally:  # its share of the batch is its service; the rest it waited without a slot
-                parked.ms += max(0.0, (self.clock() - start) * 1000.0 - share)
+                return self.batcher(stage).score(query, docs, pair_tokens(pair_chars, stage.max_tokens),
+                                                 stage.expected_ms(stage.pairs(pair_chars)), slack_ms, cancelled)
+            finally:  # without a worker slot throughout
+                parked.ms += max(0.0, (self.clock() - start) * 1000.0)
 
         token = STAGE_SCHEDULER.set(schedule)
         try:
