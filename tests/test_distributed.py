@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -30,6 +33,7 @@ from tiny import build_bert_cross_encoder, run_cli
 from distill.core.schema import SCORE
 
 TOLERANCE = 5e-3  # absolute, on logits that training moves by ~0.055 (see the module docstring)
+ROUNDS = ["--valid-split", "test", "--allow-collapse", "--epochs", "2", "--rounds", "2"]  # 16 steps of 4 groups
 
 
 def _torchrun_available() -> bool:
@@ -60,14 +64,41 @@ def student_args(planted, tiny_beir, no_dropout_model, tmp_path) -> list[str]:  
             "--lr", "5e-3", "--max-length", "64", "--precision", "fp32", "--seed", "0"]
 
 
-def torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    """``distill ARGS`` under ``torchrun --standalone --nproc_per_node 2`` (gloo on this CPU)."""
+def launch(launcher: list[str], args: list[str]) -> tuple[subprocess.Popen, IO[bytes]]:
+    """``torchrun LAUNCHER -m distill.cli ARGS`` started (gloo on this CPU), and the temporary file its output
+    goes to (not a pipe, which a process waited for second could fill and block on)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "distill.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=250)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    output = tempfile.TemporaryFile()
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "distill.cli",
+                             *map(str, args)], stdout=output, stderr=subprocess.STDOUT, env=env), output
+
+
+def finished(launched: tuple[subprocess.Popen, IO[bytes]]) -> subprocess.CompletedProcess:
+    """A process from :func:`launch` waited for (250 s at most, then killed), checked to exit 0; its output
+    (stdout and stderr together, as ``stdout``)."""
+    process, output = launched
+    try:
+        process.wait(timeout=250)
+    finally:
+        process.kill()
+    with output:
+        output.seek(0)
+        text = output.read().decode(errors="replace")
+    assert process.returncode == 0, text[-3000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, text, "")
+
+
+def torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """``distill ARGS`` under ``torchrun --standalone --nproc_per_node 2``."""
+    return finished(launch(["--standalone", "--nproc_per_node", "2"], args))
+
+
+def single_process(args: list[str], out: Path, capsys) -> str:
+    """``distill ARGS`` in this process with a batch of 4 groups, the global batch of the 2-rank runs; its log."""
+    code, _, log = run_cli([*args, "--batch-size", "4", "--out", out], capsys)
+    assert code == 0, log
+    return log
 
 
 def student_scores(folder: Path, tiny_beir: Path) -> np.ndarray:
@@ -83,9 +114,8 @@ def student_scores(folder: Path, tiny_beir: Path) -> np.ndarray:
 @pytest.mark.timeout(300)
 def test_two_gloo_ranks_train_the_student_one_process_trains(student_args, tiny_beir, no_dropout_model, tmp_path,
                                                              capsys):
-    args = [*student_args, "--valid-split", "test", "--allow-collapse", "--epochs", "2", "--rounds", "2"]
-    code, _, single_log = run_cli([*args, "--batch-size", "4", "--out", tmp_path / "single"], capsys)
-    assert code == 0, single_log
+    args = [*student_args, *ROUNDS]
+    single_log = single_process(args, tmp_path / "single", capsys)
     ddp = torchrun([*args, "--batch-size", "2", "--out", tmp_path / "ddp"])  # the same global batch of 4
 
     # one student folder, one manifest, written by rank 0
@@ -120,3 +150,27 @@ def test_a_distributed_run_stopped_after_a_checkpoint_resumes_to_the_same_studen
     # model, optimizer, schedule, data order and each rank's random state restored: the same student
     np.testing.assert_allclose(student_scores(tmp_path / "stopped", tiny_beir),
                                student_scores(tmp_path / "whole", tiny_beir), atol=1e-6, rtol=0)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for the rendezvous (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_of_one_rank_each_train_the_student_one_process_trains(student_args, tiny_beir, tmp_path, capsys):
+    """Multi-node on localhost: two torchrun agents, ``--nnodes 2 --nproc_per_node 1 --node_rank 0|1``, meeting
+    at 127.0.0.1 (node 0 hosts the store), each starting one rank; the folders are shared as on a cluster."""
+    args = [*student_args, *ROUNDS, "--batch-size", "2", "--out", tmp_path / "nodes"]
+    port = str(free_port())
+    nodes = [launch(["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node), "--master_addr", "127.0.0.1",
+                     "--master_port", port], args) for node in (0, 1)]
+    outputs = [finished(node).stdout for node in nodes]
+    assert sorted(p.name for p in tmp_path.glob("nodes*")) == ["nodes", "nodes.rounds"]
+    # rank 0 (node 0) speaks; the other node's rank only errors, of which there are none
+    assert "saved the cross-encoder student" in outputs[0] and "saved the cross-encoder student" not in outputs[1]
+    single_process([*student_args, *ROUNDS], tmp_path / "single", capsys)
+    np.testing.assert_allclose(student_scores(tmp_path / "nodes", tiny_beir), student_scores(tmp_path / "single",
+                               tiny_beir), atol=TOLERANCE, rtol=0)

@@ -20,6 +20,7 @@ from distill.training.groups import GroupConfig
 if TYPE_CHECKING:
     import polars as pl
 
+    from students.student import Student
     from students.train import StudentResult
 
 log = logging.getLogger("distill")
@@ -60,7 +61,8 @@ def run_train_student(student: str, cache: Path, data: Path, out: Path, *, split
                   hard_label_kind: str = "bce", init: str | None = None, init_from_teacher: bool = False,
                   teacher: str | None = None, rounds: int = 1, lr_schedule: str = "constant", resume: bool = False,
                   feature_rankers: Mapping[str, str] | None = None, trust_remote_code: bool = False,
-                  overwrite: bool = False, **options: Any) -> StudentResult:
+                  overwrite: bool = False, engine: str = "local", ray_options: Mapping[str, Any] | None = None,
+                  **options: Any) -> StudentResult:
     """``distill train-student``: distill the scores of the teacher cache ``cache`` into a ``student``
     (a kind of :data:`~distill.core.registry.STUDENTS`: cross-encoder | bi-encoder | lightgbm) trained on
     ``split``'s and ``queries``' queries.
@@ -75,17 +77,25 @@ def run_train_student(student: str, cache: Path, data: Path, out: Path, *, split
     students' TrainConfig 2e-5, LightGBMConfig 0.05), and a student ignores other kinds' options, but the neural
     students refuse LightGBM's ``feature_rankers`` and ``qrels_weight``. ``overwrite`` replaces an ``out`` that
     is no earlier student of this kind.
+
+    ``engine="ray"`` trains a neural student with Ray Train's workers, each running this function with the
+    local engine (:mod:`students.ray_train`; ``ray_options``: the fields of its RayTrainConfig, address,
+    num_workers, gpus_per_worker, cpus_per_worker); the inputs are checked here first.
     """
+    call = dict(locals())  # this call's arguments, for the Ray workers
     from students.train import RoundsConfig
     from students.train import train_student as train
     from students.validation import Validation
 
     kind = STUDENTS.get(student, field="student")
+    _check_engine(kind, engine, ray_options)
     check_folder(out, kind.output_kind, overwrite=overwrite, datasets=[data],
                  inputs=[cache, queries, valid_run, init, teacher, *(feature_rankers or {}).values()])
     options = {**options, "feature_rankers": feature_rankers}
     chosen = kind.from_options(_config_fields(options, resume))
     chosen.check_options({**options, "loss": loss, "init": init, "init_from_teacher": init_from_teacher})
+    if engine == "ray":
+        return _train_on_ray(call, out, ray_options)
     scores, manifest, dataset = _training_scores(cache, data, split, queries)
     if init_from_teacher:
         init = teacher or teacher_path(manifest, cache)
@@ -95,6 +105,40 @@ def run_train_student(student: str, cache: Path, data: Path, out: Path, *, split
                  validation=Validation.load(data, valid_split, valid_run) if valid_split else None,
                  allow_collapse=allow_collapse, teacher_fingerprint=manifest.get("teacher"), scores_source=cache,
                  trust_remote_code=trust_remote_code, overwrite=overwrite)
+
+
+def _check_engine(kind: type[Student], engine: str, ray_options: Mapping[str, Any] | None) -> None:
+    """``engine`` is local or ray; ray options only with ray; on Ray only the neural students (LightGBM trains
+    in one process: see docs/distributed.md)."""
+    from students.neural import NeuralStudent
+
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}", field="engine")
+    if ray_options and engine != "ray":
+        raise ConfigError(f"--{next(iter(ray_options)).replace('_', '-')} applies to --engine ray only")
+    if engine == "ray" and not issubclass(kind, NeuralStudent):
+        raise ConfigError(f"the {kind.kind} student trains in one process: --engine ray is for the neural "
+                          "students (see docs/distributed.md)", field="engine")
+
+
+#: run_train_student's arguments that name files or folders (``init`` and ``teacher`` when they exist: else hub ids)
+PATH_ARGUMENTS = ("cache", "data", "out", "queries", "valid_run", "init", "teacher")
+
+
+def _train_on_ray(call: Mapping[str, Any], out: Path, ray_options: Mapping[str, Any] | None) -> StudentResult:
+    """:func:`run_train_student` with ``call``'s arguments and the local engine, in each Ray Train worker; paths
+    made absolute here, as Ray workers run in folders of their own."""
+    from functools import partial
+
+    from students.ray_train import RayTrainConfig, train_on_ray
+
+    arguments = {name: value for name, value in call.items() if name not in ("options", "engine", "ray_options")}
+    for name in PATH_ARGUMENTS:
+        value = arguments[name]
+        if isinstance(value, Path) or (isinstance(value, str) and Path(value).exists()):
+            arguments[name] = type(value)(Path(value).absolute())
+    work = partial(run_train_student, **arguments, **call["options"])
+    return train_on_ray(work, RayTrainConfig(**(ray_options or {})), out)
 
 
 def _config_fields(options: Mapping[str, Any], resume: bool) -> dict[str, Any]:

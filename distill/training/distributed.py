@@ -14,8 +14,14 @@ only). The other ranks wait at a barrier, or for rank 0's broadcast value, and r
 result. A rank that fails ends the run: torchrun stops the others, and a rerun with ``--resume``
 continues from the last checkpoint rank 0 wrote. All ranks only read the teacher cache.
 
-Without torchrun (``WORLD_SIZE`` unset or 1) every function here is a no-op or runs its
-argument, so single-process training is unchanged.
+Ray Train (``train-student --engine ray``, :mod:`students.ray_train`) runs the same training in each
+of its workers after initialising the process group itself: a group already initialised in this
+process gives the rank and world size (rather than torchrun's variables), is joined as it is, never
+initialised twice, and never destroyed here (whoever created it ends it: Ray Train, or the process
+exit under torchrun).
+
+Without torchrun or Ray Train (``WORLD_SIZE`` unset or 1, no process group) every function here is a
+no-op or runs its argument, so single-process training is unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -30,14 +37,23 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def _group() -> Any:
+    """``torch.distributed`` when this process has joined a process group (Ray Train's, torchrun's once
+    :func:`init` ran, or a caller's), else None; torch is not imported for the question (no group without it)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
+
 def world_size() -> int:
-    """How many processes train together: torchrun's ``WORLD_SIZE`` (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """How many processes train together: the process group's size, else torchrun's ``WORLD_SIZE`` (1 alone)."""
+    group = _group()
+    return group.get_world_size() if group is not None else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
-    """This process's global rank: torchrun's ``RANK`` (0 without torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's global rank: in the process group, else torchrun's ``RANK`` (0 alone)."""
+    group = _group()
+    return group.get_rank() if group is not None else int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
@@ -46,18 +62,20 @@ def is_main() -> bool:
 
 
 def init() -> bool:
-    """Join the process group torchrun set up (gloo on CPUs, NCCL on GPUs), once; whether there is one.
+    """Join the process group of several processes, once; whether there is one.
 
-    The trainer would join it too when it builds its arguments, but the precision is chosen (and
-    broadcast) before that. Ranks other than 0 keep only their errors on the console from here on
-    (:func:`quiet_other_ranks`).
+    Under torchrun the group is initialised here (gloo on CPUs, NCCL on GPUs, each process on GPU
+    ``LOCAL_RANK``): the trainer would join it too when it builds its arguments, but the precision is
+    chosen (and broadcast) before that. A group already initialised (Ray Train's, which also chose the
+    backend and device) is used as it is. Ranks other than 0 keep only their errors on the console from
+    here on (:func:`quiet_other_ranks`).
     """
     if world_size() <= 1:
         return False
-    import torch
-    import torch.distributed as dist
+    if _group() is None:
+        import torch
+        import torch.distributed as dist
 
-    if not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

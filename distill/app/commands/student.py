@@ -62,6 +62,22 @@ def _run_options() -> list[inspect.Parameter]:
     ]
 
 
+#: the options of --engine ray, as named in students.ray_train.RayTrainConfig
+RAY_OPTIONS = ("address", "num_workers", "gpus_per_worker")
+
+
+def _engine_options() -> list[inspect.Parameter]:
+    """Where the neural students train: this process (or torchrun's), or Ray Train's workers."""
+    return [
+        _option("engine", str, "local", "local (this process, or each of torchrun's) | ray (Ray Train's workers, "
+                "neural students; see docs/distributed.md)."),
+        _option("address", str, None, "--engine ray: the cluster, auto or HOST:PORT of its head [a new local Ray on "
+                "this machine's CPUs and GPUs]."),
+        _option("num_workers", int, None, "--engine ray: training processes (DDP ranks) [1].", min=1),
+        _option("gpus_per_worker", float, None, "--engine ray: 0 (CPU workers) or 1 (a GPU each) [0].", min=0),
+    ]
+
+
 def _student_options() -> list[inspect.Parameter]:
     """Each kind's own options, under its name in ``--help``."""
     return [
@@ -92,7 +108,7 @@ def register(app: typer.Typer) -> None:
     from distill.training.losses import LOSS_NAMES  # the registry's names, without torch
 
     @app.command("train-student")
-    @with_options(_training_options(), _run_options(), _student_options())
+    @with_options(_training_options(), _run_options(), _engine_options(), _student_options())
     def train_student_command(
         student: str = typer.Option(..., help=f"{' | '.join(STUDENTS.kinds())}."),
         cache: Path = typer.Option(..., help="Teacher cache folder (from `distill score-teacher`)."),
@@ -122,12 +138,14 @@ def register(app: typer.Typer) -> None:
         from distill.app import student_tasks as tasks
         from distill.rankers.loading import parse_ranker_spec
 
+        ray_options = {name: settings.pop(name) for name in RAY_OPTIONS}
         tasks.run_train_student(
             student, cache, data, out, split=split, queries=queries, loss=loss, init=init,
             loss_params=tasks.parse_loss_params(loss_param) or None, teacher_scale=_teacher_scale(teacher_scale),
             hard_label_weight=hard_label_weight, hard_label_kind=hard_label_kind,
             feature_rankers=dict(parse_ranker_spec(item) for item in settings.pop("feature_ranker")) or None,
-            trust_remote_code=trust_remote_code, overwrite=overwrite, **settings)
+            trust_remote_code=trust_remote_code, overwrite=overwrite,
+            ray_options={k: v for k, v in ray_options.items() if v is not None} or None, **settings)
 
     @app.command("select-student")
     def select_student_command(
