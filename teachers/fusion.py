@@ -147,6 +147,25 @@ def read_teachers(caches: Sequence[str | Path]) -> tuple[dict[str, pl.DataFrame]
     return scores, manifests
 
 
+def check_fused_output(out: str | Path, datasets: Sequence[str | Path] = ()) -> None:
+    """Refuse, before any work, an ``out`` the fused scores may not be added to (:class:`InputError`, exit 2):
+    an input dataset folder (or one inside or around it), a file, or an existing folder that is neither a teacher
+    cache (its manifest is read) nor empty of all but a new cache's own empty folders. It is a cache the fused
+    scores are added to, never replaced, so there is no ``--overwrite``."""
+    from distill.cache import files as cache_files
+    from distill.cache.store import TeacherCache
+    from distill.core.outputs import check_output
+
+    out = Path(out)
+    check_output(out, datasets=datasets, folder=True)
+    if out.exists() and not out.is_dir():
+        raise InputError("is a file, not a teacher cache folder; choose another --out", path=out)
+    if (out / cache_files.MANIFEST).is_file():
+        TeacherCache.open(out)  # a teacher cache, or an error naming what is wrong with its manifest
+    else:
+        cache_files.check_new_folder(out)
+
+
 def fuse_teacher(out: str | Path, teacher_cache: str | Path | Sequence[str | Path], first_stage: list[pl.DataFrame],
                  valid_qrels: pl.DataFrame, *, others: dict[str, pl.DataFrame] | None = None, step: float = 0.1,
                  corpus_hash: str | None = None, sources: dict[str, Any] | None = None) -> FusedWeights:
@@ -157,6 +176,7 @@ def fuse_teacher(out: str | Path, teacher_cache: str | Path | Sequence[str | Pat
     cache ``out``, its fingerprint naming the components, weights and validation."""
     from distill.cache.store import TeacherCache
 
+    check_fused_output(out)
     caches = [teacher_cache] if isinstance(teacher_cache, (str, Path)) else list(teacher_cache)
     teachers, manifests = read_teachers(caches)
     clash = sorted(set(others or {}) & {*teachers, FIRST_STAGE})

@@ -350,3 +350,36 @@ def test_files_and_folders_are_fsynced_before_and_after_the_rename(tmp_path, mon
     rename = kinds.index("rename")
     assert kinds[:rename].count("file") == 2 and kinds[:rename].count("dir") == 2  # each file and folder inside
     assert kinds[rename + 1:] == ["dir"] and synced[-1][1] == str(tmp_path)
+
+
+def test_fuse_teacher_adds_only_to_a_teacher_cache(tmp_path, tiny_beir, capsys, monkeypatch):
+    """fuse-teacher's --out is a cache the fused scores are added to: the user's folder, a file or the input
+    dataset is refused (exit 2, one line naming it) before any work; an empty folder or a teacher cache is taken."""
+    import teachers.fusion
+    from distill.cache.store import TeacherCache
+
+    def work(*args, **kwargs):
+        raise AssertionError(NO_TRAINING)
+
+    monkeypatch.setattr(teachers.fusion, "read_teachers", work)  # the fusion's first step
+    beir = _beir(tmp_path, tiny_beir)
+    run = _run(beir, tmp_path, capsys)
+    mine = _users_folder(tmp_path / "mine")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("my own notes\n")
+    (tmp_path / "empty").mkdir()
+    other = TeacherCache.create_or_open(tmp_path / "other", {"kind": "fake"}, None)
+    other.append(pl.DataFrame({"qid": ["q"], "docid": ["d"], "score": [1.0]}, schema_overrides={"score": pl.Float32}))
+
+    def fuse(out: Path) -> tuple[int, str]:
+        code, _, err = run_cli(["fuse-teacher", "--cache", tmp_path / "teacher", "--data", beir, "--run", run,
+                                "--valid-split", "test", "--out", out], capsys)
+        return code, err
+
+    for out in (mine, a_file, beir, beir / "qrels"):
+        code, err = fuse(out)
+        assert code == 2 and _one_error_line(err) and str(out) in err and NO_TRAINING not in err, (out, err)
+    assert sorted(os.listdir(mine)) == ["notes.txt"] and a_file.read_text() == "my own notes\n"
+    for out in (tmp_path / "empty", tmp_path / "other", tmp_path / "new"):
+        code, err = fuse(out)
+        assert NO_TRAINING in err, (out, err)  # past the check, into the fusion

@@ -502,3 +502,92 @@ def test_a_bi_encoder_encodes_one_call_at_a_time(tiny_bi_encoder, tiny_beir):
     assert probe.overlaps == 0
     assert all(isinstance(r, pl.DataFrame) and np.allclose(r["score"], expected["score"], atol=1e-5)
                for r in results), results
+
+
+# -- big bodies admitted before they are read -------------------------------------------------------
+
+JSON = {"content-type": "application/json"}
+
+
+class Reads:
+    """ASGI middleware counting the body parts the app reads (a body refused before reading has none)."""
+
+    def __init__(self, app) -> None:
+        self.app, self.parts = app, 0
+
+    async def __call__(self, scope, receive, send):
+        async def counted():
+            message = await receive()
+            self.parts += message["type"] == "http.request"
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def rejected(app, reason: str) -> float:
+    return app.state.metrics.registry.get_sample_value("distill_rejected_total", {"reason": reason}) or 0
+
+
+def big_body(**fields) -> bytes:
+    """A valid request of ~22 KB: over a ``big_body_bytes`` of 10,000."""
+    return json.dumps({"query": "river", "documents": [f"the river {i} " + "x" * 100 for i in range(200)],
+                       **fields}).encode()
+
+
+def in_thread(target, answers: list) -> threading.Thread:
+    thread = threading.Thread(target=lambda: answers.append(target()))
+    thread.start()
+    return thread
+
+
+def test_a_big_body_that_cannot_be_served_in_time_is_refused_before_it_is_read():
+    gate = threading.Event()
+    fake = Fake(gate=gate)
+    app = create_app(fake, ServeConfig(big_body_bytes=10_000), clock=FROZEN)
+    reads = Reads(app)
+    small = json.dumps({"query": "river", "documents": DOCS, "deadline_ms": 5000}).encode()
+    answers: list = []
+    with TestClient(reads) as c:
+        threads = [in_thread(lambda: c.post("/rerank", content=small, headers=JSON), answers)]
+        assert fake.entered.acquire(timeout=30)
+        app.state.dispatcher.measured(service_ms=500.0)  # the expected wait (500 ms) exceeds the default deadline
+        parts = reads.parts
+        refused = c.post("/rerank", content=big_body(deadline_ms=5000), headers=JSON)  # its deadline is unread
+        assert reads.parts == parts  # refused before a byte of its body was read
+        # below the bound a body is read and admitted by its own deadline, as before; above it, by its header's
+        threads.append(in_thread(lambda: c.post("/rerank", content=small, headers=JSON), answers))
+        threads.append(in_thread(lambda: c.post("/rerank", content=big_body(), headers={
+            **JSON, "X-Request-Timeout-Ms": "5000"}), answers))
+        wait_for(lambda: app.state.dispatcher.queued == 2, "two queued requests")
+        gate.set()
+        for t in threads:
+            t.join(timeout=30)
+        metrics = c.get("/metrics").text
+    assert refused.status_code == 503 and "big_body" in refused.json()["error"]
+    assert refused.headers["retry-after"] == "1" and refused.json()["retry_after_s"] == 1
+    assert [a.status_code for a in answers] == [200, 200, 200] and len(fake.calls) == 3
+    assert rejected(app, "big_body") == 1 and 'distill_rejected_total{reason="big_body"} 1.0' in metrics
+
+
+def test_big_bodies_are_read_one_at_a_time_within_their_deadline():
+    gate = threading.Event()
+    fake = Fake(gate=gate)
+    app = create_app(fake, ServeConfig(big_body_bytes=10_000, max_big_bodies=1), clock=FROZEN)
+    reads = Reads(app)
+    answers: list = []
+    with TestClient(reads) as c:
+        first = in_thread(lambda: c.post("/rerank", content=big_body(), headers={**JSON, "X-Request-Timeout-Ms":
+                                                                                  "60000"}), answers)
+        assert fake.entered.acquire(timeout=30)  # it holds the one turn until it is answered
+        parts = reads.parts
+        second = c.post("/rerank", content=big_body(), headers={**JSON, "X-Request-Timeout-Ms": "50"})
+        assert reads.parts == parts  # no turn came within its deadline: refused unread
+        small = json.dumps({"query": "river", "documents": DOCS, "deadline_ms": 5000}).encode()
+        third = in_thread(lambda: c.post("/rerank", content=small, headers=JSON), answers)
+        wait_for(lambda: app.state.dispatcher.queued == 1, "the small body queued")  # it took no turn
+        gate.set()
+        for t in (first, third):
+            t.join(timeout=30)
+    assert second.status_code == 503 and "big_body" in second.json()["error"]
+    assert [a.status_code for a in answers] == [200, 200] and rejected(app, "big_body") == 1
+

@@ -29,13 +29,16 @@ def register(app: typer.Typer) -> None:
         queries: Path = typer.Option(None, help="Unjudged queries whose pairs the cache holds too (for --scorer) "
                                                 "[none]."),
         step: float = typer.Option(_D["step"], help="Weights are searched on a grid of this step (summing to 1)."),
-        out: Path = typer.Option(..., help="Cache folder of the fused scores (students read it)."),
+        out: Path = typer.Option(..., help="Cache folder of the fused scores (students read it): new, empty, or a "
+                                         "teacher cache they are added to."),
     ) -> None:
         """Per-query z-scored interpolation of the teacher (or of several: an ensemble) with BM25 (and other
         scorers), the weights chosen on --valid-split's nDCG@10 and recorded in the fused cache's fingerprint."""
         from distill.app.summaries import print_fused_teacher
         from distill.rankers.loading import parse_ranker_spec
+        from teachers.fusion import check_fused_output
 
+        check_fused_output(out, datasets=[data])  # before the scorers' and the weights' work
         teachers = cache[0] if len(cache) == 1 else cache  # one teacher: the call the pipeline's step makes
         chosen = tasks.run_fuse_teacher(teachers, data, run, out, valid_split=valid_split,
                                         scorers=dict(parse_ranker_spec(item) for item in scorer) or None,
