@@ -24,7 +24,9 @@ of its own): honest load at 2x the sustainable rate while ``--slow-clients`` slo
 run; then the big-body clients alone, while ``/healthz`` is probed every 50 ms (its latency is the
 event loop's: parsing a big body there delays it).
 
-``--closed-loop N`` measures instead N closed-loop clients, each posting a query of ``--split`` with its
+``--closed-loop N`` (``scripts/_serve_closed_loop.py``) measures instead the ceiling of batching (the last
+batchable model stage scoring 16 requests of 20 documents in one call against one per call), then N
+closed-loop clients, each posting a query of ``--split`` with its
 BM25 top 20 document texts to ``/v1/rerank`` (Cohere's shape, ``top_n`` 5) and posting the next as soon
 as the answer arrives, for ``--closed-loop-s`` seconds: once with cross-request batching
 (``--max-batch-wait-ms``, 5 by default; the server's own default is off) and once with
@@ -32,8 +34,8 @@ as the answer arrives, for ``--closed-loop-s`` seconds: once with cross-request 
 a fresh server each; it counts full answers (200 with ``meta.degraded`` false) and reads the batch sizes
 and waits from ``/metrics``. The deadline is ``--deadline-ms``, or 3x the unloaded p50 measured on the
 first server (the same for both). ``--closed-loop-api native`` posts the same query, documents and ``top_k`` 5
-to ``/rerank`` instead, the documents with their BM25 scores: for a cascade whose LightGBM stage reads the
-first-stage score, which Cohere's body cannot carry (such a cascade answers it 422).
+to ``/rerank`` instead, the documents with their BM25 scores (a LightGBM stage then reads them as its
+first-stage score; from Cohere's body it takes the documents' BM25 computed from their texts).
 
     python scripts/bench_serve.py --spec SPEC --data DATA --threads 1 --closed-loop 8
 
@@ -504,124 +506,14 @@ async def bench(args: argparse.Namespace) -> dict:
             "quick": args.quick, "adversary_nice": args.adversary_nice}
 
 
-# -- closed loop: batching on and off ------------------------------------------------------------
-
-
-def closed_loop_bodies(data: Path, split: str, deadline_ms: float, api: str) -> list[bytes]:
-    """Each query with its BM25 top 20: ``/v1/rerank`` bodies of texts with ``top_n`` 5 (``api`` cohere), or
-    ``/rerank`` bodies with the BM25 scores and ``top_k`` 5 (native)."""
-    from distill.rankers.documents import join_title
-
-    if api == "native":
-        return [json.dumps({**b, "top_k": 5, "deadline_ms": deadline_ms}).encode() for b in payloads(data, split, 20)]
-    return [json.dumps({"model": "distill", "query": b["query"], "top_n": 5, "deadline_ms": deadline_ms,
-                        "documents": [join_title(d["title"], d["text"]) for d in b["documents"]]}).encode()
-            for b in payloads(data, split, 20)]
-
-
-async def closed_loop_client(client, bodies: list[bytes], api: str, until: float, counts: Counter,
-                             latency_ms: list, rng: np.random.Generator) -> None:
-    """Post, wait for the answer, post again, until ``until``."""
-    import httpx
-
-    while time.perf_counter() < until:
-        start = time.perf_counter()
-        try:
-            r = await client.post("/rerank" if api == "native" else "/v1/rerank",
-                                  content=bodies[int(rng.integers(len(bodies)))],
-                                  headers={"content-type": "application/json"})
-        except httpx.HTTPError as err:
-            counts[f"error {type(err).__name__}"] += 1
-            continue
-        latency_ms.append((time.perf_counter() - start) * 1000.0)
-        full = r.status_code == 200 and not (r.json() if api == "native" else r.json()["meta"])["degraded"]
-        counts["full" if full else "degraded" if r.status_code == 200 else f"http {r.status_code}"] += 1
-
-
-def batch_stats(metrics_text: str) -> dict:
-    """Mean requests and pairs per batch and mean wait (ms) from ``/metrics``, summed over stages."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    sums: Counter = Counter()
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name.startswith(("distill_batch_", "distill_disconnected")):
-                sums[sample.name] += sample.value
-    batches = sums["distill_batch_requests_count"]
-    return {"batches": int(batches),
-            "requests_per_batch": round(sums["distill_batch_requests_sum"] / batches, 2) if batches else None,
-            "pairs_per_batch": round(sums["distill_batch_pairs_sum"] / batches, 2) if batches else None,
-            "mean_wait_ms": round(1000 * sums["distill_batch_wait_seconds_sum"]
-                                  / max(sums["distill_batch_wait_seconds_count"], 1), 3),
-            "disconnected": int(sums["distill_disconnected_total"])}
-
-
-async def closed_loop_run(args: argparse.Namespace, wait_ms: float | None, deadline: float | None,
-                          rng: np.random.Generator) -> dict:
-    """One server (``--max-batch-wait-ms wait_ms``; None: its default), ``--closed-loop`` clients on it."""
-    import httpx
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    extra = () if wait_ms is None else ("--max-batch-wait-ms", f"{wait_ms:g}")
-    server = start_server(args, port, args.out / f"server_closed_loop_{wait_ms}.log", extra)
-    try:
-        await wait_healthy(base, server)
-        p50, _ = await unloaded_p50(base, payloads(args.data, args.split, 20), 10)
-        deadline = deadline or float(math.ceil(3 * p50))
-        bodies = closed_loop_bodies(args.data, args.split, deadline, args.closed_loop_api)
-        counts: Counter = Counter()
-        latency: list = []
-        limits = httpx.Limits(max_connections=args.closed_loop + 1)
-        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=args.timeout_s) as client:
-            until = time.perf_counter() + args.closed_loop_s
-            await asyncio.gather(*(closed_loop_client(client, bodies, args.closed_loop_api, until, counts, latency, rng)
-                                   for _ in range(args.closed_loop)))
-            metrics = (await client.get("/metrics")).text
-    finally:
-        stop_server(server)
-    ms = np.asarray(latency)
-    return {"max_batch_wait_ms": "default" if wait_ms is None else wait_ms, "clients": args.closed_loop,
-            "seconds": args.closed_loop_s, "deadline_ms": deadline, "unloaded_p50_ms": round(p50, 2),
-            "answers": dict(counts), "full_per_s": round(counts["full"] / args.closed_loop_s, 2),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2) if ms.size else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 2) if ms.size else None, **batch_stats(metrics)}
-
-
-async def closed_loop(args: argparse.Namespace) -> dict:
-    """Batching off (``--max-batch-wait-ms 0``), then on; the first run's deadline serves both."""
-    rng = np.random.default_rng(args.seed)
-    off = await closed_loop_run(args, 0.0, args.deadline_ms, rng)
-    print(off, flush=True)
-    await asyncio.sleep(3.0)
-    on = await closed_loop_run(args, args.max_batch_wait_ms, off["deadline_ms"], rng)
-    print(on, flush=True)
-    return {"spec": str(args.spec), "data": str(args.data), "split": args.split, "workers": args.workers,
-            "threads": args.threads, "api": args.closed_loop_api, "runs": [off, on], "machine": cpu_flags()}
-
-
-def closed_loop_table(runs: list[dict]) -> str:
-    head = ("| --max-batch-wait-ms | clients | deadline ms | full answers (/s) | degraded | other | p50 ms | p99 ms "
-            "| requests / pairs per batch | mean batch wait ms |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in runs:
-        answers = r["answers"]
-        other = ", ".join(f"{k}: {v}" for k, v in answers.items() if k not in ("full", "degraded")) or "0"
-        lines.append(f"| {r['max_batch_wait_ms']} | {r['clients']} | {r['deadline_ms']:g} | {answers.get('full', 0)} "
-                     f"({r['full_per_s']}) | {answers.get('degraded', 0)} | {other} | {r['p50_ms']} | {r['p99_ms']} | "
-                     f"{r['requests_per_batch']} / {r['pairs_per_batch']} | {r['mean_wait_ms']} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     args = parse_args()
     if args.build_with_ce is not None:
         args.spec = build_cascade(args.data, args.split, args.build_with_ce, args.k, args.out)
     if args.closed_loop is not None:
-        results = asyncio.run(closed_loop(args))
-        save_results(args.out, "bench_serve_closed_loop", results)
-        print()
-        print(closed_loop_table(results["runs"]))
+        from _serve_closed_loop import main_closed_loop
+
+        main_closed_loop(args)
         return
     results = asyncio.run(bench(args))
     save_results(args.out, "bench_serve", results)
