@@ -237,6 +237,7 @@ def _assert_steps_call_what_their_commands_call(steps, monkeypatch) -> None:
     {"teacher": "my-teacher", "queries": Path("log.tsv"), "title_queries": 3, "lightgbm_qrels_weights": (0.5,),
      "lightgbm_features": ("bi_encoder", "ce_student"), "bi_loss_params": ("temperature=0.5",), "ce_lr": None},
     {"max_pseudo_queries": 300, "seed": 7},
+    {"teacher_scores": Path("scores.trec"), "budget_ms": 5.0},  # cache import instead of the teacher's steps
 ])
 def test_every_step_calls_what_its_printed_command_calls(tmp_path, monkeypatch, settings):
     import inspect

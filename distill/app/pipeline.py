@@ -33,8 +33,8 @@ from distill.app.pipeline_step import Step, command_line
 from distill.core.outputs import check_folder_output
 
 __all__ = ["BUILTIN_DEMO", "CHECKPOINT_STEPS", "PIPELINE", "STUDENT_CACHE", "TITLE_SPLIT", "VALID_FRACTION", "VIEW",
-           "PipelineConfig", "Step", "cascade_budget", "command_line", "default_init", "demo_config", "plan",
-           "prepare_data", "report_students", "resume_record", "run_pipeline", "split_view", "student_cache",
+           "PipelineConfig", "Step", "cascade_budget", "check_imported", "command_line", "default_init", "demo_config",
+           "plan", "prepare_data", "report_students", "resume_record", "run_pipeline", "split_view", "student_cache",
            "student_queries", "student_validation"]
 
 PIPELINE = "pipeline"  # the output kind (distill.core.outputs.MARKERS)
@@ -85,6 +85,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         # its time, summed over attempts (over every rerun for a step with no output: it resumes a cache)
         with StepClock(record, record_path, step.name, step.command(), cumulative=step.output is None):
             result = step.run()
+        if step.name == "import-teacher":
+            check_imported(cfg.out)
         if step.name == "cascade-build":
             record["budget"] = cascade_budget(result)
             write_json_atomic(record_path, record)
@@ -92,6 +94,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     write_json_atomic(record_path, record)
     report_students(record["students"], console, allow_collapse=cfg.allow_collapse)
     return record
+
+
+def check_imported(out: Path) -> None:
+    """Refuse imported scores that miss candidates of the valid or test run (fusion, the cascade and ``evaluate``
+    replay the teacher on all of them), saying which file lists the pairs to score; the students learn from the
+    train queries' pairs the file has."""
+    from distill.cache.store import TeacherCache
+    from distill.core.errors import InputError
+    from distill.data.runs import read_run
+
+    cache = TeacherCache.open(out / "cache")
+    for split in ("valid", "test"):
+        run = out / "runs" / f"{split}.trec"
+        missing = cache.missing(read_run(run)).height
+        if missing:
+            raise InputError(f"the imported scores lack {missing} candidate pairs of the {split} queries: score "
+                             f"every pair of {run} with the teacher, add them to the file and run again after "
+                             f"removing {cache.folder}", path=cache.folder)
 
 
 def report_students(students: dict[str, dict], console, *, allow_collapse: bool) -> None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.core.errors import ConfigError
 from distill.data.synthetic import SyntheticConfig
 from distill.training.config import TrainConfig
 from distill.training.groups import GroupConfig
@@ -34,6 +35,10 @@ class PipelineConfig:
     data: Path | None = None  # a BEIR folder; None = the built-in synthetic dataset
     init: str | None = None  # teacher backbone; None = the packaged all-MiniLM-L6-v2
     teacher: str | None = None  # an existing teacher folder or hub id: skips train-teacher
+    # scores computed elsewhere (any file `distill cache import` reads): imported as the teacher's cache,
+    # no teacher trained or scored; they must cover the candidates of runs/ (BM25's train_k per train query,
+    # test_k per valid and test query). No pseudo-queries are made (no teacher to score them)
+    teacher_scores: Path | None = None
     valid_fraction: float = VALID_FRACTION  # of the train queries, held out: where the run's choices are made
     # students also learn from N title queries scored by the teacher (see split_view); 0 = none.
     # Worth it where teacher time is cheap: on one CPU core each adds train_k pairs at ~19 pairs/s
@@ -84,6 +89,8 @@ class PipelineConfig:
     # alone, 1 would be plain learning to rank): one LightGBM per weight, the best on validation kept
     lightgbm_qrels_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     budget_fraction: float = 0.1  # cascade budget as a share of the teacher's per-query latency
+    # the cascade's budget in ms per query instead; needed with teacher_scores (no teacher model to time)
+    budget_ms: float | None = None
     latency_queries: int = 20
     seed: int = 42
     topics: int = _SYNTHETIC.n_topics  # size of the built-in dataset (SyntheticConfig.docs_per_topic documents each)
@@ -93,6 +100,16 @@ class PipelineConfig:
     # step name -> keyword arguments of its call (see distill.app.tasks) replacing the plan's, e.g.
     # {"student-bi-encoder": {"batch_size": 16}}; the step's command line shows them as a comment
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot run together before any work is done."""
+        if self.teacher_scores is not None and self.teacher is not None:
+            raise ConfigError("give --teacher or --teacher-scores, not both", field="--teacher-scores")
+        if self.teacher_scores is not None and self.budget_ms is None:
+            raise ConfigError("--teacher-scores needs --budget-ms: with no teacher model to time, the cascade's "
+                              "budget cannot be a share of its latency", field="--budget-ms")
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise ConfigError(f"the budget must be > 0 ms, got {self.budget_ms}", field="--budget-ms")
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -123,7 +140,8 @@ def default_init() -> str:
 
 
 def student_queries(cfg: PipelineConfig) -> Path | None:
-    """The unjudged queries students also learn from: the user's file, else the pseudo-queries file."""
+    """The unjudged queries students also learn from: the user's file, else the pseudo-queries file (none with
+    imported scores: no teacher scores pseudo-queries)."""
     if cfg.queries is not None:
         return Path(cfg.queries)
-    return cfg.out / "pseudo_queries.jsonl" if cfg.pseudo_queries else None
+    return cfg.out / "pseudo_queries.jsonl" if cfg.pseudo_queries and cfg.teacher_scores is None else None

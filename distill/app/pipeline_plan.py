@@ -1,5 +1,5 @@
-"""The pipeline's steps for one configuration, stage by stage: queries and candidates, the teacher, the
-students, then the cascade, the evaluation and the report.
+"""The pipeline's steps for one configuration, stage by stage: queries and candidates, the teacher (trained and
+scored, or its scores imported), the students, then the cascade, the evaluation and the report.
 
 Each step calls one function of :mod:`distill.app.tasks` with keyword arguments in the order its
 printed command line shows them (see :func:`distill.app.pipeline_step.command_line`), and prints its
@@ -27,8 +27,11 @@ STUDENT_CACHE = "{student_cache}"  # bound when the students' steps run: see run
 def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     """The pipeline's steps, in order, for the BEIR view at ``data``."""
     teacher = cfg.teacher or str(cfg.out / "models" / "teacher")
-    steps = [*_candidate_steps(cfg, data), *_teacher_steps(cfg, data, teacher), *_student_steps(cfg, data, teacher),
-             *_evaluation_steps(cfg, data)]
+    # imported scores name no model: the cross-encoder student starts from layers of the backbone instead
+    teacher_steps = _import_steps(cfg, data) if cfg.teacher_scores else _teacher_steps(cfg, data, teacher)
+    start = (cfg.init or default_init()) if cfg.teacher_scores else teacher
+    steps = [*_candidate_steps(cfg, data), *teacher_steps, _fusion_step(data, cfg.out),
+             *_student_steps(cfg, data, start), *_evaluation_steps(cfg, data)]
     for step in steps:
         step.overrides = dict(cfg.extra.get(step.name, {}))
     return steps
@@ -39,7 +42,7 @@ def _candidate_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
     runs = cfg.out / "runs"
     extra_queries = student_queries(cfg)
     steps = []
-    if cfg.queries is None and cfg.pseudo_queries:
+    if cfg.queries is None and extra_queries is not None:
         limit = {"max_queries": cfg.max_pseudo_queries, "seed": cfg.seed} if cfg.max_pseudo_queries else {}
         steps.append(Step("pseudo-queries", "pseudo-queries", tasks.run_pseudo_queries,
                           {"data": data, "kind": cfg.pseudo_queries, **limit, "out": extra_queries}, extra_queries))
@@ -53,7 +56,7 @@ def _candidate_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
 
 
 def _teacher_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
-    """Train the teacher (unless one is given), score every split's candidates, fuse it with BM25."""
+    """Train the teacher (unless one is given), then score every split's candidates."""
     runs, cache = cfg.out / "runs", cfg.out / "cache"
     steps = []
     if cfg.teacher is None:
@@ -66,14 +69,27 @@ def _teacher_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
         steps.append(Step(f"score-{name}", "score-teacher", tasks.run_score_teacher, {
             "teacher": teacher, "data": data, "split": split, "queries": unjudged, "run": runs / f"{name}.trec",
             "cache": cache, "max_length": cfg.max_length}))
-    # the teacher fused with BM25, weights chosen on valid: students learn from it unless the
-    # teacher alone was best there (see teachers.fusion and student_cache)
-    fused = cfg.out / "cache_fused"
-    first_stage = [runs / f"{split}.trec" for split in ("train", "valid", "test")]
-    steps.append(Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {
-        "cache": cache, "data": data, "valid_split": "valid", "runs": first_stage, "out": fused}, fused,
-        show=partial(print_fused_teacher, caches=[cache], out=fused)))
     return steps
+
+
+def _import_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
+    """The teacher's cache imported from ``cfg.teacher_scores`` (the teacher named after the file). It runs on
+    every rerun (no output marks it done), as the scoring steps do: an import stopped midway is finished, a
+    finished one adds nothing (the same pairs, the same shard)."""
+    source = Path(cfg.teacher_scores)
+    return [Step("import-teacher", "cache import", tasks.run_cache_import, {
+        "files": [source], "data": data, "teacher_name": source.stem, "queries": cfg.queries,
+        "out": cfg.out / "cache"})]
+
+
+def _fusion_step(data: Path, out: Path) -> Step:
+    """The teacher fused with BM25, weights chosen on valid: students learn from it unless the teacher alone
+    was best there (see teachers.fusion and student_cache)."""
+    cache, fused = out / "cache", out / "cache_fused"
+    first_stage = [out / "runs" / f"{split}.trec" for split in ("train", "valid", "test")]
+    return Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {
+        "cache": cache, "data": data, "valid_split": "valid", "runs": first_stage, "out": fused}, fused,
+        show=partial(print_fused_teacher, caches=[cache], out=fused))
 
 
 def _student_split(cfg: PipelineConfig) -> str:
@@ -145,19 +161,23 @@ def _evaluation_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
     """The cascade searched on valid and run on test, every ranker evaluated on test, and the report."""
     out, runs, models = cfg.out, cfg.out / "runs", cfg.out / "models"
     # the teacher's valid scores come from its cache, its cost from the model the cache names, measured
-    # once for the search and the budget alike (budget_fraction of its expected latency at test_k)
-    stages = {"bm25": "bm25", "lightgbm": str(models / "lightgbm"), "bi_encoder": str(models / "bi_encoder"),
-              "ce_student": str(models / "ce_student"), "teacher": str(out / "cache")}
+    # once for the search and the budget alike (budget_fraction of its expected latency at test_k); imported
+    # scores name no model to time or deploy: the cascade leaves them out and needs budget_ms
+    students = {"bm25": "bm25", "lightgbm": str(models / "lightgbm"), "bi_encoder": str(models / "bi_encoder"),
+                "ce_student": str(models / "ce_student")}
+    teacher = {"teacher": str(out / "cache")}
+    stages = students if cfg.teacher_scores else {**students, **teacher}
+    budget = BudgetShare("teacher", cfg.budget_fraction) if cfg.budget_ms is None else cfg.budget_ms
     build = CascadeBuildConfig(latency_queries=cfg.latency_queries, latency_k=cfg.test_k, threads=1)
     evaluation = EvaluateConfig(baseline="bm25", teacher="teacher", k=cfg.test_k, latency=True,
                                 latency_queries=cfg.latency_queries, threads=1)
-    rankers = {**stages, "fused_teacher": str(out / "cache_fused"), "cascade": str(out / "cascade.json")}
+    rankers = {**students, **teacher, "fused_teacher": str(out / "cache_fused"), "cascade": str(out / "cascade.json")}
     title = f"distill: {Path(cfg.data).name if cfg.data else 'built-in data'}"  # data is the view, named "data"
     spec, evaluated = out / "cascade.json", out / "eval"
     return [
         Step("cascade-build", "cascade build", tasks.run_cascade_build, {
             "data": data, "split": "valid", "run": runs / "valid.trec", "stages": stages,
-            "budget_ms": BudgetShare("teacher", cfg.budget_fraction), "config": build, "out": spec},
+            "budget_ms": budget, "config": build, "out": spec},
             spec, show=partial(print_cascade_build, out=spec)),
         Step("cascade-run", "cascade run", tasks.run_cascade_run, {
             "spec": spec, "data": data, "split": "test", "run": runs / "test.trec", "threads": 1,

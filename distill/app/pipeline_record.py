@@ -15,11 +15,13 @@ log = logging.getLogger("distill")
 
 
 def cascade_budget(build: CascadeBuild) -> dict[str, Any]:
-    """The cascade's budget for ``pipeline.json``: a share of the teacher's expected latency per query."""
-    share = build.cascade.provenance["budget_share"]
-    return {"budget_ms": round(build.cascade.budget_ms, 3), "share_of": share["stage"], "share": share["share"],
-            "teacher_expected_ms": round(build.cascade.budget_ms / share["share"], 3),
-            "k": build.cascade.provenance["latency_k"], "threads": build.cascade.provenance["threads"]}
+    """The cascade's budget for ``pipeline.json``: a share of the teacher's expected latency per query, or the
+    milliseconds given (``budget_ms``: imported scores have no teacher model to time)."""
+    share, provenance = build.cascade.provenance["budget_share"], build.cascade.provenance
+    shared = {} if share is None else {"share_of": share["stage"], "share": share["share"],
+                                       "teacher_expected_ms": round(build.cascade.budget_ms / share["share"], 3)}
+    return {"budget_ms": round(build.cascade.budget_ms, 3), **shared, "k": provenance["latency_k"],
+            "threads": provenance["threads"]}
 
 
 def resume_record(path: Path, record: dict) -> dict:

@@ -23,6 +23,7 @@ from distill.evaluation.runner import EvaluateConfig
 OPTIONS: dict[str, str | None] = {
     "runs": "--run", "stages": "--stage", "rankers": "--ranker", "feature_rankers": "--feature-ranker",
     "loss_params": "--loss-param", "eval_dir": "--eval", "spec": None, "folders": None,
+    "files": None,
 }
 # the fields of a settings object that its command spells out as options (those the pipeline sets; the
 # others are left at the command's defaults, which are the object's)
