@@ -406,3 +406,37 @@ def test_a_request_waiting_in_a_batch_is_not_ahead_of_new_requests():
     assert dispatcher.wait_ms(100.0) == 100.0  # one ahead of a new request, on the one worker
     slot.give_back()
     assert dispatcher.wait_ms(100.0) == 0.0
+
+
+def test_back_from_a_batch_a_request_waits_for_a_worker_only_within_its_slack():
+    """After a batched stage a request takes a worker slot again for its next stage; with every slot busy past
+    its slack the stage is skipped (None: the runtime degrades it), so its deadline holds."""
+    from distill.cascade.runtime import STAGE_SCHEDULER
+    from distill.serve.admission import CURRENT_SLOT, Slot
+    from distill.serve.batcher import Batching
+
+    slots = threading.Semaphore(1)
+    busy_worker, mine = Slot(slots), Slot(slots)
+    assert busy_worker.take()  # another request holds the only worker
+    scored: list = []
+
+    class Alone:  # a stage scored request by request (LightGBM), holding a worker
+        batchable = False
+
+        def __call__(self, query, docs):
+            scored.append(query)
+            return np.zeros(len(docs))
+
+    stage = SimpleNamespace(name="lightgbm", scorer=Alone())
+    token = CURRENT_SLOT.set(mine)
+    try:
+        with Batching(10_000).request(lambda: False):
+            schedule = STAGE_SCHEDULER.get()
+            scores, waited = schedule(stage, "q", documents("a"), np.array([10.0]), 0.0)
+            assert scores is None and waited >= 0 and scored == [] and not mine.held
+            busy_worker.give_back()
+            scores, _ = schedule(stage, "q", documents("a"), np.array([10.0]), 0.0)
+            assert list(scores) == [0.0] and scored == ["q"] and mine.held
+    finally:
+        CURRENT_SLOT.reset(token)
+        mine.give_back()

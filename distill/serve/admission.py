@@ -210,11 +210,14 @@ class Slot:
     def __init__(self, slots: threading.Semaphore, count: Callable[[int], None] = lambda change: None) -> None:
         self.slots, self.held, self.count = slots, False, count
 
-    def take(self) -> None:
+    def take(self, timeout_s: float | None = None) -> bool:
+        """Hold a slot (waiting at most ``timeout_s``, None: as long as it takes); whether it is held."""
         if not self.held:
-            self.slots.acquire()
+            if not self.slots.acquire(timeout=None if timeout_s is None else max(0.0, timeout_s)):
+                return False
             self.held = True
             self.count(1)
+        return True
 
     def give_back(self) -> None:
         if self.held:

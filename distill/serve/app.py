@@ -120,11 +120,13 @@ class ServeConfig:
         "Key every endpoint but /healthz requires as 'Authorization: Bearer KEY' (401 otherwise) [none: no "
         "authentication, for a loopback bind].")})
     docs: bool = field(default=False, metadata={"help": "Serve the API's /docs and /openapi.json."})
-    # cross-request batching of the model stages (distill.serve.batcher; the defaults: docs/serving.md). Off by
-    # default: at a deadline a few times a request's cost it turned 19.3 full answers/s into 0.87 (8 clients)
+    # cross-request batching of the model stages (distill.serve.batcher; docs/serving.md). Off by default: on 2 CPU
+    # cores one call for 16 requests scored 0.95-1.08x the pairs/s of 16 calls, and closed-loop clients got fewer
+    # full answers with it (docs/results/serving.md)
     max_batch_wait_ms: float = field(default=0.0, metadata={"help": (
-        "Longest a request waits for others to share its model stage's call (never past its deadline's slack), "
-        "e.g. 5 where deadlines are generous; 0: no batching, each request scored alone."), "min": 0.0})
+        "Above 0: batch concurrent requests' model stages (a request finding the model busy shares its next call; "
+        "none waits for company, so the value beyond > 0 is not used); 0: no batching, each request scored alone. "
+        "Worth it on a GPU, not on a CPU (docs/serving.md)."), "min": 0.0})
     max_batch_tokens: int = field(default=8192, metadata={"help": (
         "Estimated tokens (query + document, capped at the model's max length) per batched model call."),
         "min": 1})

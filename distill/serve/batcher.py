@@ -238,8 +238,11 @@ class Batching:
                 raise Disconnected(stage.name)
             slot = CURRENT_SLOT.get()
             if not stage.scorer.batchable:
-                if slot is not None:
-                    slot.take()
+                start = self.clock()
+                # back from a batch, a request waits for a worker only within its slack: past it the stage is
+                # skipped (its deadline holds), as in a batcher
+                if slot is not None and not slot.take(None if math.isinf(slack_ms) else slack_ms / 1000.0):
+                    return None, (self.clock() - start) * 1000.0
                 return stage.scorer(query, docs), None
             if slot is not None:
                 slot.give_back()  # the stage's model slots bound its calls; others run their cheap stages
