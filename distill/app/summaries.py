@@ -70,7 +70,8 @@ def print_evaluation(result: EvaluationResult, out: Path) -> None:
     from distill.evaluation.calibration import ECE, PRECISION_AT
 
     table = Table(title=f"{result.dataset} (baseline {result.baseline})")
-    calibrated = [ECE, PRECISION_AT] if ECE in result.summary.columns else []  # a calibrated cascade's expected calibration error
+    # a calibrated cascade's expected calibration error and precision at 0.5
+    calibrated = [ECE, PRECISION_AT] if ECE in result.summary.columns else []
     columns = ["ranker", *result.metrics, *calibrated, "wins", "losses", "ties"]
     for column in columns:
         table.add_column(column, justify="left" if column == "ranker" else "right")

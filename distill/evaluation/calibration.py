@@ -21,9 +21,9 @@ one closed at 1; ``ECE = sum over bins of (documents in the bin / all documents)
 probability - fraction relevant|``, empty bins counting nothing. :func:`reliability_table` lists the
 bins. :func:`threshold_precision` is the fraction relevant among the documents scored at or above
 :data:`RELEVANT_AT`: a calibrated threshold means the same on the validation queries it was fitted on and
-on others when this fraction is close on both. :func:`run_calibration` measures a run's ``relevance_score`` column over each query's top
-:data:`CALIBRATION_DEPTH` documents (what a reranker returns), and :func:`calibration_tables` every
-such run of an evaluation, as ``distill evaluate`` reports them.
+on others when this fraction is close on both. :func:`run_calibration` measures a run's ``relevance_score``
+column over each query's top :data:`CALIBRATION_DEPTH` documents (what a reranker returns), and
+:func:`calibration_tables` every such run of an evaluation, as ``distill evaluate`` reports them.
 """
 
 from __future__ import annotations

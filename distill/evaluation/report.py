@@ -305,8 +305,8 @@ def _depth_caption(evaluation: EvaluationResult) -> str:
 def _calibration_caption() -> str:
     return (f"Relevance scores (probabilities of relevance) of each query's top {CALIBRATION_DEPTH} documents, "
             "in equal-width bins: predicted is the bins' mean relevance score, observed the fraction relevant "
-            f"(qrels grade > 0); {ECE} weighs each bin's |predicted - observed| by its documents; {PRECISION_AT} is the fraction "
-            "relevant among those scored at least 0.5.")
+            f"(qrels grade > 0); {ECE} weighs each bin's |predicted - observed| by its documents; "
+            f"{PRECISION_AT} is the fraction relevant among those scored at least 0.5.")
 
 
 def _latency_frame(latency: dict[str, LatencyResult]) -> pl.DataFrame:
