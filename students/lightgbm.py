@@ -23,6 +23,10 @@ queries, the fidelity measure comparable across objectives.
 Other rankers' scores can be features too (``feature_rankers``, see
 :mod:`students.ranker_features`): a dense model's similarity beside the lexical features.
 
+Memory (``scripts/bench_scale.py``, ``docs/results/scale.md``): the feature matrix is float32 (float64 with
+feature rankers), the training queries' rows come first so that LightGBM's training and validation datasets
+are slices of it, and it is dropped once LightGBM has binned them.
+
 The model folder holds ``model.txt`` (LightGBM's text format), the feature extractor's
 state (``features.json`` + ``.npz``/Parquet) and ``distill.json``; no pickle.
 :class:`LightGBMRanker` (:mod:`students.lightgbm_ranker`, re-exported here) loads such a
@@ -124,7 +128,7 @@ def _join_teacher(run: pl.DataFrame, scores: pl.DataFrame, config: LightGBMConfi
     require_columns(run, [QID, DOCID], "candidates")
     require_columns(scores, [QID, DOCID, SCORE], "teacher scores")
     for frame, what, path in ((run, "candidates", None), (scores, "teacher scores", scores_source)):
-        duplicated = frame.select(QID, DOCID).is_duplicated()
+        duplicated = _duplicated(frame)
         if duplicated.any():
             qid, docid = frame.filter(duplicated).row(0)[:2]
             raise InputError(f"{what} hold the pair ({qid}, {docid}) more than once", path=path)
@@ -147,7 +151,18 @@ def _join_teacher(run: pl.DataFrame, scores: pl.DataFrame, config: LightGBMConfi
             f"{bad.height} teacher score(s) are not finite, e.g. {value} for ({qid}, {docid}); "
             "the cache is damaged or the teacher overflowed", path=scores_source, field=SCORE,
         )
-    return joined.sort(QID, maintain_order=True)  # LightGBM needs each query's rows together
+    # LightGBM needs each query's rows together; within a query, a fixed order: its nDCG breaks ties
+    # between equal predictions by row order, so rows arriving in teacher order (an imported run)
+    # scored a perfect nDCG at round 1 and early stopping kept 1 round.
+    return joined.sort(QID, DOCID)
+
+
+def _duplicated(frame: pl.DataFrame) -> pl.Series:
+    """Whether each row's (qid, docid) pair occurs in another row too. The pair is one string key
+    (the qid's length first, so that no two pairs share one): polars' ``is_duplicated`` over the two
+    string columns took three times the memory at 10^6 pairs (``scripts/bench_scale.py``)."""
+    key = pl.concat_str(pl.col(QID).str.len_bytes(), pl.lit(":"), pl.col(QID), pl.col(DOCID))
+    return frame.select(key.is_duplicated()).to_series()
 
 
 def _labels(frame: pl.DataFrame, config: LightGBMConfig, qrels: pl.DataFrame) -> np.ndarray:
@@ -170,12 +185,26 @@ def _grades(frame: pl.DataFrame, config: LightGBMConfig) -> np.ndarray:
 
 
 def _lgb_dataset(features: np.ndarray, labels: np.ndarray, frame: pl.DataFrame, names: list[str],
-                 reference: Any = None):
+                 params: dict[str, Any], reference: Any = None):
+    """A LightGBM dataset of ``frame``'s rows, built with the training ``params`` (so that ``lgb.train``
+    finds it constructed as it would have constructed it) and not keeping ``features`` once binned."""
     import lightgbm as lgb
 
     groups = frame.group_by(QID, maintain_order=True).len()["len"].to_numpy()
     return lgb.Dataset(features, label=labels, group=groups, feature_name=names, reference=reference,
-                       free_raw_data=True)
+                       params=params, free_raw_data=True)
+
+
+@dataclass
+class _Matrix:
+    """The features (``[rows, names]``), labels and feature names of a student's rows, training rows first.
+
+    :func:`_fit` drops ``features`` once LightGBM has binned them, keeping only the validation rows' copy.
+    """
+
+    features: np.ndarray | None
+    labels: np.ndarray
+    names: list[str]
 
 
 def _mean_kendall_tau(frame: pl.DataFrame, predicted: np.ndarray) -> float:
@@ -199,15 +228,32 @@ def _resolve(config: LightGBMConfig, run: pl.DataFrame) -> LightGBMConfig:
     return config
 
 
-def _features(dataset: Dataset, frame: pl.DataFrame,
-              config: LightGBMConfig) -> tuple[FeatureExtractor, np.ndarray, list[str]]:
-    """The extractor fitted on ``dataset``'s corpus, the feature matrix of ``frame``'s rows (lexical
-    features, then the feature rankers' scores) and the features' names."""
+def _split(frame: pl.DataFrame, config: LightGBMConfig) -> tuple[pl.DataFrame, int]:
+    """``frame``'s rows of the training queries, then those of the validation queries (a seeded
+    ``valid_fraction`` of them, :func:`distill.data.views.holdout`), each part in ``frame``'s order;
+    and the number of training rows. The two LightGBM datasets are then slices of one feature
+    matrix, not copies of its rows."""
+    valid = holdout(frame[QID].unique(), config.valid_fraction, config.seed)
+    is_valid = frame[QID].is_in(pl.Series(QID, sorted(valid), dtype=pl.String).implode())
+    ordered = frame.with_columns(is_valid.alias("_valid")).sort("_valid", maintain_order=True).drop("_valid")
+    return ordered, frame.height - int(is_valid.sum())
+
+
+def _features(dataset: Dataset, frame: pl.DataFrame, config: LightGBMConfig) -> tuple[FeatureExtractor, _Matrix]:
+    """The extractor fitted on ``dataset``'s corpus and the features of ``frame``'s rows (lexical
+    features, then the feature rankers' scores) with their labels.
+
+    Lexical features alone stay float32 as the extractor makes them (LightGBM bins float32 and
+    the same values in float64 alike); other rankers' scores are float64, so with them the matrix is.
+    """
     extractor = FeatureExtractor(FeatureConfig(k1=config.bm25_k1, b=config.bm25_b,
                                                first_stage=config.first_stage_features))
     stacked = RankerFeatures(config.feature_rankers)
-    features = np.hstack([extractor.fit(dataset).transform(dataset, frame), stacked.transform(dataset, frame)])
-    return extractor, features, extractor.feature_names + stacked.feature_names
+    features = extractor.fit(dataset).transform(dataset, frame)
+    if stacked.specs:
+        features = np.hstack([features, stacked.transform(dataset, frame)])
+    return extractor, _Matrix(features, _labels(frame, config, dataset.qrels),
+                              extractor.feature_names + stacked.feature_names)
 
 
 def _params(config: LightGBMConfig) -> dict[str, Any]:
@@ -227,23 +273,26 @@ def _metric(config: LightGBMConfig) -> str:
     return "l2" if config.objective == "regression" else "ndcg"
 
 
-def _fit(config: LightGBMConfig, frame: pl.DataFrame, features: np.ndarray, labels: np.ndarray,
-         names: list[str], is_valid: np.ndarray) -> tuple[Any, int, dict[str, Any]]:
-    """Train a booster on ``frame``'s rows outside ``is_valid``, stopping early on the rows inside.
+def _fit(config: LightGBMConfig, frame: pl.DataFrame, matrix: _Matrix,
+         n_train: int) -> tuple[Any, int, dict[str, Any]]:
+    """Train a booster on ``frame``'s first ``n_train`` rows, stopping early on the rows after them.
 
     Returns the booster, the number of rounds to keep and the validation record of the manifest
     (validation metric and Kendall tau to the teacher at that round, when there are validation rows).
     """
     import lightgbm as lgb
 
-    train, valid = frame.filter(~is_valid), frame.filter(is_valid)
-    train_set = _lgb_dataset(features[~is_valid], labels[~is_valid], train, names)
+    params = _params(config)
+    train, valid = frame.head(n_train), frame.slice(n_train)
+    train_set = _lgb_dataset(matrix.features[:n_train], matrix.labels[:n_train], train, matrix.names, params)
     valid_sets, callbacks, evals = [], [], {}
     if valid.height:
-        valid_sets = [_lgb_dataset(features[is_valid], labels[is_valid], valid, names, train_set)]
+        valid_sets = [_lgb_dataset(matrix.features[n_train:], matrix.labels[n_train:], valid, matrix.names, params,
+                                   train_set)]
         callbacks = [lgb.early_stopping(config.early_stopping_rounds, first_metric_only=True, verbose=False),
                      lgb.record_evaluation(evals)]
-    booster = lgb.train(_params(config), train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
+    valid_features = _bin(matrix, [train_set, *valid_sets], n_train)
+    booster = lgb.train(params, train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
                         valid_names=["valid"][: len(valid_sets)], callbacks=callbacks)
     best_iteration = booster.best_iteration or booster.current_iteration()
     validation: dict[str, Any] = {"queries": valid[QID].n_unique(), "pairs": valid.height}
@@ -251,10 +300,21 @@ def _fit(config: LightGBMConfig, frame: pl.DataFrame, features: np.ndarray, labe
         metric = _metric(config)
         name = metric if metric == "l2" else f"ndcg@{config.eval_at}"
         validation[name] = evals["valid"][name][best_iteration - 1]
-        predicted = booster.predict(features[is_valid], num_iteration=best_iteration)
+        predicted = booster.predict(valid_features, num_iteration=best_iteration)
         validation["kendall_tau"] = _mean_kendall_tau(valid, predicted)
     log.info("LightGBM %s: %d rounds kept, validation %s", config.objective, best_iteration, validation)
     return booster, best_iteration, validation
+
+
+def _bin(matrix: _Matrix, datasets: list[Any], n_train: int) -> np.ndarray:
+    """Construct (bin) the LightGBM ``datasets`` and drop ``matrix.features``; returns a copy of
+    the validation rows' features (rows from ``n_train`` on), which the Kendall tau needs later.
+    Training then holds LightGBM's binned rows (a byte or two per feature) instead of the matrix."""
+    for dataset in datasets:
+        dataset.construct()
+    valid_features = np.array(matrix.features[n_train:])
+    matrix.features = None
+    return valid_features
 
 
 def train_lightgbm_student(
@@ -277,11 +337,11 @@ def train_lightgbm_student(
     config.validate()
     frame = _join_teacher(run, scores, config, scores_source)
     config = _resolve(config, run)
-    extractor, features, names = _features(dataset, frame, config)
-    labels = _labels(frame, config, dataset.qrels)
-    is_valid = frame[QID].is_in(list(holdout(frame[QID], config.valid_fraction, config.seed))).to_numpy()
-    booster, best_iteration, validation = _fit(config, frame, features, labels, names, is_valid)
-    train = frame.filter(~is_valid)
+    frame, n_train = _split(frame, config)
+    extractor, matrix = _features(dataset, frame, config)
+    names = matrix.names
+    booster, best_iteration, validation = _fit(config, frame, matrix, n_train)
+    train = frame.head(n_train)
     out = Path(out)
     with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp:
         booster.save_model(str(tmp / MODEL_FILE), num_iteration=best_iteration)

@@ -152,6 +152,20 @@ def test_training_is_deterministic(splits, runs, teacher, tmp_path):
     np.testing.assert_array_equal(first, LightGBMRanker(b).rerank(splits[1], runs[1])["score"].to_numpy())
 
 
+def test_row_order_of_the_candidates_does_not_change_the_model(splits, runs, teacher, tmp_path):
+    """Candidates in teacher order (as an imported run arrives) train the same trees as in BM25 order:
+    before, early stopping kept one round for them, tied predictions ranking in teacher order."""
+    config = LightGBMConfig(n_estimators=30, early_stopping_rounds=5, **FAST)
+    a = train_lightgbm_student(splits[0], runs[0], teacher[0], tmp_path / "a", config)
+    by_teacher = runs[0].join(teacher[0], on=["qid", "docid"]).sort(["qid", "score_right"], descending=[True, True])
+    b = train_lightgbm_student(splits[0], by_teacher.drop("score_right"), teacher[0].sample(fraction=1.0, shuffle=True,
+                               seed=3), tmp_path / "b", config)
+    manifest = [json.loads((folder / "distill.json").read_text()) for folder in (a, b)]
+    assert manifest[0]["best_iteration"] == manifest[1]["best_iteration"] > 1
+    first = LightGBMRanker(a).rerank(splits[1], runs[1])["score"].to_numpy()
+    np.testing.assert_allclose(first, LightGBMRanker(b).rerank(splits[1], runs[1])["score"].to_numpy(), atol=1e-9)
+
+
 def test_missing_teacher_scores_are_an_error_naming_the_cache(splits, runs, teacher, tmp_path):
     half = teacher[0].head(teacher[0].height // 2)
     with pytest.raises(InputError, match="have no teacher score") as err:
@@ -269,3 +283,54 @@ def test_qrels_weight_teaches_the_judgements_a_noisy_teacher_lacks(splits, runs,
     with pytest.raises(ConfigError, match="regression"):
         train_lightgbm_student(train, train_run, noise, tmp_path / "r",
                                LightGBMConfig(objective="regression", qrels_weight=0.5))
+
+
+def _unbatched_reference(train: Dataset, run: pl.DataFrame, scores: pl.DataFrame, config: LightGBMConfig):
+    """The booster the student trained before its memory was bounded (issue 36): a float64 feature
+    matrix, boolean-masked copies of its rows for training and validation, datasets built by lgb.train."""
+    import lightgbm as lgb
+
+    from distill.data.views import holdout
+    from students import lightgbm as student
+
+    frame = student._join_teacher(run, scores, config, None)
+    config = student._resolve(config, run)
+    extractor = FeatureExtractor(FeatureConfig(first_stage=config.first_stage_features)).fit(train)
+    features = np.hstack([extractor.transform(train, frame), np.zeros((frame.height, 0))])
+    labels = student._labels(frame, config, train.qrels)
+    is_valid = frame["qid"].is_in(list(holdout(frame["qid"], config.valid_fraction, config.seed))).to_numpy()
+
+    def dataset(rows: np.ndarray, reference=None):
+        groups = frame.filter(rows).group_by("qid", maintain_order=True).len()["len"].to_numpy()
+        return lgb.Dataset(features[rows], label=labels[rows], group=groups, reference=reference)
+
+    train_set = dataset(~is_valid)
+    stop = lgb.early_stopping(config.early_stopping_rounds, first_metric_only=True, verbose=False)
+    booster = lgb.train(student._params(config), train_set, num_boost_round=config.n_estimators,
+                        valid_sets=[dataset(is_valid, train_set)], valid_names=["valid"], callbacks=[stop])
+    return booster, extractor, booster.best_iteration or booster.current_iteration()
+
+
+@pytest.mark.parametrize("objective", ["lambdarank", "regression"])
+def test_bounded_memory_training_keeps_the_model(objective, splits, runs, teacher, tmp_path):
+    """float32 features, training rows first and the matrix dropped once binned: the same trees as before."""
+    (train, test), (train_run, test_run) = splits, runs
+    config = LightGBMConfig(objective=objective, n_estimators=60, early_stopping_rounds=10, **FAST)
+    folder = train_lightgbm_student(train, train_run, teacher[0], tmp_path / objective, config)
+    booster, extractor, best = _unbatched_reference(train, train_run, teacher[0], config)
+    assert json.loads((folder / "distill.json").read_text())["best_iteration"] == best
+    expected = booster.predict(extractor.transform(test, test_run), num_iteration=best)
+    predicted = LightGBMRanker(folder).rerank(test, test_run)["score"].to_numpy()
+    assert np.abs(predicted - expected).max() <= 1e-6
+    assert np.ptp(expected) > 0  # a model that ranks, not a constant that any change would keep
+
+
+def test_a_repeated_pair_is_refused_and_ids_that_only_concatenate_alike_are_not(splits, runs, teacher, tmp_path):
+    train_run, scores = runs[0].select("qid", "docid"), teacher[0]
+    repeated = pl.concat([train_run, train_run.head(1)])
+    with pytest.raises(InputError, match="more than once"):
+        train_lightgbm_student(splits[0], repeated, scores, tmp_path / "m", LightGBMConfig(**FAST))
+    from students.lightgbm import _duplicated
+
+    pairs = pl.DataFrame({"qid": ["a", "ab", "a"], "docid": ["bc", "c", "bc"]})
+    assert _duplicated(pairs).to_list() == [True, False, True]  # ("a", "bc") twice; ("ab", "c") once
