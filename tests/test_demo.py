@@ -8,9 +8,11 @@ from html.parser import HTMLParser
 from tiny import run_cli
 
 
-def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder, capsys):
+def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_bi_encoder, capsys):
+    """From a sentence-transformers backbone, as the packaged MiniLM is: the teacher is trained from it and it
+    is fused zero-shot too."""
     out = tmp_path / "demo"
-    args = ["demo", "--out", out, "--init", tiny_cross_encoder, "--max-length", 48, "--topics", 6,
+    args = ["demo", "--out", out, "--init", tiny_bi_encoder, "--max-length", 48, "--topics", 6,
             "--teacher-epochs", 1, "--student-epochs", 1, "--latency-queries", 2, "--test-k", 10,
             "--ce-rounds", 2, "--lightgbm-qrels-weight", 0, "--lightgbm-qrels-weight", 0.5,
             "--allow-collapse"]  # tiny random models: a collapse is expected, reported, not fatal
@@ -31,7 +33,8 @@ def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_cross_encoder
     assert all(s["finished"] and s["attempts"] == 1 for s in steps.values()), steps
     record = json.loads((out / "pipeline.json").read_text())
     assert record["teacher_choice"]["teacher"] in ("trained", "fused")  # chosen on valid, and said
-    assert set(record["teacher_choice"]["weights"]) == {"teacher", "bm25"}
+    choice = record["teacher_choice"]
+    assert set(choice["weights"]) == set(choice["validation"]["alone"]) == {"teacher", "bm25", "zero_shot"}
     students = record["students"]
     assert set(students) == {"ce_student", "bi_encoder", "lightgbm"}  # each validated on valid
     assert students["ce_student"]["kept_round"] in (1, 2)

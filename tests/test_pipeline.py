@@ -299,3 +299,19 @@ def test_a_steps_command_line_is_derived_from_its_arguments_by_one_rule():
                     "--budget-share", "teacher=0.1", "--threads", "1", "--latency-queries", "5", "--latency-k", "100",
                     "--run", "a", "--run", "b", "--loss-param", "temperature=0.5", "--loss-param", "scaled=true",
                     "--allow-collapse", "x", "y", "--lr", "0.0002"]
+
+
+def test_a_bi_encoder_backbone_is_fused_zero_shot_with_the_teacher(tmp_path, tiny_bi_encoder, tiny_cross_encoder,
+                                                                   monkeypatch):
+    def scorer(init, **settings) -> list[str]:
+        cfg = PipelineConfig(out=tmp_path, init=str(init), student_layers=2, **settings)
+        return _argv(plan(cfg, Path("data")), "fuse-teacher")
+
+    argv = scorer(tiny_bi_encoder)
+    steps = plan(PipelineConfig(out=tmp_path, init=str(tiny_bi_encoder), student_layers=2), tmp_path / "data")
+    _assert_steps_call_what_their_commands_call([s for s in steps if s.name == "fuse-teacher"], monkeypatch)
+    assert _option(argv, "--scorer") == f"zero_shot={tiny_bi_encoder}"
+    assert _option(argv, "--queries") == str(tmp_path / "pseudo_queries.jsonl")  # their pairs are cached too
+    # a cross-encoder backbone's head is not a zero-shot scorer; a hub id cannot be told apart; or asked not to
+    for init, settings in ((tiny_cross_encoder, {}), ("org/model", {}), (tiny_bi_encoder, {"zero_shot": False})):
+        assert "--scorer" not in scorer(init, **settings), (init, settings)

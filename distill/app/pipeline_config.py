@@ -17,6 +17,7 @@ from distill.training.groups import GroupConfig
 from teachers.train import TeacherTrainConfig
 
 TITLE_SPLIT = "train_titles"  # the view's train queries plus title queries: what students learn from
+ZERO_SHOT = "zero_shot"  # the fused teacher's component that is the backbone scored zero-shot (zero_shot_backbone)
 # Share of the train queries held out as ``valid``, where every choice of a run is made (teacher epochs,
 # fusion weights, rounds, LightGBM's qrels weight, the cascade). On SciFact a quarter is about 200 queries:
 # per-query nDCG@10 differences between two students have a std of 0.10-0.28 there, so the standard error
@@ -58,6 +59,11 @@ class PipelineConfig:
     teacher_epochs: float = 4.0
     teacher_negatives: int = _TEACHER.negatives
     teacher_objective: str = _TEACHER.objective  # train-teacher --objective
+    # the backbone (``init``), when a sentence-transformers bi-encoder folder, scored zero-shot over every cached
+    # pair (the cosine of its embeddings) and fused with the teacher and BM25 on valid (fuse-teacher --scorer): a
+    # teacher trained on few queries can rank below BM25 where the zero-shot backbone ranks above it (issue 35: on a
+    # held-out BEIR dataset 0.187, 0.358 and 0.372 nDCG@10); fusion gives it no weight where it does not validate
+    zero_shot: bool = True
     student_layers: int | None = None  # None: a third of the teacher's layers (at least 1)
     # evenly spaced layers ending with the last: the head keeps the input it was trained on
     student_layer_choice: str = "spread"
@@ -130,6 +136,18 @@ def demo_config(out: Path, data: Path | None = None, **given: Any) -> PipelineCo
     built-in dataset, else :class:`PipelineConfig`'s."""
     chosen = {k: v for k, v in given.items() if v is not None}
     return PipelineConfig(out=out, data=data, **{**(BUILTIN_DEMO if data is None else {}), **chosen})
+
+
+def zero_shot_backbone(cfg: PipelineConfig) -> str | None:
+    """The backbone to fuse zero-shot (see ``PipelineConfig.zero_shot``): ``init`` when it is a local
+    sentence-transformers bi-encoder folder (the packaged MiniLM is), else None (a cross-encoder's head, or
+    a hub id, which cannot be told apart before download)."""
+    from distill.rankers.loading import folder_kind
+
+    backbone = Path(cfg.init or default_init())
+    if not cfg.zero_shot or not backbone.is_dir():
+        return None
+    return str(backbone) if folder_kind(backbone) == "sentence-transformer" else None
 
 
 def default_init() -> str:

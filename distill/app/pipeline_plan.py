@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from distill.app import tasks
-from distill.app.pipeline_config import TITLE_SPLIT, PipelineConfig, default_init, student_queries
+from distill.app.pipeline_config import (
+    TITLE_SPLIT,
+    ZERO_SHOT,
+    PipelineConfig,
+    default_init,
+    student_queries,
+    zero_shot_backbone,
+)
 from distill.app.pipeline_step import Step
 from distill.app.summaries import print_cascade_build, print_cascade_run, print_evaluation, print_fused_teacher
 from distill.cascade.search import BudgetShare, CascadeBuildConfig
@@ -30,7 +37,7 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     # imported scores name no model: the cross-encoder student starts from layers of the backbone instead
     teacher_steps = _import_steps(cfg, data) if cfg.teacher_scores else _teacher_steps(cfg, data, teacher)
     start = (cfg.init or default_init()) if cfg.teacher_scores else teacher
-    steps = [*_candidate_steps(cfg, data), *teacher_steps, _fusion_step(data, cfg.out),
+    steps = [*_candidate_steps(cfg, data), *teacher_steps, _fusion_step(cfg, data),
              *_student_steps(cfg, data, start), *_evaluation_steps(cfg, data)]
     for step in steps:
         step.overrides = dict(cfg.extra.get(step.name, {}))
@@ -82,14 +89,18 @@ def _import_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
         "out": cfg.out / "cache"})]
 
 
-def _fusion_step(data: Path, out: Path) -> Step:
-    """The teacher fused with BM25, weights chosen on valid: students learn from it unless the teacher alone
-    was best there (see teachers.fusion and student_cache)."""
-    cache, fused = out / "cache", out / "cache_fused"
-    first_stage = [out / "runs" / f"{split}.trec" for split in ("train", "valid", "test")]
-    return Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {
-        "cache": cache, "data": data, "valid_split": "valid", "runs": first_stage, "out": fused}, fused,
-        show=partial(print_fused_teacher, caches=[cache], out=fused))
+def _fusion_step(cfg: PipelineConfig, data: Path) -> Step:
+    """The teacher fused with BM25 and the zero-shot backbone (:func:`zero_shot_backbone`, scored over every
+    cached pair), weights chosen on valid: students learn from the fusion unless the teacher alone was best
+    there (see teachers.fusion and student_cache)."""
+    cache, fused = cfg.out / "cache", cfg.out / "cache_fused"
+    first_stage = [cfg.out / "runs" / f"{split}.trec" for split in ("train", "valid", "test")]
+    kwargs: dict[str, Any] = {"cache": cache, "data": data, "valid_split": "valid", "runs": first_stage}
+    backbone = zero_shot_backbone(cfg)
+    if backbone is not None:  # the unjudged queries' texts too: the cache holds their pairs
+        kwargs |= {"scorers": {ZERO_SHOT: backbone}, "queries": student_queries(cfg)}
+    return Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {**kwargs, "out": fused}, fused,
+                show=partial(print_fused_teacher, caches=[cache], out=fused, scorers=kwargs.get("scorers")))
 
 
 def _student_split(cfg: PipelineConfig) -> str:

@@ -22,7 +22,7 @@ from distill.evaluation.runner import EvaluateConfig
 # keyword arguments whose option is not ``--`` + the name with ``-`` for ``_``; None: a positional argument
 OPTIONS: dict[str, str | None] = {
     "runs": "--run", "stages": "--stage", "rankers": "--ranker", "feature_rankers": "--feature-ranker",
-    "loss_params": "--loss-param", "eval_dir": "--eval", "spec": None, "folders": None,
+    "loss_params": "--loss-param", "scorers": "--scorer", "eval_dir": "--eval", "spec": None, "folders": None,
     "files": None,
 }
 # the fields of a settings object that its command spells out as options (those the pipeline sets; the

@@ -5,6 +5,7 @@ demo's steps print with these."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,15 +102,17 @@ def print_cache_info(folder: Path, info: CacheInfo, scale: ScoreScale) -> None:
     console.print(describe_scale(scale), highlight=False)
 
 
-def print_fused_teacher(chosen: FusedWeights, caches: list[Path], out: Path) -> None:
-    """Each component's weight and validation value alone (the teachers named by their caches), then the
-    fused teacher's (the ensemble's, with several teachers), and the cache ``out`` it was written to."""
+def print_fused_teacher(chosen: FusedWeights, caches: list[Path], out: Path,
+                        scorers: Mapping[str, str] | None = None) -> None:
+    """Each component's weight and validation value alone (the teachers named by their caches, the
+    ``scorers`` by their specs), then the fused teacher's (the ensemble's, with several teachers), and the
+    cache ``out`` it was written to."""
     from rich.console import Console
     from rich.table import Table
 
     from teachers.fusion import teacher_names
 
-    sources = dict(zip(teacher_names(len(caches)), map(str, caches)))
+    sources = dict(zip(teacher_names(len(caches)), map(str, caches))) | dict(scorers or {})
     table = Table("component", "source", "weight", f"{chosen.metric} alone",
                   title=f"fused teacher, weights chosen on {chosen.queries} validation queries")
     for name, value in chosen.alone.items():

@@ -65,6 +65,8 @@ def register(app: typer.Typer) -> None:
                                                           "on valid is kept."),
         valid_fraction: float = typer.Option(None, min=0.05, max=0.5, help="Train queries held out for validation "
                                              f"{_by_data('valid_fraction')}."),
+        zero_shot: bool = typer.Option(_P.zero_shot, help="Fuse the backbone, when a sentence-transformers "
+                                       "bi-encoder, zero-shot with the teacher and BM25 (weights chosen on valid)."),
         allow_collapse: bool = typer.Option(False, help="Exit 0 even if a student collapses on validation."),
         seed: int = typer.Option(_P.seed, help="Seed of every step."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Work in --out even when it holds files distill "
@@ -83,7 +85,7 @@ def register(app: typer.Typer) -> None:
             max_length=max_length, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
             ce_epochs=ce_epochs, negatives=negatives, bi_negatives=bi_negatives, latency_queries=latency_queries,
             title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
-            lightgbm_qrels_weights=tuple(lightgbm_qrels_weight), overwrite=overwrite,
+            lightgbm_qrels_weights=tuple(lightgbm_qrels_weight), zero_shot=zero_shot, overwrite=overwrite,
         )
         run_pipeline(cfg)
         console = Console()

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
         check_fused_output(out, datasets=[data])  # before the scorers' and the weights' work
         teachers = cache[0] if len(cache) == 1 else cache  # one teacher: the call the pipeline's step makes
-        chosen = tasks.run_fuse_teacher(teachers, data, run, out, valid_split=valid_split,
-                                        scorers=dict(parse_ranker_spec(item) for item in scorer) or None,
+        scorers = dict(parse_ranker_spec(item) for item in scorer) or None
+        chosen = tasks.run_fuse_teacher(teachers, data, run, out, valid_split=valid_split, scorers=scorers,
                                         queries=queries, step=step)
-        print_fused_teacher(chosen, cache, out)
+        print_fused_teacher(chosen, cache, out, scorers)
