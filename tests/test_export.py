@@ -54,8 +54,12 @@ def cross_encoder(tmp_path_factory, tiny_beir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bi_encoder(tiny_bi_encoder, tiny_beir) -> Path:
-    return _student(tiny_bi_encoder, "bi-encoder-student", tiny_beir)
+def bi_encoder(tiny_bi_encoder, tiny_beir, tmp_path_factory) -> Path:
+    import shutil
+
+    # a copy: the manifest must not turn the session's plain sentence-transformers folder into a student
+    folder = shutil.copytree(tiny_bi_encoder, tmp_path_factory.mktemp("export_bi") / "model")
+    return _student(folder, "bi-encoder-student", tiny_beir)
 
 
 @pytest.fixture(scope="module")
