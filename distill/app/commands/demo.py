@@ -17,6 +17,9 @@ _TEACHER_SCORES = ("Scores computed elsewhere (any file `distill cache import` r
 _BUDGET_MS = ("The cascade's budget in ms per query; needed with --teacher-scores (no teacher model to time) "
               f"[a share of the teacher's latency: {_P.budget_fraction:g}].")
 
+_ZERO_SHOT = ("Fuse the backbone, when a sentence-transformers bi-encoder folder, zero-shot with the teacher and BM25 "
+              "(weights chosen on valid).")
+
 
 def _by_data(name: str, unset: str | None = None) -> str:
     """``[built-in X; --data Y]``: setting ``name``'s default on the built-in dataset and on a BEIR folder,
@@ -65,8 +68,7 @@ def register(app: typer.Typer) -> None:
                                                           "on valid is kept."),
         valid_fraction: float = typer.Option(None, min=0.05, max=0.5, help="Train queries held out for validation "
                                              f"{_by_data('valid_fraction')}."),
-        zero_shot: bool = typer.Option(_P.zero_shot, help="Fuse the backbone, when a sentence-transformers "
-                                       "bi-encoder, zero-shot with the teacher and BM25 (weights chosen on valid)."),
+        zero_shot: bool = typer.Option(_P.zero_shot, help=_ZERO_SHOT),
         allow_collapse: bool = typer.Option(False, help="Exit 0 even if a student collapses on validation."),
         seed: int = typer.Option(_P.seed, help="Seed of every step."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Work in --out even when it holds files distill "
@@ -88,6 +90,5 @@ def register(app: typer.Typer) -> None:
             lightgbm_qrels_weights=tuple(lightgbm_qrels_weight), zero_shot=zero_shot, overwrite=overwrite,
         )
         run_pipeline(cfg)
-        console = Console()
-        console.print(f"\n[bold green]done[/]: open {out / 'report.html'} (offline); "
-                      f"the cascade spec is {out / 'cascade.json'}; summary: {out / 'report.md'}")
+        Console().print(f"\n[bold green]done[/]: open {out / 'report.html'} (offline); "
+                        f"the cascade spec is {out / 'cascade.json'}; summary: {out / 'report.md'}")
