@@ -129,21 +129,21 @@ def test_two_compactions_at_once_both_succeed(tmp_path, data):
 
 
 def test_a_reader_lists_the_shards_again_when_a_compaction_folds_them_away(tmp_path, data, monkeypatch):
-    from distill import cache_files
+    from distill.cache import reading
 
     dataset, run = data
     shards = _shards(tmp_path, dataset, run)
     expected = TeacherCache.open(tmp_path / "c").scores().sort("qid", "docid")
-    reader, read_rows = TeacherCache.open(tmp_path / "c"), cache_files.read_rows
+    reader, batches = TeacherCache.open(tmp_path / "c"), reading.batches
     compactions = []
 
     def read_after_a_compaction(path):
         if not compactions:  # another process compacts between the reader's listing and its reading
             compactions.append(path)
             TeacherCache.open(tmp_path / "c").compact()
-        return read_rows(path)
+        return batches(path)
 
-    monkeypatch.setattr(cache_files, "read_rows", read_after_a_compaction)
+    monkeypatch.setattr(reading, "batches", read_after_a_compaction)
     assert reader.scores().sort("qid", "docid").equals(expected)
     assert compactions and not any(p.exists() for p in shards)
 

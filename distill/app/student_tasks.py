@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill.app.options import option_fields
-from distill.core.errors import ConfigError
+from distill.core.errors import ConfigError, InputError
 from distill.core.outputs import check_folder
 from distill.core.registry import STUDENTS
 from distill.training.config import TrainConfig
@@ -158,17 +158,19 @@ def _training_scores(cache: Path, data: Path, split: str | None,
     """The cache's scores of the training queries (``split``'s, else train, and ``queries``') computed from
     their current texts, the manifest and those queries, with a warning when some of their registered pairs
     have no such score (a stopped score-teacher, or texts edited since it ran)."""
-    from distill.cache.store import TeacherCache, read_scores
+    from distill.cache.store import TeacherCache
     from distill.data.querysets import load_training_queries
 
     dataset = load_training_queries(data, split if split or queries else "train", queries)
-    scores, manifest = read_scores(cache, dataset=dataset)
-    unscored, registered = TeacherCache.open(cache).unscored(dataset.queries["qid"], dataset=dataset)
+    store = TeacherCache.open(cache)
+    scores, (unscored, registered) = store.scores_and_unscored(dataset.queries["qid"], dataset)  # one read
+    if scores.height == 0:
+        raise InputError("teacher cache holds no scores yet", path=cache)
     if unscored:
         log.warning("%d of the %d candidate pairs registered in %s for these queries have no teacher score "
                     "yet from their current texts (a stopped score-teacher, or texts edited since): training on the "
                     "scored ones only; rerun score-teacher to finish", unscored, registered, cache)
-    return scores, manifest, dataset
+    return scores, store.manifest, dataset
 
 
 def run_select_student(folders: Sequence[Path], out: Path, *, overwrite: bool = False) -> Path:

@@ -51,6 +51,7 @@ import numpy as np
 import polars as pl
 
 from distill.cache import files as cache_files
+from distill.cache import reading as cache_reading
 from distill.cache import texts as cache_texts
 from distill.cache.files import FORMAT, KIND, MANIFEST, REPAIR_HINT
 from distill.cache.lock import CacheLock
@@ -64,7 +65,6 @@ from distill.rankers.base import BaseRanker
 
 log = logging.getLogger(__name__)
 
-READ_ATTEMPTS = 20  # lists of shards a reader tries while compactions keep folding them away
 _UNSET = object()
 
 
@@ -268,14 +268,9 @@ class TeacherCache:
     def shard_paths(self) -> list[Path]:
         return cache_files.shard_files(self.folder) if self._persisted else []
 
-    def _rows(self) -> pl.DataFrame:
-        """Every shard row (with hashes), unreadable shards set aside; listed again if a compaction
-        folded a shard away while it was being read."""
-        for _ in range(READ_ATTEMPTS):
-            rows = cache_files.read_all_rows(self.folder, self.shard_paths())
-            if rows is not None:
-                return rows
-        raise InputError(f"shards kept changing while being read ({READ_ATTEMPTS} tries)", path=self.folder)
+    def _rows(self, transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None) -> pl.DataFrame:
+        """Every shard row (with hashes), or ``transform`` of them (:func:`distill.cache.reading.read_shards`)."""
+        return cache_reading.read_shards(self.folder, self.shard_paths, transform or (lambda rows: rows))
 
     def _registry(self, rows: pl.DataFrame | None = None) -> pl.DataFrame:
         """The text registry; rebuilt from the shards' hashes where it is missing or unreadable."""
@@ -295,13 +290,16 @@ class TeacherCache:
         return cache_texts.effective(*self._state()).filter("valid").drop("valid")
 
     def scores(self, dataset: Any = None) -> pl.DataFrame:
-        """All cached ``qid, docid, score`` rows scored from the current texts, one per pair; given a
-        ``dataset`` (to train on), only those scored from its texts."""
-        rows = self.valid_rows()
-        if dataset is not None:
-            held = cache_texts.present(cache_texts.text_hashes(dataset, rows), rows)
-            rows = rows.join(held, on=[QID, DOCID], how="semi", maintain_order="left")
-        return rows.select(list(SCORES_SCHEMA)).unique(subset=[QID, DOCID], keep="first", maintain_order=True)
+        """All cached ``qid, docid, score`` rows scored from the current texts, one per pair (its first row in
+        shard order); given a ``dataset`` (to train on), only those scored from its texts."""
+        codes, coded = self._coded_scores(dataset)
+        return codes.decode(coded)
+
+    def _coded_scores(self, dataset: Any) -> tuple[cache_reading.PairCodes, pl.DataFrame]:
+        """:meth:`scores` as integer codes (``_q, _d, score``) with their :class:`~distill.cache.reading.PairCodes`,
+        read a batch at a time (:mod:`distill.cache.reading`: bounded memory, issue 36)."""
+        codes = cache_reading.PairCodes(self._registry(), dataset)
+        return codes, cache_reading.first_per_pair(self._rows(codes.counted))
 
     def missing(self, pairs: pl.DataFrame) -> pl.DataFrame:
         """The rows of ``pairs`` (qid, docid) that no shard holds yet; with ``qhash``/``dhash``
@@ -317,29 +315,29 @@ class TeacherCache:
     # -- summary -------------------------------------------------------------------------
     def unscored(self, qids: Iterable[str], dataset: Any = None) -> tuple[int, int]:
         """Of the registered candidate pairs of these queries: how many lack a score, out of how many.
-        Given the ``dataset`` to train on, a score computed from other texts than its own counts as lacking.
+        Given the ``dataset`` to train on, a score computed from other texts than its own counts as lacking:
+        a pair counts as scored when :meth:`scores` of ``dataset`` holds it. A score-teacher run that was
+        stopped leaves a cache that covers only part of its candidates; training on it quietly would train
+        on that part alone."""
+        return self.scores_and_unscored(qids, dataset)[1]
 
-        A score-teacher run that was stopped leaves a cache that covers only part of its candidates;
-        training on it quietly would train on that part alone.
-        """
-        found = cache_files.read_candidates(self.folder, self.manifest.get("candidates", []))
-        if not found:
-            return 0, 0
-        wanted = pl.DataFrame({QID: list(qids)}, schema={QID: pl.String})
-        pairs = pl.concat([frame for _, frame in found]).unique().join(wanted, on=QID, how="semi")
-        if dataset is not None:
-            pairs = cache_texts.text_hashes(dataset, pairs)
-        return self.missing(pairs).height, pairs.height
+    def scores_and_unscored(self, qids: Iterable[str], dataset: Any = None) -> tuple[pl.DataFrame, tuple[int, int]]:
+        """:meth:`scores` and :meth:`unscored` from one read (what train-student needs): the pairs compared
+        as the read's integer codes, not read again nor compared as strings."""
+        codes, coded = self._coded_scores(dataset)
+        sets = cache_reading.candidate_sets(self.folder, self.manifest.get("candidates", []))
+        lacking = cache_reading.unscored(codes, coded, (pairs for _, pairs in sets), qids)
+        return codes.decode(coded), lacking
 
     def info(self) -> CacheInfo:
-        scores = self.scores()
-        cached = scores.select(QID, DOCID)
+        codes, coded = self._coded_scores(None)
+        held = coded.select(cache_reading.pair_key()).to_series().implode()
         coverage = []
-        for entry, pairs in cache_files.read_candidates(self.folder, self.manifest.get("candidates", [])):
-            done = pairs.join(cached, on=[QID, DOCID], how="semi").height
+        for entry, pairs in cache_reading.candidate_sets(self.folder, self.manifest.get("candidates", [])):
+            done = int(codes.keys(pairs).is_in(held).sum())
             coverage.append({**entry, "scored": done, "coverage": done / max(pairs.height, 1)})
         return CacheInfo(
-            rows=scores.height, queries=scores[QID].n_unique(), shards=len(self.shard_paths()),
+            rows=coded.height, queries=coded[cache_reading.CODES[0]].n_unique(), shards=len(self.shard_paths()),
             teacher=self.manifest["teacher"], coverage=coverage,
         )
 
