@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from distill.cache.reading import PairCodes
 from distill.core.errors import ConfigError, InputError
 from distill.core.io import atomic_dir
 from distill.core.manifest import write_manifest
@@ -127,13 +128,17 @@ def _join_teacher(run: pl.DataFrame, scores: pl.DataFrame, config: LightGBMConfi
     """The candidates with their teacher score (column ``teacher``), checked, sorted by query."""
     require_columns(run, [QID, DOCID], "candidates")
     require_columns(scores, [QID, DOCID, SCORE], "teacher scores")
-    for frame, what, path in ((run, "candidates", None), (scores, "teacher scores", scores_source)):
-        duplicated = _duplicated(frame)
+    codes = PairCodes()  # one integer key per pair: a join on the two string columns took 3.4 GB at 10^7 pairs
+    keys = [codes.keys(run), codes.keys(scores)]
+    for frame, key, what, path in ((run, keys[0], "candidates", None), (scores, keys[1], "teacher scores",
+                                                                         scores_source)):
+        duplicated = key.is_duplicated()
         if duplicated.any():
             qid, docid = frame.filter(duplicated).row(0)[:2]
             raise InputError(f"{what} hold the pair ({qid}, {docid}) more than once", path=path)
-    teacher = scores.select(QID, DOCID, pl.col(SCORE).cast(pl.Float64).alias(_TEACHER))
-    joined = run.join(teacher, on=[QID, DOCID], how="left", maintain_order="left")
+    teacher = pl.DataFrame([keys[1], scores[SCORE].cast(pl.Float64).alias(_TEACHER)])
+    joined = run.with_columns(keys[0]).join(teacher, on=keys[0].name, how="left", maintain_order="left")
+    joined = joined.drop(keys[0].name)
     missing = joined[_TEACHER].null_count()
     if run.height == 0 or missing > config.max_missing_fraction * run.height:
         raise InputError(
@@ -155,14 +160,6 @@ def _join_teacher(run: pl.DataFrame, scores: pl.DataFrame, config: LightGBMConfi
     # between equal predictions by row order, so rows arriving in teacher order (an imported run)
     # scored a perfect nDCG at round 1 and early stopping kept 1 round.
     return joined.sort(QID, DOCID)
-
-
-def _duplicated(frame: pl.DataFrame) -> pl.Series:
-    """Whether each row's (qid, docid) pair occurs in another row too. The pair is one string key
-    (the qid's length first, so that no two pairs share one): polars' ``is_duplicated`` over the two
-    string columns took three times the memory at 10^6 pairs (``scripts/bench_scale.py``)."""
-    key = pl.concat_str(pl.col(QID).str.len_bytes(), pl.lit(":"), pl.col(QID), pl.col(DOCID))
-    return frame.select(key.is_duplicated()).to_series()
 
 
 def _labels(frame: pl.DataFrame, config: LightGBMConfig, qrels: pl.DataFrame) -> np.ndarray:

@@ -330,7 +330,8 @@ def test_a_repeated_pair_is_refused_and_ids_that_only_concatenate_alike_are_not(
     repeated = pl.concat([train_run, train_run.head(1)])
     with pytest.raises(InputError, match="more than once"):
         train_lightgbm_student(splits[0], repeated, scores, tmp_path / "m", LightGBMConfig(**FAST))
-    from students.lightgbm import _duplicated
+    from distill.cache.reading import PairCodes
 
     pairs = pl.DataFrame({"qid": ["a", "ab", "a"], "docid": ["bc", "c", "bc"]})
-    assert _duplicated(pairs).to_list() == [True, False, True]  # ("a", "bc") twice; ("ab", "c") once
+    keys = PairCodes().keys(pairs)  # the student's pair keys
+    assert keys.is_duplicated().to_list() == [True, False, True]  # ("a", "bc") twice; ("ab", "c") once
