@@ -32,9 +32,14 @@ def test_demo_writes_report_and_cascade_and_resumes(tmp_path, tiny_bi_encoder, c
             "evaluate"} <= set(steps)
     assert all(s["finished"] and s["attempts"] == 1 for s in steps.values()), steps
     record = json.loads((out / "pipeline.json").read_text())
-    assert record["teacher_choice"]["teacher"] in ("trained", "fused")  # chosen on valid, and said
-    choice = record["teacher_choice"]
-    assert set(choice["weights"]) == set(choice["validation"]["alone"]) == {"teacher", "bm25", "zero_shot"}
+    choice = record["teacher_choice"]  # chosen on valid, and said
+    fused = json.loads((out / "cache_fused" / "manifest.json").read_text())["teacher"]["chosen_on"]["alone"]
+    ensemble = json.loads((out / "cache_ensemble" / "manifest.json").read_text())["teacher"]
+    assert set(ensemble["weights"]) == set(ensemble["chosen_on"]["alone"]) == {"teacher", "bm25", "zero_shot"}
+    if fused["teacher"] < fused["bm25"]:  # the trained teacher below BM25: the zero-shot backbone's ensemble
+        assert choice["teacher"] == "ensemble" and choice["weights"] == ensemble["weights"]
+    else:
+        assert choice["teacher"] in ("trained", "fused") and set(choice["weights"]) == {"teacher", "bm25"}
     students = record["students"]
     assert set(students) == {"ce_student", "bi_encoder", "lightgbm"}  # each validated on valid
     assert students["ce_student"]["kept_round"] in (1, 2)

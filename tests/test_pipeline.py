@@ -303,15 +303,44 @@ def test_a_steps_command_line_is_derived_from_its_arguments_by_one_rule():
 
 def test_a_bi_encoder_backbone_is_fused_zero_shot_with_the_teacher(tmp_path, tiny_bi_encoder, tiny_cross_encoder,
                                                                    monkeypatch):
-    def scorer(init, **settings) -> list[str]:
-        cfg = PipelineConfig(out=tmp_path, init=str(init), student_layers=2, **settings)
-        return _argv(plan(cfg, Path("data")), "fuse-teacher")
+    def steps(init, **settings) -> list:
+        return plan(PipelineConfig(out=tmp_path, init=str(init), student_layers=2, **settings), tmp_path / "data")
 
-    argv = scorer(tiny_bi_encoder)
-    steps = plan(PipelineConfig(out=tmp_path, init=str(tiny_bi_encoder), student_layers=2), tmp_path / "data")
-    _assert_steps_call_what_their_commands_call([s for s in steps if s.name == "fuse-teacher"], monkeypatch)
+    planned = steps(tiny_bi_encoder)
+    assert "--scorer" not in _argv(planned, "fuse-teacher")  # the teacher with BM25, as before
+    argv = _argv(planned, "fuse-ensemble")
     assert _option(argv, "--scorer") == f"zero_shot={tiny_bi_encoder}"
     assert _option(argv, "--queries") == str(tmp_path / "pseudo_queries.jsonl")  # their pairs are cached too
+    assert f"ensemble={tmp_path / 'cache_ensemble'}" in _argv(planned, "evaluate")
+    _assert_steps_call_what_their_commands_call([s for s in planned if s.name.startswith("fuse-")], monkeypatch)
     # a cross-encoder backbone's head is not a zero-shot scorer; a hub id cannot be told apart; or asked not to
     for init, settings in ((tiny_cross_encoder, {}), ("org/model", {}), (tiny_bi_encoder, {"zero_shot": False})):
-        assert "--scorer" not in scorer(init, **settings), (init, settings)
+        assert "fuse-ensemble" not in [s.name for s in steps(init, **settings)], (init, settings)
+
+
+@pytest.mark.parametrize(("teacher", "ensemble", "chosen"), [
+    (0.3, True, "ensemble"),  # the trained teacher below BM25 on valid: the zero-shot backbone's ensemble
+    (0.3, False, "fused"),  # no ensemble (the backbone is no bi-encoder): the fusion with BM25, as before
+    (0.8, True, "trained"),  # a teacher above BM25 that fusion gives all the weight: its own cache
+])
+def test_students_learn_from_the_ensemble_only_where_the_teacher_ranks_below_bm25(tmp_path, teacher, ensemble,
+                                                                                  chosen):
+    import json
+
+    from distill.app.pipeline import student_cache
+
+    def write(folder: str, weights: dict, alone: dict) -> None:
+        (tmp_path / folder).mkdir()
+        chosen_on = {"metric": "nDCG@10", "value": max(alone.values()), "queries": 9, "alone": alone}
+        (tmp_path / folder / "manifest.json").write_text(json.dumps({"teacher": {"weights": weights,
+                                                                                 "chosen_on": chosen_on}}))
+
+    write("cache_fused", {"teacher": 1.0 if teacher > 0.5 else 0.4, "bm25": 0.0 if teacher > 0.5 else 0.6},
+          {"teacher": teacher, "bm25": 0.5})
+    if ensemble:
+        write("cache_ensemble", {"teacher": 0.1, "bm25": 0.3, "zero_shot": 0.6},
+              {"teacher": teacher, "bm25": 0.5, "zero_shot": 0.6})
+    choice = student_cache(tmp_path)
+    assert choice["teacher"] == chosen
+    assert choice["cache"] == str(tmp_path / {"ensemble": "cache_ensemble", "fused": "cache_fused",
+                                              "trained": "cache"}[chosen])

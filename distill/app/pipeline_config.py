@@ -18,6 +18,7 @@ from teachers.train import TeacherTrainConfig
 
 TITLE_SPLIT = "train_titles"  # the view's train queries plus title queries: what students learn from
 ZERO_SHOT = "zero_shot"  # the fused teacher's component that is the backbone scored zero-shot (zero_shot_backbone)
+FUSED, ENSEMBLE = "cache_fused", "cache_ensemble"  # the teacher fused with BM25; and with the zero-shot backbone
 # Share of the train queries held out as ``valid``, where every choice of a run is made (teacher epochs,
 # fusion weights, rounds, LightGBM's qrels weight, the cascade). On SciFact a quarter is about 200 queries:
 # per-query nDCG@10 differences between two students have a std of 0.10-0.28 there, so the standard error
@@ -60,9 +61,11 @@ class PipelineConfig:
     teacher_negatives: int = _TEACHER.negatives
     teacher_objective: str = _TEACHER.objective  # train-teacher --objective
     # the backbone (``init``), when a sentence-transformers bi-encoder folder, scored zero-shot over every cached
-    # pair (the cosine of its embeddings) and fused with the teacher and BM25 on valid (fuse-teacher --scorer): a
-    # teacher trained on few queries can rank below BM25 where the zero-shot backbone ranks above it (issue 35: on a
-    # held-out BEIR dataset 0.187, 0.358 and 0.372 nDCG@10); fusion gives it no weight where it does not validate
+    # pair (the cosine of its embeddings) and fused with the teacher and BM25 on valid (fuse-teacher --scorer), the
+    # students' teacher where the trained one ranks below BM25 on valid (student_cache): a teacher trained on few
+    # queries can, where the zero-shot backbone ranks above BM25 (issue 35: on a held-out BEIR dataset 0.187,
+    # 0.358 and 0.372 nDCG@10); where the teacher is better than BM25 the bi-encoder and LightGBM students, which
+    # hold the backbone already, learnt less from the ensemble (docs/results/demo.md)
     zero_shot: bool = True
     student_layers: int | None = None  # None: a third of the teacher's layers (at least 1)
     # evenly spaced layers ending with the last: the head keeps the input it was trained on

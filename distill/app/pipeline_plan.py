@@ -14,6 +14,8 @@ from typing import Any
 
 from distill.app import tasks
 from distill.app.pipeline_config import (
+    ENSEMBLE,
+    FUSED,
     TITLE_SPLIT,
     ZERO_SHOT,
     PipelineConfig,
@@ -37,7 +39,7 @@ def plan(cfg: PipelineConfig, data: Path) -> list[Step]:
     # imported scores name no model: the cross-encoder student starts from layers of the backbone instead
     teacher_steps = _import_steps(cfg, data) if cfg.teacher_scores else _teacher_steps(cfg, data, teacher)
     start = (cfg.init or default_init()) if cfg.teacher_scores else teacher
-    steps = [*_candidate_steps(cfg, data), *teacher_steps, _fusion_step(cfg, data),
+    steps = [*_candidate_steps(cfg, data), *teacher_steps, *_fusion_steps(cfg, data),
              *_student_steps(cfg, data, start), *_evaluation_steps(cfg, data)]
     for step in steps:
         step.overrides = dict(cfg.extra.get(step.name, {}))
@@ -89,18 +91,23 @@ def _import_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
         "out": cfg.out / "cache"})]
 
 
-def _fusion_step(cfg: PipelineConfig, data: Path) -> Step:
-    """The teacher fused with BM25 and the zero-shot backbone (:func:`zero_shot_backbone`, scored over every
-    cached pair), weights chosen on valid: students learn from the fusion unless the teacher alone was best
-    there (see teachers.fusion and student_cache)."""
-    cache, fused = cfg.out / "cache", cfg.out / "cache_fused"
+def _fusion_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
+    """The teacher fused with BM25, weights chosen on valid; then, when the backbone is a bi-encoder
+    (:func:`zero_shot_backbone`), the ensemble of the teacher, BM25 and the backbone zero-shot (scored over every
+    cached pair). Students learn from one of them, or from the teacher alone: see
+    :func:`distill.app.pipeline_record.student_cache`."""
+    cache, fused = cfg.out / "cache", cfg.out / FUSED
     first_stage = [cfg.out / "runs" / f"{split}.trec" for split in ("train", "valid", "test")]
-    kwargs: dict[str, Any] = {"cache": cache, "data": data, "valid_split": "valid", "runs": first_stage}
+    common: dict[str, Any] = {"cache": cache, "data": data, "valid_split": "valid", "runs": first_stage}
+    steps = [Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {**common, "out": fused}, fused,
+                  show=partial(print_fused_teacher, caches=[cache], out=fused))]
     backbone = zero_shot_backbone(cfg)
     if backbone is not None:  # the unjudged queries' texts too: the cache holds their pairs
-        kwargs |= {"scorers": {ZERO_SHOT: backbone}, "queries": student_queries(cfg)}
-    return Step("fuse-teacher", "fuse-teacher", tasks.run_fuse_teacher, {**kwargs, "out": fused}, fused,
-                show=partial(print_fused_teacher, caches=[cache], out=fused, scorers=kwargs.get("scorers")))
+        scorers, ensemble = {ZERO_SHOT: backbone}, cfg.out / ENSEMBLE
+        steps.append(Step("fuse-ensemble", "fuse-teacher", tasks.run_fuse_teacher, {
+            **common, "scorers": scorers, "queries": student_queries(cfg), "out": ensemble}, ensemble,
+            show=partial(print_fused_teacher, caches=[cache], out=ensemble, scorers=scorers)))
+    return steps
 
 
 def _student_split(cfg: PipelineConfig) -> str:
@@ -170,7 +177,7 @@ def _feature_rankers(cfg: PipelineConfig, models: Path) -> dict[str, str]:
 
 def _evaluation_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
     """The cascade searched on valid and run on test, every ranker evaluated on test, and the report."""
-    out, runs, models = cfg.out, cfg.out / "runs", cfg.out / "models"
+    out, runs, models, spec = cfg.out, cfg.out / "runs", cfg.out / "models", cfg.out / "cascade.json"
     # the teacher's valid scores come from its cache, its cost from the model the cache names, measured
     # once for the search and the budget alike (budget_fraction of its expected latency at test_k); imported
     # scores name no model to time or deploy: the cascade leaves them out and needs budget_ms
@@ -182,9 +189,10 @@ def _evaluation_steps(cfg: PipelineConfig, data: Path) -> list[Step]:
     build = CascadeBuildConfig(latency_queries=cfg.latency_queries, latency_k=cfg.test_k, threads=1)
     evaluation = EvaluateConfig(baseline="bm25", teacher="teacher", k=cfg.test_k, latency=True,
                                 latency_queries=cfg.latency_queries, threads=1)
-    rankers = {**students, **teacher, "fused_teacher": str(out / "cache_fused"), "cascade": str(out / "cascade.json")}
+    ensemble = {"ensemble": str(out / ENSEMBLE)} if zero_shot_backbone(cfg) else {}  # see _fusion_steps
+    rankers = {**students, **teacher, "fused_teacher": str(out / FUSED), **ensemble, "cascade": str(spec)}
     title = f"distill: {Path(cfg.data).name if cfg.data else 'built-in data'}"  # data is the view, named "data"
-    spec, evaluated = out / "cascade.json", out / "eval"
+    evaluated = out / "eval"
     return [
         Step("cascade-build", "cascade build", tasks.run_cascade_build, {
             "data": data, "split": "valid", "run": runs / "valid.trec", "stages": stages,

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.app.pipeline_config import ENSEMBLE, FUSED
+
 if TYPE_CHECKING:
     from distill.cascade.search import CascadeBuild
 
@@ -37,16 +39,27 @@ def resume_record(path: Path, record: dict) -> dict:
 
 
 def student_cache(out: Path) -> dict:
-    """Which teacher the students learn from: the fused one (its cache) when its validation weights
-    give BM25 a share, else the trained teacher's own cache (the same ranking, its raw scale)."""
-    manifest = json.loads((out / "cache_fused" / "manifest.json").read_text(encoding="utf-8"))["teacher"]
-    weights, chosen_on = manifest["weights"], manifest["chosen_on"]
-    alone = weights.get("teacher", 0.0) >= 1.0
-    log.info("students learn from %s: validation %s %.4f (teacher alone %.4f, BM25 %.4f; weights %s)",
-             "the trained teacher" if alone else "the fused teacher", chosen_on["metric"], chosen_on["value"],
-             chosen_on["alone"]["teacher"], chosen_on["alone"]["bm25"], weights)
-    return {"cache": str(out / ("cache" if alone else "cache_fused")), "teacher": "trained" if alone else "fused",
-            "weights": weights, "validation": chosen_on}
+    """Which teacher the students learn from, by the valid split: where the trained teacher ranks below BM25 and
+    the pipeline fused the zero-shot backbone too (``cache_ensemble``), that ensemble; else the teacher fused with
+    BM25 (``cache_fused``) when its weights give BM25 a share, else the trained teacher's own cache (the same
+    ranking, its raw scale)."""
+    fused = _fused_manifest(out / FUSED)
+    weights, chosen_on = fused["weights"], fused["chosen_on"]
+    if chosen_on["alone"]["teacher"] < chosen_on["alone"]["bm25"] and (out / ENSEMBLE / "manifest.json").is_file():
+        ensemble = _fused_manifest(out / ENSEMBLE)
+        weights, chosen_on, cache, teacher = ensemble["weights"], ensemble["chosen_on"], ENSEMBLE, "ensemble"
+    elif weights.get("teacher", 0.0) >= 1.0:
+        cache, teacher = "cache", "trained"
+    else:
+        cache, teacher = FUSED, "fused"
+    log.info("students learn from the %s teacher: validation %s %.4f (alone: %s; weights %s)", teacher,
+             chosen_on["metric"], chosen_on["value"],
+             ", ".join(f"{name} {value:.4f}" for name, value in chosen_on["alone"].items()), weights)
+    return {"cache": str(out / cache), "teacher": teacher, "weights": weights, "validation": chosen_on}
+
+
+def _fused_manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["teacher"]
 
 
 def student_validation(models: Path) -> dict[str, dict]:
