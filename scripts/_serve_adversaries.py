@@ -4,8 +4,8 @@
   ``--interval-s``, half of them stalling in the headers, half in a declared 100 kB body; when the
   server drops the connection (408, or a reset) the client opens a new one after ``--interval-s``
   (as the classic slowloris tool re-creates its dropped sockets on its next round);
-- **big** clients: each posts ~8 MB bodies (1,000 documents of ~7,900 characters: a valid request
-  near the 8 MiB limit) in a closed loop, as fast as the server answers.
+- **big** clients: each posts bodies of about ``--body-bytes`` (8 MB by default: 1,000 documents of ~7,900
+  characters, a valid request but for its size) in a closed loop, as fast as the server answers.
 
 At the end (``--seconds``) it writes what happened to ``--out`` (JSON): connections opened, how
 each ended, big bodies answered by status and their latency.
@@ -26,8 +26,8 @@ SLOW_HEADERS = b"POST /rerank HTTP/1.1\r\nHost: bench\r\ncontent-type: applicati
 SLOW_BODY = b"POST /rerank HTTP/1.1\r\nHost: bench\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
 
 
-def big_body(data: Path, n_docs: int = 1000, chars: int = 7_900) -> bytes:
-    """A valid ``/rerank`` body of ``n_docs`` documents of ``chars`` characters, from the corpus's texts."""
+def big_body(data: Path, n_bytes: int, chars: int = 7_900) -> bytes:
+    """A ``/rerank`` body of about ``n_bytes``: documents of ``chars`` characters from the corpus's texts."""
     texts = []
     with (data / "corpus.jsonl").open(encoding="utf-8") as f:
         for line in f:
@@ -35,6 +35,7 @@ def big_body(data: Path, n_docs: int = 1000, chars: int = 7_900) -> bytes:
             if sum(map(len, texts)) > 2 * chars:
                 break
     pool = " ".join(texts)
+    n_docs = max(1, n_bytes // (chars + 40))  # ~40 bytes of JSON around each text
     docs = [{"id": f"d{i}", "text": (pool[i:] + " " + pool)[:chars], "score": float(n_docs - i)} for i in range(n_docs)]
     return json.dumps({"query": "what causes the disease", "documents": docs}).encode()
 
@@ -83,7 +84,7 @@ async def big_client(port: int, body: bytes, stop: asyncio.Event, stats: Counter
 async def run(args: argparse.Namespace) -> dict:
     stop = asyncio.Event()
     slow, big, big_ms = Counter(), Counter(), []
-    body = big_body(args.data) if args.big else b""
+    body = big_body(args.data, args.body_bytes) if args.big else b""
     tasks = [asyncio.create_task(slow_client(args.port, SLOW_HEADERS if i % 2 == 0 else SLOW_BODY, args.interval_s,
                                              stop, slow)) for i in range(args.slow)]
     tasks += [asyncio.create_task(big_client(args.port, body, stop, big, big_ms)) for _ in range(args.big)]
@@ -100,7 +101,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--slow", type=int, default=0, help="Slow-sending clients.")
-    p.add_argument("--big", type=int, default=0, help="Clients posting ~8 MB bodies.")
+    p.add_argument("--big", type=int, default=0, help="Clients posting big bodies.")
+    p.add_argument("--body-bytes", type=int, default=8_000_000, help="Size of the big bodies (about).")
     p.add_argument("--interval-s", type=float, default=0.5, help="Seconds between a slow client's bytes.")
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--data", type=Path, help="BEIR folder whose corpus.jsonl the big bodies quote.")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from _common import save_results
-from bench_serve import cpu_flags, free_port, payloads, start_server, stop_server, unloaded_p50, wait_healthy
+from _serve_open_loop import unloaded_p50
+from bench_serve import cpu_flags, free_port, payloads, start_server, stop_server, wait_healthy
 
 CEILING_REQUESTS = 16  # requests per call in the ceiling's batched side (16 x 20 = 320 documents)
 CEILING_REPEATS = 5

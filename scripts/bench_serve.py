@@ -20,7 +20,7 @@ which no stage is skipped, nothing is shed or fails and the p99 stays within the
 
 ``--mixed`` adds two runs with hostile clients beside (``scripts/_serve_adversaries.py``, a process
 of its own): honest load at 2x the sustainable rate while ``--slow-clients`` slowloris connections
-(more than the server's ``--max-connections``) and ``--big-clients`` clients posting ~8 MB bodies
+(more than the server's ``--max-connections``) and ``--big-clients`` clients posting ``--big-body-bytes`` bodies
 run; then the big-body clients alone, while ``/healthz`` is probed every 50 ms (its latency is the
 event loop's: parsing a big body there delays it).
 
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import platform
@@ -58,11 +57,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from _common import save_results
+from _serve_mixed import mixed_runs, mixed_table
+from _serve_open_loop import encode, find_sustainable, load, unloaded_p50
 
 LOADS = (0.5, 1.0, 2.0, 4.0)
 
@@ -94,8 +94,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="Short trials (a smoke run, not a measurement).")
     p.add_argument("--mixed", action="store_true", help="Also the runs with slow and big-body clients.")
     p.add_argument("--max-connections", type=int, default=64, help="`distill serve --max-connections`.")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="`distill serve --max-body-bytes` "
+                   "[the server's default].")
     p.add_argument("--slow-clients", type=int, default=96, help="Slowloris connections in the mixed run.")
-    p.add_argument("--big-clients", type=int, default=4, help="Clients posting ~8 MB bodies in the mixed run.")
+    p.add_argument("--big-clients", type=int, default=4, help="Clients posting big bodies in the mixed run.")
+    p.add_argument("--big-body-bytes", type=int, default=8_000_000, help="Size of their bodies (about): over the "
+                   "server's --max-body-bytes they are refused from their declared length, under it admitted as big.")
     p.add_argument("--adversary-nice", type=int, default=0, help="Run the slow and big-body clients at this nice "
                    "level: in production they run on other machines, so on a small machine 19 keeps their own CPU "
                    "from counting against the server (their connections and bytes still do) [0: as they come].")
@@ -183,8 +187,9 @@ def start_server(args: argparse.Namespace, port: int, log: Path, extra: tuple[st
     cmd = [sys.executable, "-m", "distill.app.cli", "serve", str(args.spec), "--port", str(port),
            "--workers", str(args.workers), "--queue-size", str(args.queue_size),
            "--max-connections", str(args.max_connections), *extra]
-    if args.max_batch_tokens is not None:
-        cmd += ["--max-batch-tokens", str(args.max_batch_tokens)]
+    for option in ("max_batch_tokens", "max_body_bytes"):
+        if getattr(args, option) is not None:
+            cmd += ["--" + option.replace("_", "-"), str(getattr(args, option))]
     if str(corpus) != "none":
         cmd += ["--corpus", str(corpus)]
     if args.threads is not None:
@@ -210,230 +215,6 @@ async def wait_healthy(base: str, server: subprocess.Popen, limit_s: float = 600
                 pass
             await asyncio.sleep(0.5)
     raise SystemExit("the server did not come up")
-
-
-# -- load -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Trial:
-    """What one rate did, as the client saw it."""
-
-    rate: float
-    seconds: float
-    deadline_ms: float
-    requests: int = 0
-    ok: int = 0  # 200, every stage ran
-    degraded: int = 0  # 200 with a skipped stage
-    shed: int = 0  # 503
-    errors: Counter = field(default_factory=Counter)
-    within: int = 0  # 200 or 503 within the deadline
-    skipped: Counter = field(default_factory=Counter)  # per stage
-    latency_ms: list = field(default_factory=list)  # 200 and 503
-    ok_latency_ms: list = field(default_factory=list)  # 200
-
-    def summary(self) -> dict:
-        answered = np.asarray(self.latency_ms)
-        ok = np.asarray(self.ok_latency_ms)
-
-        def pct(a, q):
-            return round(float(np.percentile(a, q)), 2) if a.size else None
-
-        n = max(self.requests, 1)
-        return {
-            "rate": round(self.rate, 2), "seconds": round(self.seconds, 1), "deadline_ms": self.deadline_ms,
-            "requests": self.requests, "ok": self.ok, "degraded": self.degraded, "shed": self.shed,
-            "errors": sum(self.errors.values()), "error_kinds": dict(self.errors),
-            "within_deadline": round(self.within / n, 4), "answered_200": round((self.ok + self.degraded) / n, 4),
-            "p50_ms": pct(answered, 50), "p99_ms": pct(answered, 99), "p99_200_ms": pct(ok, 99),
-            "skipped": dict(self.skipped),
-        }
-
-    def sustainable(self) -> bool:
-        s = self.summary()
-        return (self.requests > 0 and self.degraded == 0 and self.shed == 0 and s["errors"] == 0
-                and s["p99_ms"] is not None and s["p99_ms"] <= self.deadline_ms)
-
-
-async def one(client, body: bytes, scheduled: float, trial: Trial) -> None:
-    import httpx
-
-    try:
-        r = await client.post("/rerank", content=body, headers={"content-type": "application/json"})
-    except httpx.TimeoutException:
-        trial.errors["timeout"] += 1
-        return
-    except httpx.TransportError as err:
-        trial.errors[type(err).__name__] += 1
-        return
-    ms = (time.perf_counter() - scheduled) * 1000.0
-    if r.status_code == 200:
-        stages = r.json()["stages"]
-        skipped = [s["name"] for s in stages if not s["ran"]]
-        trial.skipped.update(skipped)
-        trial.degraded += bool(skipped)
-        trial.ok += not skipped
-        trial.ok_latency_ms.append(ms)
-    elif r.status_code == 503:
-        trial.shed += 1
-    else:
-        trial.errors[f"http {r.status_code}"] += 1
-        return
-    trial.latency_ms.append(ms)
-    trial.within += ms <= trial.deadline_ms
-
-
-async def load(base: str, bodies: list[bytes], rate: float, seconds: float, deadline_ms: float,
-               args: argparse.Namespace, rng: np.random.Generator) -> Trial:
-    """Poisson arrivals at ``rate`` for ``seconds``; waits for the last answer (or its timeout)."""
-    import httpx
-
-    seconds = max(seconds, args.min_requests / rate)
-    trial = Trial(rate, seconds, deadline_ms)
-    limits = httpx.Limits(max_connections=args.max_in_flight, max_keepalive_connections=args.max_in_flight)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=args.timeout_s) as client:
-        tasks: set[asyncio.Task] = set()
-        start = time.perf_counter()
-        due = start
-        while True:
-            due += rng.exponential(1.0 / rate)
-            if due - start > seconds:
-                break
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            trial.requests += 1
-            if len(tasks) >= args.max_in_flight:
-                trial.errors["client in-flight bound"] += 1
-                continue
-            body = bodies[int(rng.integers(len(bodies)))]
-            task = asyncio.create_task(one(client, body, due, trial))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks)
-    return trial
-
-
-def encode(bodies: list[dict], deadline_ms: float) -> list[bytes]:
-    return [json.dumps({**b, "deadline_ms": deadline_ms}).encode() for b in bodies]
-
-
-async def unloaded_p50(base: str, bodies: list[dict], n: int) -> tuple[float, list[str]]:
-    """Client-measured p50 of ``n`` sequential requests with a generous deadline, and any stage skipped."""
-    import httpx
-
-    ms, skipped = [], []
-    async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
-        for body in encode(bodies[:n], 60_000.0):
-            start = time.perf_counter()
-            r = await client.post("/rerank", content=body, headers={"content-type": "application/json"})
-            r.raise_for_status()
-            ms.append((time.perf_counter() - start) * 1000.0)
-            skipped += [s["name"] for s in r.json()["stages"] if not s["ran"]]
-    return float(np.median(ms)), skipped
-
-
-async def find_sustainable(base: str, bodies: list[bytes], start_rate: float, deadline_ms: float,
-                           args: argparse.Namespace, rng: np.random.Generator) -> tuple[float, list[dict]]:
-    """Grow the rate by 1.5x until a trial is not sustainable, then bisect; the highest passing rate."""
-    tried, good, bad, rate = [], None, None, start_rate
-    while good is None or bad is None:
-        trial = await load(base, bodies, rate, args.search_s, deadline_ms, args, rng)
-        tried.append(trial.summary() | {"sustainable": trial.sustainable()})
-        print("search", tried[-1], flush=True)
-        if trial.sustainable():
-            good = rate
-        else:
-            bad = rate
-        if good is None:
-            rate /= 2
-            if rate < start_rate / 64:
-                raise SystemExit("no sustainable rate found: is the deadline below one request's latency?")
-        elif bad is None:
-            rate *= 1.5
-        await asyncio.sleep(2.0)
-    for _ in range(args.bisect):
-        rate = math.sqrt(good * bad)
-        trial = await load(base, bodies, rate, args.search_s, deadline_ms, args, rng)
-        tried.append(trial.summary() | {"sustainable": trial.sustainable()})
-        print("search", tried[-1], flush=True)
-        good, bad = (rate, bad) if trial.sustainable() else (good, rate)
-        await asyncio.sleep(2.0)
-    return good, tried
-
-
-async def probe_healthz(base: str, stop: asyncio.Event, interval_s: float = 0.05) -> list[float]:
-    """Client-measured latency (ms) of ``GET /healthz`` every ``interval_s`` until ``stop``; a failed probe is inf."""
-    import httpx
-
-    ms = []
-    async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
-        while not stop.is_set():
-            start = time.perf_counter()
-            try:
-                ok = (await client.get("/healthz")).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            ms.append((time.perf_counter() - start) * 1000.0 if ok else math.inf)
-            await asyncio.sleep(interval_s)
-    return ms
-
-
-async def hostile(base: str, port: int, args: argparse.Namespace, slow: int, big: int, seconds: float,
-                  honest=None) -> dict:
-    """Adversaries (a subprocess) for ``seconds``, ``/healthz`` probed meanwhile, and the ``honest`` load
-    (a coroutine, started 2 s after them); what each saw."""
-    out = args.out / f"adversaries_{slow}_{big}.json"
-    adversaries = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("_serve_adversaries.py")), "--port", str(port), "--slow",
-        str(slow), "--big", str(big), "--seconds", str(seconds + 4.0), "--data", str(args.data), "--out", str(out),
-        preexec_fn=(lambda: os.nice(args.adversary_nice)) if args.adversary_nice else None)
-    stop = asyncio.Event()
-    probe = asyncio.create_task(probe_healthz(base, stop))
-    await asyncio.sleep(2.0)
-    trial = await honest if honest is not None else await asyncio.sleep(seconds)
-    stop.set()
-    health = np.asarray(await probe)
-    await adversaries.wait()
-    pct = {f"healthz_p{q}_ms": round(float(np.percentile(health, q)), 2) for q in (50, 90, 99)}
-    return {**pct, "healthz_probes": int(health.size), "adversaries": json.loads(out.read_text()),
-            **({"honest": trial.summary()} if honest is not None else {})}
-
-
-async def mixed_runs(base: str, port: int, bodies: list[bytes], sustainable: float, deadline: float,
-                     args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
-    """Honest load at 2x the sustainable rate alone and beside slow and big-body clients; then big bodies
-    alone, and no load at all (``/healthz``'s own latency on this machine, for reference)."""
-    seconds = max(args.trial_s, args.min_requests / (2.0 * sustainable))
-    runs = []
-    for name, slow, big in (("2x alone", 0, 0), ("2x + slow + big", args.slow_clients, args.big_clients)):
-        honest = load(base, bodies, 2.0 * sustainable, args.trial_s, deadline, args, rng)
-        runs.append({"run": name, **await hostile(base, port, args, slow, big, seconds, honest)})
-        print(runs[-1], flush=True)
-        await asyncio.sleep(3.0)
-    runs.append({"run": "no load", **await hostile(base, port, args, 0, 0, args.trial_s)})
-    print(runs[-1], flush=True)
-    await asyncio.sleep(3.0)
-    runs.append({"run": "big bodies", **await hostile(base, port, args, 0, args.big_clients, args.trial_s)})
-    print(runs[-1], flush=True)
-    return runs
-
-
-def mixed_table(runs: list[dict]) -> str:
-    head = ("| run | honest requests | within deadline | 200 | 503 shed | errors | slow connections (opened / "
-            "dropped 408 / reset) | big bodies answered (by status) | /healthz p50 / p90 / p99 ms |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in runs:
-        h, adv = r.get("honest"), r["adversaries"]
-        slow = adv["slow"]
-        big = ", ".join(f"{k.removeprefix('http_')}: {v}" for k, v in sorted(adv["big"].items())) or "-"
-        honest = (f"{h['requests']} at {h['rate']:.1f}/s | {h['within_deadline']:.1%} | {h['ok'] + h['degraded']} | "
-                  f"{h['shed']} | {h['errors']}" if h else "- | - | - | - | -")
-        lines.append(f"| {r['run']} | {honest} | {slow.get('opened', 0)} / {slow.get('answered_408', 0)} / "
-                     f"{slow.get('reset', 0)} | {big} | {r['healthz_p50_ms']} / {r['healthz_p90_ms']} / "
-                     f"{r['healthz_p99_ms']} |")
-    return "\n".join(lines)
 
 
 def cpu_flags() -> dict:

@@ -271,20 +271,9 @@ def choose_precision(
                 measurements, len(index), total_pairs or len(queries), min_graph_run_seconds):
             skipped.append(name)
             continue
-        setup = perf_counter()
-        if name != current:
-            if current != "fp32":
-                restore()
-            cast(name)
-            current = name
-        setup = perf_counter() - setup
-        seconds = None
-        if timed:
-            score(sample_q[:WARMUP_PAIRS], sample_d[:WARMUP_PAIRS])
-            start = timer()
-        scores[name] = score(sample_q, sample_d)
-        if timed:
-            seconds = timer() - start
+        setup = _cast_to(name, current, cast, restore)
+        current = name
+        scores[name], seconds = _sample_scores(score, sample_q, sample_d, timer if timed else None)
         if name == "fp32":
             measurements.append(Measurement(name, seconds, None, True))
         else:
@@ -300,6 +289,28 @@ def choose_precision(
     choice = PrecisionChoice(chosen, measurements, index, scores[chosen], skipped)
     _log(choice, model, timed)
     return choice
+
+
+def _cast_to(name: str, current: str, cast: Callable[[str], None], restore: Callable[[], None]) -> float:
+    """Turn the model from compute ``current`` into ``name`` (back through fp32); the seconds that took."""
+    start = perf_counter()
+    if name != current:
+        if current != "fp32":
+            restore()
+        cast(name)
+    return perf_counter() - start
+
+
+def _sample_scores(score: Callable[[list[str], list[str]], np.ndarray], queries: list[str], docs: list[str],
+                   timer: Callable[[], float] | None) -> tuple[np.ndarray, float | None]:
+    """``score`` of the sample pairs, and with a ``timer`` the seconds it took after an untimed warm-up batch
+    (without, None)."""
+    if timer is None:
+        return score(queries, docs), None
+    score(queries[:WARMUP_PAIRS], docs[:WARMUP_PAIRS])
+    start = timer()
+    scores = score(queries, docs)
+    return scores, timer() - start
 
 
 def _too_short(measured: list[Measurement], sample: int, total: int, min_seconds: float) -> bool:

@@ -157,12 +157,8 @@ def score_teacher(
     the cache recorded.
     """
     start = time.perf_counter()
-    require_columns(candidates, [QID, DOCID], "candidates")
     folder = Path(cache)
-    if folder.exists() and not folder.is_dir():
-        raise InputError("the cache must be a folder; this is a file", path=folder)
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}", field="engine")
+    _check_arguments(candidates, folder, engine)
     shard_spec = parse_shard(shard) if isinstance(shard, str) else shard
     model = _teacher(teacher, teacher_options)
 
@@ -173,12 +169,7 @@ def score_teacher(
     hashed = text_hashes(dataset, candidates)  # a pair cached from other texts is still to score
     pairs = select_shard(hashed, shard_spec)
     todo = existing.missing(pairs) if existing is not None else pairs
-    sample, choice = _settle(model, dataset, todo if todo.height else pairs)
-    store = TeacherCache.create_or_open(folder, model.fingerprint(), frame_hash(dataset.corpus))
-    store.register_candidates(hashed, source)  # with their texts, which are the current ones from now on
-    if choice is not None:
-        store.manifest["precision"] = choice.to_dict()  # written with the first shard, which follows
-        store.append(sample[choice.index.tolist()].with_columns(pl.Series(SCORE, choice.scores)))
+    store, choice = _open_store(model, dataset, folder, hashed, source, todo if todo.height else pairs)
     sanity = None
     if sanity_check and todo.height and dataset.qrels.height:
         from teachers.sanity import check_teacher
@@ -196,6 +187,28 @@ def score_teacher(
              "%d were cached; %.1fs in all", folder, result.scored, result.sample_scored,
              (sanity or {}).get("kept", 0), stats.already_cached, result.seconds)
     return result
+
+
+def _check_arguments(candidates: pl.DataFrame, folder: Path, engine: str) -> None:
+    """Refuse candidates without ids, a cache that is a file and an unknown engine, before a teacher is loaded."""
+    require_columns(candidates, [QID, DOCID], "candidates")
+    if folder.exists() and not folder.is_dir():
+        raise InputError("the cache must be a folder; this is a file", path=folder)
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}", field="engine")
+
+
+def _open_store(model: Teacher, dataset: Dataset, folder: Path, hashed: pl.DataFrame, source: str,
+                pairs: pl.DataFrame) -> tuple[TeacherCache, PrecisionChoice | None]:
+    """Settle a pending precision on ``pairs`` (which fixes the model's fingerprint), then open the cache with
+    the candidates ``hashed`` registered as ``source`` and the choice and its sample's scores recorded."""
+    sample, choice = _settle(model, dataset, pairs)
+    store = TeacherCache.create_or_open(folder, model.fingerprint(), frame_hash(dataset.corpus))
+    store.register_candidates(hashed, source)  # with their texts, which are the current ones from now on
+    if choice is not None:
+        store.manifest["precision"] = choice.to_dict()  # written with the first shard, which follows
+        store.append(sample[choice.index.tolist()].with_columns(pl.Series(SCORE, choice.scores)))
+    return store, choice
 
 
 def _teacher(teacher: Teacher | str | Path, options: dict[str, Any]) -> Teacher:

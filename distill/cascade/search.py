@@ -141,14 +141,7 @@ def build_cascade(dataset: Dataset, run: pl.DataFrame, stages: Mapping[str, Base
     proxies = _load_stages(cost_from or {}, known=loaded)
     for s in [*loaded.values(), *proxies.values()]:
         s.ranker.prepare(dataset)  # one-off work (corpus embeddings) stays out of latency and scoring
-    costs = dict(costs or {})
-    unknown = sorted(set(costs) - set(loaded))
-    if unknown:
-        raise ConfigError(f"cost for unknown stage(s) {unknown}; stages: {list(loaded)}", field="costs")
-    cost_source = {name: "given" for name in costs}
-    for name, s in loaded.items():
-        if name not in costs:
-            costs[name], cost_source[name] = _measure_cost(proxies.get(name, s), dataset, run, config)
+    costs, cost_source = _stage_costs(loaded, proxies, costs or {}, dataset, run, config)
     share = budget_ms if isinstance(budget_ms, BudgetShare) else None
     if share is not None:
         pairs = float(run.group_by(QID).len()["len"].clip(upper_bound=config.latency_k).mean())
@@ -213,6 +206,21 @@ def _load_stages(stages: Mapping[str, BaseRanker | str], known: Mapping[str, Sta
             ranker = load_ranker(spec, name=name)
         loaded[name] = stage(name, ranker, spec)
     return loaded
+
+
+def _stage_costs(loaded: Mapping[str, Stage], proxies: Mapping[str, Stage], given: Mapping[str, StageCost],
+                 dataset: Dataset, run: pl.DataFrame,
+                 config: CascadeBuildConfig) -> tuple[dict[str, StageCost], dict[str, str]]:
+    """Every stage's cost and where it came from: ``given``, else measured on its proxy (or itself)."""
+    costs = dict(given)
+    unknown = sorted(set(costs) - set(loaded))
+    if unknown:
+        raise ConfigError(f"cost for unknown stage(s) {unknown}; stages: {list(loaded)}", field="costs")
+    cost_source = {name: "given" for name in costs}
+    for name, s in loaded.items():
+        if name not in costs:
+            costs[name], cost_source[name] = _measure_cost(proxies.get(name, s), dataset, run, config)
+    return costs, cost_source
 
 
 def _measure_cost(s: Stage, dataset: Dataset, candidates: pl.DataFrame,

@@ -38,7 +38,7 @@ NaN or too few scores gets 500 (counted as an error). :class:`ServeConfig` holds
 This module is imported by ``distill serve`` to read :class:`ServeConfig`'s defaults, so it
 imports FastAPI, pydantic, uvicorn and prometheus_client only inside the functions that need
 them. (No ``from __future__ import annotations``: FastAPI resolves the endpoints' annotations,
-which name classes imported inside :func:`create_app`.)
+which name classes imported inside the function defining them.)
 """
 
 import logging
@@ -54,7 +54,7 @@ from typing import Any, Protocol
 from distill.core.errors import ConfigError
 from distill.serve.admission import Calibration, Dispatcher, Metrics, steer_deadline
 from distill.serve.request import describe_error, request_model
-from distill.serve.service import WarmUp
+from distill.serve.service import Service, WarmUp
 
 __all__ = ["Calibration", "Dispatcher", "Metrics", "Rankable", "ServeConfig", "WarmUp", "create_app",
            "describe_error", "request_model", "run_server", "steer_deadline", "warm_up_requests"]
@@ -174,13 +174,10 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
     when they are done (:meth:`Service.warm_up <distill.serve.service.Service.warm_up>`); without,
     it is ready at once.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi import FastAPI
 
     from distill.serve.auth import BearerAuth
     from distill.serve.edge import BodyReader
-    from distill.serve.request import openapi_body
-    from distill.serve.service import Service
 
     config = config or ServeConfig()
     service = Service(cascade, config, clock)
@@ -202,6 +199,18 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
         app.add_middleware(BearerAuth, api_key=config.api_key, on_reject=service.reject)
     app.state.metrics, app.state.dispatcher = service.metrics, service.dispatcher
     app.state.calibration, app.state.service = service.calibration, service
+
+    _add_routes(app, service)
+    return app
+
+
+def _add_routes(app: Any, service: Service) -> None:
+    """``app``'s endpoints, each handing its request to ``service``: ``/rerank`` (distill's and TEI's body),
+    Cohere's and Jina's rerank paths, ``/healthz`` and ``/metrics``."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+
+    from distill.serve.request import openapi_body
 
     @app.post("/rerank", response_model=None, openapi_extra=openapi_body(service.model))
     async def rerank(request: Request) -> Response:
@@ -232,8 +241,6 @@ def create_app(cascade: Rankable, config: ServeConfig | None = None,
         """Prometheus text exposition of :class:`Metrics`."""
         data, content_type = service.metrics.render()
         return Response(data, media_type=content_type)
-
-    return app
 
 
 def warm_up_requests(config: ServeConfig, corpus: str | Path | None = None) -> list[WarmUp]:

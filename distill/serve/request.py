@@ -71,20 +71,9 @@ def request_model(config: "ServeConfig") -> type:
     Types are strict (``"5"`` is not a ``top_k``)."""
     from typing import Annotated, ClassVar
 
-    from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-    class Document(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-
-        id: Annotated[str, Field(min_length=1, max_length=config.max_id_chars)] | None = None
-        title: Annotated[str, Field(max_length=config.max_document_chars)] | None = None
-        text: Annotated[str, Field(max_length=config.max_document_chars)] | None = None
-        score: Annotated[float, Field(allow_inf_nan=False)] | None = None
-
-        @model_validator(mode="before")
-        @classmethod
-        def _from_text(cls, value: Any) -> Any:
-            return as_object(value, "{id?, title?, text?, score?}")
+    Document = _document_model(config)
 
     class RerankRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -126,6 +115,29 @@ def request_model(config: "ServeConfig") -> type:
             return {"results": results, **report}, None
 
     return RerankRequest
+
+
+def _document_model(config: "ServeConfig") -> type:
+    """A ``/rerank`` document as a pydantic model with ``config``'s limits: a string or ``{id?, title?, text?,
+    score?}``, strictly typed."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+    class Document(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+
+        id: Annotated[str, Field(min_length=1, max_length=config.max_id_chars)] | None = None
+        title: Annotated[str, Field(max_length=config.max_document_chars)] | None = None
+        text: Annotated[str, Field(max_length=config.max_document_chars)] | None = None
+        score: Annotated[float, Field(allow_inf_nan=False)] | None = None
+
+        @model_validator(mode="before")
+        @classmethod
+        def _from_text(cls, value: Any) -> Any:
+            return as_object(value, "{id?, title?, text?, score?}")
+
+    return Document
 
 
 def header_deadline(value: str | None, config: "ServeConfig") -> tuple[float | None, str | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -76,19 +77,27 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Teacher, cache, three students, evaluation, report and cascade, end to end; each step is
         printed as the `distill` command that runs it, and a rerun skips finished steps."""
-        from rich.console import Console
-
-        from distill.app.pipeline import demo_config, run_pipeline
-
-        cfg = demo_config(
-            out, data, init=init, teacher=teacher, teacher_scores=teacher_scores, budget_ms=budget_ms, test_k=test_k,
-            seed=seed, topics=topics, valid_fraction=valid_fraction, queries=queries, allow_collapse=allow_collapse,
-            pseudo_queries=None if pseudo_queries == "none" else pseudo_queries, ce_rounds=ce_rounds,
+        _run_demo(
+            out, data, pseudo_queries, lightgbm_feature, lightgbm_qrels_weight, init=init, teacher=teacher,
+            teacher_scores=teacher_scores, budget_ms=budget_ms, test_k=test_k, seed=seed, topics=topics,
+            valid_fraction=valid_fraction, queries=queries, allow_collapse=allow_collapse, ce_rounds=ce_rounds,
             max_length=max_length, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
             ce_epochs=ce_epochs, negatives=negatives, bi_negatives=bi_negatives, latency_queries=latency_queries,
-            title_queries=title_queries, lightgbm_features=tuple(lightgbm_feature),
-            lightgbm_qrels_weights=tuple(lightgbm_qrels_weight), zero_shot=zero_shot, overwrite=overwrite,
+            title_queries=title_queries, zero_shot=zero_shot, overwrite=overwrite,
         )
-        run_pipeline(cfg)
-        Console().print(f"\n[bold green]done[/]: open {out / 'report.html'} (offline); "
-                        f"the cascade spec is {out / 'cascade.json'}; summary: {out / 'report.md'}")
+
+
+def _run_demo(out: Path, data: Path | None, pseudo_queries: str, lightgbm_feature: list[str],
+              lightgbm_qrels_weight: list[float], **settings: Any) -> None:
+    """Run the pipeline on the command line's values (``none`` pseudo-queries, the repeated options as
+    tuples) and say where its results are."""
+    from rich.console import Console
+
+    from distill.app.pipeline import demo_config, run_pipeline
+
+    cfg = demo_config(out, data, pseudo_queries=None if pseudo_queries == "none" else pseudo_queries,
+                      lightgbm_features=tuple(lightgbm_feature), lightgbm_qrels_weights=tuple(lightgbm_qrels_weight),
+                      **settings)
+    run_pipeline(cfg)
+    Console().print(f"\n[bold green]done[/]: open {out / 'report.html'} (offline); "
+                    f"the cascade spec is {out / 'cascade.json'}; summary: {out / 'report.md'}")
