@@ -41,112 +41,130 @@ def _candidates(ws, *extra):
     return ["candidates", "--data", ws["data"], "--split", "test", "--k", "5", "--out", ws["out"] / "c.trec", *extra]
 
 
-def _break(kind):
-    """Mutations of the workspace, each returning the argv to run and the expected message parts."""
-
-    def apply(ws):
-        data, run = ws["data"], ws["run"]
-        if kind == "missing-folder":
-            return ["candidates", "--data", ws["root"] / "nope", "--out", ws["out"] / "c.trec"], ["nope", "not found"]
-        if kind == "corpus-bad-json":
-            _edit_line(data / "corpus.jsonl", 3, '{"_id": "x", "title": ')
-            return _candidates(ws), ["corpus.jsonl:3", "malformed JSON"]
-        if kind == "corpus-missing-id":
-            _edit_line(data / "corpus.jsonl", 2, '{"title": "t", "text": "apple"}')
-            return _candidates(ws), ["corpus.jsonl:2", "field '_id'", "missing"]
-        if kind == "corpus-duplicate-id":
-            first = json.loads((data / "corpus.jsonl").read_text().splitlines()[0])
-            _edit_line(data / "corpus.jsonl", 4, json.dumps({**first, "text": "other"}))
-            return _candidates(ws), ["corpus.jsonl:4", "duplicate id"]
-        if kind == "corpus-empty-doc":
-            first = json.loads((data / "corpus.jsonl").read_text().splitlines()[4])
-            _edit_line(data / "corpus.jsonl", 5, json.dumps({**first, "title": "", "text": " "}))
-            return _candidates(ws), ["corpus.jsonl:5", "empty document"]
-        if kind == "corpus-empty-file":
-            (data / "corpus.jsonl").write_text("\n")
-            return _candidates(ws), ["corpus.jsonl", "no documents"]
-        if kind == "corpus-missing-file":
-            (data / "corpus.jsonl").unlink()
-            return _candidates(ws), ["corpus.jsonl", "file not found"]
-        if kind == "queries-non-utf8":
-            raw = (data / "queries.jsonl").read_bytes().splitlines()
-            raw[1] = raw[1].replace(b"what", b"wh\xe9t")
-            (data / "queries.jsonl").write_bytes(b"\n".join(raw) + b"\n")
-            return _candidates(ws), ["queries.jsonl:2", "UTF-8"]
-        if kind == "queries-empty-text":
-            first = json.loads((data / "queries.jsonl").read_text().splitlines()[0])
-            _edit_line(data / "queries.jsonl", 1, json.dumps({**first, "text": ""}))
-            return _candidates(ws), ["queries.jsonl:1", "field 'text'", "empty"]
-        if kind == "qrels-unknown-doc":
-            with (data / "qrels" / "test.tsv").open("a") as h:
-                h.write("q0_0\tghost\t1\n")
-            return _candidates(ws), ["test.tsv", "corpus-id", "ghost"]
-        if kind == "qrels-bad-score":
-            _edit_line(data / "qrels" / "test.tsv", 2, "q0_0\td0_0\thigh")
-            return _candidates(ws), ["test.tsv:2", "field 'score'", "not a number"]
-        if kind == "qrels-columns":
-            _edit_line(data / "qrels" / "test.tsv", 3, "q0_0")
-            return _candidates(ws), ["test.tsv:3", "columns"]
-        if kind == "missing-split":
-            return [*_candidates(ws)[:4], "dev", *_candidates(ws)[5:]], ["dev.tsv", "no qrels for split"]
-        if kind == "run-unknown-doc":
-            _edit_line(run, 2, "q0_0 Q0 ghost 2 1.0 bm25")
-            return _score(ws), ["run.trec", "field 'docid'", "ghost"]
-        if kind == "run-unknown-query":
-            _edit_line(run, 2, "q9_9 Q0 d0_0 2 1.0 bm25")
-            return _score(ws), ["run.trec", "field 'qid'", "q9_9"]
-        if kind == "run-short-line":
-            _edit_line(run, 3, "q0_0 Q0 d0_1")
-            return _score(ws), ["run.trec:3", "expected 6 columns"]
-        if kind == "run-nan-score":
-            parts = run.read_text().splitlines()[3].split()
-            parts[4] = "nan"
-            _edit_line(run, 4, " ".join(parts))
-            return _score(ws), ["run.trec:4", "field 'score'", "not finite"]
-        if kind == "run-duplicate":
-            lines = run.read_text().splitlines()
-            _edit_line(run, 2, lines[0])
-            return _score(ws), ["run.trec:2", "duplicate document"]
-        if kind == "run-empty":
-            run.write_text("")
-            return _score(ws), ["run.trec", "empty run"]
-        if kind == "teacher-missing":
-            args = _score(ws)
-            args[2] = ws["root"] / "no_model"
-            return args, ["no_model"]
-        if kind == "bad-shard":
-            return _score(ws, "--shard", "5/2"), ["--shard", "0 <= i < N"]
-        if kind == "pairs-bad-jsonl":
-            path = ws["root"] / "c.jsonl"
-            path.write_text('{"query": "apple", "positive": ["apple pie"]}\n{"query": "rain", "positive": "x"}\n')
-            return ["score-teacher", "--teacher", ws["teacher"], "--pairs", path, "--cache", ws["out"] / "cache"], \
-                ["c.jsonl:2", "field 'positive'", "expected a list"]
-        if kind == "pairs-bad-triples":
-            path = ws["root"] / "t.tsv"
-            path.write_text("apple\tapple pie\tcar\nrain\tcloud\n")
-            return ["score-teacher", "--teacher", ws["teacher"], "--pairs", path, "--cache", ws["out"] / "cache"], \
-                ["t.tsv:2", "3 tab-separated columns"]
-        if kind == "pairs-and-run":
-            return _score(ws, "--pairs", ws["run"]), ["either --pairs or --data"]
-        if kind == "cache-info-not-cache":
-            return ["cache", "info", ws["out"]], ["not a teacher cache"]
-        raise AssertionError(kind)
-
-    return apply
+def _break_corpus(kind, ws):
+    """The data folder missing, or its corpus broken."""
+    data = ws["data"]
+    if kind == "missing-folder":
+        return ["candidates", "--data", ws["root"] / "nope", "--out", ws["out"] / "c.trec"], ["nope", "not found"]
+    if kind == "corpus-bad-json":
+        _edit_line(data / "corpus.jsonl", 3, '{"_id": "x", "title": ')
+        return _candidates(ws), ["corpus.jsonl:3", "malformed JSON"]
+    if kind == "corpus-missing-id":
+        _edit_line(data / "corpus.jsonl", 2, '{"title": "t", "text": "apple"}')
+        return _candidates(ws), ["corpus.jsonl:2", "field '_id'", "missing"]
+    if kind == "corpus-duplicate-id":
+        first = json.loads((data / "corpus.jsonl").read_text().splitlines()[0])
+        _edit_line(data / "corpus.jsonl", 4, json.dumps({**first, "text": "other"}))
+        return _candidates(ws), ["corpus.jsonl:4", "duplicate id"]
+    if kind == "corpus-empty-doc":
+        first = json.loads((data / "corpus.jsonl").read_text().splitlines()[4])
+        _edit_line(data / "corpus.jsonl", 5, json.dumps({**first, "title": "", "text": " "}))
+        return _candidates(ws), ["corpus.jsonl:5", "empty document"]
+    if kind == "corpus-empty-file":
+        (data / "corpus.jsonl").write_text("\n")
+        return _candidates(ws), ["corpus.jsonl", "no documents"]
+    if kind == "corpus-missing-file":
+        (data / "corpus.jsonl").unlink()
+        return _candidates(ws), ["corpus.jsonl", "file not found"]
+    raise AssertionError(kind)
 
 
-CASES = [
-    "missing-folder", "corpus-bad-json", "corpus-missing-id", "corpus-duplicate-id", "corpus-empty-doc",
-    "corpus-empty-file", "corpus-missing-file", "queries-non-utf8", "queries-empty-text", "qrels-unknown-doc",
-    "qrels-bad-score", "qrels-columns", "missing-split", "run-unknown-doc", "run-unknown-query", "run-short-line",
-    "run-nan-score", "run-duplicate", "run-empty", "teacher-missing", "bad-shard", "pairs-bad-jsonl",
-    "pairs-bad-triples", "pairs-and-run", "cache-info-not-cache",
-]
+def _break_queries_and_qrels(kind, ws):
+    """The queries or the qrels broken, or the split's qrels missing."""
+    data = ws["data"]
+    if kind == "queries-non-utf8":
+        raw = (data / "queries.jsonl").read_bytes().splitlines()
+        raw[1] = raw[1].replace(b"what", b"wh\xe9t")
+        (data / "queries.jsonl").write_bytes(b"\n".join(raw) + b"\n")
+        return _candidates(ws), ["queries.jsonl:2", "UTF-8"]
+    if kind == "queries-empty-text":
+        first = json.loads((data / "queries.jsonl").read_text().splitlines()[0])
+        _edit_line(data / "queries.jsonl", 1, json.dumps({**first, "text": ""}))
+        return _candidates(ws), ["queries.jsonl:1", "field 'text'", "empty"]
+    if kind == "qrels-unknown-doc":
+        with (data / "qrels" / "test.tsv").open("a") as h:
+            h.write("q0_0\tghost\t1\n")
+        return _candidates(ws), ["test.tsv", "corpus-id", "ghost"]
+    if kind == "qrels-bad-score":
+        _edit_line(data / "qrels" / "test.tsv", 2, "q0_0\td0_0\thigh")
+        return _candidates(ws), ["test.tsv:2", "field 'score'", "not a number"]
+    if kind == "qrels-columns":
+        _edit_line(data / "qrels" / "test.tsv", 3, "q0_0")
+        return _candidates(ws), ["test.tsv:3", "columns"]
+    if kind == "missing-split":
+        return [*_candidates(ws)[:4], "dev", *_candidates(ws)[5:]], ["dev.tsv", "no qrels for split"]
+    raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", CASES)
+def _break_run(kind, ws):
+    """The run to score broken."""
+    run = ws["run"]
+    if kind == "run-unknown-doc":
+        _edit_line(run, 2, "q0_0 Q0 ghost 2 1.0 bm25")
+        return _score(ws), ["run.trec", "field 'docid'", "ghost"]
+    if kind == "run-unknown-query":
+        _edit_line(run, 2, "q9_9 Q0 d0_0 2 1.0 bm25")
+        return _score(ws), ["run.trec", "field 'qid'", "q9_9"]
+    if kind == "run-short-line":
+        _edit_line(run, 3, "q0_0 Q0 d0_1")
+        return _score(ws), ["run.trec:3", "expected 6 columns"]
+    if kind == "run-nan-score":
+        parts = run.read_text().splitlines()[3].split()
+        parts[4] = "nan"
+        _edit_line(run, 4, " ".join(parts))
+        return _score(ws), ["run.trec:4", "field 'score'", "not finite"]
+    if kind == "run-duplicate":
+        lines = run.read_text().splitlines()
+        _edit_line(run, 2, lines[0])
+        return _score(ws), ["run.trec:2", "duplicate document"]
+    if kind == "run-empty":
+        run.write_text("")
+        return _score(ws), ["run.trec", "empty run"]
+    raise AssertionError(kind)
+
+
+def _break_arguments(kind, ws):
+    """A missing teacher, a bad shard, bad pairs files or a folder that is not what the command reads."""
+    if kind == "teacher-missing":
+        args = _score(ws)
+        args[2] = ws["root"] / "no_model"
+        return args, ["no_model"]
+    if kind == "bad-shard":
+        return _score(ws, "--shard", "5/2"), ["--shard", "0 <= i < N"]
+    if kind == "pairs-bad-jsonl":
+        path = ws["root"] / "c.jsonl"
+        path.write_text('{"query": "apple", "positive": ["apple pie"]}\n{"query": "rain", "positive": "x"}\n')
+        return ["score-teacher", "--teacher", ws["teacher"], "--pairs", path, "--cache", ws["out"] / "cache"], \
+            ["c.jsonl:2", "field 'positive'", "expected a list"]
+    if kind == "pairs-bad-triples":
+        path = ws["root"] / "t.tsv"
+        path.write_text("apple\tapple pie\tcar\nrain\tcloud\n")
+        return ["score-teacher", "--teacher", ws["teacher"], "--pairs", path, "--cache", ws["out"] / "cache"], \
+            ["t.tsv:2", "3 tab-separated columns"]
+    if kind == "pairs-and-run":
+        return _score(ws, "--pairs", ws["run"]), ["either --pairs or --data"]
+    if kind == "cache-info-not-cache":
+        return ["cache", "info", ws["out"]], ["not a teacher cache"]
+    raise AssertionError(kind)
+
+
+# each case, and the function that breaks the workspace for it: it returns the argv to run and the expected
+# message parts
+CASES = {
+    **dict.fromkeys(["missing-folder", "corpus-bad-json", "corpus-missing-id", "corpus-duplicate-id",
+                     "corpus-empty-doc", "corpus-empty-file", "corpus-missing-file"], _break_corpus),
+    **dict.fromkeys(["queries-non-utf8", "queries-empty-text", "qrels-unknown-doc", "qrels-bad-score",
+                     "qrels-columns", "missing-split"], _break_queries_and_qrels),
+    **dict.fromkeys(["run-unknown-doc", "run-unknown-query", "run-short-line", "run-nan-score", "run-duplicate",
+                     "run-empty"], _break_run),
+    **dict.fromkeys(["teacher-missing", "bad-shard", "pairs-bad-jsonl", "pairs-bad-triples", "pairs-and-run",
+                     "cache-info-not-cache"], _break_arguments),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(ws, kind, capsys):
-    args, needles = _break(kind)(ws)
+    args, needles = CASES[kind](kind, ws)
     before = snapshot(ws["root"])
     code, out, err = run_cli(args, capsys)
     assert code == 2, (code, out, err)
@@ -262,7 +280,7 @@ def test_a_utf8_bom_is_accepted_on_every_input(ws, target, capsys):
 def test_debug_shows_the_traceback(ws, capsys):
     from distill.core.errors import DistillError
 
-    args, _ = _break("corpus-bad-json")(ws)
+    args, _ = _break_corpus("corpus-bad-json", ws)
     with pytest.raises(DistillError):
         run_cli(["--debug", *args], capsys)
 
