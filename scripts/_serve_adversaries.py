@@ -35,7 +35,8 @@ def big_body(data: Path, n_bytes: int, chars: int = 7_900) -> bytes:
             if sum(map(len, texts)) > 2 * chars:
                 break
     pool = " ".join(texts)
-    n_docs = max(1, n_bytes // (chars + 40))  # ~40 bytes of JSON around each text
+    # ~40 bytes of JSON around each text; at most the server's default 1,000 documents, so the body stays valid
+    n_docs = min(1000, max(1, n_bytes // (chars + 40)))
     docs = [{"id": f"d{i}", "text": (pool[i:] + " " + pool)[:chars], "score": float(n_docs - i)} for i in range(n_docs)]
     return json.dumps({"query": "what causes the disease", "documents": docs}).encode()
 

@@ -47,3 +47,13 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_beir(tmp_path_factory) -> Path:
     return tiny.build_beir(tmp_path_factory.mktemp("tiny_beir"))
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_gc():
+    """A served app's warm-up freezes every live object out of the garbage collector (``gc.freeze``): in one test
+    process that would keep what later tests drop, so each test ends with the collector as it found it."""
+    import gc
+
+    yield
+    gc.unfreeze()

@@ -166,3 +166,71 @@ def test_big_bodies_are_read_one_at_a_time_within_their_deadline():
             t.join(timeout=30)
     assert second.status_code == 503 and "big_body" in second.json()["error"]
     assert [a.status_code for a in answers] == [200, 200] and rejected(app, "big_body") == 1
+
+
+def test_a_refused_body_is_not_read_at_once_and_its_client_still_gets_the_answer(monkeypatch):
+    """A body over the limit is refused from its declared length; with more than UNREAD_LIMIT of it still to come
+    the server stops reading for LINGER_S (here long: the client's send blocks) instead of draining it at once.
+    Clients, asyncio ones included, get the 413, and the connection stays usable for the next request."""
+    import asyncio
+    import socket
+
+    import httpx
+    from test_serve_trust import live
+
+    from distill.serve import edge
+
+    config = ServeConfig(max_body_bytes=1000)
+    app = create_app(Fake(), config, clock=FROZEN)
+    size = 64 * 2**20  # far more than the socket buffers hold
+    with live(app, config) as (port, _):
+        async def post_async() -> list[int]:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+                return [(await c.post("/rerank", content=b"x" * size)).status_code,
+                        (await c.post("/rerank", json={"query": "x", "documents": ["d"]})).status_code]
+
+        assert asyncio.run(post_async()) == [413, 200]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert c.post("/rerank", content=b"x" * size).status_code == 413
+            assert c.post("/rerank", content=b"x" * (edge.UNREAD_LIMIT // 2)).status_code == 413
+            assert c.post("/rerank", json={"query": "x", "documents": ["d"]}).status_code == 200
+
+        monkeypatch.setattr(edge, "LINGER_S", 60.0)
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"POST /rerank HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n" % size)
+        answer = b""
+        while b"bytes" not in answer:
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413") and b"larger than 1000 bytes" in answer
+        s.settimeout(2.0)
+        with pytest.raises(TimeoutError):  # the server reads nothing more for now: the socket buffers fill
+            for _ in range(size // 65536):
+                s.sendall(b"x" * 65536)
+        s.close()
+
+
+def test_the_next_request_after_a_refused_body_is_timed_from_its_own_start():
+    """On a kept-alive connection, a request refused before its body arrived ends when its body has; the next
+    request is timed from its own first byte (before, the refused one's timer kept running and dropped it: 408)."""
+    import socket
+    import time
+
+    from test_serve_trust import live, read_all
+
+    config = ServeConfig(max_body_bytes=1000, request_timeout_s=1.0)
+    app = create_app(Fake(), config, clock=FROZEN)
+    with live(app, config) as (port, _):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"POST /rerank HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 2000\r\n"
+                  b"\r\n")
+        answer = b""
+        while b"bytes" not in answer:
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413")
+        s.sendall(b"x" * 2000)  # the refused body arrives after its answer
+        time.sleep(1.5)  # past the first request's timeout, idle on a kept-alive connection
+        body = json.dumps({"query": "x", "documents": ["d"]}).encode()
+        s.sendall(b"POST /rerank HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        assert read_all(s).startswith(b"HTTP/1.1 200")

@@ -43,8 +43,21 @@ if TYPE_CHECKING:
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                    b"connection: close\r\ncontent-length: 39\r\n\r\nrequest not received within the timeout")
 LINGER_S = 0.5  # a dropped connection's input is read and discarded this long before it closes
+UNREAD_LIMIT = 256 * 1024  # body bytes still to come past which a refused request's reading pauses LINGER_S
 GRACE_S = 0.05  # a request arriving for less long has shown no rate yet: evicted last
 RECEIVING = (h11.IDLE, h11.SEND_BODY)  # the client's side of a request not yet complete
+
+
+class _Cycles(h11.Connection):
+    """h11's server connection, calling ``on_next`` when a request/response cycle ends and the next begins."""
+
+    def __init__(self, on_next: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(h11.SERVER, **kwargs)
+        self.on_next = on_next
+
+    def start_next_cycle(self) -> None:
+        super().start_next_cycle()
+        self.on_next()
 
 
 class TimedH11Protocol(H11Protocol):
@@ -53,6 +66,8 @@ class TimedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, request_timeout_s: float, on_drop: Callable[[str], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        size = self.config.h11_max_incomplete_event_size  # as uvicorn builds its connection, but told of each cycle
+        self.conn = _Cycles(self._next_request, **({} if size is None else {"max_incomplete_event_size": size}))
         self.request_timeout_s = request_timeout_s
         self.on_drop = on_drop
         self.timer: Any = None  # armed while a request is arriving
@@ -74,6 +89,34 @@ class TimedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.timer is not None and self.conn.their_state not in RECEIVING:
             self._disarm()  # complete (or refused with 400): the request's own handling begins
+
+    def on_response_complete(self) -> None:
+        """A response sent before its request's body arrived (a refusal: 413, 503 ``big_body``, a shed) leaves
+        uvicorn reading the rest through h11 at once and discarding it, to keep the connection: a client posting
+        8 MB bodies in a loop over loopback was refused ~200 times a second (measured), every byte received and
+        parsed on the event loop, time taken from every other request. With more than ``UNREAD_LIMIT``
+        still to come (or an unknown length), reading pauses for ``LINGER_S`` first: such a client sends at most one
+        body per ``LINGER_S``, and the connection is kept. Closing it unread, as Go's net/http does, would be
+        cheaper still, but the reset makes asyncio clients (httpx's AsyncClient among them) lose the answer already
+        sent: tried, they saw a ReadError instead of the 413."""
+        super().on_response_complete()
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        declared = dict(self.headers or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) - self.received <= UNREAD_LIMIT:
+            return  # little left: read at once
+        self.transport.pause_reading()
+        self.loop.call_later(LINGER_S, self._resume)
+
+    def _resume(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _next_request(self) -> None:
+        """A request and its answer are done (a refused one's body included): its timer ends with it, and the
+        next request on the connection is timed, and its bytes counted, from its own first byte."""
+        self._disarm()
+        self.received = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -116,14 +159,18 @@ class TimedH11Protocol(H11Protocol):
         the app may be waiting on, and close gracefully: the end of output, then the client's bytes
         read and discarded for ``LINGER_S`` before the socket closes (closed with unread input, it
         would reset, and the client would lose the 408)."""
-        self._disarm()
-        self.connections.discard(self)
-        self.dropped = True
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
             self.transport.write(REQUEST_TIMEOUT)
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's receive() now returns http.disconnect
             self.cycle.message_event.set()
+        self._close_later(reason)
+
+    def _close_later(self, reason: str) -> None:
+        """Give the slot back, discard what the client still sends, end the output and close ``LINGER_S`` later."""
+        self._disarm()
+        self.connections.discard(self)
+        self.dropped = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)

@@ -74,6 +74,18 @@ def skip_reason(skipped: str | None) -> str:
     return match.group(0).lower() if match else "unknown"
 
 
+def freeze_start_up_objects() -> None:
+    """Move every object alive now (the models, tokenizers, corpus: what serving keeps to the end) out of the
+    garbage collector's reach (``gc.freeze``, as Instagram's and gunicorn's preloading servers do), so that a full
+    collection traverses only what requests allocate. A full collection holds the GIL throughout: measured in a
+    server of the bench's cascade with SciFact's corpus, ~536,000 objects took 255 ms a collection (a stall every
+    request in flight pays, whatever its deadline); after the freeze, under 1 ms."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 class Service:
     """The endpoints' work: admission, the handoff to a worker and the answers (module docstring)."""
 
@@ -276,6 +288,7 @@ class Service:
             log.exception("the warm-up failed: the server will not report ready")
             return
         self.log_costs(runs)
+        freeze_start_up_objects()
         self.ready.set()
         log.info("warm: ready to serve")
 
