@@ -14,7 +14,10 @@ is uvicorn's h11 protocol with
   closes, with the same 408, the connection whose request is arriving slowest (fewest bytes per
   second since it began, a request younger than ``GRACE_S`` last; a connection being answered,
   or idle between requests, is never evicted). Honest clients send a request in milliseconds, so
-  they keep being served however many slow ones hold or retake slots; the slow ones are dropped.
+  they keep being served however many slow ones hold or retake slots; the slow ones are dropped;
+- a **pause after a refusal**: a request answered before its body arrived, with more than
+  ``UNREAD_LIMIT`` of it still to come, is read no further for ``LINGER_S`` (uvicorn would drain it at
+  once), so a client posting oversized bodies in a loop is refused at most once per ``LINGER_S``.
 
 It is the h11 protocol on purpose (uvicorn's "auto" picks httptools where installed): h11
 states whether a request is complete (``their_state``), which the timer needs. This module
@@ -164,10 +167,6 @@ class TimedH11Protocol(H11Protocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's receive() now returns http.disconnect
             self.cycle.message_event.set()
-        self._close_later(reason)
-
-    def _close_later(self, reason: str) -> None:
-        """Give the slot back, discard what the client still sends, end the output and close ``LINGER_S`` later."""
         self._disarm()
         self.connections.discard(self)
         self.dropped = True
