@@ -162,14 +162,14 @@ class TimedH11Protocol(H11Protocol):
         the app may be waiting on, and close gracefully: the end of output, then the client's bytes
         read and discarded for ``LINGER_S`` before the socket closes (closed with unread input, it
         would reset, and the client would lose the 408)."""
+        self._disarm()
+        self.connections.discard(self)
+        self.dropped = True
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
             self.transport.write(REQUEST_TIMEOUT)
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app's receive() now returns http.disconnect
             self.cycle.message_event.set()
-        self._disarm()
-        self.connections.discard(self)
-        self.dropped = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
