@@ -74,6 +74,7 @@ class TeacherTrainSettings:
     valid_fraction: float = field(default=0.1, metadata={"help": "Share of training queries held out for validation."})
     seed: int = field(default=_TRAIN.seed, metadata=_TRAIN_FIELDS["seed"].metadata)
     precision: str = field(default=_TRAIN.precision, metadata=_TRAIN_FIELDS["precision"].metadata)
+    dropout: float | None = field(default=_TRAIN.dropout, metadata=_TRAIN_FIELDS["dropout"].metadata)
 
     def train_config(self, **more: Any) -> TrainConfig:
         """These settings as a TrainConfig, with ``more`` of its fields."""

@@ -78,7 +78,7 @@ def counting(teacher: Teacher) -> list[int]:
 @pytest.mark.isa
 def test_score_teacher_measures_once_keeps_the_sample_and_resumes_in_that_precision(
         tiny_cross_encoder, tiny_beir, tmp_path, fake_bf16, monkeypatch):
-    from distill.cache.store import TeacherCache, read_scores
+    from distill.cache.store import CachedRanker, TeacherCache, read_scores
     from distill.core.errors import CacheMismatchError
     from distill.data.bm25 import bm25_run
     from teachers import score_teacher
@@ -114,6 +114,8 @@ def test_score_teacher_measures_once_keeps_the_sample_and_resumes_in_that_precis
     assert not chosen and later.reused_precision and later.precision is None and resumed.dtype == "bf16"
     assert later.scored == later.sanity["kept"] + later.scoring.scored == run.height - 120
     assert TeacherCache.open(tmp_path / "cache").manifest["precision"] == result.precision
+    live = CachedRanker(tmp_path / "cache").live()  # the teacher evaluate --latency and cascade build time
+    assert not chosen and not live.precision_pending and live.compute == "bf16"  # as its cache was scored
 
     # an explicit precision still wins: it is another teacher for this cache
     with pytest.raises(CacheMismatchError, match="dtype"):

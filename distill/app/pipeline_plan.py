@@ -132,7 +132,8 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
               "allow_collapse": True}
     # a neural student checkpoints every CHECKPOINT_STEPS steps: a stop mid-epoch (an epoch of SciFact's
     # 5,800 training queries is about an hour on 2 cores) loses minutes, not the epoch
-    neural = {"negatives": cfg.negatives, "max_length": cfg.max_length, "checkpoint_steps": CHECKPOINT_STEPS}
+    neural = {"negatives": cfg.negatives, "max_length": cfg.max_length, "checkpoint_steps": CHECKPOINT_STEPS,
+              "dropout": cfg.student_dropout}
     ce = {"init_from_teacher": True, "layers": layers, "layer_choice": cfg.student_layer_choice, "teacher": teacher,
           "loss": cfg.ce_loss, **neural, "epochs": cfg.ce_epochs or cfg.student_epochs,
           "lr": cfg.ce_lr or cfg.student_lr, "rounds": cfg.ce_rounds, "lr_schedule": cfg.lr_schedule}

@@ -41,6 +41,8 @@ class TrainConfig:
     precision: Precision = field(default="auto", metadata={"help": (
         "auto (bf16 on CUDA; on CPUs bf16 where one timed step is >= 1.2x faster than fp32, else fp32) | fp32 | bf16 "
         "| fp16.")})
+    dropout: float | None = field(default=None, metadata={"help": (
+        "The probability of every dropout layer while training, attention's too [the model's own].")})
     valid_fraction: float = field(default=0.0, metadata={"help": "Held-out training queries for the loss."})
     eval_steps: int | None = field(default=None, metadata={"option": "checkpoint_steps", "min": 1, "help": (
         "Neural students: save a checkpoint (and evaluate, with --valid-fraction) every N steps [once an epoch].")})
@@ -55,6 +57,8 @@ class TrainConfig:
                 f"need epochs > 0, lr > 0, batch size >= 1 and max length >= 8; got epochs={self.epochs}, "
                 f"lr={self.lr}, batch_size={self.batch_size}, max_length={self.max_length}"
             )
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}", field="--dropout")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -149,6 +149,8 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
     best (transformers' ``EarlyStoppingCallback``), so ``config.epochs`` is a cap.
     """
     trainer_class, arguments_class = _trainer_classes(model)
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
     evaluating = bool(valid) or evaluator is not None
     if config.resume_from_checkpoint is None and any(checkpoints.glob("checkpoint-*")):
         log.warning("%s holds checkpoints of an earlier run; training starts afresh (resume to continue)",
@@ -177,6 +179,19 @@ def fit(model, loss: nn.Module, train: list[Group], valid: list[Group], config: 
             raise ConfigError(f"cannot resume: {err}", path=checkpoints) from None
         raise
     return Fitted(trainer.state.log_history, precision)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Train ``model`` with dropout probability ``p`` in every ``nn.Dropout`` it holds.
+
+    Set on the modules rather than through the config (``hidden_dropout_prob``, ...), whose names differ
+    between architectures: transformers' attention layers read their probability from their own
+    ``nn.Dropout`` too (BERT's passes ``self.dropout.p`` to scaled-dot-product attention). The saved
+    config keeps the model's own values: the setting is this training's, as the learning rate is.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
 
 
 def _trainer_classes(model) -> tuple[type, type]:
