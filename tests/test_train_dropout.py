@@ -36,3 +36,10 @@ def test_dropout_zero_makes_training_passes_deterministic_attention_included(tin
 def test_a_dropout_outside_zero_to_one_is_refused(p):
     with pytest.raises(ConfigError, match="dropout"):
         TrainConfig(dropout=p)
+
+
+def test_train_teacher_takes_the_setting_too():
+    from teachers.train import TeacherTrainConfig
+
+    assert TeacherTrainConfig.from_settings(dropout=0.0).train.dropout == 0.0
+    assert TeacherTrainConfig.from_settings().train.dropout is None  # the model's own
