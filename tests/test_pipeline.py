@@ -276,9 +276,9 @@ def test_demo_config_takes_the_builtin_settings_only_without_data(tmp_path):
         step = next(s for s in steps if s.name == name)
         assert step.kwargs["negatives"] == BUILTIN_DEMO["negatives"] != PipelineConfig.negatives
         assert step.argv[step.argv.index("--negatives") + 1] == str(BUILTIN_DEMO["negatives"])
-        assert step.argv[step.argv.index("--dropout") + 1] == str(BUILTIN_DEMO["student_dropout"])
-    on_beir = next(s for s in plan(beir, tmp_path / "data") if s.name == "student-cross-encoder")
-    assert "--dropout" not in on_beir.argv  # the model's own
+    for name in ("student-bi-encoder", "student-cross-encoder", "train-teacher"):  # every neural training
+        assert _option(_argv(steps, name), "--dropout") == str(BUILTIN_DEMO["dropout"])
+        assert "--dropout" not in _argv(plan(beir, tmp_path / "data"), name)  # the model's own
 
 
 def test_both_neural_students_checkpoint_within_an_epoch(tmp_path):

@@ -72,7 +72,7 @@ def _teacher_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
         steps.append(Step("train-teacher", "train-teacher", tasks.run_train_teacher, {
             "data": data, "split": "train", "init": cfg.init or default_init(), "out": Path(teacher),
             "epochs": cfg.teacher_epochs, "max_length": cfg.max_length, "negatives": cfg.teacher_negatives,
-            "objective": cfg.teacher_objective, "seed": cfg.seed}, Path(teacher)))
+            "objective": cfg.teacher_objective, "dropout": cfg.dropout, "seed": cfg.seed}, Path(teacher)))
     for name, split, unjudged in (("train", _student_split(cfg), student_queries(cfg)), ("valid", "valid", None),
                                   ("test", "test", None)):
         steps.append(Step(f"score-{name}", "score-teacher", tasks.run_score_teacher, {
@@ -133,7 +133,7 @@ def _student_steps(cfg: PipelineConfig, data: Path, teacher: str) -> list[Step]:
     # a neural student checkpoints every CHECKPOINT_STEPS steps: a stop mid-epoch (an epoch of SciFact's
     # 5,800 training queries is about an hour on 2 cores) loses minutes, not the epoch
     neural = {"negatives": cfg.negatives, "max_length": cfg.max_length, "checkpoint_steps": CHECKPOINT_STEPS,
-              "dropout": cfg.student_dropout}
+              "dropout": cfg.dropout}
     ce = {"init_from_teacher": True, "layers": layers, "layer_choice": cfg.student_layer_choice, "teacher": teacher,
           "loss": cfg.ce_loss, **neural, "epochs": cfg.ce_epochs or cfg.student_epochs,
           "lr": cfg.ce_lr or cfg.student_lr, "rounds": cfg.ce_rounds, "lr_schedule": cfg.lr_schedule}

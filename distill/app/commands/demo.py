@@ -21,8 +21,8 @@ _BUDGET_MS = ("The cascade's budget in ms per query; needed with --teacher-score
 _ZERO_SHOT = ("Fuse the backbone, when a sentence-transformers bi-encoder folder, zero-shot with the teacher and BM25 "
               "(weights chosen on valid).")
 
-_DROPOUT = ("The neural students' dropout while training, attention's too "
-            f"[built-in {BUILTIN_DEMO['student_dropout']:g}; --data the model's own].")
+_DROPOUT = ("Dropout while training the teacher and the neural students, attention's too "
+            f"[built-in {BUILTIN_DEMO['dropout']:g}; --data the model's own].")
 
 
 def _by_data(name: str, unset: str | None = None) -> str:
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
                                            "(distill pseudo-queries --kind; 'none': only the train queries)."),
         ce_rounds: int = typer.Option(None, min=1, help="Rounds of the cross-encoder student, the best on valid "
                                       f"kept {_by_data('ce_rounds')}."),
-        student_dropout: float = typer.Option(None, min=0.0, max=0.99, help=_DROPOUT),
+        dropout: float = typer.Option(None, min=0.0, max=0.99, help=_DROPOUT),
         lightgbm_feature: list[str] = typer.Option(list(_P.lightgbm_features), "--lightgbm-feature", help=(
             "bi_encoder | ce_student: that student's score is also a LightGBM feature; repeatable.")),
         lightgbm_qrels_weight: list[float] = typer.Option(list(_P.lightgbm_qrels_weights), "--lightgbm-qrels-weight",
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
             teacher_scores=teacher_scores, budget_ms=budget_ms, test_k=test_k, seed=seed, topics=topics,
             valid_fraction=valid_fraction, queries=queries, allow_collapse=allow_collapse, ce_rounds=ce_rounds,
             max_length=max_length, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
-            ce_epochs=ce_epochs, student_dropout=student_dropout, negatives=negatives, bi_negatives=bi_negatives,
+            ce_epochs=ce_epochs, dropout=dropout, negatives=negatives, bi_negatives=bi_negatives,
             latency_queries=latency_queries, title_queries=title_queries, zero_shot=zero_shot, overwrite=overwrite,
         )
 
