@@ -388,8 +388,8 @@ class CachedRanker(BaseRanker):
                                 max_length=fingerprint.get("max_length"), revision=fingerprint.get("revision"),
                                 path=self.cache.folder / "manifest.json", **scoring)
         teacher.name = self.name
-        # computes as the cache was scored (the choice its scoring measured) where it can here, rather than
-        # measuring again: timing, say, a teacher that chose OpenVINO would otherwise export it to ONNX Runtime too
+        # computes as the cache was scored (the choice its scoring measured) where it can here, rather than timing
+        # every compute on a sample again, and perhaps timing a compute the cache was not scored in
         if resume := getattr(teacher, "resume_precision", None):  # a plugin's teacher may have no precision choice
             resume(fingerprint)
         return teacher
