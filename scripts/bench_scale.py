@@ -6,8 +6,10 @@ its peak RSS is its own (``os.wait4``'s rusage of that child): BM25 candidates (
 a teacher cache of stand-in scores (BM25 + seeded Gaussian noise) written in two halves through
 :class:`distill.cache.store.TeacherCache`, ``distill cache merge`` and ``cache info``, the cache read
 that ``train-student`` does, feature extraction alone, ``train-student --student lightgbm`` and
-``evaluate`` on the test split. An "empty run" (the interpreter importing what train-student
-imports) is the baseline subtracted before dividing peak memory by pairs.
+``evaluate`` on the test split; and ``train-student --student lightgbm`` again with a fixed number of boosting
+rounds (:data:`FIXED_ROUNDS`, no early stop), since early stopping trains more rounds on more data and the
+whole step's time then measures the rounds that the data earns, not the cost per pair. An "empty run"
+(the interpreter importing what train-student imports) is the baseline subtracted before dividing peak memory by pairs.
 
 Pairs are train queries x ``--k``. A step whose result JSON exists is skipped, so an interrupted
 run resumes step by step. CPU time (user + system) is reported rather than wall time: the cores
@@ -33,7 +35,9 @@ from _common import cpu_description, save_results
 SIZES = (10**5, 10**6, 10**7)
 LARGE = 10**8
 STEPS = ("data", "candidates_train", "candidates_test", "cache_write", "cache_merge", "cache_info", "cache_read",
-         "features", "train_lightgbm", "evaluate")
+         "features", "train_lightgbm", "train_lightgbm_fixed", "evaluate")
+# boosting rounds of train_lightgbm_fixed: the patience equals them, so every size trains exactly this many
+FIXED_ROUNDS = 200
 TEACHER = {"kind": "stand-in", "name": "bm25+gaussian-noise"}
 _PY = sys.executable
 _SCRIPT = str(Path(__file__).resolve())
@@ -199,6 +203,11 @@ def command(step: str, folder: Path, args: argparse.Namespace, pairs: int) -> li
     if step == "train_lightgbm":
         return [*distill, "train-student", "--student", "lightgbm", "--cache", str(folder / "cache"), "--data", data,
                 "--split", "train", "--seed", str(args.seed), "--out", str(folder / "models" / "lightgbm")]
+    if step == "train_lightgbm_fixed":
+        rounds = ["--n-estimators", str(FIXED_ROUNDS), "--early-stopping-rounds", str(FIXED_ROUNDS)]
+        return [*distill, "train-student", "--student", "lightgbm", "--cache", str(folder / "cache"), "--data", data,
+                "--split", "train", "--seed", str(args.seed), *rounds,
+                "--out", str(folder / "models" / "lightgbm_fixed")]
     if step == "evaluate":
         return [*distill, "evaluate", "--data", data, "--split", "test", "--run", str(folder / "runs" / "test.trec"),
                 "--k", str(args.k), "--ranker", "bm25=bm25", "--ranker", f"lightgbm={folder / 'models' / 'lightgbm'}",
