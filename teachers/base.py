@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import tempfile
 import threading
-import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -312,9 +309,10 @@ class Teacher(BaseRanker):
             return
         import torch
 
-        if self._graph_dir is None:  # one export per teacher, shared by its runtimes and precisions
-            self._graph_dir = Path(tempfile.mkdtemp(prefix="distill-graph-"))
-            weakref.finalize(self, shutil.rmtree, self._graph_dir, True)
+        if self._graph_dir is None:  # one export per model, shared by its runtimes and precisions, and processes
+            from distill.inference.graph_cache import graph_folder
+
+            self._graph_dir = graph_folder(self.model, type(self).__qualname__, owner=self)
         self._export_graph(self._graph_dir, backend)
         self._graph = open_session(self._graph_dir, backend, threads=torch.get_num_threads(),
                                    openvino_precision=OPENVINO_PRECISIONS[dtype])

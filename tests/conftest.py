@@ -29,6 +29,14 @@ def fp32_auto_precision(monkeypatch):
     monkeypatch.setattr(train_precision, "native_precisions", lambda device_type: ())  # training's "auto" too
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory) -> Path:
+    """Exported graphs go to a folder of this test session's (subprocesses inherit it), not the user's cache."""
+    folder = tmp_path_factory.mktemp("graph_cache")
+    os.environ["DISTILL_GRAPH_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory) -> Path:
     return tiny.build_bert_cross_encoder(tmp_path_factory.mktemp("tiny_ce"))

@@ -8,12 +8,15 @@ bi-encoder students of ``distill export``, any module given (:mod:`students.back
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from distill.core.io import atomic_path
 from distill.inference.graph import GRAPH_FILES
 
 
@@ -53,13 +56,20 @@ def export_onnx(module: Any, tokenizer: Any, role: str, path: Path) -> tuple[str
 
 
 def export_pair_scorer(model: Any, labels: int, tokenizer: Any, folder: Path, backend: str) -> None:
-    """Write ``model`` (an fp32 sequence classifier) into ``folder`` as ``backend``'s graph file."""
+    """Write ``model`` (an fp32 sequence classifier) into ``folder`` as ``backend``'s graph file,
+    unless there already (:mod:`distill.inference.graph_cache`). Each file appears under its
+    name only once whole, so a graph found there is complete."""
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / GRAPH_FILES["onnx"]
     if not onnx_path.is_file():
-        export_onnx(PairScore(model, labels).eval(), tokenizer, "cross-encoder", onnx_path)
-    if backend == "openvino" and not (folder / GRAPH_FILES["openvino"]).is_file():
+        with atomic_path(onnx_path) as tmp:
+            export_onnx(PairScore(model, labels).eval(), tokenizer, "cross-encoder", tmp)
+    xml = folder / GRAPH_FILES["openvino"]
+    if backend == "openvino" and not xml.is_file():
         import openvino as ov
 
-        ov.save_model(ov.convert_model(str(onnx_path)), str(folder / GRAPH_FILES["openvino"]),
-                      compress_to_fp16=False)
+        # OpenVINO writes NAME.xml and its weights NAME.bin: both are written aside, the weights renamed first
+        with tempfile.TemporaryDirectory(prefix=".openvino.", suffix=".tmp", dir=folder) as tmp:
+            ov.save_model(ov.convert_model(str(onnx_path)), str(Path(tmp) / xml.name), compress_to_fp16=False)
+            os.replace(Path(tmp) / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
+            os.replace(Path(tmp) / xml.name, xml)
