@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,3 +66,28 @@ def cpu_description() -> dict[str, object]:
     flags = set(fields.get("flags", "").split())
     return {"model": fields.get("model name"), "cores": os.cpu_count(),
             "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def measure_process(argv: list[str], result: Path, *, env: dict[str, str] | None = None,
+                    parse: Callable[[str], dict] | None = None) -> dict:
+    """Run ``argv`` as a child process; its CPU time (user + system), peak RSS and wall time (and
+    ``parse`` of its output), written to ``result`` (its output goes to ``<result>.log``); a failed
+    child exits with its output's end. ``os.wait4`` gives this child's own rusage; its peak RSS is
+    never below this process's at the spawn (Linux keeps the high-water mark across exec), so the
+    calling script should stay small (import no polars, NumPy or model code before)."""
+    from distill.core.io import write_json_atomic
+
+    log = result.with_suffix(".log")
+    start = time.perf_counter()
+    with open(log, "w") as sink:
+        child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    output = log.read_text(errors="replace")
+    if os.waitstatus_to_exitcode(status):
+        sys.stderr.write(output[-4000:])
+        raise SystemExit(f"step failed ({os.waitstatus_to_exitcode(status)}): {' '.join(argv)}")
+    record = {"command": " ".join(argv), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "wall_s": round(wall, 2),
+              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), **(parse(output) if parse else {})}
+    write_json_atomic(result, record)
+    return record

@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import cpu_description, save_results
+from _common import cpu_description, measure_process, save_results
 
 SIZES = (10**5, 10**6, 10**7)
 LARGE = 10**8
@@ -217,26 +216,9 @@ def command(step: str, folder: Path, args: argparse.Namespace, pairs: int) -> li
 
 
 def measure(argv: list[str], result: Path) -> dict:
-    """Run ``argv`` as a child process; its CPU time (user + system), peak RSS and wall time, written to
-    ``result`` (its output goes to ``<result>.log``). ``os.wait4`` gives this child's own rusage; its peak
-    RSS is never below this process's at the spawn (Linux keeps the high-water mark across exec), so this
-    process stays small (about 14 MB: it imports no polars, NumPy or model code)."""
-    from distill.core.io import write_json_atomic
-
-    log = result.with_suffix(".log")
-    start = time.perf_counter()
-    with open(log, "w") as sink:
-        child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=_child_env())
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    output = log.read_text(errors="replace")
-    if os.waitstatus_to_exitcode(status):
-        sys.stderr.write(output[-4000:])
-        raise SystemExit(f"step failed ({os.waitstatus_to_exitcode(status)}): {' '.join(argv)}")
-    record = {"command": " ".join(argv), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "wall_s": round(wall, 2),
-              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), **_worker_result(output)}
-    write_json_atomic(result, record)
-    return record
+    """:func:`_common.measure_process` of ``argv`` with the steps' environment, the record holding what a
+    ``--worker`` child printed last."""
+    return measure_process(argv, result, env=_child_env(), parse=_worker_result)
 
 
 def _child_env() -> dict[str, str]:
