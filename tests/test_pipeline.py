@@ -150,6 +150,11 @@ def test_demo_passes_title_queries_and_lightgbm_features_on(tmp_path, monkeypatc
     assert seen[0].title_queries == 7 and seen[0].lightgbm_features == ("bi_encoder",)
     assert seen[0].lightgbm_qrels_weights == (0.5,)
     assert seen[0].valid_fraction == 0.3 and seen[0].queries_per_topic == 10  # enough valid queries to choose on
+    assert seen[0].pseudo_queries == "title,first-sentence"
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--pseudo-queries", "none"])
+    assert result.exit_code == 0, result.output
+    assert seen[1].pseudo_queries is None  # no pseudo-queries at all (it once fell back to the default)
+    assert "pseudo-queries" not in [s.name for s in plan(seen[1], Path("data"))]
 
 
 def test_students_learn_from_pseudo_queries_or_a_query_log_by_default(tmp_path):

@@ -115,6 +115,8 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot run together before any work is done."""
+        if self.pseudo_queries == "none":  # the command line's word for None (None given to demo_config means unset)
+            self.pseudo_queries = None
         if self.teacher_scores is not None and self.teacher is not None:
             raise ConfigError("give --teacher or --teacher-scores, not both", field="--teacher-scores")
         if self.teacher_scores is not None and self.budget_ms is None:

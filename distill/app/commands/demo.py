@@ -93,13 +93,13 @@ def register(app: typer.Typer) -> None:
 
 def _run_demo(out: Path, data: Path | None, pseudo_queries: str, lightgbm_feature: list[str],
               lightgbm_qrels_weight: list[float], **settings: Any) -> None:
-    """Run the pipeline on the command line's values (``none`` pseudo-queries, the repeated options as
-    tuples) and say where its results are."""
+    """Run the pipeline on the command line's values (the repeated options as tuples) and say where its
+    results are."""
     from rich.console import Console
 
     from distill.app.pipeline import demo_config, run_pipeline
 
-    cfg = demo_config(out, data, pseudo_queries=None if pseudo_queries == "none" else pseudo_queries,
+    cfg = demo_config(out, data, pseudo_queries=pseudo_queries,
                       lightgbm_features=tuple(lightgbm_feature), lightgbm_qrels_weights=tuple(lightgbm_qrels_weight),
                       **settings)
     run_pipeline(cfg)
