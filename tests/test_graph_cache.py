@@ -74,15 +74,16 @@ def test_a_killed_export_leaves_no_graph_and_the_next_one_exports_again(tiny_cro
 
 
 def test_the_cache_keeps_the_most_recently_used_and_stale_temporaries_go(tmp_path):
-    for i, name in enumerate(["a", "b", "c"]):
+    a, b, c = (f"{i:x}" * 32 for i in (10, 11, 12))  # named as model_key names them
+    for i, name in enumerate([a, b, c, "users_models"]):
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1000 + i, 1000 + i))
-    stale, fresh = tmp_path / "c" / ".model.onnx.x.tmp", tmp_path / "c" / ".model.onnx.y.tmp"
+    stale, fresh = tmp_path / c / ".model.onnx.x.tmp", tmp_path / c / ".model.onnx.y.tmp"
     stale.write_text("")
     fresh.write_text("")
     os.utime(stale, (0, 0))
-    assert graph_cache.prune(tmp_path, keep=2, current=tmp_path / "c") == [tmp_path / "a"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+    assert graph_cache.prune(tmp_path, keep=2, current=tmp_path / c) == [tmp_path / a]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([b, c, "users_models"])  # a folder not ours stays
     assert not stale.exists() and fresh.exists()  # a live writer's temporary stays
 
 

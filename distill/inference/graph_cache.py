@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ OFF = ("off", "0", "false", "no", "none")
 FORMAT = 1  # bumped when distill.inference.graph_export writes a different graph for the same model
 KEEP = 4  # models whose graphs are kept; each takes about twice its fp32 weights on disk
 _STALE_TMP_S = 24 * 3600  # a temporary older than this belongs to a writer that died
+_KEY = re.compile(r"[0-9a-f]{32}")  # model_key's names (a 16-byte digest in hex)
 
 
 def cache_root() -> Path | None:
@@ -84,13 +86,14 @@ def graph_folder(model: Any, kind: str, owner: object) -> Path:
 def prune(root: Path, *, keep: int, current: Path | None = None) -> list[Path]:
     """Remove all but the ``keep`` most recently used model folders under ``root`` (never
     ``current``), and temporaries left by writers that died; return the folders removed."""
-    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    # only folders named as model_key names them: whatever else a user keeps in a folder given as the cache stays
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and _KEY.fullmatch(p.name)),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     removed = [p for p in entries[keep:] if p != current]
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
     now = time.time()
-    for tmp in root.glob("*/.*.tmp"):
+    for tmp in (t for entry in entries for t in entry.glob(".*.tmp")):
         if now - tmp.stat().st_mtime <= _STALE_TMP_S:
             continue
         if tmp.is_dir():
