@@ -102,3 +102,32 @@ def test_the_default_folder_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv(graph_cache.ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert graph_cache.cache_root() == tmp_path / "distill" / "graphs"
+
+
+def test_openvino_files_are_flushed_and_its_weights_appear_before_its_graph(tmp_path, monkeypatch):
+    """A power loss after an export must not leave an .xml whose .bin is short: each file is flushed to disk
+    before its rename, the weights renamed first (OpenVINO need not be installed: its two calls are stood in)."""
+    import sys
+    import types
+
+    events = []
+
+    def save_model(model, path, compress_to_fp16):
+        for suffix in (".bin", ".xml"):
+            with open(os.path.splitext(path)[0] + suffix, "w") as f:
+                f.write(model)
+
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace(convert_model=lambda path: "graph",
+                                                                       save_model=save_model))
+    monkeypatch.setattr(graph_export, "fsync_path", lambda path: events.append(("fsync", os.path.basename(path))))
+    replace = os.replace
+    monkeypatch.setattr(graph_export.os, "replace",
+                        lambda src, dst: events.append(("replace", os.path.basename(dst))) or replace(src, dst))
+    (tmp_path / GRAPH_FILES["onnx"]).write_text("exported before")
+    graph_export.export_pair_scorer(None, 1, None, tmp_path, "openvino")
+    xml = GRAPH_FILES["openvino"]
+    bin_ = xml.replace(".xml", ".bin")
+    assert events == [("fsync", bin_), ("replace", bin_), ("fsync", tmp_path.name),
+                      ("fsync", xml), ("replace", xml), ("fsync", tmp_path.name)]
+    assert (tmp_path / xml).read_text() == (tmp_path / bin_).read_text() == "graph"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([GRAPH_FILES["onnx"], xml, bin_])  # no temporaries

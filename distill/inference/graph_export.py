@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from distill.core.io import atomic_path
+from distill.core.io import atomic_path, fsync_path
 from distill.inference.graph import GRAPH_FILES
 
 
@@ -68,8 +68,11 @@ def export_pair_scorer(model: Any, labels: int, tokenizer: Any, folder: Path, ba
     if backend == "openvino" and not xml.is_file():
         import openvino as ov
 
-        # OpenVINO writes NAME.xml and its weights NAME.bin: both are written aside, the weights renamed first
+        # OpenVINO writes NAME.xml and its weights NAME.bin: both are written aside and flushed to disk, the
+        # weights renamed first, so an .xml found (even after a power loss) has its whole .bin
         with tempfile.TemporaryDirectory(prefix=".openvino.", suffix=".tmp", dir=folder) as tmp:
             ov.save_model(ov.convert_model(str(onnx_path)), str(Path(tmp) / xml.name), compress_to_fp16=False)
-            os.replace(Path(tmp) / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
-            os.replace(Path(tmp) / xml.name, xml)
+            for name in (xml.with_suffix(".bin").name, xml.name):
+                fsync_path(Path(tmp) / name)
+                os.replace(Path(tmp) / name, folder / name)
+                fsync_path(folder)
