@@ -166,6 +166,31 @@ def test_a_batch_keeps_the_token_budget_and_no_member_past_its_slack():
     assert b._take(0.0) == [urgent, small] and b._pending == [big]
 
 
+@pytest.mark.parametrize("ms_per_call, joins", [(1.0, True), (100.0, False)])
+def test_batches_are_costed_by_what_this_stages_calls_measured(ms_per_call, joins):
+    """The plan costs each request 10 ms; its model calls take 1 ms (a spec measured on slower cores) or 100 ms
+    (a bi-encoder costed with stored embeddings, embedding posted texts). An urgent request that may start 5 ms
+    late shares its batch only where the measured cost says the other's pairs delay it less."""
+    now = [0.0]
+
+    class Timed(Pairs):
+        def score(self, queries, docs):
+            now[0] += ms_per_call / 1000.0
+            return super().score(queries, docs)
+
+    b = batcher(Timed(), clock=lambda: now[0])
+    assert b.cost_factor == 1.0
+    b.score("a", documents("x"), 1.0, 10.0, float("inf"))  # idle: scored at once, and measured
+    assert b.cost_factor == pytest.approx(ms_per_call / 10.0)
+    other = waiting(b, "other", 1.0, 10.0, 1000.0, arrived=now[0])
+    urgent = waiting(b, "urgent", 1.0, 10.0, 5.0, arrived=now[0])
+    assert b._take(now[0]) == ([urgent, other] if joins else [urgent])
+    b._pending = []
+    b.score("b", documents("x"), 1.0, 2.0 * ms_per_call, float("inf"))  # took half its plan: the factor moves
+    first = ms_per_call / 10.0  # 30% of the way toward 0.5
+    assert b.cost_factor == pytest.approx(first + 0.3 * (0.5 - first))
+
+
 def test_a_request_whose_slack_ended_before_its_batch_leaves_it():
     b = batcher(Pairs())
     late, fine = waiting(b, "late", 1.0, 0.0, 5.0), waiting(b, "fine", 1.0, 0.0, 50.0)

@@ -97,6 +97,20 @@ def test_wait_zero_scores_each_request_alone():
     assert app.state.service.batching is None and 'distill_batch_requests_count{stage="ce"}' not in metrics
 
 
+def test_a_cascade_without_a_batchable_stage_runs_as_with_batching_off(caplog):
+    """The gate scores documents itself (as LightGBM does): with nothing to batch, batching on changes nothing,
+    neither the scheduler nor the dispatcher's threads, and the log says why."""
+    cascade = stage("bm25", RunRanker(), "bm25") >> stage("gate", Gate(1))
+    assert cascade.batchable_stages() == [] and (cascade >> stage("ce", Pairs())).batchable_stages() == ["ce"]
+    with caplog.at_level("INFO", logger="distill.serve.service"):
+        app = create_app(cascade, ServeConfig(workers=2, max_batch_wait_ms=5))
+    service = app.state.service
+    assert service.batching is None and service.dispatcher.pool._max_workers == 2
+    assert "no stage of the cascade scores pairs it could batch" in caplog.text
+    batched, _ = served(2, max_batch_wait_ms=5)
+    assert batched.state.service.batching is not None and batched.state.service.dispatcher.pool._max_workers > 2
+
+
 def test_a_disconnected_clients_queued_request_is_never_scored():
     app, ranker = served(1)
     service = app.state.service

@@ -289,6 +289,11 @@ class Cascade(BaseRanker):
         stage that replays the given scores)."""
         return self._require_runtime().estimate_ms(n_docs)
 
+    def batchable_stages(self) -> list[str]:
+        """The stages whose model can score several requests' documents in one call (cross-request batching in
+        ``distill serve``, :mod:`distill.serve.batcher`)."""
+        return [st.name for st in self._require_runtime().stages if st.scorer is not None and st.scorer.batchable]
+
     def _require_runtime(self) -> Runtime:
         if self._runtime is None:  # a cascade built in code: documents come without a corpus
             with _RUNTIME_LOCK:

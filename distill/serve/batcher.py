@@ -28,8 +28,12 @@ with batching up to ``workers`` requests' other stages and one call of each batc
 The batch takes the most urgent requests first (earliest end of slack), then each other one that fits the
 token budget ``max_batch_tokens`` (estimated tokens, capped at the stage's ``max_length``:
 :func:`pair_tokens`, the estimate the deadline's plan costs pairs by) and whose
-pairs delay no member past its slack (the batch's modelled cost beyond a member's own must fit the member's
-slack); what does not fit waits for the next batch. A request whose client has disconnected is dropped when a
+pairs delay no member past its slack (the batch's cost beyond a member's own must fit the member's
+slack); what does not fit waits for the next batch. Costs are the plan's (the spec's) times the ratio of
+measured to planned time of this stage's recent batches (:attr:`StageBatcher.cost_factor`): a spec's cost may be
+far off on the machine serving it (a cross-encoder measured on other cores; a bi-encoder costed with stored
+embeddings that must embed posted texts), and a batch costed by it would either never take a second request or
+hold its members past their deadlines. A request whose client has disconnected is dropped when a
 batch is formed (and before each stage): :class:`Disconnected`, never scored. ``max_batch_wait_ms`` above 0 turns
 batching on; no request is held for company, so beyond that switch its value is not used; 0 turns it off (no
 scheduler: each request's stages score its documents alone, holding its worker slot).
@@ -62,6 +66,8 @@ if TYPE_CHECKING:
 BATCH_THREADS_PER_WORKER = 16
 # batches a server's stage scores at once (see Batching): its scorer runs one call at a time
 MODEL_SLOTS = 1
+# weight of the latest batch in a stage's measured/planned cost ratio (an exponential moving average)
+COST_FACTOR_WEIGHT = 0.3
 
 
 class Disconnected(Exception):
@@ -107,6 +113,8 @@ class StageBatcher:
         self._cond = threading.Condition()
         self._pending: list[_Waiting] = []
         self._running = 0  # batches of this stage being scored
+        self.cost_factor = 1.0  # measured / planned time of this stage's batches (module docstring)
+        self._measured = False
 
     def score(self, query: str, docs: Documents, tokens: float, cost_ms: float, slack_ms: float,
               cancelled: Callable[[], bool] = lambda: False) -> tuple[np.ndarray | None, float]:
@@ -141,12 +149,25 @@ class StageBatcher:
         self._running += 1
         self._cond.notify_all()  # those dropped or late answer now
         self._cond.release()
+        took_ms = None
         try:
-            self._run(batch, now)
+            took_ms = self._run(batch, now)
         finally:
             self._cond.acquire()
             self._running -= 1
+            self._learn(batch, took_ms)
             self._cond.notify_all()
+
+    def _learn(self, batch: list[_Waiting], took_ms: float | None) -> None:
+        """Move :attr:`cost_factor` toward this batch's measured / planned time (a batch planned at 0 ms, or
+        failed, teaches nothing)."""
+        planned = sum(w.cost_ms for w in batch)
+        if took_ms is None or planned <= 0:
+            return
+        ratio = took_ms / planned
+        self.cost_factor = ratio if not self._measured else \
+            self.cost_factor + COST_FACTOR_WEIGHT * (ratio - self.cost_factor)
+        self._measured = True
 
     def _take(self, now: float) -> list[_Waiting]:
         """The next batch, out of the queue: the most urgent first, then those that fit (module docstring);
@@ -162,9 +183,10 @@ class StageBatcher:
         live.sort(key=lambda w: w.start_by)
         batch: list[_Waiting] = []
         tokens = cost = 0.0
+        factor = self.cost_factor
         for waiting in live:
             if batch and (tokens + waiting.tokens > self.max_tokens
-                          or not all(now + (cost + waiting.cost_ms - m.cost_ms) / 1000.0 <= m.start_by
+                          or not all(now + factor * (cost + waiting.cost_ms - m.cost_ms) / 1000.0 <= m.start_by
                                      for m in (*batch, waiting))):
                 continue
             batch.append(waiting)
@@ -173,13 +195,14 @@ class StageBatcher:
         self._pending = [w for w in live if not w.taken]
         return batch
 
-    def _run(self, batch: list[_Waiting], now: float) -> None:
-        """One model call for ``batch``'s pairs; each member gets its scores, or the call's error."""
+    def _run(self, batch: list[_Waiting], now: float) -> float | None:
+        """One model call for ``batch``'s pairs; each member gets its scores, or the call's error. The call's
+        milliseconds (None: no call, or it failed)."""
         from distill.cascade.runtime import ModelFault
 
         if not batch:
-            return
-        pairs = sum(len(w.docs) for w in batch)
+            return None
+        pairs, took_ms = sum(len(w.docs) for w in batch), None
         try:
             start = self.clock()
             parts = self.score_requests([(w.query, w.docs) for w in batch])
@@ -191,6 +214,7 @@ class StageBatcher:
             for waiting, part in zip(batch, parts):
                 waiting.scores, waiting.share_ms = part, took_ms * waiting.tokens / tokens
         except Exception as err:  # noqa: BLE001 (every member answers the batch's failure)
+            took_ms = None
             for waiting in batch:
                 waiting.error = err
         finally:
@@ -198,6 +222,7 @@ class StageBatcher:
                 waiting.done = True
         if self.on_batch is not None:
             self.on_batch(pairs, len(batch), [now - w.arrived for w in batch])
+        return took_ms
 
 
 @dataclass

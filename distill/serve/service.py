@@ -86,6 +86,22 @@ def freeze_start_up_objects() -> None:
     gc.freeze()
 
 
+def batches_any_stage(cascade: Rankable) -> bool:
+    """Whether batching across requests has a stage to batch in ``cascade`` (one that does not say: assumed).
+    Without one, batching on would only change how requests wait for workers (more threads, none of them
+    scoring more at once), so the server runs as with batching off, and says so."""
+    stages = getattr(cascade, "batchable_stages", None)
+    if stages is None:
+        return True
+    names = stages()
+    if names:
+        log.info("batching across requests: stage(s) %s", ", ".join(map(repr, names)))
+    else:
+        log.info("batching across requests: no stage of the cascade scores pairs it could batch "
+                 "(LightGBM, exported models scoring alone): each request is scored alone")
+    return bool(names)
+
+
 class Service:
     """The endpoints' work: admission, the handoff to a worker and the answers (module docstring)."""
 
@@ -94,10 +110,10 @@ class Service:
 
         self.cascade, self.config, self.clock, self.fault = cascade, config, clock, ModelFault
         self.metrics = Metrics()
+        batched = config.max_batch_wait_ms > 0 and batches_any_stage(cascade)
         self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics,
-                                     pool_threads(config.workers, config.max_batch_wait_ms))
-        self.batching = None if config.max_batch_wait_ms <= 0 else Batching(
-            config.max_batch_tokens, metrics=self.metrics)
+                                     pool_threads(config.workers, config.max_batch_wait_ms if batched else 0.0))
+        self.batching = Batching(config.max_batch_tokens, metrics=self.metrics) if batched else None
         self.calibration = Calibration(clock, spreads=config.cost_spreads)
         self.model = request_model(config)
         self.tei = Alternative(tei_model(config), has="texts", lacks="documents")
