@@ -65,7 +65,8 @@ def batch_stats(metrics_text: str) -> dict:
     sums: Counter = Counter()
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
-            if sample.name.startswith(("distill_batch_", "distill_disconnected")):
+            if sample.name.startswith(("distill_batch_", "distill_disconnected", "distill_late_answers",
+                                       "distill_handoff_ms")):
                 sums[sample.name] += sample.value
     batches = sums["distill_batch_requests_count"]
     return {"batches": int(batches),
@@ -73,7 +74,9 @@ def batch_stats(metrics_text: str) -> dict:
             "pairs_per_batch": round(sums["distill_batch_pairs_sum"] / batches, 2) if batches else None,
             "mean_wait_ms": round(1000 * sums["distill_batch_wait_seconds_sum"]
                                   / max(sums["distill_batch_wait_seconds_count"], 1), 3),
-            "disconnected": int(sums["distill_disconnected_total"])}
+            "disconnected": int(sums["distill_disconnected_total"]),
+            "late_by_server": int(sums["distill_late_answers_total"]),
+            "handoff_ms": round(sums["distill_handoff_ms"], 2)}
 
 
 async def closed_loop_run(args: argparse.Namespace, wait_ms: float | None, deadline: float | None,

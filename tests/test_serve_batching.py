@@ -179,16 +179,30 @@ def test_batches_are_costed_by_what_this_stages_calls_measured(ms_per_call, join
             return super().score(queries, docs)
 
     b = batcher(Timed(), clock=lambda: now[0])
-    assert b.cost_factor == 1.0
-    b.score("a", documents("x"), 1.0, 10.0, float("inf"))  # idle: scored at once, and measured
-    assert b.cost_factor == pytest.approx(ms_per_call / 10.0)
+    assert b.cost_factor == 1.0  # nothing measured: the plan's cost
+    for _ in range(40):  # idle: each scored at once, and measured
+        b.score("a", documents("x"), 1.0, 10.0, float("inf"))
+    assert b.cost_factor == pytest.approx(ms_per_call / 10.0, rel=0.05)
     other = waiting(b, "other", 1.0, 10.0, 1000.0, arrived=now[0])
     urgent = waiting(b, "urgent", 1.0, 10.0, 5.0, arrived=now[0])
     assert b._take(now[0]) == ([urgent, other] if joins else [urgent])
-    b._pending = []
-    b.score("b", documents("x"), 1.0, 2.0 * ms_per_call, float("inf"))  # took half its plan: the factor moves
-    first = ms_per_call / 10.0  # 30% of the way toward 0.5
-    assert b.cost_factor == pytest.approx(first + 0.3 * (0.5 - first))
+
+
+def test_a_stage_whose_calls_vary_is_costed_above_their_mean():
+    """Calls alternating 1 and 3 ms for a 10 ms plan: costed at the mean alone, every slow batch would end its
+    last-admitted member late; the factor is the mean plus two mean deviations, as the planner's."""
+    now, calls = [0.0], []
+
+    class Varying(Pairs):
+        def score(self, queries, docs):
+            calls.append(1)
+            now[0] += (1.0 if len(calls) % 2 else 3.0) / 1000.0
+            return super().score(queries, docs)
+
+    b = batcher(Varying(), clock=lambda: now[0])
+    for _ in range(60):
+        b.score("a", documents("x"), 1.0, 10.0, float("inf"))
+    assert 0.3 < b.cost_factor < 0.45  # mean 0.2, deviations ~0.1
 
 
 def test_a_request_whose_slack_ended_before_its_batch_leaves_it():

@@ -213,3 +213,35 @@ def test_back_from_a_batch_a_request_waits_for_a_worker_only_within_its_slack():
     finally:
         CURRENT_SLOT.reset(token)
         mine.give_back()
+
+
+def test_a_batched_stage_is_not_waited_for_past_the_requests_due_time():
+    """The plan's slack is counted in the spec's costs and may overstate the time left (a pessimistic spec for
+    an earlier stage): here it is unbounded, but the answer is due in 10 ms and the stage costs 20 ms, so with the
+    model busy the request does not queue for it; the stage is skipped at once."""
+    from distill.cascade.runtime import STAGE_SCHEDULER
+    from distill.serve.batcher import Batching
+
+    cascade = stage("bm25", RunRanker(), "bm25") >> stage("ce", Pairs())
+    cascade.costs = {"bm25": StageCost(), "ce": StageCost(20.0, 0.0)}
+    ce = cascade._require_runtime().stages[1]
+    out: list = []
+    for due_s in (0.010, 0.030):
+        batching = Batching(10_000, clock=lambda: 0.0)
+        batching.batcher(ce)._running = 1  # the model scores another batch
+
+        def scheduled(batching=batching, due_s=due_s):
+            with batching.request(lambda: False, ends_at=due_s):
+                return STAGE_SCHEDULER.get()(ce, "q", documents("a"), np.array([10.0]), float("inf"))
+
+        thread = in_thread(scheduled, out)
+        if due_s > 0.02:  # 10 ms of slack: it queues (the clock stands still) until the model is free
+            queue = batching.batcher(ce)
+            until(lambda queue=queue: len(queue._pending) == 1)
+            with queue._cond:
+                queue._running = 0
+                queue._cond.notify_all()
+        thread.join(HANG_GUARD_S)
+        assert not thread.is_alive()
+    skipped, scored = out
+    assert skipped[0] is None and list(scored[0]) == [1.0]

@@ -122,17 +122,22 @@ class Calibration:
 
     def observe(self, modelled_ms: Sequence[float], stages: Sequence[Any]) -> None:
         """Fold in the stages that ran with a modelled cost (a replayed first stage has none)."""
+        self.fold([(stage.ms, model) if stage.ran else None for model, stage in zip(modelled_ms, stages)],
+                  len(stages))
+
+    def fold(self, measured: Sequence[tuple[float, float] | None], n_stages: int) -> None:
+        """Fold in each stage's ``(measured ms, modelled ms)`` (None, or modelled 0: not measured)."""
         now = self.clock()
         with self._lock:
-            grow = len(stages) - len(self.means)
+            grow = n_stages - len(self.means)
             self.means += [1.0] * grow
             self.deviations += [0.0] * grow
             self.best += [None] * grow
             self.measured_at += [now] * grow
             current = self._faded(now)
-            for i, (model, stage) in enumerate(zip(modelled_ms, stages)):
-                if stage.ran and model > 0:
-                    ratio = min(max(stage.ms / model, self.lowest), self.highest)
+            for i, pair in enumerate(measured):
+                if pair is not None and pair[1] > 0:
+                    ratio = min(max(pair[0] / pair[1], self.lowest), self.highest)
                     mean, dev = current[i]
                     self.deviations[i] = (1 - SERVICE_EWMA) * dev + SERVICE_EWMA * abs(ratio - mean)
                     self.means[i] = (1 - SERVICE_EWMA) * mean + SERVICE_EWMA * ratio

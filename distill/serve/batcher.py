@@ -29,14 +29,18 @@ The batch takes the most urgent requests first (earliest end of slack), then eac
 token budget ``max_batch_tokens`` (estimated tokens, capped at the stage's ``max_length``:
 :func:`pair_tokens`, the estimate the deadline's plan costs pairs by) and whose
 pairs delay no member past its slack (the batch's cost beyond a member's own must fit the member's
-slack); what does not fit waits for the next batch. Costs are the plan's (the spec's) times the ratio of
-measured to planned time of this stage's recent batches (:attr:`StageBatcher.cost_factor`): a spec's cost may be
-far off on the machine serving it (a cross-encoder measured on other cores; a bi-encoder costed with stored
-embeddings that must embed posted texts), and a batch costed by it would either never take a second request or
-hold its members past their deadlines. A request whose client has disconnected is dropped when a
-batch is formed (and before each stage): :class:`Disconnected`, never scored. ``max_batch_wait_ms`` above 0 turns
-batching on; no request is held for company, so beyond that switch its value is not used; 0 turns it off (no
-scheduler: each request's stages score its documents alone, holding its worker slot).
+slack); what does not fit waits for the next batch. Costs are the plan's (the spec's) times a factor learnt
+from this stage's batches as the server's planner learns its stages' (:class:`~distill.serve.admission.
+Calibration`: the mean ratio of measured to planned time plus ``spreads`` deviations,
+:attr:`StageBatcher.cost_factor`): a spec's cost may be far off on the machine serving it (a cross-encoder
+measured on other cores; a bi-encoder costed with stored embeddings that must embed posted texts), and a batch
+costed by it would either never take a second request or hold its members past their deadlines; costed at the
+mean, every batch slower than its average would answer its last-admitted members late. A batched stage's slack
+is also bounded by the request's due time (:meth:`Batching.request`). A request whose client has disconnected
+is dropped when a batch is formed (and before each stage): :class:`Disconnected`, never scored.
+``max_batch_wait_ms`` above 0 turns batching on; no request is held for company, so beyond that switch its value
+is not used; 0 turns it off (no scheduler: each request's stages score its documents alone, holding its worker
+slot).
 
 Stages whose model scores pairs of texts (a ranker with ``score`` and the default ``score_documents``:
 cross-encoders, teachers) are batched as one call on every member's pairs; a ranker with its own
@@ -66,8 +70,6 @@ if TYPE_CHECKING:
 BATCH_THREADS_PER_WORKER = 16
 # batches a server's stage scores at once (see Batching): its scorer runs one call at a time
 MODEL_SLOTS = 1
-# weight of the latest batch in a stage's measured/planned cost ratio (an exponential moving average)
-COST_FACTOR_WEIGHT = 0.3
 
 
 class Disconnected(Exception):
@@ -107,14 +109,20 @@ class StageBatcher:
 
     def __init__(self, name: str, score_requests: RequestScorer, max_tokens: int,
                  slots: int = 1, on_batch: Callable[[int, int, list[float]], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, spreads: float = 2.0) -> None:
+        from distill.serve.admission import Calibration
+
         self.name, self.score_requests, self.max_tokens, self.slots = name, score_requests, max_tokens, slots
         self.on_batch, self.clock = on_batch, clock
         self._cond = threading.Condition()
         self._pending: list[_Waiting] = []
         self._running = 0  # batches of this stage being scored
-        self.cost_factor = 1.0  # measured / planned time of this stage's batches (module docstring)
-        self._measured = False
+        self.costs = Calibration(clock, spreads=spreads)  # measured / planned time of its batches (docstring)
+
+    @property
+    def cost_factor(self) -> float:
+        """What this stage's batches are costed at, as a multiple of the plan's cost (module docstring)."""
+        return self.costs.get(1)[0]
 
     def score(self, query: str, docs: Documents, tokens: float, cost_ms: float, slack_ms: float,
               cancelled: Callable[[], bool] = lambda: False) -> tuple[np.ndarray | None, float]:
@@ -155,19 +163,9 @@ class StageBatcher:
         finally:
             self._cond.acquire()
             self._running -= 1
-            self._learn(batch, took_ms)
+            if took_ms is not None:  # a failed call teaches nothing (nor does a batch planned at 0 ms)
+                self.costs.fold([(took_ms, sum(w.cost_ms for w in batch))], 1)
             self._cond.notify_all()
-
-    def _learn(self, batch: list[_Waiting], took_ms: float | None) -> None:
-        """Move :attr:`cost_factor` toward this batch's measured / planned time (a batch planned at 0 ms, or
-        failed, teaches nothing)."""
-        planned = sum(w.cost_ms for w in batch)
-        if took_ms is None or planned <= 0:
-            return
-        ratio = took_ms / planned
-        self.cost_factor = ratio if not self._measured else \
-            self.cost_factor + COST_FACTOR_WEIGHT * (ratio - self.cost_factor)
-        self._measured = True
 
     def _take(self, now: float) -> list[_Waiting]:
         """The next batch, out of the queue: the most urgent first, then those that fit (module docstring);
@@ -244,14 +242,18 @@ class Batching:
     counting the wait as model time (which the cost calibration then learns)."""
 
     def __init__(self, max_tokens: int, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.max_tokens, self.clock, self.metrics = max_tokens, clock, metrics
+                 clock: Callable[[], float] = time.perf_counter, spreads: float = 2.0) -> None:
+        self.max_tokens, self.clock, self.metrics, self.spreads = max_tokens, clock, metrics, spreads
         self._batchers: dict[str, StageBatcher] = {}
         self._lock = threading.Lock()
 
     @contextmanager
-    def request(self, cancelled: Callable[[], bool]) -> Iterator[Parked]:
-        """Run the cascade inside to have its model stages batched; ``cancelled()`` says the client left."""
+    def request(self, cancelled: Callable[[], bool], ends_at: float = math.inf) -> Iterator[Parked]:
+        """Run the cascade inside to have its model stages batched; ``cancelled()`` says the client left;
+        ``ends_at`` (the clock's seconds) is when the request's answer is due. A batched stage's slack is also
+        bounded by it, less the stage's cost as its batcher measures it: the plan's slack is counted in the spec's
+        costs (:func:`~distill.serve.admission.steer_deadline`), which overstate what a stage before it took
+        where the spec is pessimistic, and a batch that trusted it would end past the deadline."""
         from distill.cascade.runtime import STAGE_SCHEDULER
         from distill.serve.admission import CURRENT_SLOT
 
@@ -271,10 +273,12 @@ class Batching:
                 return stage.scorer(query, docs), None
             if slot is not None:
                 slot.give_back()  # the stage's model slots bound its calls; others run their cheap stages
-            start = self.clock()
+            start, batcher = self.clock(), self.batcher(stage)
+            cost_ms = stage.expected_ms(stage.pairs(pair_chars))
+            slack_ms = min(slack_ms, (ends_at - start) * 1000.0 - batcher.cost_factor * cost_ms)
             try:
-                return self.batcher(stage).score(query, docs, pair_tokens(pair_chars, stage.max_tokens),
-                                                 stage.expected_ms(stage.pairs(pair_chars)), slack_ms, cancelled)
+                return batcher.score(query, docs, pair_tokens(pair_chars, stage.max_tokens), cost_ms, slack_ms,
+                                     cancelled)
             finally:  # without a worker slot throughout
                 parked.ms += max(0.0, (self.clock() - start) * 1000.0)
 
@@ -290,7 +294,7 @@ class Batching:
             if stage.name not in self._batchers:
                 self._batchers[stage.name] = StageBatcher(
                     stage.name, request_scorer(stage.scorer), self.max_tokens, MODEL_SLOTS, self._observer(stage.name),
-                    self.clock)
+                    self.clock, self.spreads)
             return self._batchers[stage.name]
 
     def _observer(self, name: str) -> Callable[[int, int, list[float]], None] | None:

@@ -113,7 +113,7 @@ class Service:
         batched = config.max_batch_wait_ms > 0 and batches_any_stage(cascade)
         self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics,
                                      pool_threads(config.workers, config.max_batch_wait_ms if batched else 0.0))
-        self.batching = Batching(config.max_batch_tokens, metrics=self.metrics) if batched else None
+        self.batching = Batching(config.max_batch_tokens, self.metrics, clock, config.cost_spreads) if batched else None
         self.calibration = Calibration(clock, spreads=config.cost_spreads)
         self.model = request_model(config)
         self.tei = Alternative(tei_model(config), has="texts", lacks="documents")
@@ -183,9 +183,12 @@ class Service:
         if (await receive()).get("type") == "http.disconnect":
             call.gone.set()
 
-    def scheduled(self, call: Call) -> AbstractContextManager[Parked]:
-        """The stage batchers for ``call``'s cascade run (none when batching is off)."""
-        return nullcontext(Parked()) if self.batching is None else self.batching.request(call.gone.is_set)
+    def scheduled(self, call: Call, budget_ms: float) -> AbstractContextManager[Parked]:
+        """The stage batchers for ``call``'s cascade run (none when batching is off), its answer due
+        ``budget_ms`` after its arrival."""
+        if self.batching is None:
+            return nullcontext(Parked())
+        return self.batching.request(call.gone.is_set, call.arrival + budget_ms / 1000.0)
 
     async def rerank(self, raw: bytes, call: Call, header_error: str | None = None,
                      alternative: Alternative | None = None) -> Any:
@@ -228,7 +231,7 @@ class Service:
             if elapsed + cheapest > deadline:
                 return None
             steered, _ = steer_deadline(elapsed, deadline - margin, costs, self.calibration.get(len(costs)))
-            with self.scheduled(call) as parked:
+            with self.scheduled(call, deadline - margin) as parked:
                 result = self.cascade.rank(body.query, documents, deadline_ms=steered, top_k=body.top_k,
                                            started=call.arrival, min_score=body.min_score)
             finished = self.clock()
