@@ -337,6 +337,6 @@ def pair_tokens(pair_chars: np.ndarray, max_tokens: int | None) -> float:
     return float((tokens if max_tokens is None else np.minimum(tokens, max_tokens)).sum())
 
 
-def pool_threads(workers: int, max_wait_ms: float) -> int:
+def pool_threads(workers: int, batching: bool) -> int:
     """The dispatcher's threads: ``workers`` without batching, more with it (:data:`BATCH_THREADS_PER_WORKER`)."""
-    return workers if max_wait_ms <= 0 else workers * BATCH_THREADS_PER_WORKER
+    return workers * BATCH_THREADS_PER_WORKER if batching else workers

@@ -112,7 +112,7 @@ class Service:
         self.metrics = Metrics()
         batched = config.max_batch_wait_ms > 0 and batches_any_stage(cascade)
         self.dispatcher = Dispatcher(config.workers, config.queue_size, self.metrics,
-                                     pool_threads(config.workers, config.max_batch_wait_ms if batched else 0.0))
+                                     pool_threads(config.workers, batched))
         self.batching = Batching(config.max_batch_tokens, self.metrics, clock, config.cost_spreads) if batched else None
         self.calibration = Calibration(clock, spreads=config.cost_spreads)
         self.model = request_model(config)
