@@ -1,4 +1,4 @@
-"""Exported cross-encoder students against their torch fp32 form: speed and nDCG@10, in one run.
+"""Exported cross-encoder students against their torch form: speed and nDCG@10, in one run.
 
 Exports a cross-encoder student (``distill export``: ONNX Runtime and OpenVINO, fp32 and
 int8, each through its fidelity check on the student's own training queries), then runs
@@ -6,7 +6,9 @@ int8, each through its fidelity check on the student's own training queries), th
 the same code as ``distill evaluate --latency`` at its defaults (top 100, 1 thread; the command
 is printed), so every ratio compares rankers timed in one process on the same threads:
 
-- ``speedup``: the torch student's p50 latency per query (k candidates) / the export's;
+- ``speedup``: the torch student's p50 latency per query (k candidates) / the export's, the torch student
+  loaded as ``distill evaluate`` loads it by default (``dtype="auto"``: bf16 where the CPU computes it
+  natively, else fp32); ``torch_fp32`` is the same student pinned to fp32, for comparison;
 - ``ndcg_ratio``: the export's nDCG@10 / the torch student's.
 
 Unless ``--no-auto``, it also runs ``distill export --quantize auto`` (all four variants, each timed by
@@ -25,7 +27,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import cpu_description, save_results
+from _common import cpu_description, quiet_logging, save_results
 
 VARIANTS = {  # name -> ExportConfig options
     "onnx": {"format": "onnx"},
@@ -35,7 +37,8 @@ VARIANTS = {  # name -> ExportConfig options
     "openvino_int8_bf16": {"format": "openvino", "quantize": "int8", "openvino_precision": "bf16"},
 }
 QUICK = ("onnx", "onnx_int8", "openvino", "openvino_int8")  # the variants --quantize auto chooses among
-ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OV_CPU_MAX_ISA")
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS",
+            "OV_CPU_MAX_ISA")
 
 
 def cpu_flags() -> list[str]:
@@ -84,6 +87,7 @@ def _export(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
 
 def main() -> None:
     args = _arguments()
+    quiet_logging()
     variants = args.variant or list(QUICK if args.quick else VARIANTS)
     latency_queries = 10 if args.quick else args.latency_queries
 
@@ -97,15 +101,15 @@ def main() -> None:
     dataset = load_beir(args.data, args.split)
     run = bm25_run(dataset, args.k)
     write_run(run, args.out / "bm25.trec", tag="bm25")
-    # the torch student pinned to fp32 (a bare --ranker loads it with dtype auto, which may keep bf16)
-    rankers = {"bm25": "bm25", "torch": load_ranker(str(args.model), name="torch", dtype="fp32"),
+    # "torch" as a bare --ranker loads it (dtype auto, which may keep bf16); "torch_fp32" pinned to fp32
+    rankers = {"bm25": "bm25", "torch": str(args.model),
+               "torch_fp32": load_ranker(str(args.model), name="torch_fp32", dtype="fp32"),
                **{name: str(args.out / name) for name in variants if "fidelity" in exports[name]}}
     command = ["distill", "evaluate", "--data", str(args.data), "--split", args.split, "--run",
                str(args.out / "bm25.trec"), "--k", str(args.k), "--latency", "--latency-queries",
                str(latency_queries), "--threads", str(args.threads), "--baseline", "torch",
-               f"--ranker=torch={args.model}", *[f"--ranker={n}={s}" for n, s in rankers.items() if n != "torch"],
-               "--out", str(args.out / "eval")]
-    print("same as (with the torch student in fp32):", " ".join(command))
+               *[f"--ranker={n}={s}" for n, s in rankers.items() if n != "torch_fp32"], "--out", str(args.out / "eval")]
+    print("same as (plus the torch student pinned to fp32, torch_fp32):", " ".join(command))
     config = EvaluateConfig(baseline="torch", k=args.k, latency=True, latency_queries=latency_queries,
                             threads=args.threads)
     result = evaluate(dataset, run, rankers, config)
@@ -125,7 +129,7 @@ def main() -> None:
         "latency_queries": latency_queries, "threads": args.threads, "cpu_flags": cpu_flags(),
         "cpu": cpu_description(), "isa_cap": {name: os.environ[name] for name in ISA_CAPS if name in os.environ},
         "equivalent_command": " ".join(command), "exports": exports, "table": table,
-        "auto": {key: auto.get(key) for key in ("kept", "why", "torch_ms_per_query")},
+        "auto": {key: auto.get(key) for key in ("kept", "why", "torch_ms_per_query", "torch_compute")},
     })
 
 

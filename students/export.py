@@ -17,9 +17,10 @@ dataset and split). With qrels the export must keep ``min_ndcg_ratio`` of the fp
 nDCG@10 and a top-10 overlap of ``min_overlap`` with it; without (a query log) it must agree
 with it: top-10 overlap ``min_overlap`` and Kendall's tau ``min_kendall``. Otherwise
 :class:`ExportRefused` is raised and nothing is written. The result is recorded in the
-export's ``distill.json``, with how fast the export and the fp32 model rank one query's 100
-candidates on 1 thread on this machine (:mod:`students.export_variants`, as ``distill evaluate
---latency`` times them). ``--quantize auto`` builds OpenVINO fp32 and int8 and ONNX Runtime fp32 and
+export's ``distill.json``, with how fast the export and the model as ``distill evaluate`` runs it
+by default (torch, in the precision ``auto`` settles on here) rank one query's 100 candidates on 1
+thread on this machine (:mod:`students.export_variants`, as ``distill evaluate --latency`` times
+them). ``--quantize auto`` builds OpenVINO fp32 and int8 and ONNX Runtime fp32 and
 int8 (only ``--format``'s two when it is given), and keeps the fastest that passes the check.
 """
 
@@ -29,6 +30,8 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +43,7 @@ from distill.core.errors import ConfigError, InputError
 from distill.core.io import atomic_dir, read_json
 from distill.core.manifest import write_manifest
 from distill.core.outputs import check_folder
+from distill.core.progress import third_party_progress_shown
 from distill.core.recorded_paths import rebase, resolve_recorded
 from distill.core.schema import DOCID, QID, RELEVANCE, SCORE
 from distill.data.beir import Dataset, load_beir
@@ -127,24 +131,27 @@ def export_model(model: str | Path, out: str | Path, config: ExportConfig | None
     with atomic_dir(out, kind=KIND, overwrite=overwrite) as tmp, \
             tempfile.TemporaryDirectory(prefix="distill-export-") as scratch:
         reference = _reference(model, role)
-        torch_ms = _speed(reference, dataset, timed, config)
+        checked = candidates.filter(pl.col(QID).is_in(check_qids))
+        baseline = _baseline(model, dataset, checked) if role == "cross-encoder" else reference
+        torch_ms, compute = _speed(baseline, dataset, timed, config), getattr(baseline, "compute", "fp32")
         graph = _OnnxGraph(model, role, Path(scratch), candidates.filter(pl.col(QID).is_in(calibration_qids)),
                            dataset)
-        checked = candidates.filter(pl.col(QID).is_in(check_qids))
         built = {}
         for name in variants.candidate_variants(config.format, config.quantize):
             fmt, quantize = variants.VARIANTS[name]
             built[name] = _build_variant(graph, Path(scratch) / name, replace(config, format=fmt, quantize=quantize),
                                          origin, reference, dataset, checked, timed, torch_ms)
         rows = [row for _, row in built.values()]
-        kept, why = variants.choose_variant(rows, torch_ms, auto=config.quantize == "auto")
+        kept, why = variants.choose_variant(rows, torch_ms, auto=config.quantize == "auto",
+                                            baseline=variants.baseline_name(compute))
         if kept is None:
             asked = "any variant" if config.quantize == "auto" else f"the {rows[0]['variant']} export"
             raise ExportRefused(f"{asked} of {model} ranks too unlike the fp32 model ({why}); nothing was written")
         fidelity, row = built[kept]
-        fidelity = {**fidelity, "speed": _speed_record(row, torch_ms, config),
+        fidelity = {**fidelity, "speed": _speed_record(row, torch_ms, compute, config),
                     "selection": {"asked": {"format": config.format, "quantize": config.quantize},
-                                  "torch_ms_per_query": torch_ms, "candidates": rows, "kept": kept, "why": why}}
+                                  "torch_ms_per_query": torch_ms, "torch_compute": compute, "candidates": rows,
+                                  "kept": kept, "why": why}}
         for path in (Path(scratch) / kept).iterdir():
             shutil.move(str(path), str(tmp / path.name))
         final = replace(config, format=row["format"], quantize=row["quantize"])
@@ -171,7 +178,7 @@ def _build_variant(graph: _OnnxGraph, folder: Path, config: ExportConfig, origin
     fidelity = check_fidelity(exported, reference, dataset, checked, config)
     name = variants.variant_name(config.format, config.quantize)
     row = variants.candidate_row(name, fidelity, _speed(exported, dataset, timed, config), torch_ms)
-    log.info("%s: %s, %.1f ms/query (torch fp32 %.1f)", name, fidelity["summary"], row["ms_per_query"], torch_ms)
+    log.info("%s: %s, %.1f ms/query (torch %.1f)", name, fidelity["summary"], row["ms_per_query"], torch_ms)
     return fidelity, row
 
 
@@ -180,10 +187,11 @@ def _speed(ranker: Any, dataset: Dataset, timed: pl.DataFrame, config: ExportCon
                          queries=config.latency_queries, threads=config.latency_threads, seed=config.seed)
 
 
-def _speed_record(row: dict[str, Any], torch_ms: float, config: ExportConfig) -> dict[str, Any]:
-    """The kept export's speed against torch fp32's, and how both were measured."""
-    return {"ms_per_query": row["ms_per_query"], "torch_ms_per_query": torch_ms, "speedup": row["speedup"],
-            "candidates": config.latency_candidates, "threads": config.latency_threads,
+def _speed_record(row: dict[str, Any], torch_ms: float, compute: str, config: ExportConfig) -> dict[str, Any]:
+    """The kept export's speed against the torch model's (computing in ``compute``), and how both were
+    measured."""
+    return {"ms_per_query": row["ms_per_query"], "torch_ms_per_query": torch_ms, "torch_compute": compute,
+            "speedup": row["speedup"], "candidates": config.latency_candidates, "threads": config.latency_threads,
             "queries": config.latency_queries, "statistic": "p50"}
 
 
@@ -274,9 +282,26 @@ class _OnnxGraph:
 
             # the same 7-bit weights for every layer (NNCF's default fixes the first only; docs/cpus.md)
             fix = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
-            graph = nncf.quantize(graph, nncf.Dataset(self.feeds), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(self.feeds), advanced_parameters=fix)
+            with _nncf_bars(third_party_progress_shown()):
+                graph = nncf.quantize(graph, nncf.Dataset(self.feeds), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(self.feeds), advanced_parameters=fix)
         ov.save_model(graph, str(folder / GRAPH_FILES["openvino"]), compress_to_fp16=False)
+
+
+@contextmanager
+def _nncf_bars(shown: bool) -> Iterator[None]:
+    """NNCF's progress bars only where third-party bars are shown (distill's CLI: with ``--verbose``).
+
+    NNCF has no switch for them: its ``track`` draws on rich's global console, which is muted meanwhile
+    (distill's own messages go to a console of their own)."""
+    from rich import get_console
+
+    console = get_console()
+    muted, console.quiet = console.quiet, console.quiet or not shown
+    try:
+        yield
+    finally:
+        console.quiet = muted
 
 
 def _calibration_feeds(tokenizer: Any, spec: dict[str, Any], role: str, pairs: pl.DataFrame, dataset: Dataset,
@@ -300,10 +325,24 @@ def _calibration_feeds(tokenizer: Any, spec: dict[str, Any], role: str, pairs: p
 
 
 def _reference(model: Path, role: str):
-    """The fp32 torch model as distill loads it (a cross-encoder pinned to fp32, not auto)."""
+    """The fp32 torch model as distill loads it (a cross-encoder pinned to fp32, not auto): what every
+    export's scores are checked against."""
     from distill.rankers.loading import load_ranker
 
     return load_ranker(str(model), name="fp32", **({"dtype": "fp32"} if role == "cross-encoder" else {}))
+
+
+def _baseline(model: Path, dataset: Dataset, checked: pl.DataFrame):
+    """The cross-encoder as ``distill evaluate`` runs it by default, which every export is timed against: with
+    ``dtype="auto"``, settled on the check's pairs as evaluate settles it on its run
+    (bf16 where this CPU computes it natively and it ranks like fp32; else fp32). Timing exports against
+    fp32 alone would call an export faster than a model that, as distill runs it, is faster still."""
+    from distill.rankers.loading import load_ranker
+
+    ranker = load_ranker(str(model), name="torch")
+    if getattr(ranker, "precision_pending", False):
+        ranker.settle_precision(dataset.query_texts(checked[QID]), dataset.doc_texts(checked[DOCID]))
+    return ranker
 
 
 # -- the fidelity check --------------------------------------------------------------------

@@ -4,8 +4,10 @@ An export is worth having where it runs faster than the torch model it came from
 on the CPU (int8 kernels need VNNI to pay off; OpenVINO and ONNX Runtime lead on different CPUs). So
 every export is timed on the machine at hand, the way ``distill evaluate --latency`` times a ranker
 (:func:`distill.evaluation.latency.measure_latency`: one query's top 100 candidates per call, 1
-thread, the p50 over a seeded sample of queries), against the fp32 torch model timed the same way in
-the same process. ``--quantize auto`` builds every variant of :data:`VARIANTS` (of ``--format``'s
+thread, the p50 over a seeded sample of queries), against the torch model as ``distill evaluate`` runs it by
+default (a cross-encoder in the precision ``dtype="auto"`` settles on: bf16 where the CPU computes it
+natively, so on such a CPU an export must beat torch bf16, not fp32), timed the same way in the same
+process. ``--quantize auto`` builds every variant of :data:`VARIANTS` (of ``--format``'s
 runtime only, when it is given), checks and times each, and keeps the fastest that passes the
 fidelity check; one slower than torch is kept only when no passing variant is faster, and then
 :func:`choose_variant` says so.
@@ -76,23 +78,31 @@ def candidate_row(name: str, fidelity: dict[str, Any], ms: float, torch_ms: floa
     return row
 
 
-def choose_variant(rows: list[dict[str, Any]], torch_ms: float, auto: bool) -> tuple[str | None, str]:
+def baseline_name(compute: str) -> str:
+    """How messages name the model every export is timed against: ``torch bf16``, ``torch fp32``, or a graph
+    runtime's compute (``openvino:fp32``) where ``auto`` settled on one."""
+    return compute if ":" in compute else f"torch {compute}"
+
+
+def choose_variant(rows: list[dict[str, Any]], torch_ms: float, auto: bool,
+                   baseline: str) -> tuple[str | None, str]:
     """The variant to keep among ``rows`` (:func:`candidate_row`) and why; None when none passes.
 
     Asked for one variant, that one (when it passes). With ``auto``: the fastest passing variant that is
-    faster than torch fp32 (``torch_ms``); where none is, the fastest passing one, saying so.
+    faster than the model as evaluate runs it (``baseline``, :func:`baseline_name`, at ``torch_ms``); where
+    none is, the fastest passing one, saying so.
     """
     passing = sorted((row for row in rows if row["passed"]), key=lambda row: row["ms_per_query"])
     if not passing:
         return None, "; ".join(f"{row['variant']}: {row['reason']}" for row in rows)
     best = passing[0]
-    pace = f"{best['ms_per_query']:.1f} ms/query against torch fp32's {torch_ms:.1f}"
+    pace = f"{best['ms_per_query']:.1f} ms/query against {baseline}'s {torch_ms:.1f}"
     if not auto:
         return best["variant"], f"asked for ({pace})"
     if best["ms_per_query"] < torch_ms:
         return best["variant"], (f"the fastest of the {len(passing)} of {len(rows)} variants that pass the "
-                                 f"fidelity check, {best['speedup']:.2f}x torch fp32 ({pace})")
-    why = (f"no variant that passes the fidelity check is faster than torch fp32 on this machine; kept the "
+                                 f"fidelity check, {best['speedup']:.2f}x {baseline} ({pace})")
+    why = (f"no variant that passes the fidelity check is faster than {baseline} on this machine; kept the "
            f"fastest that passes ({pace})")
     log.warning("%s: %s", best["variant"], why)
     return best["variant"], why

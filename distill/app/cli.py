@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 
 from distill.core.errors import DistillError
 from distill.core.io import NO_ROOM
+from distill.core.progress import show_third_party_progress
 from distill.training.distributed import quiet_other_ranks
 
 app = typer.Typer(
@@ -77,6 +78,7 @@ def configure_logging(*, debug: bool = False, verbose: bool = False, quiet: bool
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(third_party)
+    show_third_party_progress(debug or verbose)
     if not (debug or verbose):
         for name, value in QUIET_ENV.items():
             os.environ.setdefault(name, value)

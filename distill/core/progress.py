@@ -9,6 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+_THIRD_PARTY = {"shown": True}  # a library's default; distill's CLI shows them only with --verbose
+
+
+def show_third_party_progress(shown: bool) -> None:
+    """Whether other libraries may draw their own progress bars where distill can tell them not to (NNCF's,
+    which no setting of NNCF's own turns off)."""
+    _THIRD_PARTY["shown"] = shown
+
+
+def third_party_progress_shown() -> bool:
+    """See :func:`show_third_party_progress`."""
+    return _THIRD_PARTY["shown"]
+
 
 def progress_display(show: bool = True, *, transient: bool = True, rate_unit: str | None = None,
                      stderr: bool = True) -> Any:

@@ -54,15 +54,19 @@ def register(app: typer.Typer) -> None:
 
 
 def print_export(fidelity: dict[str, Any], out: Path) -> None:
-    """Each built variant's speed against torch fp32 and its check (the kept one marked), then what was kept."""
+    """Each built variant's speed against the torch model as evaluate runs it (fp32, or bf16 where auto keeps
+    it) and its check (the kept one marked), then what was kept."""
     from rich.console import Console
     from rich.table import Table
+
+    from students.export_variants import baseline_name
 
     console, selection, speed = Console(), fidelity["selection"], fidelity["speed"]
     table = Table("", "variant", "ms / query", "vs torch", "check", "passed",
                   title=f"p50 over {speed['queries']} queries x {speed['candidates']} candidates, "
                         f"{speed['threads']} thread(s), this machine")
-    table.add_row("", "torch fp32", f"{selection['torch_ms_per_query']:.1f}", "1.00x", "", "")
+    table.add_row("", baseline_name(selection["torch_compute"]), f"{selection['torch_ms_per_query']:.1f}", "1.00x",
+                  "", "")
     for row in selection["candidates"]:
         table.add_row("→" if row["variant"] == selection["kept"] else "", row["variant"],
                       f"{row['ms_per_query']:.1f}", f"{row['speedup']:.2f}x",
