@@ -83,6 +83,9 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+COST_SPREADS = 2.0  # deviations above its mean measured cost a stage is planned at (ServeConfig.cost_spreads)
+
+
 class Calibration:
     """Per stage, a moving average of measured ms / the cascade's modelled ms, and of its spread.
 
@@ -95,7 +98,7 @@ class Calibration:
     skipped for good: while its stage is not measured, it fades (half-life ``half_life_s``)
     towards the lowest ratio measured for the stage, until the stage fits and is measured anew."""
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter, spreads: float = 2.0,
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, spreads: float = COST_SPREADS,
                  half_life_s: float = 30.0, lowest: float = 0.05, highest: float = 50.0) -> None:
         self.clock, self.spreads, self.half_life_s = clock, spreads, half_life_s
         self.lowest, self.highest = lowest, highest

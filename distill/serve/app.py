@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from distill.core.errors import ConfigError
-from distill.serve.admission import Calibration, Dispatcher, Metrics, steer_deadline
+from distill.serve.admission import COST_SPREADS, Calibration, Dispatcher, Metrics, steer_deadline
 from distill.serve.request import describe_error, request_model
 from distill.serve.service import Service, WarmUp
 
@@ -89,7 +89,7 @@ class ServeConfig:
     # the cascade's share of the deadline loses this and the measured handoff
     margin_ms: float = field(default=2.0, metadata={"help": (
         "Part of each deadline kept for parsing and answering (not given to the cascade)."), "min": 0.0})
-    cost_spreads: float = field(default=2.0, metadata={"help": (
+    cost_spreads: float = field(default=COST_SPREADS, metadata={"help": (
         "Plan each stage at its mean measured cost plus this many mean absolute deviations (more: fewer late "
         "answers, more skipped stages)."), "min": 0.0})
     max_documents: int = field(default=1000, metadata={"help": "Documents per request.", "min": 1})

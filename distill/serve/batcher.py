@@ -61,6 +61,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from distill.serve.admission import COST_SPREADS, Calibration
+
 if TYPE_CHECKING:
     from distill.cascade.runtime import DocumentScorer, RuntimeStage
     from distill.rankers.documents import Documents
@@ -109,9 +111,7 @@ class StageBatcher:
 
     def __init__(self, name: str, score_requests: RequestScorer, max_tokens: int,
                  slots: int = 1, on_batch: Callable[[int, int, list[float]], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter, spreads: float = 2.0) -> None:
-        from distill.serve.admission import Calibration
-
+                 clock: Callable[[], float] = time.perf_counter, spreads: float = COST_SPREADS) -> None:
         self.name, self.score_requests, self.max_tokens, self.slots = name, score_requests, max_tokens, slots
         self.on_batch, self.clock = on_batch, clock
         self._cond = threading.Condition()
@@ -242,7 +242,7 @@ class Batching:
     counting the wait as model time (which the cost calibration then learns)."""
 
     def __init__(self, max_tokens: int, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.perf_counter, spreads: float = 2.0) -> None:
+                 clock: Callable[[], float] = time.perf_counter, spreads: float = COST_SPREADS) -> None:
         self.max_tokens, self.clock, self.metrics, self.spreads = max_tokens, clock, metrics, spreads
         self._batchers: dict[str, StageBatcher] = {}
         self._lock = threading.Lock()
